@@ -1,0 +1,95 @@
+"""Model and streaming-cache configuration, as dataclasses with named presets (gpt-fast style)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from engine.errors import EngineError
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Hyper-parameters of a Wan2.1 text-to-video DiT. Names follow Wan's own `WanModel.__init__`."""
+
+    name: str = "custom"
+    dim: int = 1536  # hidden width of every block
+    ffn_dim: int = 8960  # GELU(tanh) MLP width
+    num_heads: int = 12  # head_dim = dim // num_heads (128 for the released models)
+    num_layers: int = 30
+    patch_size: tuple[int, int, int] = (1, 2, 2)  # (t, h, w) patchify of the 16-channel VAE latent
+    in_dim: int = 16  # VAE z_dim
+    out_dim: int = 16
+    text_dim: int = 4096  # umT5-XXL hidden size
+    text_len: int = 512  # text tokens; shorter prompts are zero-padded to this length
+    freq_dim: int = 256  # sinusoidal timestep embedding width
+    qk_norm: bool = True  # RMSNorm over all heads on q and k
+    cross_attn_norm: bool = True  # affine LayerNorm (norm3) before cross-attention
+    eps: float = 1e-6
+    rope_max_len: int = 1024  # positions per RoPE axis (Wan: rope_params(1024, .))
+
+    def __post_init__(self) -> None:
+        if self.dim % self.num_heads:
+            raise EngineError(f"model config {self.name}: dim {self.dim} is not divisible by {self.num_heads} heads")
+        if self.head_dim % 2:
+            raise EngineError(f"model config {self.name}: head_dim {self.head_dim} must be even for RoPE")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+    @property
+    def rope_split(self) -> tuple[int, int, int]:
+        """Head-dim channels per RoPE axis (t, h, w): 44/42/42 for head_dim 128 (Wan's split)."""
+        d = self.head_dim
+        return d - 4 * (d // 6), 2 * (d // 6), 2 * (d // 6)
+
+    def replace(self, **kw) -> ModelConfig:
+        return dataclasses.replace(self, **kw)
+
+
+PRESETS: dict[str, ModelConfig] = {
+    # Untrained test/demo model: runs anywhere in well under a second per chunk on a laptop CPU.
+    "tiny": ModelConfig(name="tiny", dim=128, ffn_dim=256, num_heads=4, num_layers=2, text_dim=64,
+                        text_len=32, freq_dim=64),
+    # The benchmark shape of the issue tracker (dim 512, 8x64 heads, 4 layers): comparable with upstream's CPU cost.
+    "small": ModelConfig(name="small", dim=512, ffn_dim=2048, num_heads=8, num_layers=4, text_dim=256,
+                         text_len=512, freq_dim=256),
+    "wan2.1-1.3b": ModelConfig(name="wan2.1-1.3b", dim=1536, ffn_dim=8960, num_heads=12, num_layers=30),
+    "wan2.1-14b": ModelConfig(name="wan2.1-14b", dim=5120, ffn_dim=13824, num_heads=40, num_layers=40),
+}
+
+
+def get_preset(name: str) -> ModelConfig:
+    try:
+        return PRESETS[name.lower()]
+    except KeyError:
+        raise EngineError(f"unknown model preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """StreamDiffusionV2's long-stream machinery (upstream defaults of wan_causal_dmd_v2v.yaml)."""
+
+    cache_frames: int = 6  # latent frames held per layer (sinks + rolling window)
+    sink_frames: int = 3  # first latent frames kept as attention sinks
+    sink_tau: float = 0.2  # adaptive sink refresh threshold on mean K/V cosine similarity; -1 disables
+    rope_refresh: int = 50  # t_refresh: when a chunk's start frame reaches this, wrap to cache_frames - 1
+    first_chunk_frames: int = 2  # the first VAE call turns 5 pixel frames into 2 latent frames
+    chunk_frames: int = 1  # latent frames per later chunk (4 pixel frames)
+    # Capacity of the device-side stack of pending sink refreshes. Upstream's Python list is unbounded (it can only
+    # grow in multi-step no-batch mode under sustained low similarity); past this depth the oldest entry is dropped.
+    refresh_stack: int = 64
+    extra: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.sink_frames < self.cache_frames:
+            raise EngineError(
+                f"cache: sink_frames ({self.sink_frames}) must be >= 0 and < cache_frames ({self.cache_frames})")
+        if self.first_chunk_frames < 1 or self.chunk_frames < 1:
+            raise EngineError("cache: chunk sizes must be at least one latent frame")
+        if max(self.first_chunk_frames, self.chunk_frames) > self.cache_frames:
+            raise EngineError("cache: a chunk cannot be larger than the cache")
+        if self.rope_refresh < self.cache_frames:
+            raise EngineError(
+                f"cache: rope_refresh ({self.rope_refresh}) must be >= cache_frames ({self.cache_frames})")

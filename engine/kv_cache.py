@@ -1,0 +1,263 @@
+"""The rolling KV cache of StreamDiffusionV2: fixed buffers, attention sinks, ring rolling, adaptive sink refresh.
+
+One `KVCache` serves a contiguous range of DiT blocks (all of them on one GPU, a slice per pipeline rank) for B
+stream-batch slots. Buffers are allocated once and never grow:
+
+    k, v        [layers, B, H, S, D]   S = cache_frames * L tokens; keys stored after RoPE
+    cross       per layer (k, v) [B, H, Lt, D]: the prompt's cross-attention K/V, replaced by `set_prompt`
+                without touching k/v (a prompt switch does not restart the stream)
+
+Slot rule (upstream's behaviour, reproduced exactly by default; see README "Streaming semantics"):
+  * Filling phase: a chunk is written right after the previous one. The end offset of the *next* slot is queued
+    for rolling when it lies past the sink region.
+  * Full phase: the chunk overwrites the slot whose end offset is at the front of the eviction queue; that entry
+    is popped (only on the chunk's last denoising step) and re-queued at the back if it is a rolling slot. So the
+    first `sink_frames` slots stay fixed (the attention sinks) and the others rotate FIFO.
+  * Adaptive sink refresh (single-frame chunks, tau > -1): before writing, for each sink frame the cosine
+    similarity of its token-mean K with the new chunk's token-mean K is averaged with the same for V. If the
+    minimum is below tau, the least similar sink slot goes to the FRONT of the queue, so the next full-phase write
+    replaces it (and it leaves the rotation). Each layer decides for itself.
+  * The chunk attends to every valid slot including the one just written (no mask inside the cache).
+
+Host/device split (no `.item()` in the hot path): everything that depends only on chunk positions (phase, fill
+offsets, queue appends, attention lengths) is host bookkeeping in `plan()`, done once per forward. The only
+data-dependent state, the sink-refresh decisions, lives on the device: per layer and slot a small stack of pending
+sink refreshes (the queue's front part) and a pointer into the rolling FIFO (its back part). Targets are chosen
+with `torch.where`, writes are `scatter_`.
+
+`StreamClock` hands out chunk positions with the periodic RoPE refresh: once a chunk would start at temporal
+frame >= rope_refresh (50), it starts at cache_frames - 1 instead and counting continues from there, so positions
+stay bounded for hours. Cached keys keep the rotation they were written with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from engine.config import CacheConfig, ModelConfig
+from engine.errors import EngineError
+
+
+class StreamClock:
+    """Temporal start frame of each successive chunk, with upstream's RoPE refresh."""
+
+    def __init__(self, cache_cfg: CacheConfig):
+        self.cfg = cache_cfg
+        self.next_frame = 0
+        self.chunks = 0
+
+    def reset(self) -> None:
+        self.next_frame, self.chunks = 0, 0
+
+    def next(self, n_frames: int | None = None) -> int:
+        """Start frame for the next chunk of `n_frames` latent frames (default: the configured chunk sizes)."""
+        if n_frames is None:
+            n_frames = self.cfg.first_chunk_frames if self.chunks == 0 else self.cfg.chunk_frames
+        start = self.next_frame
+        if start >= self.cfg.rope_refresh:
+            start = self.cfg.cache_frames - 1
+        self.next_frame = start + n_frames
+        self.chunks += 1
+        return start
+
+
+@dataclass
+class StepPlan:
+    """Host-side decisions for one forward call, shared by every layer of the cache."""
+
+    n: int  # new tokens per slot
+    start_frames_dev: torch.Tensor  # [B] long, RoPE start frame per slot
+    fill_end: torch.Tensor  # [B] long, write end offset for slots in the filling phase
+    full: torch.Tensor  # [B] bool, slot is in the full (rolling) phase
+    any_full: bool
+    pop: torch.Tensor  # [B] bool, advance the eviction queue after the write
+    any_pop: bool
+    sink_check: bool
+    length: int  # tokens of cache attended (max over slots)
+    mask: torch.Tensor | None  # [B, 1, 1, length] bool when slots have different valid lengths
+
+
+class KVCache:
+    """Rolling self-attention cache + prompt cross-attention cache for `blocks` of a model, B slots."""
+
+    def __init__(self, cfg: ModelConfig, cache_cfg: CacheConfig, batch: int, frame_tokens: int, *,
+                 device: torch.device | str, dtype: torch.dtype, blocks: range | None = None):
+        self.cfg, self.cc = cfg, cache_cfg
+        self.blocks = range(cfg.num_layers) if blocks is None else blocks
+        self.B, self.L = batch, frame_tokens
+        self.S = cache_cfg.cache_frames * frame_tokens
+        self.sink_tokens = cache_cfg.sink_frames * frame_tokens
+        self.device, self.dtype = torch.device(device), dtype
+        nl, H, D = len(self.blocks), cfg.num_heads, cfg.head_dim
+        self.k = torch.zeros(nl, batch, H, self.S, D, device=device, dtype=dtype)
+        self.v = torch.zeros_like(self.k)
+        self.cross_k = torch.zeros(nl, batch, H, cfg.text_len, D, device=device, dtype=dtype)
+        self.cross_v = torch.zeros_like(self.cross_k)
+        self.cross = [(self.cross_k[i], self.cross_v[i]) for i in range(nl)]
+        R = max(1, cache_cfg.cache_frames - cache_cfg.sink_frames)  # rolling slots can never exceed this
+        cap = cache_cfg.refresh_stack
+        self.stack = torch.zeros(nl, batch, cap, dtype=torch.long, device=device)  # pending sink refreshes
+        self.stack_len = torch.zeros(nl, batch, dtype=torch.long, device=device)
+        self.ptr = torch.zeros(nl, batch, dtype=torch.long, device=device)  # head of the rolling FIFO
+        self.fifo_dev = torch.zeros(batch, R, dtype=torch.long, device=device)
+        self.fifo_len_dev = torch.ones(batch, dtype=torch.long, device=device)
+        self._arange = torch.arange(self.S, device=device)
+        self.reset()
+
+    # -- verbs -----------------------------------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Forget the stream (keeps the prompt)."""
+        self.k.zero_()
+        self.v.zero_()
+        self.stack.zero_()
+        self.stack_len.zero_()
+        self.ptr.zero_()
+        self.fifo_dev.zero_()
+        self.fifo_len_dev.fill_(1)
+        self.local_end = [0] * self.B
+        self.global_end = [0] * self.B
+        self.fifo: list[list[int]] = [[] for _ in range(self.B)]
+
+    @torch.no_grad()
+    def set_prompt(self, model, context: torch.Tensor) -> None:
+        """Recompute the cross-attention K/V from umT5 output `context` [1 or B, Lt', text_dim]."""
+        ctx = model.embed_text(context.to(self.device))
+        for j, (k, v) in enumerate(model.cross_kv(ctx, self.blocks)):
+            self.cross_k[j].copy_(k.expand(self.B, -1, -1, -1))
+            self.cross_v[j].copy_(v.expand(self.B, -1, -1, -1))
+
+    def copy_slot(self, src: int, dst: int) -> None:
+        """Make slot `dst` a copy of slot `src` (Stream-Batch fill after a no-batch run, SLO mode switches)."""
+        for t in (self.k, self.v, self.cross_k, self.cross_v, self.stack, self.stack_len, self.ptr):
+            t[:, dst].copy_(t[:, src])
+        self.fifo_dev[dst].copy_(self.fifo_dev[src])
+        self.fifo_len_dev[dst].copy_(self.fifo_len_dev[src])
+        self.local_end[dst], self.global_end[dst] = self.local_end[src], self.global_end[src]
+        self.fifo[dst] = list(self.fifo[src])
+
+    def plan(self, start_frames: list[int], grid: tuple[int, int, int], advance: bool = True) -> StepPlan:
+        """Host bookkeeping for one call writing a chunk of grid (F, h, w) at `start_frames` (one per slot)."""
+        f, h, w = grid
+        if h * w != self.L:
+            raise EngineError(f"chunk has {h * w} tokens per frame but the cache was built for {self.L}; "
+                              "rebuild the cache after changing the resolution")
+        if len(start_frames) != self.B:
+            raise ValueError(f"need {self.B} start frames, got {len(start_frames)}")
+        n = f * self.L
+        if n > self.S:
+            raise EngineError(f"a chunk of {f} latent frames does not fit a {self.cc.cache_frames}-frame cache")
+        fill_end, full, fifo_changed = [], [], False
+        for b, sf in enumerate(start_frames):
+            start = sf * self.L
+            end = start + n
+            if end > self.S or self.local_end[b] >= self.S:  # full: overwrite the slot at the queue's front
+                if not self.fifo[b]:
+                    raise EngineError("the KV cache has no rolling slots for this chunk size; "
+                                      "use more cache_frames or fewer sink_frames")
+                self.local_end[b] = self.S
+                full.append(True)
+                fill_end.append(self.S)  # unused for full slots
+            else:  # filling: append after the previous chunk
+                self.local_end[b] += end - self.global_end[b]
+                rolling_end = end + n
+                if self.sink_tokens < rolling_end <= self.S and (not self.fifo[b] or self.fifo[b][-1] != rolling_end):
+                    self.fifo[b].append(rolling_end)
+                    fifo_changed = True
+                full.append(False)
+                fill_end.append(self.local_end[b])
+            self.global_end[b] = end
+        if fifo_changed:
+            R = self.fifo_dev.shape[1]
+            rows = [q + [0] * (R - len(q)) for q in self.fifo]
+            self.fifo_dev.copy_(torch.tensor(rows, dtype=torch.long), non_blocking=True)
+            self.fifo_len_dev.copy_(torch.tensor([max(1, len(q)) for q in self.fifo]), non_blocking=True)
+        lengths = list(self.local_end)
+        length = max(lengths)
+        mask = None
+        if min(lengths) != length:
+            valid = torch.tensor(lengths, device=self.device)[:, None] > self._arange[:length]  # [B, length]
+            mask = valid[:, None, None, :]
+        dev = self.device
+        full_t = torch.tensor(full, device=dev)
+        pop = [fl and advance for fl in full]
+        return StepPlan(
+            n=n,
+            start_frames_dev=torch.tensor(start_frames, dtype=torch.long, device=dev),
+            fill_end=torch.tensor(fill_end, dtype=torch.long, device=dev),
+            full=full_t, any_full=any(full),
+            pop=torch.tensor(pop, device=dev), any_pop=any(pop),
+            sink_check=(self.cc.sink_frames > 0 and self.cc.sink_tau > -1 and n <= self.L),
+            length=length, mask=mask,
+        )
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, plan: StepPlan):
+        """Write the chunk's roped k and v [B, H, n, D] for `layer`; return (k, v, mask) to attend over."""
+        kb, vb = self.k[layer], self.v[layer]  # [B, H, S, D]
+        if plan.sink_check:
+            self._sink_check(layer, k, v)
+        end = plan.fill_end
+        if plan.any_full:
+            end = torch.where(plan.full, self._front(layer), end)
+        B, H, n, D = k.shape
+        idx = (end[:, None] - n + self._arange[:n])[:, None, :, None].expand(B, H, n, D)  # [B, H, n, D]
+        kb.scatter_(2, idx, k.to(kb.dtype))
+        vb.scatter_(2, idx, v.to(vb.dtype))
+        if plan.any_pop:
+            self._pop(layer, plan.pop)
+        return kb[:, :, :plan.length], vb[:, :, :plan.length], plan.mask
+
+    # -- device-side eviction queue --------------------------------------------------------------------------------
+
+    def _front(self, layer: int) -> torch.Tensor:
+        """End offset [B] at the queue's front: the newest pending sink refresh, else the rolling FIFO head."""
+        st, ln = self.stack[layer], self.stack_len[layer]
+        top = st.gather(1, (ln - 1).clamp(min=0)[:, None])[:, 0]
+        head = self.fifo_dev.gather(1, self.ptr[layer][:, None])[:, 0]
+        return torch.where(ln > 0, top, head)
+
+    def _pop(self, layer: int, pop: torch.Tensor) -> None:
+        ln, ptr = self.stack_len[layer], self.ptr[layer]
+        has = ln > 0
+        ln.sub_((pop & has).long())  # a refreshed sink leaves the rotation
+        ptr.copy_(torch.where(pop & ~has, (ptr + 1) % self.fifo_len_dev, ptr))  # a rolling slot goes to the back
+
+    def _sink_check(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        m, L = self.cc.sink_frames, self.L
+
+        def sims(buf: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+            sink = buf[:, :, : m * L].unflatten(2, (m, L)).mean(3)  # [B, H, m, D]
+            sink = sink.transpose(1, 2).flatten(2)  # [B, m, H*D]
+            cur = new.to(buf.dtype).mean(2).flatten(1)[:, None]  # [B, 1, H*D]
+            return F.cosine_similarity(sink.float(), cur.float(), dim=-1)  # [B, m]
+
+        avg = (sims(self.k[layer], k) + sims(self.v[layer], v)) / 2
+        idx = avg.argmin(1)  # least similar sink frame
+        push = avg.gather(1, idx[:, None])[:, 0] < self.cc.sink_tau  # [B]
+        self._push(layer, push, (idx + 1) * L)
+
+    def _push(self, layer: int, push: torch.Tensor, val: torch.Tensor) -> None:
+        st, ln = self.stack[layer], self.stack_len[layer]
+        cap = st.shape[1]
+        over = push & (ln >= cap)  # bounded: drop the oldest pending refresh
+        st.copy_(torch.where(over[:, None], st.roll(-1, 1), st))
+        ln.sub_(over.long())
+        pos = ln.clamp(max=cap - 1)[:, None]
+        st.scatter_(1, pos, torch.where(push, val, st.gather(1, pos)[:, 0])[:, None])
+        ln.add_(push.long())
+
+    # -- introspection (tests, stats; these do sync) ------------------------------------------------------------------
+
+    def queue(self, layer: int, slot: int = 0) -> list[int]:
+        """The eviction queue of `layer`/`slot` as upstream's list of slot end offsets (front first)."""
+        n = int(self.stack_len[layer, slot])
+        stack = self.stack[layer, slot, :n].tolist()[::-1]
+        q = self.fifo[slot]
+        p = int(self.ptr[layer, slot]) % max(1, len(q))
+        return stack + q[p:] + q[:p]
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.k, self.v, self.cross_k, self.cross_v))
