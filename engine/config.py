@@ -80,6 +80,12 @@ class CacheConfig:
     # Capacity of the device-side stack of pending sink refreshes. Upstream's Python list is unbounded (it can only
     # grow in multi-step no-batch mode under sustained low similarity); past this depth the oldest entry is dropped.
     refresh_stack: int = 64
+    # When the ring pointer advances with one slot (B = 1) and several denoising steps per chunk:
+    #  "upstream": a step counter that starts counting at the first full-phase call and pops every `steps` calls,
+    #              exactly as upstream (its phase is off by one chunk step once the cache is full: the later steps
+    #              of the chunk that fills the cache already write into the first rolling slot);
+    #  "last_step": the pointer advances after the last denoising step of every chunk (the intended rule).
+    ring_advance: str = "upstream"
     extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -90,6 +96,8 @@ class CacheConfig:
             raise EngineError("cache: chunk sizes must be at least one latent frame")
         if max(self.first_chunk_frames, self.chunk_frames) > self.cache_frames:
             raise EngineError("cache: a chunk cannot be larger than the cache")
+        if self.ring_advance not in ("upstream", "last_step"):
+            raise EngineError(f"cache: ring_advance must be 'upstream' or 'last_step', not {self.ring_advance!r}")
         if self.rope_refresh < self.cache_frames:
             raise EngineError(
                 f"cache: rope_refresh ({self.rope_refresh}) must be >= cache_frames ({self.cache_frames})")

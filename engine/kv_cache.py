@@ -105,6 +105,7 @@ class KVCache:
         self.fifo_dev = torch.zeros(batch, R, dtype=torch.long, device=device)
         self.fifo_len_dev = torch.ones(batch, dtype=torch.long, device=device)
         self._arange = torch.arange(self.S, device=device)
+        self.total_steps = 1
         self.reset()
 
     # -- verbs -----------------------------------------------------------------------------------------------------
@@ -121,6 +122,8 @@ class KVCache:
         self.local_end = [0] * self.B
         self.global_end = [0] * self.B
         self.fifo: list[list[int]] = [[] for _ in range(self.B)]
+        self.sealed = [False] * self.B
+        self.step_counter = self.total_steps  # upstream's kv_cache['current_step'] (B = 1 only)
 
     @torch.no_grad()
     def set_prompt(self, model, context: torch.Tensor) -> None:
@@ -130,6 +133,10 @@ class KVCache:
             self.cross_k[j].copy_(k.expand(self.B, -1, -1, -1))
             self.cross_v[j].copy_(v.expand(self.B, -1, -1, -1))
 
+    def set_steps(self, steps: int) -> None:
+        """Denoising steps per chunk (only matters for ring_advance="upstream" with one slot)."""
+        self.total_steps = self.step_counter = steps
+
     def copy_slot(self, src: int, dst: int) -> None:
         """Make slot `dst` a copy of slot `src` (Stream-Batch fill after a no-batch run, SLO mode switches)."""
         for t in (self.k, self.v, self.cross_k, self.cross_v, self.stack, self.stack_len, self.ptr):
@@ -137,10 +144,15 @@ class KVCache:
         self.fifo_dev[dst].copy_(self.fifo_dev[src])
         self.fifo_len_dev[dst].copy_(self.fifo_len_dev[src])
         self.local_end[dst], self.global_end[dst] = self.local_end[src], self.global_end[src]
+        self.sealed[dst] = self.sealed[src]
         self.fifo[dst] = list(self.fifo[src])
 
     def plan(self, start_frames: list[int], grid: tuple[int, int, int], advance: bool = True) -> StepPlan:
-        """Host bookkeeping for one call writing a chunk of grid (F, h, w) at `start_frames` (one per slot)."""
+        """Host bookkeeping for one call writing a chunk of grid (F, h, w) at `start_frames` (one per slot).
+
+        `advance`: this call is the chunk's last denoising step (used by ring_advance="last_step"; with the default
+        "upstream" rule one slot pops on upstream's step counter and several slots pop on every call).
+        """
         f, h, w = grid
         if h * w != self.L:
             raise EngineError(f"chunk has {h * w} tokens per frame but the cache was built for {self.L}; "
@@ -151,10 +163,12 @@ class KVCache:
         if n > self.S:
             raise EngineError(f"a chunk of {f} latent frames does not fit a {self.cc.cache_frames}-frame cache")
         fill_end, full, fifo_changed = [], [], False
+        upstream = self.cc.ring_advance == "upstream"
         for b, sf in enumerate(start_frames):
             start = sf * self.L
             end = start + n
-            if end > self.S or self.local_end[b] >= self.S:  # full: overwrite the slot at the queue's front
+            was_full = self.local_end[b] >= self.S if upstream else self.sealed[b]
+            if end > self.S or was_full:  # full: overwrite the slot at the queue's front
                 if not self.fifo[b]:
                     raise EngineError("the KV cache has no rolling slots for this chunk size; "
                                       "use more cache_frames or fewer sink_frames")
@@ -170,6 +184,8 @@ class KVCache:
                 full.append(False)
                 fill_end.append(self.local_end[b])
             self.global_end[b] = end
+            if advance and self.local_end[b] >= self.S:
+                self.sealed[b] = True  # "last_step": the cache is full once a whole chunk has been written
         if fifo_changed:
             R = self.fifo_dev.shape[1]
             rows = [q + [0] * (R - len(q)) for q in self.fifo]
@@ -183,7 +199,17 @@ class KVCache:
             mask = valid[:, None, None, :]
         dev = self.device
         full_t = torch.tensor(full, device=dev)
-        pop = [fl and advance for fl in full]
+        if self.cc.ring_advance == "last_step":
+            pop = [fl and advance for fl in full]
+        elif self.B > 1:
+            pop = list(full)
+        else:
+            pop = [False]
+            if full[0]:
+                if self.step_counter > 1:
+                    self.step_counter -= 1
+                else:
+                    pop, self.step_counter = [True], self.total_steps
         return StepPlan(
             n=n,
             start_frames_dev=torch.tensor(start_frames, dtype=torch.long, device=dev),
