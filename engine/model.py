@@ -63,9 +63,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (xf * self.weight.float()).type_as(x)
+        return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).type_as(x)
 
 
 class LayerNorm(nn.Module):
@@ -93,71 +91,61 @@ def sinusoidal_embedding(dim: int, t: torch.Tensor) -> torch.Tensor:
 
 
 class Rope3D:
-    """3-axis rotary tables (t, h, w) for interleaved (real, imag) channel pairs; fp32 cos/sin from fp64 angles.
+    """3-axis rotary tables (t, h, w) for interleaved (real, imag) channel pairs: complex64 from fp64 angles.
 
     Not an nn.Module on purpose: the tables must stay fp32 when the model is cast (Wan keeps them as a plain
-    attribute for the same reason). `tables(...)` returns cos/sin of shape [B, N, 1, D/2] for the token grid
-    F x h x w starting at per-sample temporal positions `start_frames` [B].
+    attribute for the same reason). `tables(...)` returns the rotation e^{i*angle} of shape [B, N, 1, D/2] for the
+    token grid F x h x w starting at per-sample temporal positions `start_frames` [B].
     """
 
     def __init__(self, head_dim: int, split: tuple[int, int, int], max_len: int, theta: float = 10000.0):
         self.split = split
-        angles = []
-        for d in split:
-            inv = 1.0 / torch.pow(theta, torch.arange(0, d, 2, dtype=torch.float64) / d)  # [d/2]
-            angles.append(torch.outer(torch.arange(max_len, dtype=torch.float64), inv))  # [max_len, d/2]
-        self._angles = angles
-        self._dev: dict[torch.device, tuple[torch.Tensor, ...]] = {}
-        self._spatial: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self.max_len = max_len
+        pos = torch.arange(max_len, dtype=torch.float64)
+        self._angles = [torch.outer(pos, 1.0 / torch.pow(theta, torch.arange(0, d, 2, dtype=torch.float64) / d))
+                        for d in split]  # 3 x [max_len, d/2]
+        self._dev: dict[torch.device, list[torch.Tensor]] = {}
+        self._spatial: dict[tuple, torch.Tensor] = {}
 
-    def _on(self, device: torch.device) -> tuple[torch.Tensor, ...]:
+    def _on(self, device: torch.device) -> list[torch.Tensor]:
         if device not in self._dev:
-            cs = []
-            for a in self._angles:
-                cs += [torch.cos(a).float().to(device), torch.sin(a).float().to(device)]
-            self._dev[device] = tuple(cs)
+            self._dev[device] = [torch.polar(torch.ones_like(a), a).to(torch.complex64).to(device)
+                                 for a in self._angles]
         return self._dev[device]
 
-    def tables(self, grid: tuple[int, int, int], start_frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def tables(self, grid: tuple[int, int, int], start_frames: torch.Tensor) -> torch.Tensor:
         f, h, w = grid
         device = start_frames.device
-        ct, st, ch, sh, cw, sw = self._on(device)
+        rt, rh, rw = self._on(device)
         key = (h, w, device)
         if key not in self._spatial:  # [h*w, (dh+dw)/2], reused by every call at this resolution
             hh = torch.arange(h, device=device).repeat_interleave(w)
             ww = torch.arange(w, device=device).repeat(h)
-            self._spatial[key] = (torch.cat([ch[hh], cw[ww]], -1), torch.cat([sh[hh], sw[ww]], -1))
-        cs_hw, sn_hw = self._spatial[key]
+            self._spatial[key] = torch.cat([rh[hh], rw[ww]], -1)
+        spatial = self._spatial[key]
         pos = start_frames.view(-1, 1) + torch.arange(f, device=device)  # [B, F]
-        ctf, stf = ct[pos], st[pos]  # [B, F, dt/2]
+        temporal = rt[pos]  # [B, F, dt/2]
         B, hw = pos.shape[0], h * w
-
-        def grid_table(temporal: torch.Tensor, spatial: torch.Tensor) -> torch.Tensor:
-            tt = temporal[:, :, None, :].expand(B, f, hw, temporal.shape[-1])
-            ss = spatial[None, None].expand(B, f, hw, spatial.shape[-1])
-            return torch.cat([tt, ss], -1).reshape(B, f * hw, 1, -1)  # [B, N, 1, D/2]
-
-        return grid_table(ctf, cs_hw), grid_table(stf, sn_hw)
+        tt = temporal[:, :, None, :].expand(B, f, hw, temporal.shape[-1])
+        ss = spatial[None, None].expand(B, f, hw, spatial.shape[-1])
+        return torch.cat([tt, ss], -1).reshape(B, f * hw, 1, -1)  # [B, N, 1, D/2] complex64
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [B, N, H, D] with (real, imag) pairs interleaved along D; rotation in fp32."""
-    xf = x.float().unflatten(-1, (-1, 2))  # [B, N, H, D/2, 2]
-    xr, xi = xf[..., 0], xf[..., 1]
-    out = torch.stack([xr * cos - xi * sin, xr * sin + xi * cos], dim=-1)
-    return out.flatten(-2).type_as(x)
+def apply_rope(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
+    """x [B, N, H, D] with (real, imag) pairs interleaved along D, rot [B, N, 1, D/2] complex64; math in fp32."""
+    xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # [B, N, H, D/2]
+    return torch.view_as_real(xc * rot).flatten(-2).type_as(x)
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, frames: int) -> torch.Tensor:
     """Per-frame AdaLN: x [B, N, C], shift/scale [B, F, 1, C] (fp32) -> [B, N, C] in x's dtype."""
     xf = x.float().unflatten(1, (frames, -1))  # [B, F, L, C]
-    return (xf * (1 + scale) + shift).flatten(1, 2).type_as(x)
+    return torch.addcmul(shift, xf, 1 + scale).flatten(1, 2).type_as(x)
 
 
 def gate(x: torch.Tensor, y: torch.Tensor, g: torch.Tensor, frames: int) -> torch.Tensor:
     """Residual add with a per-frame gate, in fp32: x + y * g."""
-    out = x.float().unflatten(1, (frames, -1)) + y.float().unflatten(1, (frames, -1)) * g
+    out = torch.addcmul(x.float().unflatten(1, (frames, -1)), y.float().unflatten(1, (frames, -1)), g)
     return out.flatten(1, 2).type_as(x)
 
 
@@ -178,13 +166,13 @@ class SelfAttention(nn.Module):
         self.norm_q = RMSNorm(cfg.dim, cfg.eps) if cfg.qk_norm else nn.Identity()
         self.norm_k = RMSNorm(cfg.dim, cfg.eps) if cfg.qk_norm else nn.Identity()
 
-    def qkv(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]):
+    def qkv(self, x: torch.Tensor, rope: torch.Tensor):
         """x [B, N, C] -> roped q, roped k, v, each [B, H, N, D]."""
         B, N, _ = x.shape
         q = self.norm_q(self.q(x)).view(B, N, self.num_heads, self.head_dim)
         k = self.norm_k(self.k(x)).view(B, N, self.num_heads, self.head_dim)
         v = self.v(x).view(B, N, self.num_heads, self.head_dim)
-        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        q, k = apply_rope(q, rope), apply_rope(k, rope)
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
     def forward(self, x, rope, *, mask=None, cache: KVCache | None = None, layer: int = 0,

@@ -337,6 +337,8 @@ class WanVAE(nn.Module):
     def decode_stream(self, latents: torch.Tensor, cache: CausalCache | None = None) -> torch.Tensor:
         """[B, z, T', h, w] raw latents -> [B, 3, T, 8h, 8w] in [-1, 1]; T = 4T' (-3 on the first call)."""
         cache = self.dec_cache if cache is None else cache
+        if latents.shape[2] == 0:
+            raise ValueError("decode_stream got 0 latent frames")
         x = self.conv2(latents.to(device=self.device, dtype=self.dtype))
         out = torch.cat([self.decoder(x[:, :, t : t + 1], cache) for t in range(x.shape[2])], dim=2)
         cache.calls += 1
@@ -372,8 +374,6 @@ class WanVAE(nn.Module):
 
 _RESBLOCK_NAMES = {"residual.0.": "norm1.", "residual.2.": "conv1.", "residual.3.": "norm2.",
                    "residual.6.": "conv2.", "shortcut.": "conv_shortcut."}
-
-
 _HEAD_NAMES = {"0": "norm_out", "2": "conv_out"}
 
 
