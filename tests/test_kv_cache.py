@@ -25,7 +25,10 @@ def random_model(seed: int = 0) -> CausalWanModel:
     return m
 
 
-def stream(model, x, t, ctx, chunks, cache_cfg=CacheConfig(), dtype=torch.float32):
+DEFAULT = CacheConfig()
+
+
+def stream(model, x, t, ctx, chunks, cache_cfg=DEFAULT, dtype=torch.float32):
     B = x.shape[0]
     cache = KVCache(model.cfg, cache_cfg, B, L, device="cpu", dtype=dtype)
     cache.set_prompt(model, ctx)
@@ -87,7 +90,7 @@ def test_stream_batch_slots_are_independent():
 class Driver:
     """Feeds the cache one chunk at a time with hand-made K/V, as one layer of the model would."""
 
-    def __init__(self, cache_cfg=CacheConfig(), batch=1, layers=1, steps=1):
+    def __init__(self, cache_cfg=DEFAULT, batch=1, layers=1, steps=1):
         cfg = CFG.replace(num_layers=layers)
         self.cache = KVCache(cfg, cache_cfg, batch, L, device="cpu", dtype=torch.float32)
         self.cache.set_steps(steps)

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# One-command setup for developers and CI (Linux/macOS shells).
+#
+#   bash installer/setup.sh demo   # make .venv, install, run the built-in tiny model on the test source
+#   bash installer/setup.sh test   # make .venv with the test tools, run ruff, import-linter and pytest
+#
+# torch: an existing torch in .venv is kept. Otherwise SDV2_TORCH picks the build:
+#   SDV2_TORCH=cpu  (default without an NVIDIA GPU) installs torch==2.13.0, the CPU wheel CI uses;
+#   SDV2_TORCH=cuda (default when nvidia-smi works) installs torch from SDV2_TORCH_INDEX
+#                   (default https://download.pytorch.org/whl/cu128).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT="$PWD"
+VENV="${SDV2_VENV:-$ROOT/.venv}"
+PY="${PYTHON:-python3}"
+what="${1:-demo}"
+shift || true
+
+log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
+
+if [ ! -x "$VENV/bin/python" ]; then
+    log "creating $VENV"
+    "$PY" -m venv "$VENV"
+fi
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
+
+if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
+    flavour="${SDV2_TORCH:-}"
+    if [ -z "$flavour" ]; then
+        if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then flavour=cuda; else flavour=cpu; fi
+    fi
+    if [ "$flavour" = cuda ]; then
+        log "installing torch (CUDA build)"
+        "${PIP[@]}" install -q "torch>=2.4,<2.15" --index-url "${SDV2_TORCH_INDEX:-https://download.pytorch.org/whl/cu128}"
+    else
+        log "installing torch 2.13.0 (CPU)"
+        "${PIP[@]}" install -q "torch==2.13.0"
+    fi
+fi
+
+case "$what" in
+    demo)
+        log "installing streamdiffusion-studio"
+        "${PIP[@]}" install -q -e "$ROOT[text]"
+        log "running the built-in tiny demo (untrained test model, test source) -> out/styled.mp4"
+        exec "$VENV/bin/sdv2" run --out out/styled.mp4 "$@"
+        ;;
+    test)
+        log "installing streamdiffusion-studio with test tools"
+        "${PIP[@]}" install -q -e "$ROOT[test]"
+        log "ruff"
+        "$VENV/bin/ruff" check .
+        log "import-linter"
+        (cd "$ROOT" && "$VENV/bin/lint-imports")
+        log "pytest"
+        export QT_QPA_PLATFORM=offscreen
+        exec "$VENV/bin/python" -m pytest -q "$@"
+        ;;
+    *)
+        echo "usage: bash installer/setup.sh demo|test [args...]" >&2
+        exit 2
+        ;;
+esac

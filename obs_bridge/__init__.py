@@ -1,0 +1,1 @@
+"""OBS Studio integration (obs-websocket client, OBS sources in, styled source out). Never imports Qt."""
