@@ -101,8 +101,10 @@ class Rope3D:
     def __init__(self, head_dim: int, split: tuple[int, int, int], max_len: int, theta: float = 10000.0):
         self.split = split
         self.max_len = max_len
-        pos = torch.arange(max_len, dtype=torch.float64)
-        self._angles = [torch.outer(pos, 1.0 / torch.pow(theta, torch.arange(0, d, 2, dtype=torch.float64) / d))
+        # Built on the CPU explicitly: the model may be constructed under `torch.device("meta")`.
+        f64 = {"dtype": torch.float64, "device": "cpu"}
+        pos = torch.arange(max_len, **f64)
+        self._angles = [torch.outer(pos, 1.0 / torch.pow(theta, torch.arange(0, d, 2, **f64) / d))
                         for d in split]  # 3 x [max_len, d/2]
         self._dev: dict[torch.device, list[torch.Tensor]] = {}
         self._spatial: dict[tuple, torch.Tensor] = {}
