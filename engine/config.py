@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from engine.errors import EngineError
 
@@ -86,7 +86,6 @@ class CacheConfig:
     #              of the chunk that fills the cache already write into the first rolling slot);
     #  "last_step": the pointer advances after the last denoising step of every chunk (the intended rule).
     ring_advance: str = "upstream"
-    extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not 0 <= self.sink_frames < self.cache_frames:

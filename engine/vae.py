@@ -110,6 +110,9 @@ class CausalCache:
 # ---------------------------------------------------------------------------------------------------- layers
 
 
+_MKLDNN = torch.backends.mkldnn.is_available() and hasattr(torch, "mkldnn_convolution")
+
+
 class CausalConv3d(nn.Conv3d):
     """3D conv, spatially 'same' padded, causal in time: sees `context` past frames (zeros before a stream).
 
@@ -130,6 +133,10 @@ class CausalConv3d(nn.Conv3d):
                 cache.frames[self] = x[:, :, -self.context:].clone()  # clone: don't pin the whole chunk
             missing = self.context - (0 if past is None else past.shape[2])  # only at the start of a stream
             x = F.pad(x, (0, 0, 0, 0, missing, 0))
+        if _MKLDNN and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16):
+            # torch's CPU heuristic sends short clips (T <= 4) to slow_conv3d, 3-5x slower than oneDNN.
+            return torch.mkldnn_convolution(x, self.weight, self.bias, self.padding, self.stride, self.dilation,
+                                            self.groups)
         return super().forward(x)
 
 
@@ -144,7 +151,8 @@ class RMSNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(shape)) if bias else None  # Wan2.1 has no norm biases
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.normalize(x.float(), dim=1) * self.scale * self.gamma.float()
+        xf = x.float()  # x / max(||x||_C, 1e-12) as F.normalize, ~4x faster on CPU for a reduction over dim 1
+        y = xf * torch.rsqrt(xf.square().sum(1, keepdim=True).clamp_min(1e-24)) * (self.scale * self.gamma.float())
         if self.bias is not None:
             y = y + self.bias.float()
         return y.to(x.dtype)

@@ -42,7 +42,7 @@ fi
 case "$what" in
     demo)
         log "installing streamdiffusion-studio"
-        "${PIP[@]}" install -q -e "$ROOT[text]"
+        "${PIP[@]}" install -q -e "$ROOT"
         log "running the built-in tiny demo (untrained test model, test source) -> out/styled.mp4"
         exec "$VENV/bin/sdv2" run --out out/styled.mp4 "$@"
         ;;

@@ -1,0 +1,339 @@
+"""The engine API shared by the CLI, the desktop app and the OBS bridge (Qt-free, thread-safe).
+
+    engine = Engine(EngineConfig(model="tiny", size=(256, 256), controls=Controls(steps=2)))
+    engine.start(progress=lambda msg, frac: ...)   # load weights, start the worker thread
+    engine.push(frame)                              # HxWx3 uint8 of any size; never blocks unless asked to
+    styled = engine.pull(timeout=0.1)               # HxWx3 uint8, same size as its input frame, or None
+    engine.set_controls(prompt="...", steps=1)      # validated now, applied at the next chunk boundary
+    engine.stats()                                  # fps, latency p50/p99, deadline misses, TTFF, drops
+    engine.stop()                                   # finish what was pushed (padding the last chunk)
+
+Input and output queues are bounded. Live sources push with `block=False`: when the engine falls behind, the
+oldest waiting frames are dropped (counted in stats), so latency stays bounded. Offline jobs (files, the test
+source) use `lossless=True`: pushes and the worker wait instead of dropping, and every frame comes out.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from engine.config import CacheConfig
+from engine.errors import EngineError
+from engine.io.frames import check_size, fit_frame, restore_frame
+from engine.models import ModelBundle, Progress, load_bundle
+from engine.pipeline import Controls, StreamPipeline
+from engine.text import PromptCache, default_prompt_cache_dir
+
+
+@dataclass
+class EngineConfig:
+    model: str = "auto"  # "auto" (downloaded 1.3B, else tiny), "tiny", or a checkpoint path
+    base: str | None = None  # Wan2.1 diffusers base folder (VAE, umT5); found automatically when None
+    device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1"
+    dtype: str = "auto"  # "auto" (bfloat16 on CUDA, float32 on CPU), "bfloat16", "float16", "float32"
+    text_device: str = "cpu"  # umT5 runs here (CPU saves ~11 GB of VRAM; prompts are cached anyway)
+    size: tuple[int, int] | None = None  # (h, w) model resolution; None = the model's default
+    batch: bool = True  # Stream-Batch over denoising steps (False: steps in sequence, lower memory)
+    controls: Controls = field(default_factory=Controls)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    queue_frames: int = 32  # input frames waiting at most (drop-oldest beyond, unless lossless)
+    lossless: bool = False  # offline jobs: block instead of dropping
+    latency_budget: float | None = None  # seconds; frames slower than this count as deadline misses
+    prompt_cache_dir: str | None = None  # default: the user cache dir; "" disables the disk cache
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise EngineError(f"device {device} requested but CUDA is not available; install the CUDA build of torch "
+                          "(see README) or use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise EngineError(f"device {device} does not exist ({torch.cuda.device_count()} CUDA devices)")
+    return dev
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in names:
+        raise EngineError(f"unknown dtype {dtype!r}; use bfloat16, float16 or float32")
+    return names[dtype]
+
+
+@dataclass
+class Stats:
+    frames_in: int = 0
+    frames_out: int = 0
+    dropped_in: int = 0  # input frames dropped because the engine was behind
+    dropped_out: int = 0  # styled frames nobody pulled in time
+    chunks: int = 0
+    fps: float = 0.0  # styled frames per second over the last few seconds
+    latency_p50: float = 0.0  # seconds from push to styled frame ready
+    latency_p99: float = 0.0
+    deadline_misses: int = 0
+    ttff: float | None = None  # seconds from start() returning to the first styled frame
+    chunk_ms: float = 0.0  # median compute time per chunk
+    mode: str = ""
+    model: str = ""
+    untrained: bool = False
+    running: bool = False
+    error: str | None = None
+
+
+class Engine:
+    """One stream: a worker thread runs the StreamPipeline over frames pushed from any thread."""
+
+    def __init__(self, config: EngineConfig | None = None, bundle: ModelBundle | None = None):
+        self.config = config or EngineConfig()
+        self._bundle = bundle
+        self._lock = threading.Condition()
+        self._inq: collections.deque = collections.deque()
+        self._outq: collections.deque = collections.deque()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._joining = False
+        self._error: BaseException | None = None
+        self._stats = Stats()
+        self._lat: collections.deque = collections.deque(maxlen=512)
+        self._out_times: collections.deque = collections.deque(maxlen=256)
+        self._chunk_times: collections.deque = collections.deque(maxlen=64)
+        self.pipeline: StreamPipeline | None = None
+        self.bundle: ModelBundle | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------------------------------
+
+    def start(self, progress: Progress | None = None) -> Engine:
+        """Load the models (in the calling thread; report through `progress`) and start the worker."""
+        cfg = self.config
+        device = resolve_device(cfg.device)
+        dtype = resolve_dtype(cfg.dtype, device)
+        bundle = self._bundle or load_bundle(cfg.model, device=device, dtype=dtype, base=cfg.base,
+                                             text_device=cfg.text_device, progress=progress)
+        self.bundle = bundle
+        h, w = check_size(*(cfg.size or bundle.default_size))
+        folder = default_prompt_cache_dir() if cfg.prompt_cache_dir is None else (cfg.prompt_cache_dir or None)
+        prompts = PromptCache(bundle.text, folder)
+        if progress:
+            progress("encoding the prompt", 0.9)
+        self.pipeline = StreamPipeline(bundle.dit, bundle.vae, prompts, size=(h, w), controls=cfg.controls,
+                                       batch=cfg.batch, cache_cfg=cfg.cache, device=device, dtype=dtype)
+        self._stats = Stats(mode="stream-batch" if cfg.batch else "no-batch", model=bundle.name,
+                            untrained=bundle.untrained, running=True)
+        self._stopping = self._joining = False
+        self._t_start = time.perf_counter()
+        self._thread = threading.Thread(target=self._run, name="sdv2-engine", daemon=True)
+        self._thread.start()
+        if progress:
+            progress("running", 1.0)
+        return self
+
+    def finish(self) -> None:
+        """No more input: the worker processes what was pushed (padding the last partial chunk), flushes the
+        Stream-Batch pipeline and exits. Keep pulling until `done()`."""
+        with self._lock:
+            self._stopping = True
+            self._lock.notify_all()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Finish every frame pushed so far and wait for the worker. Results nobody pulls are kept up to the
+        queue size; beyond that the oldest are dropped (counted in stats.dropped_out)."""
+        with self._lock:
+            self._stopping = True
+            self._joining = True
+            self._lock.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._stats.running = False
+        self._raise_error()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            self.stop()
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """The model resolution (h, w)."""
+        if self.pipeline is None:
+            raise EngineError("the engine is not started")
+        return self.pipeline.size
+
+    # -- frames -------------------------------------------------------------------------------------------------------
+
+    def push(self, frame: np.ndarray, block: bool | None = None, timeout: float | None = None) -> bool:
+        """Queue one HxWx3 uint8 RGB frame. Returns False if the oldest queued frame had to be dropped."""
+        self._raise_error()
+        if self.pipeline is None:
+            raise EngineError("start the engine before pushing frames")
+        small = fit_frame(frame, self.pipeline.size)
+        block = self.config.lossless if block is None else block
+        item = (small, frame.shape, time.perf_counter())
+        with self._lock:
+            if block:
+                ok = self._lock.wait_for(lambda: len(self._inq) < self.config.queue_frames or self._error,
+                                         timeout)
+                if not ok:
+                    raise TimeoutError("engine input queue stayed full")
+                self._raise_error()
+            dropped = False
+            if len(self._inq) >= self.config.queue_frames:
+                self._inq.popleft()
+                self._stats.dropped_in += 1
+                dropped = True
+            self._inq.append(item)
+            self._stats.frames_in += 1
+            self._lock.notify_all()
+        return not dropped
+
+    def pull(self, timeout: float | None = 0.0) -> np.ndarray | None:
+        """The next styled frame (same size as its input frame), or None if none is ready within `timeout`."""
+        with self._lock:
+            if not self._outq:
+                self._lock.wait_for(lambda: self._outq or self._error or self._finished(), timeout)
+            if self._outq:
+                frame = self._outq.popleft()
+                self._lock.notify_all()
+                return frame
+        self._raise_error()
+        return None
+
+    def latest(self) -> np.ndarray | None:
+        """The newest styled frame, dropping older ones (for previews)."""
+        with self._lock:
+            if not self._outq:
+                return None
+            frame = self._outq.pop()
+            self._stats.dropped_out += len(self._outq)
+            self._outq.clear()
+            self._lock.notify_all()
+            return frame
+
+    def done(self) -> bool:
+        """True once stop() was requested and every result has been pulled."""
+        with self._lock:
+            return self._finished() and not self._outq
+
+    def _finished(self) -> bool:
+        return self._thread is not None and not self._thread.is_alive()
+
+    # -- controls and stats -------------------------------------------------------------------------------------------
+
+    def set_controls(self, **changes) -> Controls:
+        """Validate now (raises EngineError), apply at the next chunk boundary."""
+        if self.pipeline is None:
+            self.config.controls = dataclasses.replace(self.config.controls, **changes).validated()
+            return self.config.controls
+        with self._lock:
+            return self.pipeline.set_controls(**changes)
+
+    @property
+    def controls(self) -> Controls:
+        return self.pipeline.controls if self.pipeline else self.config.controls
+
+    def stats(self) -> Stats:
+        with self._lock:
+            s = dataclasses.replace(self._stats)
+            lat = sorted(self._lat)
+            if lat:
+                s.latency_p50 = lat[len(lat) // 2]
+                s.latency_p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))]
+            ot = self._out_times
+            if len(ot) >= 2 and ot[-1] > ot[0]:
+                s.fps = (len(ot) - 1) / (ot[-1] - ot[0])
+            if self._chunk_times:
+                s.chunk_ms = sorted(self._chunk_times)[len(self._chunk_times) // 2] * 1e3
+            s.error = str(self._error) if self._error else None
+            return s
+
+    def _raise_error(self) -> None:
+        err = self._error
+        if err is None:
+            return
+        if isinstance(err, EngineError):
+            raise EngineError(str(err))
+        raise EngineError(f"the engine stopped: {type(err).__name__}: {err}") from err
+
+    # -- worker -------------------------------------------------------------------------------------------------------
+
+    def _take(self) -> tuple[list, int] | None:
+        """Wait for the next chunk's frames; at stop, pad a partial chunk. Returns (items, real count)."""
+        pipe = self.pipeline
+        with self._lock:
+            self._lock.wait_for(lambda: len(self._inq) >= pipe.frames_needed or self._stopping)
+            need = pipe.frames_needed
+            if len(self._inq) >= need:
+                items = [self._inq.popleft() for _ in range(need)]
+                self._lock.notify_all()
+                return items, need
+            if not self._inq:
+                return None
+            items = list(self._inq)
+            self._inq.clear()
+            self._lock.notify_all()
+        real = len(items)
+        items += [items[-1]] * (need - real)
+        return items, real
+
+    def _run(self) -> None:
+        pipe = self.pipeline
+        pending: collections.deque = collections.deque()  # (original shape, push time) per real input frame
+        try:
+            while True:
+                got = self._take()
+                if got is None:
+                    break
+                items, real = got
+                t0 = time.perf_counter()
+                styled = pipe.process(np.stack([it[0] for it in items]))
+                pending.extend((it[1], it[2]) for it in items[:real])
+                pending.extend((None, None) for _ in range(len(items) - real))  # padding: discarded outputs
+                self._chunk_times.append(time.perf_counter() - t0)
+                self._emit(styled, pending)
+                self._stats.chunks += 1
+            self._emit(pipe.flush(), pending)
+        except BaseException as e:  # surfaced to the caller by push/pull/stop
+            with self._lock:
+                self._error = e
+                self._lock.notify_all()
+        finally:
+            with self._lock:
+                self._stats.running = False
+                self._lock.notify_all()
+
+    def _emit(self, styled: list[np.ndarray], pending: collections.deque) -> None:
+        budget = self.config.latency_budget
+        for frame in styled:
+            shape, t_push = pending.popleft()
+            if shape is None:
+                continue
+            out = restore_frame(frame, shape) if tuple(shape[:2]) != frame.shape[:2] else frame
+            now = time.perf_counter()
+            with self._lock:
+                if self.config.lossless:
+                    self._lock.wait_for(lambda: len(self._outq) < self.config.queue_frames or self._joining)
+                if len(self._outq) >= self.config.queue_frames:
+                    self._outq.popleft()
+                    self._stats.dropped_out += 1
+                self._outq.append(out)
+                lat = now - t_push
+                self._lat.append(lat)
+                self._out_times.append(now)
+                self._stats.frames_out += 1
+                if budget is not None and lat > budget:
+                    self._stats.deadline_misses += 1
+                if self._stats.ttff is None:
+                    self._stats.ttff = now - self._t_start
+                self._lock.notify_all()

@@ -1,0 +1,58 @@
+"""The two interfaces everything in ``engine.io`` implements: frame sources and frame sinks.
+
+A source is an iterator of ``(frame, pts_seconds)`` where ``frame`` is an ``HxWx3`` uint8 RGB numpy
+array; a sink consumes such frames. Both are context managers that release their resources on exit.
+Implementations subclass these ABCs (or just provide the same methods: the engine only duck-types).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from types import TracebackType
+
+import numpy as np
+
+Frame = np.ndarray  # HxWx3 uint8 RGB
+
+
+class FrameSource(ABC):
+    """An iterator of ``(frame, pts_seconds)`` with ``fps`` and ``size`` (h, w). Iterate it once."""
+
+    fps: float
+    size: tuple[int, int]
+
+    @abstractmethod
+    def __iter__(self) -> Iterator[tuple[Frame, float]]: ...
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the device/file/connection. Safe to call more than once."""
+
+    def __enter__(self) -> FrameSource:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class FrameSink(ABC):
+    """Consumes ``HxWx3`` uint8 RGB frames; ``close()`` finishes the output (flush, finalize)."""
+
+    @abstractmethod
+    def write(self, frame: Frame, pts_seconds: float | None = None) -> None:
+        """Write one frame; ``pts_seconds`` is its presentation time (None: evenly spaced at the sink's fps)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Flush and finish the output. Safe to call more than once."""
+
+    def __enter__(self) -> FrameSink:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

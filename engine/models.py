@@ -1,0 +1,138 @@
+"""Which weights to run: the embedded `tiny` test model, or StreamDiffusionV2 / Wan2.1 files on disk.
+
+A `ModelBundle` is the three networks a stream needs (DiT, VAE, text encoder) plus what the UI should say
+about them. `load_bundle("auto")` uses the downloaded StreamDiffusionV2 1.3B model when present and otherwise the
+tiny model, with a notice naming the command that downloads the real one.
+
+Files on disk (what `sdv2 models download` produces; any folder with the same layout works):
+    <models>/StreamDiffusionV2/wan_causal_dmd_v2v/model.pt      the causal DMD-distilled DiT (1.3B)
+    <models>/Wan2.1-T2V-1.3B-Diffusers/{text_encoder,tokenizer,vae}/   umT5 + VAE (diffusers format)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from engine.config import get_preset
+from engine.errors import EngineError
+from engine.model import CausalWanModel, cast_model
+from engine.text import TextEncoder, load_text_encoder, tiny_text_encoder
+from engine.vae import WanVAE, get_vae_preset, load_vae
+
+TINY_NOTICE = ("using the built-in tiny model: UNTRAINED random weights for testing the pipeline, its output is "
+               "noise-like, not a style; run `sdv2 models download` for the real StreamDiffusionV2 model")
+CAUSAL_DIR = Path("StreamDiffusionV2") / "wan_causal_dmd_v2v"
+BASE_DIR = Path("Wan2.1-T2V-1.3B-Diffusers")
+
+Progress = Callable[[str, float], None]  # (message, fraction done 0..1)
+
+
+@dataclass
+class ModelBundle:
+    name: str
+    dit: CausalWanModel
+    vae: WanVAE
+    text: TextEncoder
+    untrained: bool
+    default_size: tuple[int, int]  # (h, w) the model was trained at
+    notice: str = ""
+
+
+def models_dir() -> Path:
+    """Where downloaded models live: $SDV2_MODELS, else the platform's user data dir."""
+    env = os.environ.get("SDV2_MODELS")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("streamdiffusion-studio", appauthor=False)) / "models"
+
+
+def _seeded_init(module: torch.nn.Module, seed: int, std: float = 0.05) -> None:
+    """Deterministic random weights independent of the global RNG and of torch's init schemes."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if p.dim() == 1 and ("norm" in name or name.endswith("gamma")):
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
+            elif p.dim() == 1:
+                p.copy_(0.02 * torch.randn(p.shape, generator=g))
+            else:
+                fan_in = p[0].numel()
+                p.copy_(torch.randn(p.shape, generator=g) * min(std, fan_in**-0.5))
+
+
+def tiny_bundle(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0) -> ModelBundle:
+    """The embedded default: tiny DiT + tiny VAE + tiny umT5, random weights from fixed seeds."""
+    cfg = get_preset("tiny")
+    dit = CausalWanModel(cfg)
+    _seeded_init(dit, seed)
+    vae = WanVAE(get_vae_preset("tiny"))
+    _seeded_init(vae, seed + 1, std=0.2)
+    text = tiny_text_encoder(text_dim=cfg.text_dim, text_len=cfg.text_len, seed=seed + 2)
+    dit = cast_model(dit.eval().requires_grad_(False), dtype).to(device)
+    vae = vae.eval().requires_grad_(False).to(device=device, dtype=dtype if dtype != torch.float16 else torch.float32)
+    return ModelBundle("tiny (untrained test model)", dit, vae, text, untrained=True, default_size=(256, 256),
+                       notice=TINY_NOTICE)
+
+
+def find_downloaded() -> tuple[Path, Path] | None:
+    """(causal checkpoint folder, diffusers base folder) if both are in the models dir."""
+    root = models_dir()
+    ckpt, base = root / CAUSAL_DIR, root / BASE_DIR
+    if (ckpt / "model.pt").is_file() and (base / "vae").is_dir() and (base / "text_encoder").is_dir():
+        return ckpt, base
+    return None
+
+
+def _find_base(path: Path) -> Path:
+    """The diffusers base folder (text_encoder/, tokenizer/, vae/) for a checkpoint at `path`."""
+    for cand in (path, *path.parents[:3], models_dir() / BASE_DIR):
+        if (cand / "vae").is_dir() and (cand / "text_encoder").is_dir():
+            return cand
+        if (cand / BASE_DIR / "vae").is_dir():
+            return cand / BASE_DIR
+    raise EngineError(f"no Wan2.1 base folder (text_encoder/, tokenizer/, vae/) found for {path}; "
+                      "run `sdv2 models download` or pass --base FOLDER")
+
+
+def load_bundle(spec: str = "auto", *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                base: str | None = None, text_device: str | torch.device = "cpu",
+                progress: Progress | None = None) -> ModelBundle:
+    """Load the networks named by `spec`: "auto", "tiny", or a checkpoint file/folder (any layout
+    `engine.checkpoint` reads) with its Wan2.1 base folder found beside it, in the models dir, or at `base`."""
+    say = progress or (lambda msg, frac: None)
+    if spec == "tiny":
+        say("building the tiny test model", 0.0)
+        return tiny_bundle(device, dtype)
+    if spec == "auto":
+        found = find_downloaded()
+        if found is None:
+            say("no downloaded model found; using the tiny test model", 0.0)
+            return tiny_bundle(device, dtype)
+        ckpt, base_dir = found
+    else:
+        ckpt = Path(spec).expanduser()
+        if not ckpt.exists():
+            raise EngineError(f"model path {ckpt} does not exist; pass a checkpoint file or folder, 'tiny', or "
+                              "run `sdv2 models download`")
+        base_dir = Path(base).expanduser() if base else _find_base(ckpt)
+    from engine.checkpoint import load_model
+
+    say(f"loading the DiT from {ckpt}", 0.05)
+    dit, info = load_model(ckpt, dtype=dtype, device=device)
+    say("loading the VAE", 0.6)
+    vae = load_vae(base_dir / "vae", dtype=dtype, device=device)
+    say("loading the umT5 text encoder", 0.75)
+    text = load_text_encoder(base_dir, device=text_device,
+                             dtype=torch.float32 if torch.device(text_device).type == "cpu" else dtype,
+                             text_len=dit.cfg.text_len)
+    text.check_compatible(dit.cfg.text_dim, dit.cfg.text_len)
+    say("models loaded", 1.0)
+    return ModelBundle(f"{info.preset} ({info.layout}, {ckpt.name})", dit, vae, text, untrained=False,
+                       default_size=(480, 832))
