@@ -18,7 +18,6 @@ Frames are uint8 [T, H, W, 3] numpy arrays at the model resolution (engine/io/fr
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -199,6 +198,7 @@ class StreamPipeline:
         if tuple(frames.shape[1:3]) != self.size:
             raise EngineError(f"frames are {frames.shape[2]}x{frames.shape[1]} but the engine runs at "
                               f"{self.size[1]}x{self.size[0]}; fit frames with engine.io.frames.fit_frame")
+        self._last_input = frames[-1]
         x = frames_from_uint8(frames).to(self.device)  # [1, 3, T, H, W] in [-1, 1]
         first = self.chunks == 0
         if first:
@@ -270,28 +270,19 @@ class StreamPipeline:
         return list(u8.cpu().numpy())
 
     def flush(self) -> list[np.ndarray]:
-        """Finish every chunk still in the Stream-Batch pipeline (feeding repeats of the last frames, whose outputs
-        are discarded). No-op in no-batch mode."""
+        """Finish every chunk still in the Stream-Batch pipeline (feeding repeats of the last frame, whose outputs
+        are discarded). No-op in no-batch mode.
+
+        The newest real chunk needs `slots - 1` more calls to come out; outputs of the pipeline fill still ahead
+        of it are discarded by the `_fill` count as usual.
+        """
         if not self.batch or self.chunks == 0 or self._hidden is None:
             return []
-        in_flight = self.slots - 1 - self._fill
+        if self.slots - 1 - self._fill <= 0:  # nothing real in flight
+            return []
         out: list[np.ndarray] = []
-        last = self.motion._prev_frame
-        filler = np.repeat(self._last_frame_u8(last), self.chunk_pixels, axis=0)
-        for _ in range(in_flight):
+        filler = np.repeat(self._last_input[None], self.chunk_pixels, axis=0)
+        for _ in range(self.slots - 1):
             out += self.process(filler)
-        self._fill = self.slots - 1  # whatever enters now is filler
+        self._fill = self.slots - 1  # what is in the slots now is filler
         return out
-
-    @staticmethod
-    def _last_frame_u8(prev: torch.Tensor) -> np.ndarray:
-        """[1, 3, 1, H, W] in [-1, 1] -> uint8 [1, H, W, 3]."""
-        u8 = ((prev[0, :, 0].permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-        return u8.cpu().numpy()[None]
-
-
-def chunk_plan(num_frames: int, first: int = 5, chunk: int = 4) -> list[int]:
-    """Chunk sizes covering `num_frames` input frames (the last chunk padded by repeating frames)."""
-    if num_frames <= first:
-        return [first]
-    return [first] + [chunk] * math.ceil((num_frames - first) / chunk)

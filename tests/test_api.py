@@ -1,0 +1,121 @@
+"""The engine API the CLI, the app and the OBS bridge share: queues, accounting, controls, errors, stats."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from engine.api import Engine, EngineConfig
+from engine.errors import EngineError
+from engine.io.pattern import TestPatternSource
+from engine.models import tiny_bundle
+from engine.pipeline import Controls
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    return tiny_bundle()
+
+
+def frames(n: int, size=(90, 160)) -> list[np.ndarray]:
+    src = TestPatternSource(size=size, fps=16)
+    return [src.frame(i) for i in range(n)]
+
+
+def drain(engine: Engine) -> list[np.ndarray]:
+    out = []
+    engine.finish()
+    while not engine.done():
+        f = engine.pull(timeout=0.5)
+        if f is not None:
+            out.append(f)
+    return out
+
+
+def test_lossless_run_returns_every_frame_at_input_size(bundle):
+    eng = Engine(EngineConfig(size=(64, 64), lossless=True, queue_frames=6, controls=Controls(steps=2)), bundle)
+    eng.start()
+    out = []
+    for f in frames(23):  # 16:9 input, square model: fitted in, restored out
+        eng.push(f)
+        while (g := eng.pull()) is not None:
+            out.append(g)
+    out += drain(eng)
+    st = eng.stats()
+    eng.stop()
+    assert len(out) == 23 and all(g.shape == (90, 160, 3) and g.dtype == np.uint8 for g in out)
+    assert st.frames_in == st.frames_out == 23 and st.dropped_in == st.dropped_out == 0
+    assert st.chunks == 6 and st.ttff is not None and st.latency_p50 > 0 and st.fps > 0
+    assert st.untrained and "tiny" in st.model and st.mode == "stream-batch"
+
+
+def test_live_mode_drops_oldest_and_accounts_for_every_frame(bundle):
+    eng = Engine(EngineConfig(size=(64, 64), queue_frames=5, batch=False), bundle).start()
+    ok = [eng.push(f, block=False) for f in frames(40)]  # much faster than the engine: the queue overflows
+    out = drain(eng)
+    st = eng.stats()
+    eng.stop()
+    assert not all(ok) and st.dropped_in > 0
+    assert st.frames_in == 40
+    assert len(out) == st.frames_out == 40 - st.dropped_in  # every frame is returned or counted as dropped
+
+
+def test_latest_drops_stale_results(bundle):
+    eng = Engine(EngineConfig(size=(64, 64), lossless=True, batch=False), bundle).start()
+    for f in frames(13):
+        eng.push(f)
+    eng.finish()
+    while eng.stats().frames_out < 13:
+        time.sleep(0.05)
+    newest = eng.latest()
+    st = eng.stats()
+    eng.stop()
+    assert newest is not None and eng.pull() is None
+    assert st.dropped_out == 12
+
+
+def test_controls_are_validated_immediately_and_applied_live(bundle):
+    eng = Engine(EngineConfig(size=(64, 64), lossless=True, batch=False), bundle).start()
+    with pytest.raises(EngineError, match="1 to 4"):
+        eng.set_controls(steps=0)
+    for f in frames(9):
+        eng.push(f)
+    eng.set_controls(prompt="pixel art, 16-bit game sprite", steps=1)
+    for f in frames(8):
+        eng.push(f)
+    out = drain(eng)
+    eng.stop()
+    assert len(out) == 17
+    assert eng.controls.prompt.startswith("pixel art") and eng.controls.steps == 1
+
+
+def test_worker_failure_surfaces_as_engine_error(bundle):
+    eng = Engine(EngineConfig(size=(64, 64), lossless=True), bundle).start()
+
+    def boom(_frames):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    eng.pipeline.process = boom
+    for f in frames(5):
+        eng.push(f)
+    with pytest.raises(EngineError, match="out of memory"):
+        for _ in range(100):
+            eng.pull(timeout=0.1)
+    with pytest.raises(EngineError):
+        eng.push(frames(1)[0])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_requested_without_cuda():
+    with pytest.raises(EngineError, match="CUDA is not available"):
+        Engine(EngineConfig(model="tiny", device="cuda:0")).start()
+
+
+def test_bad_config_is_one_clear_line():
+    with pytest.raises(EngineError, match="does not exist"):
+        Engine(EngineConfig(model="/nonexistent/model.pt", device="cpu")).start()
+    with pytest.raises(EngineError, match="multiple of 16"):
+        Engine(EngineConfig(model="tiny", device="cpu", size=(100, 100))).start()
