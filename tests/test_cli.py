@@ -9,7 +9,6 @@ from pathlib import Path
 
 import av
 import pytest
-import torch
 
 from engine.checkpoint import save_model
 from engine.cli import main
@@ -40,8 +39,8 @@ def test_run_tiny_on_test_source_writes_mp4_and_reports(tmp_path):
 
 
 def test_run_a_video_file_in_no_batch_mode(tmp_path):
-    from engine.io.sinks import MP4Sink
     from engine.io.pattern import TestPatternSource
+    from engine.io.sinks import MP4Sink
 
     clip = tmp_path / "in.mp4"
     src = TestPatternSource(size=(64, 64), fps=16)
