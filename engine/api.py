@@ -47,6 +47,8 @@ class EngineConfig:
     lossless: bool = False  # offline jobs: block instead of dropping
     latency_budget: float | None = None  # seconds; frames slower than this count as deadline misses
     prompt_cache_dir: str | None = None  # default: the user cache dir; "" disables the disk cache
+    taehv: str | None = None  # path to taew2_1.pth: decode with the TAEHV tiny decoder (lower latency)
+    profile: bool = False  # synchronise around each stage for exact per-stage timings
 
 
 def resolve_device(device: str) -> torch.device:
@@ -126,8 +128,15 @@ class Engine:
         prompts = PromptCache(bundle.text, folder)
         if progress:
             progress("encoding the prompt", 0.9)
+        decoder = None
+        if cfg.taehv:
+            from engine.taehv import load_taehv
+
+            decoder = load_taehv(cfg.taehv, dtype=torch.float16 if device.type == "cuda" else torch.float32,
+                                 device=device)
         self.pipeline = StreamPipeline(bundle.dit, bundle.vae, prompts, size=(h, w), controls=cfg.controls,
-                                       batch=cfg.batch, cache_cfg=cfg.cache, device=device, dtype=dtype)
+                                       batch=cfg.batch, cache_cfg=cfg.cache, device=device, dtype=dtype,
+                                       decoder=decoder, profile=cfg.profile)
         self._stats = Stats(mode="stream-batch" if cfg.batch else "no-batch", model=bundle.name,
                             untrained=bundle.untrained, running=True)
         self._stopping = self._joining = False

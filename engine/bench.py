@@ -143,3 +143,71 @@ def bench_model(preset: str = "small", points: tuple[int, ...] = (10, 1000, 1000
         Path(out).write_text(json.dumps(results, indent=2, default=str))
         log(f"saved {out}")
     return results
+
+
+def bench_pipeline(model: str = "tiny", size: tuple[int, int] = (256, 256), chunks: int = 10,
+                   steps_list: tuple[int, ...] = (1, 2, 3, 4), device: str = "auto", dtype: str = "auto",
+                   out: str | None = "bench/results/pipeline.json", log=print) -> dict:
+    """Per-stage split (VAE encode, DiT, VAE decode, text, I/O), fps and latency for 1-4 steps, Stream-Batch vs
+    no-batch, on the test source. Latency is the compute latency of a chunk (its frames enter -> its styled frames
+    leave) plus the time to capture a chunk's frames at the source rate (4 frames at 16 fps = 0.25 s)."""
+    import numpy as np
+
+    from engine.api import resolve_device, resolve_dtype
+    from engine.io.pattern import TestPatternSource
+    from engine.models import load_bundle
+    from engine.pipeline import Controls, StreamPipeline
+    from engine.text import PromptCache
+
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    bundle = load_bundle(model, device=dev, dtype=dt)
+    h, w = size
+    src_fps = 16.0
+    src = TestPatternSource(size=(h, w), fps=src_fps)
+    rows = []
+    log(f"bench pipeline: {bundle.name}, {w}x{h}, {dt} on {dev}, {chunks} chunks per run, "
+        f"{torch.get_num_threads()} threads")
+    for batch in (True, False):
+        for steps in steps_list:
+            pipe = StreamPipeline(bundle.dit, bundle.vae, PromptCache(bundle.text), size=(h, w), batch=batch,
+                                  controls=Controls(steps=steps), device=dev, dtype=dt, profile=True)
+            pipe.process(np.stack([src.frame(i) for i in range(5)]))  # warm-up: chunk 0 and the prompt
+            for k in list(pipe.timings):
+                pipe.timings[k] = 0.0
+            frame_i, t_in, lat, n_out, io = 5, [], [], 0, 0.0
+            t_start = time.perf_counter()
+            for _ in range(chunks + pipe.latency_chunks):
+                t0 = time.perf_counter()
+                frames = np.stack([src.frame(frame_i + j) for j in range(4)])
+                io += time.perf_counter() - t0
+                frame_i += 4
+                t_in.append(time.perf_counter())
+                outs = pipe.process(frames)
+                if outs:
+                    lat.append(time.perf_counter() - t_in[n_out // 4] + 4 / src_fps)
+                    n_out += len(outs)
+            wall = time.perf_counter() - t_start
+            tm = dict(pipe.timings)
+            row = {"mode": "stream-batch" if batch else "no-batch", "steps": steps, "fps": n_out / wall,
+                   "latency_s": statistics.median(lat) if lat else None,
+                   "encode_ms": tm.get("encode", 0) / chunks * 1e3, "dit_ms": tm.get("dit", 0) / chunks * 1e3,
+                   "decode_ms": tm.get("decode", 0) / chunks * 1e3, "text_ms": tm.get("text", 0) * 1e3,
+                   "io_ms": io / chunks * 1e3, "frames_out": n_out}
+            rows.append(row)
+            log(f"  {row['mode']:<12} {steps} step(s): {row['fps']:6.2f} fps, latency {row['latency_s']:.2f} s | "
+                f"per chunk: encode {row['encode_ms']:.0f} ms, DiT {row['dit_ms']:.0f} ms, decode "
+                f"{row['decode_ms']:.0f} ms, I/O {row['io_ms']:.1f} ms")
+    base = {r["steps"]: r for r in rows if r["mode"] == "no-batch"}
+    for r in rows:
+        if r["mode"] == "stream-batch" and r["steps"] in base:
+            r["fps_vs_no_batch"] = r["fps"] / base[r["steps"]]["fps"]
+    log("Stream-Batch / no-batch throughput: " + ", ".join(
+        f"{r['steps']} step(s) {r['fps_vs_no_batch']:.2f}x" for r in rows if "fps_vs_no_batch" in r))
+    result = {"model": bundle.name, "size": [h, w], "device": str(dev), "dtype": str(dt), "chunks": chunks,
+              "threads": torch.get_num_threads(), "torch": torch.__version__, "rows": rows}
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=2))
+        log(f"saved {out}")
+    return result

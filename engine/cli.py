@@ -18,6 +18,18 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sources(args: argparse.Namespace) -> int:
+    from engine.io.sources import list_cameras
+
+    cams = list_cameras()
+    if not cams:
+        print("no cameras found (Linux: /dev/video*; check the camera is connected and you may read it)")
+    for cam in cams:
+        print(f"{cam.spec:<24} {cam.name}")
+    print("also: test[:WxH[@FPS]], a video file, rtmp:// srt:// udp:// URLs")
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
@@ -27,7 +39,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         from engine.bench import bench_model
 
         points = tuple(int(p) for p in args.points.split(","))
-        bench_model(args.preset, points=points, device=args.device, dtype=args.dtype, out=args.out)
+        bench_model(args.preset, points=points, device=args.device, dtype=args.dtype,
+                    out=args.out or "bench/results/model.json")
+    elif args.what == "pipeline":
+        from engine.bench import bench_pipeline
+
+        bench_pipeline(args.model, size=_parse_size(args.size) or (256, 256), chunks=args.chunks,
+                       device=args.device, dtype=args.dtype, out=args.out or "bench/results/pipeline.json")
     return 0
 
 
@@ -55,7 +73,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     spec = args.source
     cfg = EngineConfig(model=args.model, base=args.base, device=args.device, dtype=args.dtype,
                        size=_parse_size(args.size), batch=not args.no_batch, controls=controls,
-                       latency_budget=args.latency_budget)
+                       latency_budget=args.latency_budget, taehv=args.taehv)
     engine = Engine(cfg)
 
     def progress(msg: str, frac: float) -> None:
@@ -80,6 +98,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
           f"{'Stream-Batch' if cfg.batch else 'no-batch'} | source {source!r}", file=sys.stderr)
     written = 0
     t0 = time.perf_counter()
+    total = limit or getattr(source, "frames", None) or None
+    tty = sys.stderr.isatty()
+    last_report = [0.0]
+
+    def report(pushed: int, final: bool = False) -> None:
+        now = time.perf_counter()
+        if not final and now - last_report[0] < (0.5 if tty else 5.0):
+            return
+        last_report[0] = now
+        of = f"/{total}" if total else ""
+        line = f"frames {pushed}{of} in, {written} out, {written / max(now - t0, 1e-9):.1f} fps"
+        print(("\r" + line) if tty else line, end="\n" if final or not tty else "", file=sys.stderr, flush=True)
 
     def drain(wait: float) -> None:
         nonlocal written
@@ -89,20 +119,28 @@ def _cmd_run(args: argparse.Namespace) -> int:
             written += 1
             wait = 0.0
 
+    source_error: EngineError | None = None
+    pushed = 0
     try:
         with source:
             for i, (frame, _pts) in enumerate(source):
                 if limit is not None and i >= limit:
                     break
                 engine.push(frame)
+                pushed += 1
                 drain(0.0)
+                report(pushed)
     except KeyboardInterrupt:
-        print("stopping...", file=sys.stderr)
+        print("\nstopping...", file=sys.stderr)
+    except EngineError as e:  # the source failed mid-stream: keep what was made so far
+        source_error = e
     finally:
         engine.finish()
         while not engine.done():
             drain(0.2)
+            report(pushed)
         drain(0.0)
+        report(pushed, final=True)
         if sink:
             sink.close()
     wall = time.perf_counter() - t0
@@ -118,6 +156,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
               "add --realtime to measure live latency)")
     if args.out:
         print(f"wrote {args.out}")
+    if source_error is not None:
+        kept = f"; the {written} styled frames made before it are in {args.out}" if args.out and written else ""
+        raise EngineError(f"the source stopped mid-stream: {source_error}{kept}")
     if engine.bundle.untrained:
         print("(untrained tiny test model: the output is noise-like by design; "
               "`sdv2 models download` gets the real model)")
@@ -148,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), bfloat16, float16, float32")
     s.add_argument("--latency-budget", type=float, default=None, help="seconds; slower frames count as misses")
     s.add_argument("--realtime", action="store_true", help="pace files and the test source at their frame rate")
+    s.add_argument("--taehv", default=None, metavar="PATH", help="decode with the TAEHV tiny decoder (taew2_1.pth)")
     s.set_defaults(fn=_cmd_run)
 
     s = sub.add_parser("inspect", help="show a checkpoint's layout, model preset, parameter count and dtype")
@@ -155,14 +197,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=_cmd_inspect)
 
     s = sub.add_parser("bench", help="benchmarks that print ratios and save JSON")
-    s.add_argument("what", choices=["model"], help="model: streaming DiT forward (flat cost, cache speedup, FLOP/s)")
-    s.add_argument("--preset", default="small", help="model preset (default: small, dim 512 x 4 layers)")
-    s.add_argument("--points", default="10,1000,10000", help="chunk indices to measure (default 10,1000,10000)")
+    s.add_argument("what", choices=["model", "pipeline"],
+                   help="model: streaming DiT forward (flat cost, cache speedup, FLOP/s); "
+                        "pipeline: stage split, fps and latency for 1-4 steps, Stream-Batch vs no-batch")
+    s.add_argument("--preset", default="small", help="model: DiT preset (default: small, dim 512 x 4 layers)")
+    s.add_argument("--points", default="10,1000,10000", help="model: chunk indices to measure")
+    s.add_argument("--model", default="tiny", help="pipeline: auto, tiny or a checkpoint path")
+    s.add_argument("--size", default=None, help="pipeline: WIDTHxHEIGHT (default 256x256)")
+    s.add_argument("--chunks", type=int, default=10, help="pipeline: chunks measured per configuration")
     s.add_argument("--device", default="cpu")
-    s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    s.add_argument("--dtype", default="float32", choices=["auto", "float32", "bfloat16", "float16"])
     s.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
-    s.add_argument("--out", default="bench/results/model.json", help="JSON output path")
+    s.add_argument("--out", default=None, help="JSON output path (default bench/results/<what>.json)")
     s.set_defaults(fn=_cmd_bench)
+
+    s = sub.add_parser("sources", help="list the cameras found on this system")
+    s.set_defaults(fn=_cmd_sources)
+
+    from engine.hub import register_cli as register_models
+
+    register_models(sub)
     return p
 
 

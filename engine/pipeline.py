@@ -17,7 +17,10 @@ Frames are uint8 [T, H, W, 3] numpy arrays at the model resolution (engine/io/fr
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import dataclasses
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,13 +56,26 @@ class Controls:
         return self
 
 
+def keyed_noise(shape, seed: int, chunk: int, kind: int, index: int, device) -> torch.Tensor:
+    """Standard normal noise determined by (seed, chunk, kind, index) alone (float32)."""
+    key = (seed * 1_000_003 + chunk) * 97 + kind * 31 + index
+    gen = torch.Generator(device=device).manual_seed(key & 0x7FFF_FFFF_FFFF_FFFF)
+    return torch.randn(shape, generator=gen, device=device, dtype=torch.float32)
+
+
 class StreamPipeline:
     """The streaming v2v loop for one stream on one device."""
 
     def __init__(self, dit: CausalWanModel, vae: WanVAE, prompts: PromptCache, *, size: tuple[int, int],
                  controls: Controls = Controls(), batch: bool = True, cache_cfg: CacheConfig = CacheConfig(),
-                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                 decoder: torch.nn.Module | None = None, profile: bool = False):
+        """`decoder`: an alternative streaming decoder with the VAE's decode contract (TAEHV); `profile`:
+        synchronise the device around each stage so `timings` are exact (costs a little on GPUs)."""
         self.dit, self.vae, self.prompts = dit, vae, prompts
+        self.decoder = decoder or vae
+        self.profile = profile
+        self.timings: dict[str, float] = collections.defaultdict(float)
         self.device, self.dtype = torch.device(device), dtype
         h, w = size
         f = 8 * dit.cfg.patch_size[1]
@@ -89,8 +105,9 @@ class StreamPipeline:
         """Start a new stream (new clip): caches, VAE streams, motion state, positions."""
         self.clock = StreamClock(self.cache_cfg)
         self.vae.reset_stream()
+        if self.decoder is not self.vae:
+            self.decoder.reset_stream()
         self.motion.reset()
-        self.gen = torch.Generator(device=self.device).manual_seed(self.controls.seed)
         self._new_cache(self.slots)
         self._ctx = self._encode_prompt(self.controls.prompt)
         self.cache.set_prompt(self.dit, self._ctx)
@@ -105,8 +122,20 @@ class StreamPipeline:
                              dtype=self.dtype)
         self.cache.set_steps(self.controls.steps)
 
+    @contextlib.contextmanager
+    def _timed(self, stage: str):
+        """Accumulate wall time per stage (encode, dit, decode, text) in `timings`."""
+        if self.profile and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        t0 = time.perf_counter()
+        yield
+        if self.profile and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.timings[stage] += time.perf_counter() - t0
+
     def _encode_prompt(self, prompt: str) -> torch.Tensor:
-        ctx = self.prompts.encode(prompt, device=self.device, dtype=torch.float32)  # [1, Lt, text_dim]
+        with self._timed("text"):
+            ctx = self.prompts.encode(prompt, device=self.device, dtype=torch.float32)  # [1, Lt, text_dim]
         if ctx.shape[-1] != self.dit.cfg.text_dim:
             raise EngineError(f"the text encoder gives {ctx.shape[-1]}-wide embeddings but the model expects "
                               f"{self.dit.cfg.text_dim}; use the text encoder that belongs to this model")
@@ -144,8 +173,6 @@ class StreamPipeline:
             self.cache.set_steps(new.steps)
         if new.noise_scale != old.noise_scale:
             self.motion.set_s0(new.noise_scale)
-        if new.seed != old.seed:
-            self.gen.manual_seed(new.seed)
         self.controls = new
         if new.prompt != old.prompt:
             target = self._encode_prompt(new.prompt)
@@ -206,24 +233,28 @@ class StreamPipeline:
             s, t0 = self.motion.s_prev, self.motion.first_t
         else:
             s, t0 = self.motion.update(x)
-        z = self.vae.encode_stream(x.to(self.vae.dtype)).to(self.dtype)  # raw means [1, 16, F, h, w]
-        noisy = v2v_noise(z, self._randn(z.shape), s)
+        with self._timed("encode"):
+            z = self.vae.encode_stream(x.to(self.vae.dtype)).to(self.dtype)  # raw means [1, 16, F, h, w]
+        noisy = v2v_noise(z, self._randn(z.shape, 0), s)
         ts = [t0] + denoising_steps(self.controls.steps)[1:]
-        if not self.batch:
-            x0 = self._denoise_sequential(noisy, ts, slots=1)
-        elif first:
-            x0 = self._denoise_sequential(noisy, ts, slots=self.slots)  # prepare: every slot gets chunk 0
-            self._fill = self.slots - 1
-        else:
-            x0 = self._stream_batch_step(noisy, ts)
+        with self._timed("dit"):
+            if not self.batch:
+                x0 = self._denoise_sequential(noisy, ts, slots=1)
+            elif first:
+                x0 = self._denoise_sequential(noisy, ts, slots=self.slots)  # prepare: every slot gets chunk 0
+                self._fill = self.slots - 1
+            else:
+                x0 = self._stream_batch_step(noisy, ts)
         self.chunks += 1
         self._step_transition()
         if x0 is not None:
             out += self._decode(x0)
         return out
 
-    def _randn(self, shape) -> torch.Tensor:
-        return torch.randn(shape, generator=self.gen, device=self.device, dtype=torch.float32).to(self.dtype)
+    def _randn(self, shape, kind: int, index: int = 0) -> torch.Tensor:
+        """Keyed noise: a function of (seed, chunk, kind, index) only, not of the order of draws, so a pipeline
+        split across ranks draws exactly the same noise as one process. kind 0 = v2v noise, 1 = re-noising."""
+        return keyed_noise(shape, self.controls.seed, self.chunks, kind, index, self.device).to(self.dtype)
 
     def _denoise_sequential(self, x: torch.Tensor, ts: list[int], slots: int) -> torch.Tensor:
         """All steps one after another (no-batch, and the Stream-Batch prepare on identical slots)."""
@@ -236,7 +267,7 @@ class StreamPipeline:
             flow = self.dit.forward_chunk(x, tt, self.cache, [start] * slots, advance=i == len(ts) - 1)
             x0 = self.grid.to_x0(flow, x, tt)
             if i < len(ts) - 1:
-                x = self.grid.add_noise(x0, self._randn(x0[:1].shape).expand_as(x0), ts[i + 1])
+                x = self.grid.add_noise(x0, self._randn(x0[:1].shape, 1, i).expand_as(x0), ts[i + 1])
         if slots > 1:  # Stream-Batch after prepare: empty slots positioned after chunk 0 (as upstream)
             h, w = x0.shape[-2:]
             self._hidden = x0.new_zeros(slots, x0.shape[1], self.cache_cfg.chunk_frames, h, w)
@@ -256,7 +287,7 @@ class StreamPipeline:
         flow = self.dit.forward_chunk(hidden, tt, self.cache, self._starts)
         x0 = self.grid.to_x0(flow, hidden, tt)
         for i in range(n - 1):  # re-noise each unfinished chunk to its next timestep
-            x0[i:i + 1] = self.grid.add_noise(x0[i:i + 1], self._randn(x0[i:i + 1].shape), ts[i + 1])
+            x0[i:i + 1] = self.grid.add_noise(x0[i:i + 1], self._randn(x0[i:i + 1].shape, 1, i), ts[i + 1])
         self._hidden = x0
         if self._fill > 0:
             self._fill -= 1
@@ -264,10 +295,11 @@ class StreamPipeline:
         return x0[n - 1:]
 
     def _decode(self, x0: torch.Tensor) -> list[np.ndarray]:
-        z = self.vae.denormalize(x0.to(self.vae.dtype))  # upstream de-normalises before decoding
-        px = self.vae.decode_stream(z)  # [1, 3, T, H, W] in [-1, 1]
-        u8 = ((px[0].float().permute(1, 2, 3, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-        return list(u8.cpu().numpy())
+        with self._timed("decode"):
+            z = self.vae.denormalize(x0.float())  # upstream de-normalises before decoding
+            px = self.decoder.decode_stream(z.to(self.decoder.dtype))  # [1, 3, T, H, W] in [-1, 1]
+            u8 = ((px[0].float().permute(1, 2, 3, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+            return list(u8.cpu().numpy())
 
     def flush(self) -> list[np.ndarray]:
         """Finish every chunk still in the Stream-Batch pipeline (feeding repeats of the last frame, whose outputs

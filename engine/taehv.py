@@ -51,7 +51,8 @@ for the first), so decoding latent by latent equals decoding the whole clip at o
 and each latent is decoded once. Upstream instead re-decodes the last 3 latents plus the new one from empty
 memory every call: 4x the work, and only approximate, since MemBlock memory is recurrent (its reach is
 unbounded, not 3 latents). State lives in a ``TAEHVState`` (one per stream); ``reset_stream()`` starts a
-new clip. Run in fp16/bf16 on GPU, fp32 (or bf16) on CPU; reset after ``.to(...)``.
+new clip. Run in fp16/bf16 on GPU, fp32 on CPU (bf16 works there but was 2.5x slower here); reset after
+``.to(...)``.
 """
 from __future__ import annotations
 
@@ -71,7 +72,7 @@ WIDTHS = (256, 128, 64, 64)  # channels of the three stages and of the output he
 TIME_STRIDES = (1, 2, 2)  # TGrow stride per stage: 4 frames per latent
 FRAMES_TO_TRIM = 3  # 4 - 1: the first latent gives 1 frame, like Wan's causal VAE
 SPATIAL_FACTOR = 8
-# TAEHV weight files for other latent spaces whose tensor shapes can equal taew2_1's (16 channels).
+# TAEHV files for other models, told apart by name (taehv, taecvx have exactly taew2_1's shapes).
 _OTHER_MODELS = {"taehv": "Hunyuan Video", "taecvx": "CogVideoX", "taeos1_3": "Open-Sora 1.3",
                  "taehv1_5": "Hunyuan Video 1.5", "taehv1_5_super": "Hunyuan Video 1.5",
                  "taew2_2": "Wan2.2 5B", "taew2_2_super": "Wan2.2 5B"}

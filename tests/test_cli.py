@@ -82,3 +82,26 @@ def test_bad_checkpoint_through_the_console_script(tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1
 
 
+
+
+def test_source_dying_mid_stream_keeps_the_output(tmp_path, monkeypatch, capsys):
+    import engine.io.sources as sources
+    from engine.errors import EngineError
+    from engine.io.pattern import TestPatternSource
+
+    class DyingCamera(TestPatternSource):
+        kind = "camera"
+
+        def __iter__(self):
+            for i, item in enumerate(super().__iter__()):
+                if i == 11:
+                    raise EngineError("camera /dev/video9 disappeared: reconnect it or pick another source")
+                yield item
+
+    monkeypatch.setattr(sources, "open_source", lambda spec, **kw: DyingCamera(size=(64, 64), fps=16))
+    out = tmp_path / "kept.mp4"
+    assert main(["run", "--model", "tiny", "--source", "/dev/video9", "--size", "64x64", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "disappeared" in err and "kept.mp4" in err
+    n, h, w = count_frames(out)
+    assert n >= 4 and (h, w) == (64, 64)  # what was styled before the camera died is in a playable file
