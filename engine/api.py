@@ -48,6 +48,9 @@ class EngineConfig:
     latency_budget: float | None = None  # seconds; frames slower than this count as deadline misses
     prompt_cache_dir: str | None = None  # default: the user cache dir; "" disables the disk cache
     taehv: str | None = None  # path to taew2_1.pth: decode with the TAEHV tiny decoder (lower latency)
+    ranks: int = 1  # pipeline-parallel stages (1-4 GPUs; CPU processes over gloo without GPUs)
+    rank_timeout: float = 60.0  # seconds before a silent rank is declared hung
+    threads_per_rank: int = 0  # CPU ranks: torch threads each (0: cores // ranks)
     profile: bool = False  # synchronise around each stage for exact per-stage timings
 
 
@@ -118,6 +121,8 @@ class Engine:
     def start(self, progress: Progress | None = None) -> Engine:
         """Load the models (in the calling thread; report through `progress`) and start the worker."""
         cfg = self.config
+        if cfg.ranks > 1 or "," in cfg.device:
+            return self._start_parallel(progress)
         device = resolve_device(cfg.device)
         dtype = resolve_dtype(cfg.dtype, device)
         bundle = self._bundle or load_bundle(cfg.model, device=device, dtype=dtype, base=cfg.base,
@@ -137,8 +142,63 @@ class Engine:
         self.pipeline = StreamPipeline(bundle.dit, bundle.vae, prompts, size=(h, w), controls=cfg.controls,
                                        batch=cfg.batch, cache_cfg=cfg.cache, device=device, dtype=dtype,
                                        decoder=decoder, profile=cfg.profile)
-        self._stats = Stats(mode="stream-batch" if cfg.batch else "no-batch", model=bundle.name,
-                            untrained=bundle.untrained, running=True)
+        return self._launch(progress)
+
+    def _start_parallel(self, progress: Progress | None) -> Engine:
+        """Ranks 1..N-1 in spawned processes, this process as rank 0 (encode, embeddings, first blocks)."""
+        import os
+
+        from engine.config import get_preset
+        from engine.parallel import PipelinedStream, RankGroup, rank_devices, stage_select
+
+        cfg = self.config
+        devices = rank_devices(cfg.device, cfg.ranks)
+        dtype = resolve_dtype(cfg.dtype, devices[0])
+        if cfg.model == "auto":
+            from engine.models import find_downloaded
+
+            found = find_downloaded()
+            model = str(found[0]) if found else "tiny"
+        else:
+            model = cfg.model
+        if model == "tiny":
+            num_layers, default_size = get_preset("tiny").num_layers, (256, 256)
+        else:
+            from engine.checkpoint import inspect_checkpoint
+
+            num_layers, default_size = inspect_checkpoint(model).config.num_layers, (480, 832)
+        h, w = check_size(*(cfg.size or default_size))
+        threads = cfg.threads_per_rank or max(1, (os.cpu_count() or 1) // len(devices))
+        if devices[0].type == "cpu":
+            torch.set_num_threads(threads)
+        if progress:
+            progress(f"starting {len(devices)} pipeline ranks on {', '.join(map(str, devices))}", 0.0)
+        slots = cfg.controls.steps if cfg.batch else 1
+        self._group = RankGroup(devices=devices, model=model, base=cfg.base, dtype=dtype, size=(h, w), slots=slots,
+                                steps=cfg.controls.steps, cache=cfg.cache, num_layers=num_layers,
+                                timeout=cfg.rank_timeout, threads=threads, taehv=cfg.taehv)
+        try:
+            select = stage_select(self._group.ranges[0], first=True, last=False)
+            bundle = load_bundle(model, device=devices[0], dtype=dtype, base=cfg.base, text_device=cfg.text_device,
+                                 progress=progress, select=select)
+            self.bundle = bundle
+            folder = default_prompt_cache_dir() if cfg.prompt_cache_dir is None else (cfg.prompt_cache_dir or None)
+            self.pipeline = PipelinedStream(bundle.dit, bundle.vae, PromptCache(bundle.text, folder),
+                                            ranges=self._group.ranges, link=self._group.link, size=(h, w),
+                                            controls=cfg.controls, batch=cfg.batch, cache_cfg=cfg.cache,
+                                            device=devices[0], dtype=dtype, profile=cfg.profile)
+        except BaseException:
+            self._group.shutdown(None)
+            raise
+        return self._launch(progress)
+
+    def _launch(self, progress: Progress | None) -> Engine:
+        cfg, bundle = self.config, self.bundle
+        ranks = getattr(self, "_group", None)
+        mode = "stream-batch" if cfg.batch else "no-batch"
+        if ranks is not None:
+            mode += f", {ranks.world} ranks"
+        self._stats = Stats(mode=mode, model=bundle.name, untrained=bundle.untrained, running=True)
         self._stopping = self._joining = False
         self._t_start = time.perf_counter()
         self._thread = threading.Thread(target=self._run, name="sdv2-engine", daemon=True)
@@ -164,6 +224,10 @@ class Engine:
         if self._thread is not None:
             self._thread.join(timeout)
         self._stats.running = False
+        group = getattr(self, "_group", None)
+        if group is not None:
+            group.shutdown(self.pipeline if self._error is None else None)
+            self._group = None
         self._raise_error()
 
     def __enter__(self) -> Engine:

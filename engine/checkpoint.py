@@ -116,11 +116,14 @@ class CheckpointInfo:
 
 def load_model(path: str | os.PathLike, *, dtype: torch.dtype | str = torch.bfloat16,
                device: str | torch.device = "cpu",
-               preset: str | None = None) -> tuple[CausalWanModel, CheckpointInfo]:
+               preset: str | None = None,
+               select: Callable[[str], bool] | None = None) -> tuple[CausalWanModel, CheckpointInfo]:
     """Build the DiT for the checkpoint at `path` and load its weights (eval mode, no grad).
 
     Parameters end up on `device` in `dtype`, except the fp32 islands, which stay float32. `preset` asserts
     the model size (a mismatch is an error) and supplies what shapes cannot tell (heads, text_len).
+    `select(name)`: materialise only these tensors (a pipeline rank's blocks); the rest stay on the meta device
+    and are never read from the file.
     """
     want = _as_dtype(dtype)
     dev = _as_device(device)
@@ -130,10 +133,12 @@ def load_model(path: str | os.PathLike, *, dtype: torch.dtype | str = torch.bflo
             model = CausalWanModel(cfg)
         sd = {}
         for name in _expected_shapes(cfg):
+            if select is not None and not select(name):
+                continue
             target = torch.float32 if keep_fp32(name) else want
             # One tensor at a time; no copy at all when the file already holds the right dtype (CPU).
             sd[name] = w.read(name).to(device=dev, dtype=target)
-        model.load_state_dict(sd, strict=True, assign=True)
+        model.load_state_dict(sd, strict=select is None, assign=True)
         del sd
         info = _info(w, cfg)
     cast_model(model, want)  # a no-op after the per-tensor casts; keeps the fp32-island rule in one place

@@ -50,7 +50,7 @@ class ModelConfig:
 
 PRESETS: dict[str, ModelConfig] = {
     # Untrained test/demo model: runs anywhere in well under a second per chunk on a laptop CPU.
-    "tiny": ModelConfig(name="tiny", dim=128, ffn_dim=256, num_heads=4, num_layers=2, text_dim=64,
+    "tiny": ModelConfig(name="tiny", dim=128, ffn_dim=256, num_heads=4, num_layers=4, text_dim=64,
                         text_len=32, freq_dim=64),
     # The benchmark shape of the issue tracker (dim 512, 8x64 heads, 4 layers): comparable with upstream's CPU cost.
     "small": ModelConfig(name="small", dim=512, ffn_dim=2048, num_heads=8, num_layers=4, text_dim=256,

@@ -32,7 +32,7 @@ stay bounded for hours. Cached keys keep the rotation they were written with.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -78,6 +78,7 @@ class StepPlan:
     sink_check: bool
     length: int  # tokens of cache attended (max over slots)
     mask: torch.Tensor | None  # [B, 1, 1, length] bool when slots have different valid lengths
+    sl: slice = field(default_factory=lambda: slice(None))  # slots covered: all, or one (a pipeline micro-batch)
 
 
 class KVCache:
@@ -128,10 +129,18 @@ class KVCache:
     @torch.no_grad()
     def set_prompt(self, model, context: torch.Tensor) -> None:
         """Recompute the cross-attention K/V from umT5 output `context` [1 or B, Lt', text_dim]."""
-        ctx = model.embed_text(context.to(self.device))
-        for j, (k, v) in enumerate(model.cross_kv(ctx, self.blocks)):
+        self.set_cross(model, model.embed_text(context.to(self.device)))
+
+    @torch.no_grad()
+    def set_cross(self, model, ctx: torch.Tensor) -> None:
+        """Cross-attention K/V of this cache's blocks from the text-embedded prompt `ctx` [1 or B, Lt, C]."""
+        for j, (k, v) in enumerate(model.cross_kv(ctx.to(self.device), self.blocks)):
             self.cross_k[j].copy_(k.expand(self.B, -1, -1, -1))
             self.cross_v[j].copy_(v.expand(self.B, -1, -1, -1))
+
+    def cross_for(self, plan: StepPlan) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The prompt K/V of the slots a call covers, per layer."""
+        return [(k[plan.sl], v[plan.sl]) for k, v in self.cross]
 
     def set_steps(self, steps: int) -> None:
         """Denoising steps per chunk (only matters for ring_advance="upstream" with one slot)."""
@@ -147,24 +156,43 @@ class KVCache:
         self.sealed[dst] = self.sealed[src]
         self.fifo[dst] = list(self.fifo[src])
 
-    def plan(self, start_frames: list[int], grid: tuple[int, int, int], advance: bool = True) -> StepPlan:
+    def resized(self, slots: int) -> KVCache:
+        """A new cache with `slots` slots; slot i continues from this cache's slot min(i, B - 1) (Stream-Batch depth
+        change). Allocates: call it at a control change, never per chunk."""
+        new = KVCache(self.cfg, self.cc, slots, self.L, device=self.device, dtype=self.dtype, blocks=self.blocks)
+        new.set_steps(self.total_steps)
+        for i in range(slots):
+            src = min(i, self.B - 1)
+            for name in ("k", "v", "cross_k", "cross_v", "stack", "stack_len", "ptr"):
+                getattr(new, name)[:, i].copy_(getattr(self, name)[:, src])
+            new.fifo_dev[i].copy_(self.fifo_dev[src])
+            new.fifo_len_dev[i].copy_(self.fifo_len_dev[src])
+            new.local_end[i], new.global_end[i] = self.local_end[src], self.global_end[src]
+            new.sealed[i], new.fifo[i] = self.sealed[src], list(self.fifo[src])
+        return new
+
+    def plan(self, start_frames: list[int], grid: tuple[int, int, int], advance: bool = True,
+             slot: int | None = None) -> StepPlan:
         """Host bookkeeping for one call writing a chunk of grid (F, h, w) at `start_frames` (one per slot).
 
         `advance`: this call is the chunk's last denoising step (used by ring_advance="last_step"; with the default
         "upstream" rule one slot pops on upstream's step counter and several slots pop on every call).
+        `slot`: the call covers only this slot (`start_frames` has one entry): pipeline-parallel micro-batches run
+        the slots of a Stream-Batch call one at a time with exactly the same per-slot bookkeeping.
         """
         f, h, w = grid
         if h * w != self.L:
             raise EngineError(f"chunk has {h * w} tokens per frame but the cache was built for {self.L}; "
                               "rebuild the cache after changing the resolution")
-        if len(start_frames) != self.B:
-            raise ValueError(f"need {self.B} start frames, got {len(start_frames)}")
+        slots = range(self.B) if slot is None else range(slot, slot + 1)
+        if len(start_frames) != len(slots):
+            raise ValueError(f"need {len(slots)} start frames, got {len(start_frames)}")
         n = f * self.L
         if n > self.S:
             raise EngineError(f"a chunk of {f} latent frames does not fit a {self.cc.cache_frames}-frame cache")
         fill_end, full, fifo_changed = [], [], False
         upstream = self.cc.ring_advance == "upstream"
-        for b, sf in enumerate(start_frames):
+        for b, sf in zip(slots, start_frames):
             start = sf * self.L
             end = start + n
             was_full = self.local_end[b] >= self.S if upstream else self.sealed[b]
@@ -191,7 +219,7 @@ class KVCache:
             rows = [q + [0] * (R - len(q)) for q in self.fifo]
             self.fifo_dev.copy_(torch.tensor(rows, dtype=torch.long), non_blocking=True)
             self.fifo_len_dev.copy_(torch.tensor([max(1, len(q)) for q in self.fifo]), non_blocking=True)
-        lengths = list(self.local_end)
+        lengths = [self.local_end[b] for b in slots]
         length = max(lengths)
         mask = None
         if min(lengths) != length:
@@ -201,7 +229,7 @@ class KVCache:
         full_t = torch.tensor(full, device=dev)
         if self.cc.ring_advance == "last_step":
             pop = [fl and advance for fl in full]
-        elif self.B > 1:
+        elif self.B > 1:  # Stream-Batch: every slot advances on every call
             pop = list(full)
         else:
             pop = [False]
@@ -217,41 +245,42 @@ class KVCache:
             full=full_t, any_full=any(full),
             pop=torch.tensor(pop, device=dev), any_pop=any(pop),
             sink_check=(self.cc.sink_frames > 0 and self.cc.sink_tau > -1 and n <= self.L),
-            length=length, mask=mask,
+            length=length, mask=mask, sl=slice(None) if slot is None else slice(slot, slot + 1),
         )
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, plan: StepPlan):
         """Write the chunk's roped k and v [B, H, n, D] for `layer`; return (k, v, mask) to attend over."""
-        kb, vb = self.k[layer], self.v[layer]  # [B, H, S, D]
+        sl = plan.sl
+        kb, vb = self.k[layer, sl], self.v[layer, sl]  # [B, H, S, D] (views)
         if plan.sink_check:
-            self._sink_check(layer, k, v)
+            self._sink_check(layer, k, v, sl)
         end = plan.fill_end
         if plan.any_full:
-            end = torch.where(plan.full, self._front(layer), end)
+            end = torch.where(plan.full, self._front(layer, sl), end)
         B, H, n, D = k.shape
         idx = (end[:, None] - n + self._arange[:n])[:, None, :, None].expand(B, H, n, D)  # [B, H, n, D]
         kb.scatter_(2, idx, k.to(kb.dtype))
         vb.scatter_(2, idx, v.to(vb.dtype))
         if plan.any_pop:
-            self._pop(layer, plan.pop)
+            self._pop(layer, plan.pop, sl)
         return kb[:, :, :plan.length], vb[:, :, :plan.length], plan.mask
 
     # -- device-side eviction queue --------------------------------------------------------------------------------
 
-    def _front(self, layer: int) -> torch.Tensor:
+    def _front(self, layer: int, sl: slice = slice(None)) -> torch.Tensor:
         """End offset [B] at the queue's front: the newest pending sink refresh, else the rolling FIFO head."""
-        st, ln = self.stack[layer], self.stack_len[layer]
+        st, ln = self.stack[layer, sl], self.stack_len[layer, sl]
         top = st.gather(1, (ln - 1).clamp(min=0)[:, None])[:, 0]
-        head = self.fifo_dev.gather(1, self.ptr[layer][:, None])[:, 0]
+        head = self.fifo_dev[sl].gather(1, self.ptr[layer, sl][:, None])[:, 0]
         return torch.where(ln > 0, top, head)
 
-    def _pop(self, layer: int, pop: torch.Tensor) -> None:
-        ln, ptr = self.stack_len[layer], self.ptr[layer]
+    def _pop(self, layer: int, pop: torch.Tensor, sl: slice = slice(None)) -> None:
+        ln, ptr = self.stack_len[layer, sl], self.ptr[layer, sl]
         has = ln > 0
         ln.sub_((pop & has).long())  # a refreshed sink leaves the rotation
-        ptr.copy_(torch.where(pop & ~has, (ptr + 1) % self.fifo_len_dev, ptr))  # a rolling slot goes to the back
+        ptr.copy_(torch.where(pop & ~has, (ptr + 1) % self.fifo_len_dev[sl], ptr))  # rolling slot to the back
 
-    def _sink_check(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+    def _sink_check(self, layer: int, k: torch.Tensor, v: torch.Tensor, sl: slice = slice(None)) -> None:
         m, L = self.cc.sink_frames, self.L
 
         def sims(buf: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
@@ -260,13 +289,13 @@ class KVCache:
             cur = new.to(buf.dtype).mean(2).flatten(1)[:, None]  # [B, 1, H*D]
             return F.cosine_similarity(sink.float(), cur.float(), dim=-1)  # [B, m]
 
-        avg = (sims(self.k[layer], k) + sims(self.v[layer], v)) / 2
+        avg = (sims(self.k[layer, sl], k) + sims(self.v[layer, sl], v)) / 2
         idx = avg.argmin(1)  # least similar sink frame
         push = avg.gather(1, idx[:, None])[:, 0] < self.cc.sink_tau  # [B]
-        self._push(layer, push, (idx + 1) * L)
+        self._push(layer, push, (idx + 1) * L, sl)
 
-    def _push(self, layer: int, push: torch.Tensor, val: torch.Tensor) -> None:
-        st, ln = self.stack[layer], self.stack_len[layer]
+    def _push(self, layer: int, push: torch.Tensor, val: torch.Tensor, sl: slice = slice(None)) -> None:
+        st, ln = self.stack[layer, sl], self.stack_len[layer, sl]
         cap = st.shape[1]
         over = push & (ln >= cap)  # bounded: drop the oldest pending refresh
         st.copy_(torch.where(over[:, None], st.roll(-1, 1), st))

@@ -338,15 +338,16 @@ class CausalWanModel(nn.Module):
         return self.unembed(self.run_blocks(tokens, e0, rope, ctx_kv, mask=mask), e, grid)
 
     def forward_chunk(self, x: torch.Tensor, t: torch.Tensor, cache: KVCache, start_frames: list[int],
-                      advance: bool = True) -> torch.Tensor:
+                      advance: bool = True, slot: int | None = None) -> torch.Tensor:
         """One streaming call: x [B, in, F, H, W] (B = cache batch), t [B, F], start_frames per slot (host ints,
         the temporal RoPE positions after any refresh). The chunk attends to the cache plus itself; its K/V are
         written to the cache. `advance=False` keeps the ring pointer (no-batch multi-step: only the last step of a
-        chunk advances). Returns flow [B, out, F, H, W] (fp32)."""
+        chunk advances). `slot`: x holds that one cache slot (a pipeline micro-batch). Returns flow
+        [B, out, F, H, W] (fp32)."""
         tokens, e, e0, grid = self.embed(x, t)
-        plan = cache.plan(start_frames, grid, advance)
+        plan = cache.plan(start_frames, grid, advance, slot=slot)
         rope = self.rope.tables(grid, plan.start_frames_dev)
-        out = self.run_blocks(tokens, e0, rope, cache.cross, blocks=cache.blocks, cache=cache, plan=plan)
+        out = self.run_blocks(tokens, e0, rope, cache.cross_for(plan), blocks=cache.blocks, cache=cache, plan=plan)
         return self.unembed(out, e, grid)
 
     def num_params(self) -> int:

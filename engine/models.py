@@ -11,7 +11,9 @@ Files on disk (what `sdv2 models download` produces; any folder with the same la
 
 from __future__ import annotations
 
+import math
 import os
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +22,7 @@ import torch
 
 from engine.config import get_preset
 from engine.errors import EngineError
-from engine.model import CausalWanModel, cast_model
+from engine.model import CausalWanModel, cast_model, keep_fp32
 from engine.text import TextEncoder, load_text_encoder, tiny_text_encoder
 from engine.vae import WanVAE, get_vae_preset, load_vae
 
@@ -53,32 +55,55 @@ def models_dir() -> Path:
     return Path(platformdirs.user_data_dir("streamdiffusion-studio", appauthor=False)) / "models"
 
 
+def _seeded_tensor(name: str, shape: torch.Size, seed: int, std: float) -> torch.Tensor:
+    """The value of parameter `name`: a function of (seed, name) only, so any pipeline rank can build any block."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+    if len(shape) == 1 and ("norm" in name or name.endswith("gamma")):
+        return 1 + 0.1 * torch.randn(shape, generator=g)
+    if len(shape) == 1:
+        return 0.02 * torch.randn(shape, generator=g)
+    fan_in = math.prod(shape[1:])
+    return torch.randn(shape, generator=g) * min(std, fan_in**-0.5)
+
+
 def _seeded_init(module: torch.nn.Module, seed: int, std: float = 0.05) -> None:
     """Deterministic random weights independent of the global RNG and of torch's init schemes."""
-    g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in module.named_parameters():
-            if p.dim() == 1 and ("norm" in name or name.endswith("gamma")):
-                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
-            elif p.dim() == 1:
-                p.copy_(0.02 * torch.randn(p.shape, generator=g))
-            else:
-                fan_in = p[0].numel()
-                p.copy_(torch.randn(p.shape, generator=g) * min(std, fan_in**-0.5))
+            p.copy_(_seeded_tensor(name, p.shape, seed, std))
 
 
-def tiny_bundle(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0) -> ModelBundle:
-    """The embedded default: tiny DiT + tiny VAE + tiny umT5, random weights from fixed seeds."""
+def tiny_dit(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0,
+             select: Callable[[str], bool] | None = None) -> CausalWanModel:
+    """The tiny DiT with seeded random weights; `select(name)` materialises only some tensors (the rest stay on
+    the meta device), as a pipeline rank does with a real checkpoint."""
     cfg = get_preset("tiny")
-    dit = CausalWanModel(cfg)
-    _seeded_init(dit, seed)
+    with torch.device("meta"):
+        dit = CausalWanModel(cfg)
+    sd = {}
+    for name, p in dit.named_parameters():
+        if select is None or select(name):
+            want = torch.float32 if keep_fp32(name) else dtype
+            sd[name] = _seeded_tensor(name, p.shape, seed, 0.05).to(device=device, dtype=want)
+    dit.load_state_dict(sd, strict=select is None, assign=True)
+    return cast_model(dit.eval().requires_grad_(False), dtype)
+
+
+def tiny_vae(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0) -> WanVAE:
     vae = WanVAE(get_vae_preset("tiny"))
     _seeded_init(vae, seed + 1, std=0.2)
+    vae_dtype = dtype if dtype != torch.float16 else torch.float32
+    return vae.eval().requires_grad_(False).to(device=device, dtype=vae_dtype)
+
+
+def tiny_bundle(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0,
+                select: Callable[[str], bool] | None = None) -> ModelBundle:
+    """The embedded default: tiny DiT + tiny VAE + tiny umT5, random weights from fixed seeds."""
+    cfg = get_preset("tiny")
     text = tiny_text_encoder(text_dim=cfg.text_dim, text_len=cfg.text_len, seed=seed + 2)
-    dit = cast_model(dit.eval().requires_grad_(False), dtype).to(device)
-    vae = vae.eval().requires_grad_(False).to(device=device, dtype=dtype if dtype != torch.float16 else torch.float32)
-    return ModelBundle("tiny (untrained test model)", dit, vae, text, untrained=True, default_size=(256, 256),
-                       notice=TINY_NOTICE)
+    dit = tiny_dit(device, dtype, seed, select=select)
+    return ModelBundle("tiny (untrained test model)", dit, tiny_vae(device, dtype, seed),
+                       text, untrained=True, default_size=(256, 256), notice=TINY_NOTICE)
 
 
 def find_downloaded() -> tuple[Path, Path] | None:
@@ -103,18 +128,19 @@ def _find_base(path: Path) -> Path:
 
 def load_bundle(spec: str = "auto", *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                 base: str | None = None, text_device: str | torch.device = "cpu",
-                progress: Progress | None = None) -> ModelBundle:
+                progress: Progress | None = None, select: Callable[[str], bool] | None = None) -> ModelBundle:
     """Load the networks named by `spec`: "auto", "tiny", or a checkpoint file/folder (any layout
-    `engine.checkpoint` reads) with its Wan2.1 base folder found beside it, in the models dir, or at `base`."""
+    `engine.checkpoint` reads) with its Wan2.1 base folder found beside it, in the models dir, or at `base`.
+    `select(name)`: materialise only these DiT tensors (pipeline rank 0: embeddings + its blocks)."""
     say = progress or (lambda msg, frac: None)
     if spec == "tiny":
         say("building the tiny test model", 0.0)
-        return tiny_bundle(device, dtype)
+        return tiny_bundle(device, dtype, select=select)
     if spec == "auto":
         found = find_downloaded()
         if found is None:
             say("no downloaded model found; using the tiny test model", 0.0)
-            return tiny_bundle(device, dtype)
+            return tiny_bundle(device, dtype, select=select)
         ckpt, base_dir = found
     else:
         ckpt = Path(spec).expanduser()
@@ -125,7 +151,7 @@ def load_bundle(spec: str = "auto", *, device: str | torch.device = "cpu", dtype
     from engine.checkpoint import load_model
 
     say(f"loading the DiT from {ckpt}", 0.05)
-    dit, info = load_model(ckpt, dtype=dtype, device=device)
+    dit, info = load_model(ckpt, dtype=dtype, device=device, select=select)
     say("loading the VAE", 0.6)
     vae = load_vae(base_dir / "vae", dtype=dtype, device=device)
     say("loading the umT5 text encoder", 0.75)

@@ -110,7 +110,7 @@ class StreamPipeline:
         self.motion.reset()
         self._new_cache(self.slots)
         self._ctx = self._encode_prompt(self.controls.prompt)
-        self.cache.set_prompt(self.dit, self._ctx)
+        self._set_prompt(self._ctx)
         self._transition: tuple[torch.Tensor, torch.Tensor, int, int] | None = None
         self.chunks = 0
         self._hidden: torch.Tensor | None = None  # Stream-Batch slots [n, 16, F, h, w]
@@ -170,7 +170,7 @@ class StreamPipeline:
             if self.batch and self.chunks > 0:
                 out = self.flush()  # finish the chunks in flight with the old steps
                 self._resize_slots(new.steps)
-            self.cache.set_steps(new.steps)
+            self._set_steps(new.steps)
         if new.noise_scale != old.noise_scale:
             self.motion.set_s0(new.noise_scale)
         self.controls = new
@@ -181,7 +181,7 @@ class StreamPipeline:
             else:
                 self._transition = None
                 self._ctx = target
-                self.cache.set_prompt(self.dit, target)
+                self._set_prompt(target)
         return out
 
     def _current_ctx(self) -> torch.Tensor:
@@ -197,21 +197,19 @@ class StreamPipeline:
         k += 1
         self._transition = None if k >= n else (a, b, k, n)
         self._ctx = b if k >= n else torch.lerp(a, b, k / n)
-        self.cache.set_prompt(self.dit, self._ctx)
+        self._set_prompt(self._ctx)
 
     def _resize_slots(self, slots: int) -> None:
         """New Stream-Batch depth: slot i of the new cache continues from old slot min(i, n_old - 1)."""
-        old = self.cache
-        self._new_cache(slots)
-        for i in range(slots):
-            src = min(i, old.B - 1)
-            for name in ("k", "v", "cross_k", "cross_v", "stack", "stack_len", "ptr"):
-                getattr(self.cache, name)[:, i].copy_(getattr(old, name)[:, src])
-            self.cache.fifo_dev[i].copy_(old.fifo_dev[src])
-            self.cache.fifo_len_dev[i].copy_(old.fifo_len_dev[src])
-            self.cache.local_end[i], self.cache.global_end[i] = old.local_end[src], old.global_end[src]
-            self.cache.sealed[i], self.cache.fifo[i] = old.sealed[src], list(old.fifo[src])
+        self.cache = self.cache.resized(slots)
         self._hidden = None
+
+    def _set_prompt(self, ctx: torch.Tensor) -> None:
+        """Replace the prompt's cross-attention K/V (never the self-attention cache)."""
+        self.cache.set_prompt(self.dit, ctx)
+
+    def _set_steps(self, steps: int) -> None:
+        self.cache.set_steps(steps)
 
     # -- the chunk loop -----------------------------------------------------------------------------------------------
 

@@ -279,3 +279,28 @@ def test_no_host_sync_per_chunk():
                                 advance=i % 2 == 0)
     with pytest.raises(AssertionError, match="host sync"), forbid_host_sync():
         torch.ones(1).item()
+
+
+@torch.no_grad()
+def test_per_slot_micro_batches_equal_the_batched_call():
+    """Pipeline ranks run a Stream-Batch call slot by slot; the cache state and outputs must not change."""
+    model = random_model()
+    torch.manual_seed(5)
+    B, chunks = 3, 9
+    ctx = torch.randn(1, 20, CFG.text_dim)
+    caches = []
+    for _ in range(2):
+        c = KVCache(CFG, DEFAULT, B, L, device="cpu", dtype=torch.float32)
+        c.set_prompt(model, ctx)
+        caches.append(c)
+    xs = [torch.randn(B, 16, 2 if i == 0 else 1, H, W) for i in range(chunks)]
+    for i, x in enumerate(xs):
+        starts = [0] * B if i == 0 else [i + 1 - b if i + 1 - b >= 2 else 2 for b in range(B)]
+        t = torch.rand(B, x.shape[2]) * 900
+        batched = model.forward_chunk(x, t, caches[0], starts)
+        sliced = torch.cat([model.forward_chunk(x[j:j + 1], t[j:j + 1], caches[1], [starts[j]], slot=j)
+                            for j in range(B)])
+        assert (batched - sliced).abs().max().item() < 2e-5
+    assert torch.allclose(caches[0].k, caches[1].k, atol=2e-5)
+    assert torch.equal(caches[0].stack_len, caches[1].stack_len) and torch.equal(caches[0].ptr, caches[1].ptr)
+    assert caches[0].local_end == caches[1].local_end and caches[0].fifo == caches[1].fifo

@@ -1,0 +1,797 @@
+"""Pipeline parallelism over N ranks (torch.distributed: NCCL on CUDA, gloo on CPU), applied from outside the model.
+
+Roles. Rank 0 lives in the engine's process: it owns the source side (motion controller, VAE encoder, umT5, the
+controls), the embeddings and the first range of blocks, and drives the stream. Every rank owns a contiguous
+range of transformer blocks, *only* their weights (read lazily from the mmap'd checkpoint; the rest of the model
+stays on the meta device) and the KV cache of those blocks. The last rank also runs the head, the flow -> x0
+step, the re-noising and the VAE decode, and sends results back to rank 0. Messages travel the ring
+0 -> 1 -> ... -> N-1 -> 0, so every rank sees jobs, prompt changes and control changes in the same order.
+
+Exact single-GPU semantics with step-and-layer pipelining. A Stream-Batch call k runs the n slots of the batch;
+slot j holds a chunk at denoising step j and its input is the re-noised output of slot j-1 of call k-1. Here each
+slot is a micro-batch ("job" (k, j)) that flows through the ranks on its own; rank 0 starts job (k, 0) (a new
+chunk) at once and job (k, j) as soon as job (k-1, j-1) has come back. With n + 1 >= N every rank stays busy, and
+each rank applies the cache writes of the jobs in exactly the single-GPU order, so the frames equal one rank's
+(up to float rounding of batch-1 vs batch-n matmuls). Noise is keyed by (seed, chunk, kind, index) so the last rank
+draws the same re-noising noise the single-process pipeline does. (Upstream instead lets N calls circulate whose
+slot inputs come from N calls earlier, which changes the output with the number of GPUs.)
+
+Transfers use isend with one message in flight per link (overlapping the next job's compute); rank 0 posts the
+receive for a job's result when it submits the job, so the ring cannot deadlock. A rank that dies or stops
+answering is detected within `timeout` seconds and reported as an EngineError naming it.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime
+import os
+import queue
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from engine.config import CacheConfig, ModelConfig
+from engine.errors import EngineError
+from engine.kv_cache import KVCache
+from engine.pipeline import StreamPipeline, keyed_noise
+from engine.schedule import FlowMatchGrid
+
+# -- messages -----------------------------------------------------------------------------------------------------
+
+JOB, RESULT, FRAMES, PROMPT, STEPS, RESIZE, REPLICATE, TIMES, REBALANCE, STOP = range(1, 11)
+HEADER = 24
+# header fields
+KIND, CALL, SLOT, SLOTS, START, NFRAMES, T, T_NEXT, ADVANCE, DECODE, SEED, NOISE_INDEX, ARG = range(13)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def split_blocks(num_layers: int, ranks: int) -> list[range]:
+    """Contiguous, even block ranges (the remainder goes to the low ranks)."""
+    if not 1 <= ranks <= num_layers:
+        raise EngineError(f"cannot split {num_layers} blocks over {ranks} ranks; use 1 to {num_layers} ranks")
+    base, extra = divmod(num_layers, ranks)
+    out, start = [], 0
+    for r in range(ranks):
+        n = base + (1 if r < extra else 0)
+        out.append(range(start, start + n))
+        start += n
+    return out
+
+
+def balanced_split(ranges: list[range], stage_s: list[float], block_s: list[float]) -> list[range]:
+    """New contiguous ranges that even out measured stage times.
+
+    stage_s[r]: measured time of rank r per job including its fixed work (embedding/encode on rank 0, head and
+    decode on the last rank); block_s[r]: its time per block. Fixed work = stage - blocks * per-block time; blocks
+    are then handed out greedily so that max(fixed_r + blocks_r * per_block) is minimal (each rank keeps >= 1).
+    """
+    n_ranks, total = len(ranges), ranges[-1].stop
+    per_block = sum(block_s) / len(block_s)
+    fixed = [max(0.0, s - len(r) * b) for s, r, b in zip(stage_s, ranges, block_s)]
+    counts = [1] * n_ranks
+    for _ in range(total - n_ranks):  # give each next block to the rank that would finish earliest with it
+        r = min(range(n_ranks), key=lambda i: fixed[i] + (counts[i] + 1) * per_block)
+        counts[r] += 1
+    out, start = [], 0
+    for c in counts:
+        out.append(range(start, start + c))
+        start += c
+    return out
+
+
+def stage_select(blocks: range, first: bool, last: bool) -> Callable[[str], bool]:
+    """Which state-dict tensors a rank materialises."""
+    embeds = ("patch_embedding.", "text_embedding.", "time_embedding.", "time_projection.")
+
+    def select(name: str) -> bool:
+        if name.startswith("blocks."):
+            return int(name.split(".")[1]) in blocks
+        if name.startswith("head."):
+            return last
+        return first and name.startswith(embeds)
+
+    return select
+
+
+@dataclass
+class Geometry:
+    """What every rank needs to size messages: model width, tokens per latent frame, latent and pixel sizes."""
+
+    cfg: ModelConfig
+    size: tuple[int, int]  # pixels (h, w)
+    dtype: torch.dtype
+
+    @property
+    def latent_hw(self) -> tuple[int, int]:
+        return self.size[0] // 8, self.size[1] // 8
+
+    @property
+    def frame_tokens(self) -> int:
+        h, w = self.latent_hw
+        return (h // self.cfg.patch_size[1]) * (w // self.cfg.patch_size[2])
+
+    def job_payload(self, frames: int, device) -> list[torch.Tensor]:
+        C, h, w = self.cfg.dim, *self.latent_hw
+        return [torch.empty(1, frames * self.frame_tokens, C, dtype=self.dtype, device=device),  # tokens
+                torch.empty(1, frames, 6, C, dtype=torch.float32, device=device),  # e0
+                torch.empty(1, frames, C, dtype=torch.float32, device=device),  # e
+                torch.empty(1, self.cfg.in_dim, frames, h, w, dtype=self.dtype, device=device)]  # x_t
+
+    def result_payload(self, frames: int, device) -> list[torch.Tensor]:
+        h, w = self.latent_hw
+        return [torch.empty(1, self.cfg.in_dim, frames, h, w, dtype=self.dtype, device=device)]
+
+    def frames_payload(self, n: int, device) -> list[torch.Tensor]:
+        return [torch.empty(n, *self.size, 3, dtype=torch.uint8, device=device)]
+
+
+class Link:
+    """Ordered point-to-point messages: an int64 header, then tensors whose shapes the receiver derives."""
+
+    def __init__(self, device: torch.device, timeout: float, alive: Callable[[], str | None] | None = None):
+        self.device, self.timeout = device, timeout
+        self.alive = alive  # returns a message when a peer is known dead
+        self._inflight: dict[int, list] = collections.defaultdict(list)
+
+    def header(self, **fields) -> torch.Tensor:
+        h = torch.zeros(HEADER, dtype=torch.long)
+        for k, v in fields.items():
+            h[globals()[k.upper()]] = int(v)
+        return h.to(self.device)
+
+    def send(self, dst: int, header: torch.Tensor, tensors: list[torch.Tensor] = ()) -> None:
+        """Non-blocking; waits for the previous message to `dst` first (one message in flight per link)."""
+        self.wait_sent(dst)
+        self._inflight[dst] = [dist.isend(t.contiguous(), dst) for t in (header, *tensors)] + [header, *tensors]
+
+    def wait_sent(self, dst: int) -> None:
+        works = [w for w in self._inflight.get(dst, []) if isinstance(w, dist.Work)]
+        for w in works:
+            self.wait(w, f"rank {dst} is not receiving")
+        self._inflight[dst] = []
+
+    def post_recv(self, src: int, tensors: list[torch.Tensor]) -> list:
+        return [dist.irecv(t, src) for t in tensors]
+
+    def recv_header(self, src: int) -> torch.Tensor:
+        h = torch.empty(HEADER, dtype=torch.long, device=self.device)
+        self.wait(dist.irecv(h, src), f"rank {src} sent nothing")
+        return h.cpu()
+
+    def recv(self, src: int, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        for w in self.post_recv(src, tensors):
+            self.wait(w, f"rank {src} stopped mid-message")
+        return tensors
+
+    def wait(self, work, what: str, timeout: float | None = None) -> None:
+        """Wait for `work`; EngineError naming the problem after the timeout or when a peer is gone.
+
+        gloo: a blocking wait with a deadline (its p2p work never reports completion to polling; a peer that dies
+        breaks the TCP connection, which ends the wait at once). NCCL: poll so host-side liveness checks run.
+        """
+        limit = self.timeout if timeout is None else timeout
+        if self.device.type != "cuda":
+            try:
+                work.wait(timeout=datetime.timedelta(seconds=limit))
+                return
+            except RuntimeError as e:
+                dead = self.alive() if self.alive is not None else None
+                raise EngineError(dead or f"pipeline stalled: {what} within {limit:.0f} s ({str(e).splitlines()[0]}); "
+                                  "restart the engine") from None
+        deadline = time.monotonic() + limit
+        while not work.is_completed():
+            if self.alive is not None and (dead := self.alive()):
+                raise EngineError(dead)
+            if time.monotonic() > deadline:
+                raise EngineError(f"pipeline stalled: {what} for {limit:.0f} s (a rank hung?); restart the engine")
+            time.sleep(0.0005)
+        work.wait()
+
+
+class Receiver:
+    """Rank 0's inbox for results from the last rank, in submission order.
+
+    `expect(kind, buffers)` is called when a job is submitted; `poll()` returns what has arrived without blocking,
+    `get()` blocks for the next item. gloo: a thread posts and waits on the receives (gloo p2p work cannot be
+    polled); NCCL: receives are posted at once and polled from the caller's thread (NCCL p2p must stay on one
+    thread).
+    """
+
+    def __init__(self, link: Link, src: int):
+        self.link, self.src = link, src
+        self.threaded = link.device.type != "cuda"
+        self._pending: collections.deque = collections.deque()  # (kind, buffers, works) not yet delivered
+        self._done: queue.Queue = queue.Queue()
+        self.outstanding = 0
+        if self.threaded:
+            self._todo: queue.Queue = queue.Queue()
+            self._thread = threading.Thread(target=self._run, name="sdv2-rank0-recv", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while (item := self._todo.get()) is not None:
+            kind, bufs = item
+            try:
+                works = self.link.post_recv(self.src, bufs)
+                for w in works:
+                    self.link.wait(w, f"rank {self.src} did not return its result")
+                self._done.put((kind, bufs))
+            except BaseException as e:  # handed to the engine thread
+                self._done.put((None, e))
+                return
+
+    def expect(self, kind: int, bufs: list[torch.Tensor]) -> None:
+        self.outstanding += 1
+        if self.threaded:
+            self._todo.put((kind, bufs))
+        else:
+            self._pending.append((kind, bufs, self.link.post_recv(self.src, bufs)))
+
+    def _deliver(self, item):
+        kind, payload = item
+        if kind is None:
+            raise payload if isinstance(payload, EngineError) else EngineError(f"pipeline receive failed: {payload}")
+        self.outstanding -= 1
+        return kind, payload
+
+    def poll(self) -> list:
+        out = []
+        if self.threaded:
+            while True:
+                try:
+                    out.append(self._deliver(self._done.get_nowait()))
+                except queue.Empty:
+                    return out
+        while self._pending and all(w.is_completed() for w in self._pending[0][2]):
+            kind, bufs, works = self._pending.popleft()
+            for w in works:
+                w.wait()
+            out.append(self._deliver((kind, bufs)))
+        return out
+
+    def get(self):
+        if self.threaded:
+            try:
+                return self._deliver(self._done.get(timeout=self.link.timeout))
+            except queue.Empty:
+                raise EngineError(self.link.alive() or f"rank {self.src} returned nothing for "
+                                  f"{self.link.timeout:.0f} s (a rank hung?); restart the engine") from None
+        kind, bufs, works = self._pending.popleft()
+        for w in works:
+            self.link.wait(w, f"rank {self.src} did not return its result")
+        return self._deliver((kind, bufs))
+
+    def close(self) -> None:
+        if self.threaded:
+            self._todo.put(None)
+
+
+# -- the per-rank stage ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StageSpec:
+    """Everything a rank process needs to build its part (picklable for torch.multiprocessing spawn)."""
+
+    rank: int
+    world: int
+    port: int
+    device: str
+    dtype: str
+    model: str  # "tiny" or a checkpoint path
+    base: str | None
+    blocks: list[tuple[int, int]]  # [start, stop) per rank
+    size: tuple[int, int]
+    slots: int
+    steps: int
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    timeout: float = 60.0
+    threads: int = 1
+    taehv: str | None = None
+    parent_pid: int = 0
+
+
+def _dtype(name: str) -> torch.dtype:
+    return getattr(torch, name)
+
+
+def build_stage_model(model: str, blocks: range, first: bool, last: bool, device, dtype: torch.dtype):
+    """The DiT with only this rank's tensors materialised (others on meta)."""
+    select = stage_select(blocks, first, last)
+    if model == "tiny":
+        from engine.models import tiny_dit
+
+        return tiny_dit(device, dtype, select=select)
+    from engine.checkpoint import load_model
+
+    dit, _ = load_model(model, dtype=dtype, device=device, select=select)
+    return dit
+
+
+def materialise_blocks(dit, model: str, blocks: list[int], device, dtype: torch.dtype) -> None:
+    """Load the weights of `blocks` into a partly materialised model (block rebalancing)."""
+    if not blocks:
+        return
+    wanted = set(blocks)
+
+    def select(name: str) -> bool:
+        return name.startswith("blocks.") and int(name.split(".")[1]) in wanted
+
+    if model == "tiny":
+        from engine.models import tiny_dit
+
+        src = tiny_dit(device, dtype, select=select)
+    else:
+        from engine.checkpoint import load_model
+
+        src, _ = load_model(model, dtype=dtype, device=device, select=select)
+    for b in blocks:
+        dit.blocks[b] = src.blocks[b]
+
+
+def release_blocks(dit, blocks: list[int]) -> None:
+    for b in blocks:
+        for p in dit.blocks[b].parameters():
+            p.data = torch.empty_like(p.data, device="meta")
+
+
+class Stage:
+    """One rank's blocks + their KV cache; runs jobs and applies control messages in ring order."""
+
+    def __init__(self, dit, geo: Geometry, blocks: range, slots: int, steps: int, cache_cfg: CacheConfig,
+                 device: torch.device):
+        self.dit, self.geo, self.device = dit, geo, device
+        self.cache = KVCache(dit.cfg, cache_cfg, slots, geo.frame_tokens, device=device, dtype=geo.dtype,
+                             blocks=blocks)
+        self.cache.set_steps(steps)
+        self.busy_s = 0.0  # compute time spent in blocks (for rebalancing)
+        self.jobs = 0
+
+    def run_blocks(self, tokens, e0, h: torch.Tensor) -> torch.Tensor:
+        """h: header. tokens [1, N, C] -> [1, N, C] through this rank's blocks (writing their cache)."""
+        t0 = time.perf_counter()
+        frames = int(h[NFRAMES])
+        lh, lw = self.geo.latent_hw
+        grid = (frames, lh // self.dit.cfg.patch_size[1], lw // self.dit.cfg.patch_size[2])
+        plan = self.cache.plan([int(h[START])], grid, advance=bool(h[ADVANCE]), slot=int(h[SLOT]))
+        rope = self.dit.rope.tables(grid, plan.start_frames_dev)
+        out = self.dit.run_blocks(tokens, e0, rope, self.cache.cross_for(plan), blocks=self.cache.blocks,
+                                  cache=self.cache, plan=plan)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.busy_s += time.perf_counter() - t0
+        self.jobs += 1
+        return out
+
+    def apply(self, h: torch.Tensor, payload: list[torch.Tensor]) -> None:
+        """Control messages (same order on every rank as on rank 0)."""
+        kind = int(h[KIND])
+        if kind == PROMPT:
+            self.cache.set_cross(self.dit, payload[0])
+        elif kind == STEPS:
+            self.cache.set_steps(int(h[ARG]))
+        elif kind == RESIZE:
+            self.cache = self.cache.resized(int(h[ARG]))
+        elif kind == REPLICATE:
+            for j in range(1, self.cache.B):
+                self.cache.copy_slot(0, j)
+
+
+def control_payload(kind: int, geo: Geometry, device) -> list[torch.Tensor]:
+    if kind == PROMPT:
+        return [torch.empty(1, geo.cfg.text_len, geo.cfg.dim, dtype=torch.float32, device=device)]
+    return []
+
+
+def stage_main(spec: StageSpec) -> None:
+    """Entry point of ranks 1..N-1 (spawned by the engine, or started by torchrun)."""
+    torch.set_num_threads(max(1, spec.threads))
+    device = torch.device(spec.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{spec.port}", rank=spec.rank,
+                                world_size=spec.world, timeout=datetime.timedelta(seconds=spec.timeout))
+    dtype = _dtype(spec.dtype)
+    ranges = [range(a, b) for a, b in spec.blocks]
+    rank, world = spec.rank, spec.world
+    last = rank == world - 1
+    parent = spec.parent_pid or os.getppid()
+
+    def parent_gone() -> str | None:
+        return None if os.getppid() == parent or spec.parent_pid == 0 else "the engine process is gone"
+
+    link = Link(device, spec.timeout, parent_gone)
+    try:
+        with torch.inference_mode():
+            dit = build_stage_model(spec.model, ranges[rank], False, last, device, dtype)
+            geo = Geometry(dit.cfg, spec.size, dtype)
+            stage = Stage(dit, geo, ranges[rank], spec.slots, spec.steps, spec.cache, device)
+            tail = _Tail(spec, geo, device) if last else None
+            _serve(rank, world, link, stage, tail, geo, device, spec, ranges)
+    except EngineError:
+        pass  # the engine reports what happened; this rank just ends
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+class _Tail:
+    """The last rank's extra work: head, x0, re-noising, VAE decode."""
+
+    def __init__(self, spec: StageSpec, geo: Geometry, device: torch.device):
+        from pathlib import Path
+
+        self.grid = FlowMatchGrid()
+        if spec.model == "tiny":
+            from engine.models import tiny_vae
+
+            self.vae = tiny_vae(device, geo.dtype)
+        else:
+            from engine.models import _find_base
+            from engine.vae import load_vae
+
+            base = _find_base(Path(spec.model)) if spec.base is None else spec.base
+            self.vae = load_vae(Path(base) / "vae", dtype=geo.dtype, device=device)
+        self.decoder = self.vae
+        if spec.taehv:
+            from engine.taehv import load_taehv
+
+            self.decoder = load_taehv(spec.taehv, dtype=torch.float16 if device.type == "cuda" else torch.float32,
+                                      device=device)
+
+    def finish(self, dit, tokens, e, x_t, h) -> tuple[int, list[torch.Tensor]]:
+        """Head + flow -> x0; then either re-noise (RESULT) or decode (FRAMES) or drop (pipeline fill)."""
+        lh, lw = x_t.shape[-2:]
+        grid = (int(h[NFRAMES]), lh // dit.cfg.patch_size[1], lw // dit.cfg.patch_size[2])
+        flow = dit.unembed(tokens, e, grid)
+        t = torch.full((1, grid[0]), float(h[T]), device=x_t.device)
+        x0 = self.grid.to_x0(flow, x_t, t)
+        if int(h[T_NEXT]) >= 0:
+            noise = keyed_noise(x0.shape, int(h[SEED]), int(h[CALL]), 1, int(h[NOISE_INDEX]), x0.device)
+            return RESULT, [self.grid.add_noise(x0, noise.to(x0.dtype), int(h[T_NEXT]))]
+        if not int(h[DECODE]):
+            return 0, []
+        z = self.vae.denormalize(x0.float())
+        px = self.decoder.decode_stream(z.to(self.decoder.dtype))
+        u8 = ((px[0].float().permute(1, 2, 3, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        return FRAMES, [u8.contiguous()]
+
+
+def _serve(rank, world, link: Link, stage: Stage, tail: _Tail | None, geo: Geometry, device, spec, ranges) -> None:
+    prev, nxt = rank - 1, (rank + 1) % world
+    while True:
+        h = link.recv_header(prev)
+        kind = int(h[KIND])
+        if kind == JOB:
+            tokens, e0, e, x_t = link.recv(prev, geo.job_payload(int(h[NFRAMES]), device))
+            tokens = stage.run_blocks(tokens, e0, h)
+            if tail is None:
+                link.send(nxt, h.to(device), [tokens, e0, e, x_t])
+            else:
+                out_kind, out = tail.finish(stage.dit, tokens, e, x_t, h)
+                if out_kind:
+                    hh = h.clone()
+                    hh[KIND] = out_kind
+                    hh[ARG] = out[0].shape[0]
+                    link.send(0, hh.to(device), out)
+        elif kind == TIMES:
+            times = link.recv(prev, [torch.empty(2 * world, dtype=torch.float64, device=device)])[0]
+            times[2 * rank] = stage.busy_s / max(1, stage.jobs)
+            times[2 * rank + 1] = len(stage.cache.blocks)
+            link.send(nxt, h.to(device), [times])
+        elif kind == REBALANCE:
+            new = [range(int(h[ARG + 2 * r]), int(h[ARG + 2 * r + 1])) for r in range(world)]
+            if tail is None:
+                link.send(nxt, h.to(device), [])
+            link.wait_sent(nxt)
+            stage.cache = move_blocks(stage, ranges, new, rank, spec.model, device, geo.dtype)
+            ranges[:] = new
+        elif kind == STOP:
+            if tail is None:
+                link.send(nxt, h.to(device), [])
+                link.wait_sent(nxt)
+            return
+        else:
+            payload = link.recv(prev, control_payload(kind, geo, device))
+            stage.apply(h, payload)
+            if tail is None:
+                link.send(nxt, h.to(device), payload)
+
+
+def move_blocks(stage: Stage, old: list[range], new: list[range], rank: int, model: str, device,
+                dtype: torch.dtype) -> KVCache:
+    """Hand blocks (weights + KV cache layers) to their new owners; every rank runs the same transfer schedule, so
+    the blocking send/recv pairs match (the pipeline is drained before a rebalance)."""
+    owner_old = {b: r for r, rg in enumerate(old) for b in rg}
+    owner_new = {b: r for r, rg in enumerate(new) for b in rg}
+    cache = stage.cache
+    mine_new = new[rank]
+    new_cache = KVCache(cache.cfg, cache.cc, cache.B, cache.L, device=device, dtype=cache.dtype, blocks=mine_new)
+    new_cache.set_steps(cache.total_steps)
+    new_cache.local_end, new_cache.global_end = list(cache.local_end), list(cache.global_end)
+    new_cache.sealed, new_cache.fifo = list(cache.sealed), [list(q) for q in cache.fifo]
+    new_cache.step_counter = cache.step_counter
+    new_cache.fifo_dev.copy_(cache.fifo_dev)
+    new_cache.fifo_len_dev.copy_(cache.fifo_len_dev)
+    names = ("k", "v", "cross_k", "cross_v", "stack", "stack_len", "ptr")
+    gained = []
+    for b in range(old[-1].stop):  # the same order on every rank
+        src, dst = owner_old[b], owner_new[b]
+        if src == rank and dst == rank:
+            for nm in names:
+                getattr(new_cache, nm)[b - mine_new.start].copy_(getattr(cache, nm)[b - old[rank].start])
+        elif src == rank:
+            for nm in names:
+                dist.send(getattr(cache, nm)[b - old[rank].start].contiguous(), dst)
+        elif dst == rank:
+            for nm in names:
+                buf = torch.empty_like(getattr(new_cache, nm)[b - mine_new.start])
+                dist.recv(buf, src)
+                getattr(new_cache, nm)[b - mine_new.start].copy_(buf)
+            gained.append(b)
+    materialise_blocks(stage.dit, model, gained, device, dtype)
+    release_blocks(stage.dit, [b for b in old[rank] if b not in mine_new])
+    return new_cache
+
+
+# -- rank 0: the driver -----------------------------------------------------------------------------------------------
+
+
+class PipelinedStream(StreamPipeline):
+    """Rank 0 of a pipeline-parallel stream: the StreamPipeline logic with the DiT spread over ranks.
+
+    process() returns the styled frames that have come back so far (in order); flush() waits for all of them.
+    """
+
+    def __init__(self, dit, vae, prompts, *, ranges: list[range], link: Link, **kw):
+        self.ranges, self.link = ranges, link
+        self.world = len(ranges)
+        self.inbox = Receiver(link, self.world - 1)
+        self._arrived: list[np.ndarray] = []
+        self._returns: collections.deque[torch.Tensor] = collections.deque()
+        self._geo: Geometry | None = None
+        super().__init__(dit, vae, prompts, **kw)
+
+    @property
+    def geo(self) -> Geometry:
+        if self._geo is None:
+            self._geo = Geometry(self.dit.cfg, self.size, self.dtype)
+        return self._geo
+
+    # hooks of StreamPipeline ------------------------------------------------------------------------------------
+
+    def _new_cache(self, slots: int) -> None:
+        self.cache = KVCache(self.dit.cfg, self.cache_cfg, slots, self.frame_tokens, device=self.device,
+                             dtype=self.dtype, blocks=self.ranges[0])
+        self.cache.set_steps(self.controls.steps)
+
+    def _set_prompt(self, ctx: torch.Tensor) -> None:
+        emb = self.dit.embed_text(ctx.to(self.device)).float()
+        self.cache.set_cross(self.dit, emb)
+        self._send(PROMPT, [emb])
+
+    def _set_steps(self, steps: int) -> None:
+        self.cache.set_steps(steps)
+        self._send(STEPS, [], arg=steps)
+
+    def _resize_slots(self, slots: int) -> None:
+        self._drain()
+        super()._resize_slots(slots)
+        self._send(RESIZE, [], arg=slots)
+
+    def _decode(self, x0) -> list[np.ndarray]:
+        raise AssertionError("decoding happens on the last rank")
+
+    def process(self, frames: np.ndarray) -> list[np.ndarray]:
+        out = super().process(frames)
+        return out + self._take(block=False)
+
+    def flush(self) -> list[np.ndarray]:
+        out = super().flush()
+        self._drain()
+        return out + self._take(block=False)
+
+    # the DiT, distributed -------------------------------------------------------------------------------------------
+
+    def _send(self, kind: int, payload: list[torch.Tensor], **fields) -> None:
+        if self.world > 1:
+            self.link.send(1, self.link.header(kind=kind, **fields), payload)
+
+    def _submit(self, x: torch.Tensor, *, slot: int, slots: int, start: int, t: int, t_next: int, advance: bool,
+                decode: bool, noise_index: int) -> None:
+        """Run rank 0's part of job (chunk, slot) and pass it on; post the receive for its result."""
+        F = x.shape[2]
+        tt = torch.full((1, F), float(t), device=self.device)
+        tokens, e, e0, grid = self.dit.embed(x, tt)
+        plan = self.cache.plan([start], grid, advance, slot=slot)
+        rope = self.dit.rope.tables(grid, plan.start_frames_dev)
+        tokens = self.dit.run_blocks(tokens, e0, rope, self.cache.cross_for(plan), blocks=self.cache.blocks,
+                                     cache=self.cache, plan=plan)
+        h = self.link.header(kind=JOB, call=self.chunks, slot=slot, slots=slots, start=start, nframes=F, t=t,
+                             t_next=t_next, advance=advance, decode=decode, seed=self.controls.seed,
+                             noise_index=noise_index)
+        self.link.send(1, h, [tokens, e0, e, x.to(self.dtype)])
+        if t_next >= 0:
+            bufs = [torch.empty(HEADER, dtype=torch.long, device=self.device), *self.geo.result_payload(F, self.device)]
+            self.inbox.expect(RESULT, bufs)
+        elif decode:
+            n = 4 * F - (3 if self.vae_first_decode else 0)
+            self.vae_first_decode = False
+            bufs = [torch.empty(HEADER, dtype=torch.long, device=self.device),
+                    *self.geo.frames_payload(n, self.device)]
+            self.inbox.expect(FRAMES, bufs)
+
+    def reset(self) -> None:
+        self.vae_first_decode = True
+        super().reset()
+
+    def _sort(self, kind: int, bufs: list[torch.Tensor]) -> None:
+        if kind == FRAMES:
+            self._arrived += list(bufs[1].cpu().numpy())
+        else:
+            self._returns.append(bufs[1])
+
+    def _next_return(self) -> torch.Tensor:
+        """The oldest re-noised result not yet used (waiting for it; frames arriving first are kept)."""
+        while not self._returns:
+            self._sort(*self.inbox.get())
+        return self._returns.popleft()
+
+    def _take(self, block: bool) -> list[np.ndarray]:
+        """Styled frames that have arrived, in order."""
+        for item in self.inbox.poll():
+            self._sort(*item)
+        out, self._arrived = self._arrived, []
+        return out
+
+    def _drain(self) -> None:
+        """Wait until every submitted job has come back (results kept for the next call, frames for the caller)."""
+        while self.inbox.outstanding:
+            self._sort(*self.inbox.get())
+
+    def _denoise_sequential(self, x: torch.Tensor, ts: list[int], slots: int):
+        F = x.shape[2]
+        start = self.clock.next(F)
+        for i, t in enumerate(ts):
+            final = i == len(ts) - 1
+            self._submit(x, slot=0, slots=slots, start=start, t=t, t_next=-1 if final else ts[i + 1],
+                         advance=final, decode=final, noise_index=i)
+            if not final:
+                x = self._next_return()
+        if slots > 1:
+            self._send(REPLICATE, [])
+            for j in range(1, slots):
+                self.cache.copy_slot(0, j)
+            self._hidden = "fill"
+            self._starts = [self.clock.next_frame] * slots
+            self._returns.clear()
+        return None
+
+    def _stream_batch_step(self, noisy: torch.Tensor, ts: list[int]):
+        """As StreamPipeline._stream_batch_step, one micro-batch per slot: slot j's input is the re-noised result
+        of slot j-1 of the previous call (zeros right after prepare or a depth change, as upstream)."""
+        n = self.slots
+        if self._hidden is None:  # after a depth change: restart the fill from empty slots
+            self._hidden = "fill"
+            self._starts = [self.clock.next_frame] * n
+            self._fill = n - 1
+        fresh = self._hidden == "fill"
+        if fresh:
+            self._returns.clear()
+        start = self.clock.next(noisy.shape[2])
+        self._starts = [start] + self._starts[:-1]
+        decode = self._fill == 0
+        for j in range(n):
+            if j == 0:
+                x = noisy
+            elif fresh:
+                x = torch.zeros_like(noisy)
+            else:
+                x = self._next_return()
+            self._submit(x, slot=j, slots=n, start=self._starts[j], t=ts[j], t_next=ts[j + 1] if j < n - 1 else -1,
+                         advance=True, decode=j == n - 1 and decode, noise_index=j)
+        self._hidden = "busy"
+        if self._fill > 0:
+            self._fill -= 1
+        return None
+
+    def close(self) -> None:
+        """Stop every rank after the work in flight."""
+        self._drain()
+        self.inbox.close()
+        self._send(STOP, [])
+        self.link.wait_sent(1)
+
+
+# -- launching ranks ------------------------------------------------------------------------------------------------
+
+
+def rank_devices(device: str, ranks: int) -> list[torch.device]:
+    """Devices for `ranks` stages: an explicit list "cuda:0,2", else cuda:0..N-1 when that many GPUs exist, else
+    N CPU processes (gloo)."""
+    if "," in device:
+        devs = [torch.device(d if ":" in d or d == "cpu" else f"cuda:{d}") for d in device.split(",")]
+        if ranks not in (1, len(devs)) and ranks != 0:
+            raise EngineError(f"--ranks {ranks} does not match the {len(devs)} devices in --device {device}")
+        return devs
+    if device in ("auto", "cuda") and torch.cuda.is_available() and torch.cuda.device_count() >= ranks:
+        return [torch.device(f"cuda:{i}") for i in range(ranks)]
+    if device.startswith("cuda") and not device == "auto":
+        raise EngineError(f"{ranks} pipeline ranks need {ranks} GPUs but {torch.cuda.device_count()} are visible; "
+                          "use fewer --ranks or --device cpu")
+    return [torch.device("cpu")] * ranks
+
+
+class RankGroup:
+    """Ranks 1..N-1 as spawned processes plus this process as rank 0, joined in one process group."""
+
+    def __init__(self, *, devices: list[torch.device], model: str, base: str | None, dtype: torch.dtype,
+                 size: tuple[int, int], slots: int, steps: int, cache: CacheConfig, num_layers: int,
+                 timeout: float = 60.0, threads: int = 1, taehv: str | None = None):
+        self.world = len(devices)
+        self.devices = devices
+        self.ranges = split_blocks(num_layers, self.world)
+        self.timeout = timeout
+        port = free_port()
+        ctx = torch.multiprocessing.get_context("spawn")
+        self.procs = []
+        for r in range(1, self.world):
+            spec = StageSpec(rank=r, world=self.world, port=port, device=str(devices[r]),
+                             dtype=str(dtype).removeprefix("torch."), model=model, base=base,
+                             blocks=[(g.start, g.stop) for g in self.ranges], size=size, slots=slots, steps=steps,
+                             cache=cache, timeout=timeout, threads=threads, taehv=taehv, parent_pid=os.getpid())
+            p = ctx.Process(target=stage_main, args=(spec,), daemon=True, name=f"sdv2-rank{r}")
+            p.start()
+            self.procs.append(p)
+        backend = "nccl" if devices[0].type == "cuda" else "gloo"
+        try:
+            if dist.is_initialized():
+                dist.destroy_process_group()
+            dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=self.world,
+                                    timeout=datetime.timedelta(seconds=timeout))
+        except Exception as e:
+            self.kill()
+            raise EngineError(f"could not start the {self.world} pipeline ranks ({e}); check the devices") from e
+        self.link = Link(devices[0], timeout, self.dead_rank)
+
+    def dead_rank(self) -> str | None:
+        for r, p in enumerate(self.procs, start=1):
+            if p.exitcode is not None:
+                return (f"pipeline rank {r} ({self.devices[r]}) died (exit code {p.exitcode}); "
+                        "restart the engine (check that device's memory and drivers)")
+        return None
+
+    def kill(self) -> None:
+        for p in self.procs:
+            if p.is_alive():
+                p.kill()
+        for p in self.procs:
+            p.join(5)
+
+    def shutdown(self, pipeline: PipelinedStream | None) -> None:
+        """Stop the ranks cleanly when possible, by force otherwise."""
+        try:
+            if pipeline is not None and self.dead_rank() is None:
+                pipeline.close()
+                for p in self.procs:
+                    p.join(self.timeout)
+        except EngineError:
+            pass
+        finally:
+            self.kill()
+            if dist.is_initialized():
+                dist.destroy_process_group()
