@@ -51,6 +51,7 @@ class EngineConfig:
     ranks: int = 1  # pipeline-parallel stages (1-4 GPUs; CPU processes over gloo without GPUs)
     rank_timeout: float = 60.0  # seconds before a silent rank is declared hung
     threads_per_rank: int = 0  # CPU ranks: torch threads each (0: cores // ranks)
+    rebalance_after: int | None = None  # chunks before blocks are rebalanced once (None: 2 * (ranks + steps); 0: never)
     profile: bool = False  # synchronise around each stage for exact per-stage timings
 
 
@@ -183,8 +184,12 @@ class Engine:
                                  progress=progress, select=select)
             self.bundle = bundle
             folder = default_prompt_cache_dir() if cfg.prompt_cache_dir is None else (cfg.prompt_cache_dir or None)
+            after = cfg.rebalance_after
+            if after is None:
+                after = 2 * (len(devices) + cfg.controls.steps)
             self.pipeline = PipelinedStream(bundle.dit, bundle.vae, PromptCache(bundle.text, folder),
-                                            ranges=self._group.ranges, link=self._group.link, size=(h, w),
+                                            ranges=self._group.ranges, link=self._group.link, model_spec=model,
+                                            rebalance_after=after, size=(h, w),
                                             controls=cfg.controls, batch=cfg.batch, cache_cfg=cfg.cache,
                                             device=devices[0], dtype=dtype, profile=cfg.profile)
         except BaseException:

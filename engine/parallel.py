@@ -242,7 +242,12 @@ class Receiver:
     def _deliver(self, item):
         kind, payload = item
         if kind is None:
-            raise payload if isinstance(payload, EngineError) else EngineError(f"pipeline receive failed: {payload}")
+            if isinstance(payload, EngineError):
+                raise payload
+            time.sleep(0.2)  # let a dead rank's exit be reaped so it can be named
+            dead = self.link.alive() if self.link.alive is not None else None
+            raise EngineError(dead or f"pipeline receive failed ({str(payload).splitlines()[0][:160]}); "
+                              "restart the engine")
         self.outstanding -= 1
         return kind, payload
 
@@ -342,9 +347,12 @@ def materialise_blocks(dit, model: str, blocks: list[int], device, dtype: torch.
 
 
 def release_blocks(dit, blocks: list[int]) -> None:
+    """Free the weights of blocks this rank no longer owns (they become meta tensors again)."""
+    from engine.model import Block
+
     for b in blocks:
-        for p in dit.blocks[b].parameters():
-            p.data = torch.empty_like(p.data, device="meta")
+        with torch.device("meta"):
+            dit.blocks[b] = Block(dit.cfg)
 
 
 class Stage:
@@ -453,7 +461,18 @@ class _Tail:
             self.decoder = load_taehv(spec.taehv, dtype=torch.float16 if device.type == "cuda" else torch.float32,
                                       device=device)
 
+    busy_s = 0.0
+
     def finish(self, dit, tokens, e, x_t, h) -> tuple[int, list[torch.Tensor]]:
+        t0 = time.perf_counter()
+        try:
+            return self._finish(dit, tokens, e, x_t, h)
+        finally:
+            if x_t.device.type == "cuda":
+                torch.cuda.synchronize(x_t.device)
+            self.busy_s += time.perf_counter() - t0
+
+    def _finish(self, dit, tokens, e, x_t, h) -> tuple[int, list[torch.Tensor]]:
         """Head + flow -> x0; then either re-noise (RESULT) or decode (FRAMES) or drop (pipeline fill)."""
         lh, lw = x_t.shape[-2:]
         grid = (int(h[NFRAMES]), lh // dit.cfg.patch_size[1], lw // dit.cfg.patch_size[2])
@@ -489,16 +508,21 @@ def _serve(rank, world, link: Link, stage: Stage, tail: _Tail | None, geo: Geome
                     hh[ARG] = out[0].shape[0]
                     link.send(0, hh.to(device), out)
         elif kind == TIMES:
-            times = link.recv(prev, [torch.empty(2 * world, dtype=torch.float64, device=device)])[0]
-            times[2 * rank] = stage.busy_s / max(1, stage.jobs)
-            times[2 * rank + 1] = len(stage.cache.blocks)
+            times = link.recv(prev, [torch.empty(3 * world, dtype=torch.float64, device=device)])[0]
+            extra = tail.busy_s if tail is not None else 0.0
+            times[3 * rank:3 * rank + 3] = torch.tensor([stage.busy_s, extra, block_params(stage.dit)],
+                                                        dtype=torch.float64)
+            if int(h[ARG]):  # reset the counters for the next measurement
+                stage.busy_s = 0.0
+                if tail is not None:
+                    tail.busy_s = 0.0
             link.send(nxt, h.to(device), [times])
         elif kind == REBALANCE:
             new = [range(int(h[ARG + 2 * r]), int(h[ARG + 2 * r + 1])) for r in range(world)]
             if tail is None:
                 link.send(nxt, h.to(device), [])
             link.wait_sent(nxt)
-            stage.cache = move_blocks(stage, ranges, new, rank, spec.model, device, geo.dtype)
+            stage.cache = move_blocks(stage.dit, stage.cache, ranges, new, rank, spec.model, device, geo.dtype)
             ranges[:] = new
         elif kind == STOP:
             if tail is None:
@@ -512,13 +536,18 @@ def _serve(rank, world, link: Link, stage: Stage, tail: _Tail | None, geo: Geome
                 link.send(nxt, h.to(device), payload)
 
 
-def move_blocks(stage: Stage, old: list[range], new: list[range], rank: int, model: str, device,
+def block_params(dit) -> int:
+    """Parameters of transformer blocks materialised on this rank (meta tensors hold no memory)."""
+    return sum(p.numel() for p in dit.blocks.parameters() if p.device.type != "meta")
+
+
+def move_blocks(dit, cache: KVCache, old: list[range], new: list[range], rank: int, model: str, device,
                 dtype: torch.dtype) -> KVCache:
     """Hand blocks (weights + KV cache layers) to their new owners; every rank runs the same transfer schedule, so
-    the blocking send/recv pairs match (the pipeline is drained before a rebalance)."""
+    the blocking send/recv pairs match (the pipeline is drained before a rebalance). Weights are not sent: the new
+    owner reads them from the checkpoint (or the tiny model's seeds); the old owner frees them."""
     owner_old = {b: r for r, rg in enumerate(old) for b in rg}
     owner_new = {b: r for r, rg in enumerate(new) for b in rg}
-    cache = stage.cache
     mine_new = new[rank]
     new_cache = KVCache(cache.cfg, cache.cc, cache.B, cache.L, device=device, dtype=cache.dtype, blocks=mine_new)
     new_cache.set_steps(cache.total_steps)
@@ -543,8 +572,8 @@ def move_blocks(stage: Stage, old: list[range], new: list[range], rank: int, mod
                 dist.recv(buf, src)
                 getattr(new_cache, nm)[b - mine_new.start].copy_(buf)
             gained.append(b)
-    materialise_blocks(stage.dit, model, gained, device, dtype)
-    release_blocks(stage.dit, [b for b in old[rank] if b not in mine_new])
+    materialise_blocks(dit, model, gained, device, dtype)
+    release_blocks(dit, [b for b in old[rank] if b not in mine_new])
     return new_cache
 
 
@@ -557,8 +586,14 @@ class PipelinedStream(StreamPipeline):
     process() returns the styled frames that have come back so far (in order); flush() waits for all of them.
     """
 
-    def __init__(self, dit, vae, prompts, *, ranges: list[range], link: Link, **kw):
-        self.ranges, self.link = ranges, link
+    def __init__(self, dit, vae, prompts, *, ranges: list[range], link: Link, model_spec: str = "tiny",
+                 rebalance_after: int = 0, **kw):
+        """`rebalance_after`: chunks of warm-up after which blocks are rebalanced once from measured stage
+        times (0: never)."""
+        self.ranges, self.link = list(ranges), link
+        self.model_spec, self.rebalance_after = model_spec, rebalance_after
+        self.rebalances: list[list[tuple[int, int]]] = []
+        self.busy_blocks_s = self.busy_other_s = 0.0
         self.world = len(ranges)
         self.inbox = Receiver(link, self.world - 1)
         self._arrived: list[np.ndarray] = []
@@ -596,14 +631,35 @@ class PipelinedStream(StreamPipeline):
     def _decode(self, x0) -> list[np.ndarray]:
         raise AssertionError("decoding happens on the last rank")
 
+    def _failed(self, e: RuntimeError) -> EngineError:
+        """A communication error from torch.distributed, named for the user (which rank died, what to do)."""
+        time.sleep(0.2)  # let the dead rank's exit be reaped so it can be named
+        dead = self.link.alive() if self.link.alive is not None else None
+        return EngineError(dead or f"pipeline communication failed ({str(e).splitlines()[0][:160]}); "
+                           "restart the engine")
+
     def process(self, frames: np.ndarray) -> list[np.ndarray]:
+        try:
+            return self._process(frames)
+        except RuntimeError as e:
+            raise self._failed(e) from None
+
+    def _process(self, frames: np.ndarray) -> list[np.ndarray]:
+        t0 = time.perf_counter()
+        blocks0 = self.busy_blocks_s
         out = super().process(frames)
+        self.busy_other_s += time.perf_counter() - t0 - (self.busy_blocks_s - blocks0)
+        if self.rebalance_after and self.chunks == self.rebalance_after and not self.rebalances:
+            self.rebalance()
         return out + self._take(block=False)
 
     def flush(self) -> list[np.ndarray]:
-        out = super().flush()
-        self._drain()
-        return out + self._take(block=False)
+        try:
+            out = super().flush()
+            self._drain()
+            return out + self._take(block=False)
+        except RuntimeError as e:
+            raise self._failed(e) from None
 
     # the DiT, distributed -------------------------------------------------------------------------------------------
 
@@ -617,10 +673,14 @@ class PipelinedStream(StreamPipeline):
         F = x.shape[2]
         tt = torch.full((1, F), float(t), device=self.device)
         tokens, e, e0, grid = self.dit.embed(x, tt)
+        t0 = time.perf_counter()
         plan = self.cache.plan([start], grid, advance, slot=slot)
         rope = self.dit.rope.tables(grid, plan.start_frames_dev)
         tokens = self.dit.run_blocks(tokens, e0, rope, self.cache.cross_for(plan), blocks=self.cache.blocks,
                                      cache=self.cache, plan=plan)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.busy_blocks_s += time.perf_counter() - t0
         h = self.link.header(kind=JOB, call=self.chunks, slot=slot, slots=slots, start=start, nframes=F, t=t,
                              t_next=t_next, advance=advance, decode=decode, seed=self.controls.seed,
                              noise_index=noise_index)
@@ -708,6 +768,42 @@ class PipelinedStream(StreamPipeline):
         if self._fill > 0:
             self._fill -= 1
         return None
+
+    # -- block rebalancing -------------------------------------------------------------------------------------------
+
+    def stage_times(self, reset: bool = False) -> list[tuple[float, float, int]]:
+        """(block seconds, other seconds, materialised block parameters) per rank since the last reset (drains)."""
+        self._drain()
+        buf = torch.zeros(3 * self.world, dtype=torch.float64, device=self.device)
+        buf[0:3] = torch.tensor([self.busy_blocks_s, self.busy_other_s, block_params(self.dit)], dtype=torch.float64)
+        if reset:
+            self.busy_blocks_s = self.busy_other_s = 0.0
+        self.inbox.expect(TIMES, [torch.empty(HEADER, dtype=torch.long, device=self.device),
+                                  torch.empty(3 * self.world, dtype=torch.float64, device=self.device)])
+        self._send(TIMES, [buf], arg=int(reset))
+        kind, bufs = self.inbox.get()
+        t = bufs[1].cpu().tolist()
+        return [(t[3 * r], t[3 * r + 1], int(t[3 * r + 2])) for r in range(self.world)]
+
+    def rebalance(self, ranges: list[range] | None = None) -> list[range]:
+        """Move blocks so that measured stage times even out (or to `ranges`); the output does not change."""
+        times = self.stage_times(reset=True)
+        if ranges is None:
+            stage_s = [b + o for b, o, _ in times]
+            block_s = [b / max(1, len(rg)) for (b, _, _), rg in zip(times, self.ranges)]
+            ranges = balanced_split(self.ranges, stage_s, block_s)
+        if [tuple(r) for r in ranges] == [tuple(r) for r in self.ranges]:
+            return self.ranges
+        h = self.link.header(kind=REBALANCE)
+        for r, rg in enumerate(ranges):
+            h[ARG + 2 * r], h[ARG + 2 * r + 1] = rg.start, rg.stop
+        self.link.send(1, h, [])
+        self.link.wait_sent(1)
+        self.cache = move_blocks(self.dit, self.cache, self.ranges, ranges, 0, self.model_spec, self.device,
+                                 self.dtype)
+        self.ranges = list(ranges)
+        self.rebalances.append([(r.start, r.stop) for r in ranges])
+        return self.ranges
 
     def close(self) -> None:
         """Stop every rank after the work in flight."""

@@ -1,0 +1,132 @@
+"""Pipeline parallelism on CPU over gloo (real torch.distributed ranks in spawned processes, tiny model)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+import engine.parallel as par
+from engine.api import Engine, EngineConfig
+from engine.errors import EngineError
+from engine.io.pattern import TestPatternSource
+from engine.models import tiny_dit
+from engine.pipeline import Controls
+
+SIZE = (64, 64)
+FRAMES = 5 + 19 * 4  # 20 chunks
+
+
+def wait_chunks(eng: Engine, n: int, out: list) -> None:
+    """Wait until the worker has run `n` chunks, so a control change lands on a known chunk boundary."""
+    deadline = time.monotonic() + 120
+    while eng.stats().chunks < n:
+        assert time.monotonic() < deadline, "engine made no progress"
+        while (f := eng.pull(timeout=0.02)) is not None:
+            out.append(f)
+
+
+def stream(ranks: int, *, steps: int = 2, batch: bool = True, rebalance_after: int = 0, changes=None,
+           timeout: float = 60.0) -> tuple[list[np.ndarray], Engine]:
+    """Run FRAMES test frames; `changes` maps a chunk index to set_controls kwargs applied before that chunk."""
+    eng = Engine(EngineConfig(model="tiny", device="cpu", size=SIZE, lossless=True, ranks=ranks, batch=batch,
+                              controls=Controls(steps=steps), rank_timeout=timeout, prompt_cache_dir="",
+                              rebalance_after=rebalance_after, threads_per_rank=1))
+    eng.start()
+    src = TestPatternSource(size=SIZE, fps=16)
+    out: list[np.ndarray] = []
+    chunk_starts = {0: 0, **{c: 5 + 4 * (c - 1) for c in range(1, 21)}}
+    for i in range(FRAMES):
+        for c, kw in (changes or {}).items():
+            if i == chunk_starts[c]:
+                wait_chunks(eng, c, out)
+                eng.set_controls(**kw)
+        eng.push(src.frame(i))
+        while (f := eng.pull()) is not None:
+            out.append(f)
+    eng.finish()
+    while not eng.done():
+        if (f := eng.pull(timeout=0.5)) is not None:
+            out.append(f)
+    return out, eng
+
+
+def compare(a: list[np.ndarray], b: list[np.ndarray]) -> tuple[int, float]:
+    assert len(a) == len(b) == FRAMES
+    d = [np.abs(x.astype(int) - y.astype(int)) for x, y in zip(a, b)]
+    return max(x.max() for x in d), float(np.mean([x.mean() for x in d]))
+
+
+CHANGES = {8: {"prompt": "ukiyo-e woodblock print"}, 13: {"steps": 3}, 16: {"noise_scale": 0.7, "seed": 5}}
+
+
+@pytest.fixture(scope="module")
+def single():
+    out, eng = stream(1, changes=CHANGES)
+    eng.stop()
+    return out
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_ranks_reproduce_one_rank_across_rebalance_and_control_changes(single, ranks, monkeypatch):
+    # Force a real block move at chunk 4 (rank 0 keeps one block, the last rank takes the rest).
+    forced = [range(0, 1), range(1, 4)] if ranks == 2 else [range(0, 1), range(1, 3), range(3, 4)]
+    monkeypatch.setattr(par, "balanced_split", lambda *a: forced)
+    out, eng = stream(ranks, rebalance_after=4, changes=CHANGES)
+    pipe = eng.pipeline
+    assert pipe.rebalances == [[(r.start, r.stop) for r in forced]]
+    assert pipe.ranges[0] == forced[0] and pipe.cache.blocks == forced[0]
+    eng.stop()
+    worst, mean = compare(single, out)
+    # Batch-1 micro-batches vs one batch-n matmul differ only by float rounding: at most a couple of 8-bit levels.
+    assert worst <= 4 and mean < 0.05, (worst, mean)
+
+
+def test_no_batch_mode_two_ranks_equal(single):
+    a, e1 = stream(1, batch=False)
+    e1.stop()
+    b, e2 = stream(2, batch=False)
+    e2.stop()
+    worst, mean = compare(a, b)
+    assert worst <= 2 and mean < 0.01, (worst, mean)
+
+
+def test_each_rank_holds_only_its_blocks():
+    _, eng = stream(2, rebalance_after=0)
+    times = eng.pipeline.stage_times()
+    eng.stop()
+    total = sum(p.numel() for p in tiny_dit().blocks.parameters())
+    per_rank = [t[2] for t in times]
+    assert sum(per_rank) == total
+    assert per_rank == [total // 2, total // 2]  # 4 blocks over 2 ranks: 1/N of the DiT's blocks each
+
+
+def test_killing_a_rank_is_a_clear_error_not_a_hang():
+    eng = Engine(EngineConfig(model="tiny", device="cpu", size=SIZE, lossless=True, ranks=2, rank_timeout=20,
+                              prompt_cache_dir="", rebalance_after=0, threads_per_rank=1))
+    eng.start()
+    src = TestPatternSource(size=SIZE, fps=16)
+    for i in range(9):
+        eng.push(src.frame(i))
+    wait_chunks(eng, 2, [])
+    eng._group.procs[0].kill()
+    t0 = time.monotonic()
+    with pytest.raises(EngineError, match=r"rank 1 .*died"):
+        for i in range(9, 200):
+            eng.push(src.frame(i), timeout=30)
+            eng.pull(timeout=0.05)
+    assert time.monotonic() - t0 < 25
+    with pytest.raises(EngineError):
+        eng.stop()
+    assert not any(p.is_alive() for p in eng._group.procs) if eng._group else True
+
+
+def test_balanced_split_evens_stage_times():
+    # Rank 0 also encodes (fixed 3 units), rank 1 decodes (fixed 1): 8 blocks of 1 unit each.
+    ranges = [range(0, 4), range(4, 8)]
+    new = par.balanced_split(ranges, stage_s=[3 + 4, 1 + 4], block_s=[1.0, 1.0])
+    assert [len(r) for r in new] == [3, 5] and new[0].start == 0 and new[-1].stop == 8
+    assert par.split_blocks(30, 4) == [range(0, 8), range(8, 16), range(16, 23), range(23, 30)]
+    with pytest.raises(EngineError, match="cannot split"):
+        par.split_blocks(4, 5)
