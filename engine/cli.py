@@ -6,6 +6,7 @@ User-facing problems raise `EngineError`; they are printed as one line (`sdv2: e
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from engine.errors import EngineError
@@ -59,6 +60,35 @@ def _parse_size(text: str | None) -> tuple[int, int] | None:
     return h, w
 
 
+def _run_torchrun_stage(args: argparse.Namespace) -> int:
+    """A torchrun rank >= 1: build this rank's part from the same command line and serve until rank 0 stops."""
+    from engine.api import resolve_dtype
+    from engine.config import CacheConfig, get_preset
+    from engine.parallel import StageSpec, rank_devices, split_blocks, stage_main
+
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local = int(os.environ.get("LOCAL_RANK", rank))
+    devices = rank_devices(args.device if "," in args.device else "auto", world)
+    device = devices[local] if len(devices) > local else devices[-1]
+    if args.model in ("auto", "tiny"):
+        from engine.models import find_downloaded
+
+        found = find_downloaded() if args.model == "auto" else None
+        model = str(found[0]) if found else "tiny"
+    else:
+        model = args.model
+    layers = get_preset("tiny").num_layers if model == "tiny" else __import__(
+        "engine.checkpoint", fromlist=["x"]).inspect_checkpoint(model).config.num_layers
+    size = _parse_size(args.size) or ((256, 256) if model == "tiny" else (480, 832))
+    spec = StageSpec(rank=rank, world=world, port=0, device=str(device),
+                     dtype=str(resolve_dtype(args.dtype, device)).removeprefix("torch."), model=model, base=args.base,
+                     blocks=[(r.start, r.stop) for r in split_blocks(layers, world)], size=size,
+                     slots=args.steps if not args.no_batch else 1, steps=args.steps, cache=CacheConfig(),
+                     threads=max(1, (os.cpu_count() or 1) // world), taehv=args.taehv)
+    stage_main(spec)
+    return 0
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
@@ -71,7 +101,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     controls = Controls(prompt=args.prompt, steps=args.steps, noise_scale=args.noise_scale, seed=args.seed,
                         transition_chunks=args.transition).validated()
     spec = args.source
-    cfg = EngineConfig(model=args.model, base=args.base, device=args.device, dtype=args.dtype,
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) > 0:
+        return _run_torchrun_stage(args)  # launched by torchrun: ranks >= 1 serve their blocks
+    cfg = EngineConfig(model=args.model, base=args.base, device=args.device, dtype=args.dtype, ranks=args.ranks,
                        size=_parse_size(args.size), batch=not args.no_batch, controls=controls,
                        latency_budget=args.latency_budget, taehv=args.taehv)
     engine = Engine(cfg)
@@ -185,7 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--transition", type=int, default=0, help="chunks over which a prompt change blends in")
     s.add_argument("--size", default=None, help="model resolution WIDTHxHEIGHT (multiples of 16)")
     s.add_argument("--no-batch", action="store_true", help="run steps in sequence instead of Stream-Batch")
-    s.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    s.add_argument("--device", default="auto",
+                   help="auto, cpu, cuda, cuda:N, or a list for pipeline ranks: cuda:0,1,2,3")
+    s.add_argument("--ranks", type=int, default=1,
+                   help="pipeline-parallel stages: GPUs when that many exist, else CPU processes (gloo)")
     s.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), bfloat16, float16, float32")
     s.add_argument("--latency-budget", type=float, default=None, help="seconds; slower frames count as misses")
     s.add_argument("--realtime", action="store_true", help="pace files and the test source at their frame rate")

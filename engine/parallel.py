@@ -410,9 +410,10 @@ def stage_main(spec: StageSpec) -> None:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
-    if not dist.is_initialized():
-        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{spec.port}", rank=spec.rank,
-                                world_size=spec.world, timeout=datetime.timedelta(seconds=spec.timeout))
+    if not dist.is_initialized():  # port 0: launched by torchrun (env:// rendezvous)
+        method = f"tcp://127.0.0.1:{spec.port}" if spec.port else "env://"
+        dist.init_process_group(backend, init_method=method, rank=spec.rank, world_size=spec.world,
+                                timeout=datetime.timedelta(seconds=spec.timeout))
     dtype = _dtype(spec.dtype)
     ranges = [range(a, b) for a, b in spec.blocks]
     rank, world = spec.rank, spec.world
@@ -842,10 +843,11 @@ class RankGroup:
         self.devices = devices
         self.ranges = split_blocks(num_layers, self.world)
         self.timeout = timeout
-        port = free_port()
+        torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        port = 0 if torchrun else free_port()
         ctx = torch.multiprocessing.get_context("spawn")
         self.procs = []
-        for r in range(1, self.world):
+        for r in range(1, 1 if torchrun else self.world):
             spec = StageSpec(rank=r, world=self.world, port=port, device=str(devices[r]),
                              dtype=str(dtype).removeprefix("torch."), model=model, base=base,
                              blocks=[(g.start, g.stop) for g in self.ranges], size=size, slots=slots, steps=steps,
@@ -857,8 +859,8 @@ class RankGroup:
         try:
             if dist.is_initialized():
                 dist.destroy_process_group()
-            dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=self.world,
-                                    timeout=datetime.timedelta(seconds=timeout))
+            dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}" if port else "env://", rank=0,
+                                    world_size=self.world, timeout=datetime.timedelta(seconds=timeout))
         except Exception as e:
             self.kill()
             raise EngineError(f"could not start the {self.world} pipeline ranks ({e}); check the devices") from e

@@ -130,3 +130,14 @@ def test_balanced_split_evens_stage_times():
     assert par.split_blocks(30, 4) == [range(0, 8), range(8, 16), range(16, 23), range(23, 30)]
     with pytest.raises(EngineError, match="cannot split"):
         par.split_blocks(4, 5)
+
+
+def test_cli_runs_two_ranks_end_to_end(tmp_path):
+    import av
+
+    from engine.cli import main
+
+    out = tmp_path / "pp.mp4"
+    assert main(["run", "--ranks", "2", "--model", "tiny", "--size", "64x64", "--frames", "13", "--out", str(out)]) == 0
+    with av.open(str(out)) as c:
+        assert sum(1 for _ in c.decode(video=0)) == 13
