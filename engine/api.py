@@ -11,6 +11,12 @@
 Input and output queues are bounded. Live sources push with `block=False`: when the engine falls behind, the
 oldest waiting frames are dropped (counted in stats), so latency stays bounded. Offline jobs (files, the test
 source) use `lossless=True`: pushes and the worker wait instead of dropping, and every frame comes out.
+
+SLO mode (`target_fps` set): an `engine.slo.SLOScheduler` picks Stream-Batch vs no-batch, the denoising steps (at
+most the user's) and the resolution (at most the configured size; single device only) before every chunk, from the
+measured chunk costs, the latency budget and the deadline misses; `stats().slo` has the plan, the counters and the
+last decision's reason. `pace_output=True` (live use) hands styled frames out through an `engine.slo.OutputPacer`:
+a steady rate that follows the engine's output rate, a small jitter buffer, stale frames dropped.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from engine.errors import EngineError
 from engine.io.frames import check_size, fit_frame, restore_frame
 from engine.models import ModelBundle, Progress, load_bundle
 from engine.pipeline import Controls, StreamPipeline
+from engine.slo import OutputPacer, PacerStats, Plan, SLOConfig, SLOScheduler, SLOStats
 from engine.text import PromptCache, default_prompt_cache_dir
 
 
@@ -46,6 +53,10 @@ class EngineConfig:
     queue_frames: int = 32  # input frames waiting at most (drop-oldest beyond, unless lossless)
     lossless: bool = False  # offline jobs: block instead of dropping
     latency_budget: float | None = None  # seconds; frames slower than this count as deadline misses
+    target_fps: float | None = None  # SLO scheduling towards this output rate (None: off, the plan stays fixed)
+    slo: SLOConfig = field(default_factory=lambda: SLOConfig(chunk_frames=(1,)))  # the pipeline has 4-frame chunks
+    pace_output: bool = False  # steady output through a jitter buffer (live outputs; ignored when lossless)
+    pace_depth: int = 2  # frames of jitter allowance of the pacer
     prompt_cache_dir: str | None = None  # default: the user cache dir; "" disables the disk cache
     taehv: str | None = None  # path to taew2_1.pth: decode with the TAEHV tiny decoder (lower latency)
     ranks: int = 1  # pipeline-parallel stages (1-4 GPUs; CPU processes over gloo without GPUs)
@@ -91,6 +102,8 @@ class Stats:
     ttff: float | None = None  # seconds from start() returning to the first styled frame
     chunk_ms: float = 0.0  # median compute time per chunk
     mode: str = ""
+    slo: SLOStats | None = None  # plan, misses, degrades/recoveries, last decision (SLO mode)
+    pacer: PacerStats | None = None  # jitter, drops, buffer level (paced output)
     model: str = ""
     untrained: bool = False
     running: bool = False
@@ -116,6 +129,9 @@ class Engine:
         self._chunk_times: collections.deque = collections.deque(maxlen=64)
         self.pipeline: StreamPipeline | None = None
         self.bundle: ModelBundle | None = None
+        self.scheduler: SLOScheduler | None = None
+        self.pacer: OutputPacer | None = None
+        self._rebuild = None  # (size, controls, batch) -> StreamPipeline, for resolution changes (single device)
 
     # -- lifecycle ----------------------------------------------------------------------------------------------------
 
@@ -140,9 +156,13 @@ class Engine:
 
             decoder = load_taehv(cfg.taehv, dtype=torch.float16 if device.type == "cuda" else torch.float32,
                                  device=device)
-        self.pipeline = StreamPipeline(bundle.dit, bundle.vae, prompts, size=(h, w), controls=cfg.controls,
-                                       batch=cfg.batch, cache_cfg=cfg.cache, device=device, dtype=dtype,
-                                       decoder=decoder, profile=cfg.profile)
+        def make(size, controls, batch) -> StreamPipeline:
+            return StreamPipeline(bundle.dit, bundle.vae, prompts, size=size, controls=controls, batch=batch,
+                                  cache_cfg=cfg.cache, device=device, dtype=dtype, decoder=decoder,
+                                  profile=cfg.profile)
+
+        self.pipeline = make((h, w), cfg.controls, cfg.batch)
+        self._rebuild = make
         return self._launch(progress)
 
     def _start_parallel(self, progress: Progress | None) -> Engine:
@@ -162,8 +182,10 @@ class Engine:
             model = str(found[0]) if found else "tiny"
         else:
             model = cfg.model
-        if model == "tiny":
-            num_layers, default_size = get_preset("tiny").num_layers, (256, 256)
+        from engine.models import random_preset
+
+        if random_preset(model):
+            num_layers, default_size = get_preset(random_preset(model)).num_layers, (256, 256)
         else:
             from engine.checkpoint import inspect_checkpoint
 
@@ -204,6 +226,13 @@ class Engine:
         if ranks is not None:
             mode += f", {ranks.world} ranks"
         self._stats = Stats(mode=mode, model=bundle.name, untrained=bundle.untrained, running=True)
+        self.scheduler = self.pacer = None
+        if cfg.target_fps is not None:
+            slo = cfg.slo if self._rebuild is not None else dataclasses.replace(cfg.slo, size_scales=(1.0,))
+            self.scheduler = SLOScheduler(cfg.target_fps, cfg.latency_budget, steps=cfg.controls.steps,
+                                          size=self.pipeline.size, batch=cfg.batch, config=slo)
+        if cfg.pace_output and not cfg.lossless:
+            self.pacer = OutputPacer(cfg.pace_depth, fps=cfg.target_fps, max_frames=cfg.queue_frames)
         self._stopping = self._joining = False
         self._t_start = time.perf_counter()
         self._thread = threading.Thread(target=self._run, name="sdv2-engine", daemon=True)
@@ -278,6 +307,11 @@ class Engine:
 
     def pull(self, timeout: float | None = 0.0) -> np.ndarray | None:
         """The next styled frame (same size as its input frame), or None if none is ready within `timeout`."""
+        if self.pacer is not None:
+            frame = self.pacer.next(timeout)
+            if frame is None:
+                self._raise_error()
+            return frame
         with self._lock:
             if not self._outq:
                 self._lock.wait_for(lambda: self._outq or self._error or self._finished(), timeout)
@@ -290,6 +324,8 @@ class Engine:
 
     def latest(self) -> np.ndarray | None:
         """The newest styled frame, dropping older ones (for previews)."""
+        if self.pacer is not None:
+            return self.pacer.latest()
         with self._lock:
             if not self._outq:
                 return None
@@ -302,7 +338,8 @@ class Engine:
     def done(self) -> bool:
         """True once stop() was requested and every result has been pulled."""
         with self._lock:
-            return self._finished() and not self._outq
+            paced = self.pacer is not None and self.pacer.stats().level > 0
+            return self._finished() and not self._outq and not paced
 
     def _finished(self) -> bool:
         return self._thread is not None and not self._thread.is_alive()
@@ -315,7 +352,10 @@ class Engine:
             self.config.controls = dataclasses.replace(self.config.controls, **changes).validated()
             return self.config.controls
         with self._lock:
-            return self.pipeline.set_controls(**changes)
+            new = self.pipeline.set_controls(**changes)
+            if self.scheduler is not None and "steps" in changes:
+                self.scheduler.set_caps(steps=new.steps)  # the user's steps are the scheduler's cap
+            return new
 
     @property
     def controls(self) -> Controls:
@@ -333,6 +373,12 @@ class Engine:
                 s.fps = (len(ot) - 1) / (ot[-1] - ot[0])
             if self._chunk_times:
                 s.chunk_ms = sorted(self._chunk_times)[len(self._chunk_times) // 2] * 1e3
+            if self.scheduler is not None:
+                s.slo = self.scheduler.stats()
+                ranks = s.mode.partition(",")[2]
+                s.mode = ("stream-batch" if s.slo.plan.slots > 1 else "no-batch") + (f",{ranks}" if ranks else "")
+            if self.pacer is not None:
+                s.pacer = self.pacer.stats()
             s.error = str(self._error) if self._error else None
             return s
 
@@ -355,57 +401,98 @@ class Engine:
             if len(self._inq) >= need:
                 items = [self._inq.popleft() for _ in range(need)]
                 self._lock.notify_all()
-                return items, need
-            if not self._inq:
+                real = need
+            elif not self._inq:
                 return None
-            items = list(self._inq)
-            self._inq.clear()
-            self._lock.notify_all()
-        real = len(items)
+            else:
+                items = list(self._inq)
+                self._inq.clear()
+                self._lock.notify_all()
+                real = len(items)
         items += [items[-1]] * (need - real)
+        # frames fitted before a resolution change
+        items = [it if it[0].shape[:2] == pipe.size else (fit_frame(it[0], pipe.size), *it[1:]) for it in items]
         return items, real
 
     def _run(self) -> None:
-        pipe = self.pipeline
-        pending: collections.deque = collections.deque()  # (original shape, push time) per real input frame
+        pending: collections.deque = collections.deque()  # (original shape, push time, backlog) per input frame
+        sched = self.scheduler
+        applied = sched.plan if sched is not None else None
         try:
             while True:
+                plan = sched.next_plan() if sched is not None else None
+                if plan is not None and plan != applied:
+                    self._emit(self._apply_plan(plan), pending)  # frames finished while switching
+                    applied = plan
+                pipe = self.pipeline
                 got = self._take()
                 if got is None:
                     break
                 items, real = got
                 t0 = time.perf_counter()
+                backlog = max(0.0, t0 - items[real - 1][2])  # the chunk's newest frame waited behind earlier chunks
                 styled = pipe.process(np.stack([it[0] for it in items]))
-                pending.extend((it[1], it[2]) for it in items[:real])
-                pending.extend((None, None) for _ in range(len(items) - real))  # padding: discarded outputs
-                self._chunk_times.append(time.perf_counter() - t0)
-                self._emit(styled, pending)
+                pending.extend((it[1], it[2], backlog) for it in items[:real])
+                pending.extend((None, None, 0.0) for _ in range(len(items) - real))  # padding: discarded outputs
+                cost = time.perf_counter() - t0
+                self._chunk_times.append(cost)
+                worst = self._emit(styled, pending)
+                if sched is not None:
+                    sched.observe(cost, plan=plan, latency_s=worst[0] if worst else None,
+                                  wait_s=worst[1] if worst else None)
                 self._stats.chunks += 1
-            self._emit(pipe.flush(), pending)
+            self._emit(self.pipeline.flush(), pending)
         except BaseException as e:  # surfaced to the caller by push/pull/stop
             with self._lock:
                 self._error = e
                 self._lock.notify_all()
         finally:
+            if self.pacer is not None:
+                self.pacer.close()
             with self._lock:
                 self._stats.running = False
                 self._lock.notify_all()
 
-    def _emit(self, styled: list[np.ndarray], pending: collections.deque) -> None:
+    def _apply_plan(self, plan: Plan) -> list[np.ndarray]:
+        """Make the pipeline run `plan` from its next chunk; returns frames finished on the way. A resolution change
+        flushes the stream and starts a new one at the new size (single device only)."""
+        pipe = self.pipeline
+        if plan.size != pipe.size and self._rebuild is not None:
+            out = pipe.flush()
+            with self._lock:
+                controls = dataclasses.replace(pipe._pending or pipe.controls, steps=plan.steps)
+                self.pipeline = self._rebuild(plan.size, controls, plan.batch)
+            return out
+        with self._lock:
+            if plan.steps != (pipe._pending or pipe.controls).steps:
+                pipe.set_controls(steps=plan.steps)
+        if plan.batch != pipe.batch:
+            pipe.set_mode(plan.batch)
+        return []
+
+    def _emit(self, styled: list[np.ndarray], pending: collections.deque) -> tuple[float, float] | None:
+        """Hand styled frames to the consumer; returns (latency, backlog) of the slowest real frame, if any."""
         budget = self.config.latency_budget
+        worst: tuple[float, float] | None = None
+        paced: list[np.ndarray] = []
         for frame in styled:
-            shape, t_push = pending.popleft()
+            shape, t_push, backlog = pending.popleft()
             if shape is None:
                 continue
             out = restore_frame(frame, shape) if tuple(shape[:2]) != frame.shape[:2] else frame
             now = time.perf_counter()
+            if worst is None or now - t_push > worst[0]:
+                worst = (now - t_push, backlog)
+            if self.pacer is not None:
+                paced.append(out)
             with self._lock:
-                if self.config.lossless:
-                    self._lock.wait_for(lambda: len(self._outq) < self.config.queue_frames or self._joining)
-                if len(self._outq) >= self.config.queue_frames:
-                    self._outq.popleft()
-                    self._stats.dropped_out += 1
-                self._outq.append(out)
+                if self.pacer is None:
+                    if self.config.lossless:
+                        self._lock.wait_for(lambda: len(self._outq) < self.config.queue_frames or self._joining)
+                    if len(self._outq) >= self.config.queue_frames:
+                        self._outq.popleft()
+                        self._stats.dropped_out += 1
+                    self._outq.append(out)
                 lat = now - t_push
                 self._lat.append(lat)
                 self._out_times.append(now)
@@ -415,3 +502,6 @@ class Engine:
                 if self._stats.ttff is None:
                     self._stats.ttff = now - self._t_start
                 self._lock.notify_all()
+        if paced:  # one burst: the pacer spreads it out (bounded; it drops stale frames itself)
+            self.pacer.put_many(paced, time.monotonic())
+        return worst

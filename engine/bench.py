@@ -211,3 +211,77 @@ def bench_pipeline(model: str = "tiny", size: tuple[int, int] = (256, 256), chun
         Path(out).write_text(json.dumps(result, indent=2))
         log(f"saved {out}")
     return result
+
+
+def _run_engine(cfg, frames: list, pace_fps: float | None = None) -> tuple[float, object]:
+    """Push `frames` through an engine (lossless); returns (wall seconds from first push to last output, stats)."""
+    from engine.api import Engine
+
+    eng = Engine(cfg)
+    eng.start()
+    try:
+        n_out = 0
+        t0 = time.perf_counter()
+        for i, f in enumerate(frames):
+            if pace_fps:
+                delay = t0 + i / pace_fps - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+            eng.push(f)
+            while eng.pull() is not None:
+                n_out += 1
+        eng.finish()
+        while not eng.done():
+            if eng.pull(timeout=0.2) is not None:
+                n_out += 1
+        wall = time.perf_counter() - t0
+        st = eng.stats()
+    finally:
+        eng.stop()
+    return wall, st
+
+
+def bench_parallel(model: str = "random:small", size: tuple[int, int] = (256, 256), chunks: int = 12, steps: int = 2,
+                   ranks: tuple[int, ...] = (1, 2), out: str | None = "bench/results/parallel.json", log=print) -> dict:
+    """Throughput and per-frame latency with 1 vs N CPU pipeline ranks (one thread per rank), side by side.
+
+    Scaling efficiency = fps(N) / (N * fps(1)). Throughput: frames pushed as fast as the engine takes them;
+    latency: a second run paced at 90% of the measured throughput (so queueing does not dominate)."""
+    from engine.api import EngineConfig
+    from engine.io.pattern import TestPatternSource
+    from engine.pipeline import Controls
+
+    h, w = size
+    src = TestPatternSource(size=(h, w), fps=16)
+    frames = [src.frame(i) for i in range(5 + 4 * chunks)]
+    threads_before = torch.get_num_threads()
+    rows = []
+    log(f"bench parallel: {model} DiT + tiny VAE, {w}x{h}, {steps} step(s) Stream-Batch, {chunks} chunks, "
+        "one CPU thread per rank")
+    try:
+        for n in ranks:
+            torch.set_num_threads(1)
+            cfg = EngineConfig(model=model, device="cpu", size=(h, w), lossless=True, ranks=n, threads_per_rank=1,
+                               controls=Controls(steps=steps), prompt_cache_dir="", rebalance_after=3 if n > 1 else 0)
+            wall, st = _run_engine(cfg, frames)
+            fps = len(frames) / wall
+            cfg.lossless = True
+            _, paced = _run_engine(cfg, frames, pace_fps=0.9 * fps)
+            rows.append({"ranks": n, "fps": fps, "wall_s": wall, "latency_p50_s": paced.latency_p50,
+                         "latency_p99_s": paced.latency_p99, "ttff_s": st.ttff, "chunk_ms": st.chunk_ms})
+            log(f"  {n} rank(s): {fps:6.2f} fps | paced latency p50 {paced.latency_p50 * 1e3:.0f} ms, "
+                f"p99 {paced.latency_p99 * 1e3:.0f} ms | TTFF {st.ttff:.2f} s")
+    finally:
+        torch.set_num_threads(threads_before)
+    base = rows[0]["fps"]
+    for r in rows[1:]:
+        r["scaling_efficiency"] = r["fps"] / (r["ranks"] * base)
+        log(f"scaling efficiency {r['ranks']} ranks: fps({r['ranks']}) / ({r['ranks']} x fps(1)) = "
+            f"{r['scaling_efficiency']:.2f} (goal >= 0.85)")
+    result = {"model": model, "size": [h, w], "steps": steps, "chunks": chunks, "torch": torch.__version__,
+              "cpus": os.cpu_count(), "rows": rows}
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=2))
+        log(f"saved {out}")
+    return result

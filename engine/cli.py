@@ -42,6 +42,16 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         points = tuple(int(p) for p in args.points.split(","))
         bench_model(args.preset, points=points, device=args.device, dtype=args.dtype,
                     out=args.out or "bench/results/model.json")
+    elif args.what == "parallel":
+        from engine.bench import bench_parallel
+
+        model = args.model if args.model != "tiny" else "random:small"
+        bench_parallel(model, size=_parse_size(args.size) or (256, 256),
+                       chunks=args.chunks, steps=args.steps, out=args.out or "bench/results/parallel.json")
+    elif args.what == "roofline":
+        from engine.roofline import main_roofline
+
+        return main_roofline(args)
     elif args.what == "pipeline":
         from engine.bench import bench_pipeline
 
@@ -70,16 +80,19 @@ def _run_torchrun_stage(args: argparse.Namespace) -> int:
     local = int(os.environ.get("LOCAL_RANK", rank))
     devices = rank_devices(args.device if "," in args.device else "auto", world)
     device = devices[local] if len(devices) > local else devices[-1]
-    if args.model in ("auto", "tiny"):
-        from engine.models import find_downloaded
+    from engine.models import find_downloaded, random_preset
 
-        found = find_downloaded() if args.model == "auto" else None
+    model = args.model
+    if model == "auto":
+        found = find_downloaded()
         model = str(found[0]) if found else "tiny"
+    if random_preset(model):
+        layers = get_preset(random_preset(model)).num_layers
     else:
-        model = args.model
-    layers = get_preset("tiny").num_layers if model == "tiny" else __import__(
-        "engine.checkpoint", fromlist=["x"]).inspect_checkpoint(model).config.num_layers
-    size = _parse_size(args.size) or ((256, 256) if model == "tiny" else (480, 832))
+        from engine.checkpoint import inspect_checkpoint
+
+        layers = inspect_checkpoint(model).config.num_layers
+    size = _parse_size(args.size) or ((256, 256) if random_preset(model) else (480, 832))
     spec = StageSpec(rank=rank, world=world, port=0, device=str(device),
                      dtype=str(resolve_dtype(args.dtype, device)).removeprefix("torch."), model=model, base=args.base,
                      blocks=[(r.start, r.stop) for r in split_blocks(layers, world)], size=size,
@@ -232,9 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=_cmd_inspect)
 
     s = sub.add_parser("bench", help="benchmarks that print ratios and save JSON")
-    s.add_argument("what", choices=["model", "pipeline"],
+    s.add_argument("what", choices=["model", "pipeline", "parallel", "roofline"],
                    help="model: streaming DiT forward (flat cost, cache speedup, FLOP/s); "
-                        "pipeline: stage split, fps and latency for 1-4 steps, Stream-Batch vs no-batch")
+                        "pipeline: stage split, fps and latency for 1-4 steps, Stream-Batch vs no-batch; "
+                        "parallel: 1 vs 2 CPU pipeline ranks (one thread each), scaling efficiency; "
+                        "roofline: predicted fps/TTFF/VRAM on H100 and RTX 4090 for 1-4 GPUs vs the paper")
+    s.add_argument("--steps", type=int, default=2, help="parallel: denoising steps")
     s.add_argument("--preset", default="small", help="model: DiT preset (default: small, dim 512 x 4 layers)")
     s.add_argument("--points", default="10,1000,10000", help="model: chunk indices to measure")
     s.add_argument("--model", default="tiny", help="pipeline: auto, tiny or a checkpoint path")

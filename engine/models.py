@@ -73,11 +73,22 @@ def _seeded_init(module: torch.nn.Module, seed: int, std: float = 0.05) -> None:
             p.copy_(_seeded_tensor(name, p.shape, seed, std))
 
 
+def random_preset(spec: str) -> str | None:
+    """The DiT preset of a seeded-random model spec: "tiny", or "random:PRESET" (e.g. random:small for benchmarks);
+    None for a real checkpoint path."""
+    if spec == "tiny":
+        return "tiny"
+    if spec.startswith("random:"):
+        get_preset(spec[len("random:"):])  # validates
+        return spec[len("random:"):]
+    return None
+
+
 def tiny_dit(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0,
-             select: Callable[[str], bool] | None = None) -> CausalWanModel:
-    """The tiny DiT with seeded random weights; `select(name)` materialises only some tensors (the rest stay on
-    the meta device), as a pipeline rank does with a real checkpoint."""
-    cfg = get_preset("tiny")
+             select: Callable[[str], bool] | None = None, preset: str = "tiny") -> CausalWanModel:
+    """The tiny DiT (or another preset) with seeded random weights; `select(name)` materialises only some tensors
+    (the rest stay on the meta device), as a pipeline rank does with a real checkpoint."""
+    cfg = get_preset(preset)
     with torch.device("meta"):
         dit = CausalWanModel(cfg)
     sd = {}
@@ -97,12 +108,14 @@ def tiny_vae(device: str | torch.device = "cpu", dtype: torch.dtype = torch.floa
 
 
 def tiny_bundle(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0,
-                select: Callable[[str], bool] | None = None) -> ModelBundle:
-    """The embedded default: tiny DiT + tiny VAE + tiny umT5, random weights from fixed seeds."""
-    cfg = get_preset("tiny")
+                select: Callable[[str], bool] | None = None, preset: str = "tiny") -> ModelBundle:
+    """The embedded default: tiny DiT + tiny VAE + tiny umT5, random weights from fixed seeds (`preset` swaps in
+    another DiT shape with random weights, for benchmarks)."""
+    cfg = get_preset(preset)
     text = tiny_text_encoder(text_dim=cfg.text_dim, text_len=cfg.text_len, seed=seed + 2)
-    dit = tiny_dit(device, dtype, seed, select=select)
-    return ModelBundle("tiny (untrained test model)", dit, tiny_vae(device, dtype, seed),
+    dit = tiny_dit(device, dtype, seed, select=select, preset=preset)
+    name = "tiny (untrained test model)" if preset == "tiny" else f"random {preset} (untrained benchmark model)"
+    return ModelBundle(name, dit, tiny_vae(device, dtype, seed),
                        text, untrained=True, default_size=(256, 256), notice=TINY_NOTICE)
 
 
@@ -133,9 +146,9 @@ def load_bundle(spec: str = "auto", *, device: str | torch.device = "cpu", dtype
     `engine.checkpoint` reads) with its Wan2.1 base folder found beside it, in the models dir, or at `base`.
     `select(name)`: materialise only these DiT tensors (pipeline rank 0: embeddings + its blocks)."""
     say = progress or (lambda msg, frac: None)
-    if spec == "tiny":
+    if random_preset(spec):
         say("building the tiny test model", 0.0)
-        return tiny_bundle(device, dtype, select=select)
+        return tiny_bundle(device, dtype, select=select, preset=random_preset(spec))
     if spec == "auto":
         found = find_downloaded()
         if found is None:

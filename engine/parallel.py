@@ -314,11 +314,11 @@ def _dtype(name: str) -> torch.dtype:
 
 def build_stage_model(model: str, blocks: range, first: bool, last: bool, device, dtype: torch.dtype):
     """The DiT with only this rank's tensors materialised (others on meta)."""
-    select = stage_select(blocks, first, last)
-    if model == "tiny":
-        from engine.models import tiny_dit
+    from engine.models import random_preset, tiny_dit
 
-        return tiny_dit(device, dtype, select=select)
+    select = stage_select(blocks, first, last)
+    if random_preset(model):
+        return tiny_dit(device, dtype, select=select, preset=random_preset(model))
     from engine.checkpoint import load_model
 
     dit, _ = load_model(model, dtype=dtype, device=device, select=select)
@@ -334,10 +334,10 @@ def materialise_blocks(dit, model: str, blocks: list[int], device, dtype: torch.
     def select(name: str) -> bool:
         return name.startswith("blocks.") and int(name.split(".")[1]) in wanted
 
-    if model == "tiny":
-        from engine.models import tiny_dit
+    from engine.models import random_preset, tiny_dit
 
-        src = tiny_dit(device, dtype, select=select)
+    if random_preset(model):
+        src = tiny_dit(device, dtype, select=select, preset=random_preset(model))
     else:
         from engine.checkpoint import load_model
 
@@ -445,7 +445,9 @@ class _Tail:
         from pathlib import Path
 
         self.grid = FlowMatchGrid()
-        if spec.model == "tiny":
+        from engine.models import random_preset
+
+        if random_preset(spec.model):
             from engine.models import tiny_vae
 
             self.vae = tiny_vae(device, geo.dtype)

@@ -92,6 +92,7 @@ class StreamPipeline:
         self.first_pixels = 1 + 4 * (cache_cfg.first_chunk_frames - 1)  # 5
         self.chunk_pixels = 4 * cache_cfg.chunk_frames  # 4
         self._pending: Controls | None = None
+        self._pending_batch: bool | None = None
         self.cache: KVCache | None = None
         self.reset()
 
@@ -160,6 +161,26 @@ class StreamPipeline:
         self._pending = new
         return new
 
+    def set_mode(self, batch: bool) -> None:
+        """Queue a switch between Stream-Batch (True) and no-batch (False), applied at the next chunk boundary.
+
+        Leaving Stream-Batch first finishes the chunks in flight (their frames come out of that `process` call);
+        the single slot then continues slot 0's caches. Entering it copies slot 0's caches to every slot and restarts
+        the pipeline fill (the next `steps - 1` calls return nothing), as upstream's SLO-adaptive demo does.
+        """
+        self._pending_batch = bool(batch)
+
+    def _apply_mode(self, batch: bool | None) -> list[np.ndarray]:
+        if batch is None or batch == self.batch:
+            return []
+        out = self.flush() if self.batch else []
+        self.batch = batch
+        if self.chunks == 0:  # nothing streamed yet: start over in the new mode
+            self.reset()
+        elif self.controls.steps > 1:
+            self._resize_slots(self.slots)
+        return out
+
     def _apply_controls(self) -> list[np.ndarray]:
         """Apply queued controls before a chunk; returns frames finished while draining (Stream-Batch steps)."""
         new, self._pending = self._pending, None
@@ -217,7 +238,11 @@ class StreamPipeline:
     def process(self, frames: np.ndarray) -> list[np.ndarray]:
         """Run one chunk of exactly `frames_needed` uint8 frames [T, H, W, 3]; returns the styled frames finished
         by this call (Stream-Batch returns a chunk n - 1 calls later; the first chunks return nothing)."""
-        out = self._apply_controls() if self._pending is not None else []
+        out = []
+        if self._pending is not None or self._pending_batch is not None:
+            batch, self._pending_batch = self._pending_batch, None  # taken first: flushing re-enters process()
+            out = self._apply_controls() if self._pending is not None else []
+            out += self._apply_mode(batch)
         if len(frames) != self.frames_needed:
             raise ValueError(f"chunk needs {self.frames_needed} frames, got {len(frames)}")
         if tuple(frames.shape[1:3]) != self.size:
