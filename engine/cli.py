@@ -118,7 +118,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return _run_torchrun_stage(args)  # launched by torchrun: ranks >= 1 serve their blocks
     cfg = EngineConfig(model=args.model, base=args.base, device=args.device, dtype=args.dtype, ranks=args.ranks,
                        size=_parse_size(args.size), batch=not args.no_batch, controls=controls,
-                       latency_budget=args.latency_budget, taehv=args.taehv)
+                       latency_budget=args.latency_budget, taehv=args.taehv, target_fps=args.target_fps)
     engine = Engine(cfg)
 
     def progress(msg: str, frac: float) -> None:
@@ -196,6 +196,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
           f"in {wall:.1f} s")
     print(f"throughput {written / wall:.2f} fps | latency p50 {st.latency_p50 * 1e3:.0f} ms, "
           f"p99 {st.latency_p99 * 1e3:.0f} ms | time to first frame {ttff} | {st.chunk_ms:.0f} ms per chunk")
+    if st.slo is not None:
+        print(f"SLO: plan {st.slo.plan.label()} (yours: {st.slo.user_plan.label()}), {st.slo.changes} change(s), "
+              f"{st.slo.misses} missed chunk(s) of {st.slo.chunks}" + (f"; last: {st.slo.last_reason}"
+                                                                     if st.slo.last_reason else ""))
     if engine.config.lossless and not args.realtime:
         print("(offline run: input was queued faster than real time, so latency includes queueing; "
               "add --realtime to measure live latency)")
@@ -236,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pipeline-parallel stages: GPUs when that many exist, else CPU processes (gloo)")
     s.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), bfloat16, float16, float32")
     s.add_argument("--latency-budget", type=float, default=None, help="seconds; slower frames count as misses")
+    s.add_argument("--target-fps", type=float, default=None,
+                   help="SLO scheduling: adapt Stream-Batch/no-batch, steps and resolution to reach this rate")
     s.add_argument("--realtime", action="store_true", help="pace files and the test source at their frame rate")
     s.add_argument("--taehv", default=None, metavar="PATH", help="decode with the TAEHV tiny decoder (taew2_1.pth)")
     s.set_defaults(fn=_cmd_run)
