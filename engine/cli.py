@@ -136,7 +136,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     limit = args.frames or (round(args.seconds * source.fps) if args.seconds else None)
     if limit is None and live:
         print("live source: press Ctrl-C to stop", file=sys.stderr)
-    if args.out:
+    file_out = args.out and "://" not in args.out and args.out.lower() != "vcam" and not args.out.lower().startswith(
+        ("vcam:", "vcam/", "spout:", "syphon:"))
+    if file_out:
         Path(args.out).expanduser().parent.mkdir(parents=True, exist_ok=True)
     sink = open_sink(args.out, fps=source.fps) if args.out else None
     print(f"model {engine.bundle.name} | {w}x{h} | {controls.steps} step(s) | "
@@ -274,6 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     from engine.hub import register_cli as register_models
 
     register_models(sub)
+    from obs_bridge.cli import register_cli as register_obs_cli
+
+    register_obs_cli(sub)
     return p
 
 

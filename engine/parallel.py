@@ -91,6 +91,18 @@ def balanced_split(ranges: list[range], stage_s: list[float], block_s: list[floa
     return out
 
 
+def run_own_blocks(dit, cache: KVCache, tokens: torch.Tensor, e0: torch.Tensor, *, start: int,
+                   grid: tuple[int, int, int], advance: bool, slot: int) -> tuple[torch.Tensor, float]:
+    """One micro-batch through this rank's blocks (writing their KV cache); returns (tokens, seconds spent)."""
+    t0 = time.perf_counter()
+    plan = cache.plan([start], grid, advance, slot=slot)
+    rope = dit.rope.tables(grid, plan.start_frames_dev)
+    out = dit.run_blocks(tokens, e0, rope, cache.cross_for(plan), blocks=cache.blocks, cache=cache, plan=plan)
+    if tokens.device.type == "cuda":
+        torch.cuda.synchronize(tokens.device)
+    return out, time.perf_counter() - t0
+
+
 def stage_select(blocks: range, first: bool, last: bool) -> Callable[[str], bool]:
     """Which state-dict tensors a rank materialises."""
     embeds = ("patch_embedding.", "text_embedding.", "time_embedding.", "time_projection.")
@@ -369,17 +381,11 @@ class Stage:
 
     def run_blocks(self, tokens, e0, h: torch.Tensor) -> torch.Tensor:
         """h: header. tokens [1, N, C] -> [1, N, C] through this rank's blocks (writing their cache)."""
-        t0 = time.perf_counter()
-        frames = int(h[NFRAMES])
         lh, lw = self.geo.latent_hw
-        grid = (frames, lh // self.dit.cfg.patch_size[1], lw // self.dit.cfg.patch_size[2])
-        plan = self.cache.plan([int(h[START])], grid, advance=bool(h[ADVANCE]), slot=int(h[SLOT]))
-        rope = self.dit.rope.tables(grid, plan.start_frames_dev)
-        out = self.dit.run_blocks(tokens, e0, rope, self.cache.cross_for(plan), blocks=self.cache.blocks,
-                                  cache=self.cache, plan=plan)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        self.busy_s += time.perf_counter() - t0
+        grid = (int(h[NFRAMES]), lh // self.dit.cfg.patch_size[1], lw // self.dit.cfg.patch_size[2])
+        out, spent = run_own_blocks(self.dit, self.cache, tokens, e0, start=int(h[START]), grid=grid,
+                                    advance=bool(h[ADVANCE]), slot=int(h[SLOT]))
+        self.busy_s += spent
         self.jobs += 1
         return out
 
@@ -676,14 +682,9 @@ class PipelinedStream(StreamPipeline):
         F = x.shape[2]
         tt = torch.full((1, F), float(t), device=self.device)
         tokens, e, e0, grid = self.dit.embed(x, tt)
-        t0 = time.perf_counter()
-        plan = self.cache.plan([start], grid, advance, slot=slot)
-        rope = self.dit.rope.tables(grid, plan.start_frames_dev)
-        tokens = self.dit.run_blocks(tokens, e0, rope, self.cache.cross_for(plan), blocks=self.cache.blocks,
-                                     cache=self.cache, plan=plan)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        self.busy_blocks_s += time.perf_counter() - t0
+        tokens, spent = run_own_blocks(self.dit, self.cache, tokens, e0, start=start, grid=grid, advance=advance,
+                                       slot=slot)
+        self.busy_blocks_s += spent
         h = self.link.header(kind=JOB, call=self.chunks, slot=slot, slots=slots, start=start, nframes=F, t=t,
                              t_next=t_next, advance=advance, decode=decode, seed=self.controls.seed,
                              noise_index=noise_index)

@@ -47,8 +47,18 @@ case "$what" in
         exec "$VENV/bin/sdv2" run --out out/styled.mp4 "$@"
         ;;
     test)
+        if ! command -v obs >/dev/null 2>&1 || ! command -v Xvfb >/dev/null 2>&1; then
+            if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+                log "installing obs-studio and xvfb for the live OBS tests"
+                { DEBIAN_FRONTEND=noninteractive apt-get update -q &&
+                  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends obs-studio xvfb; } ||
+                    log "could not install obs-studio/xvfb: the live OBS tests will be skipped (no obs) or fail (no Xvfb)"
+            else
+                log "obs-studio/xvfb missing and not root with apt-get: the live OBS tests will be skipped"
+            fi
+        fi
         log "installing streamdiffusion-studio with test tools"
-        "${PIP[@]}" install -q -e "$ROOT[test]"
+        "${PIP[@]}" install -q -e "$ROOT[test,obs]"
         log "ruff"
         "$VENV/bin/ruff" check .
         log "import-linter"

@@ -162,3 +162,40 @@ def test_bf16_pipeline_runs_close_to_fp32(clip):
     assert len(out) == 9
     err = np.mean([np.abs(a.astype(int) - b.astype(int)).mean() for a, b in zip(ref, out)])
     assert err < 6.0, err  # mean abs pixel error (0-255) of the whole bf16 chain vs fp32; measured ~1-2
+
+
+# -- Stream-Batch <-> no-batch switches (the SLO scheduler's lever) -------------------------------------
+
+
+def run_switching(pipe, frames, switch=None):
+    out, i, k = [], 0, 0
+    while i + pipe.frames_needed <= len(frames):
+        if switch and k in switch:
+            pipe.set_mode(switch[k])
+        n = pipe.frames_needed
+        out += pipe.process(frames[i:i + n])
+        i, k = i + n, k + 1
+    return out + pipe.flush()
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+@pytest.mark.parametrize("switch", [{3: False}, {3: False, 6: True}, {2: True}, {4: True, 5: False, 7: True}])
+def test_every_frame_comes_out_across_mode_switches(bundle, clip, steps, switch):
+    start = not next(iter(switch.values()))  # start in the other mode than the first switch
+    pipe = make(bundle, batch=start, controls=Controls(steps=steps))
+    out = run_switching(pipe, clip, switch)
+    assert len(out) == len(clip)
+    assert pipe.batch == list(switch.values())[-1]
+    assert pipe.slots == (steps if pipe.batch else 1) and pipe.cache.B == pipe.slots
+
+
+def test_switch_before_the_first_chunk_is_a_fresh_stream(bundle, clip):
+    a = run_switching(make(bundle, batch=False, controls=Controls(steps=3)), clip[:13])
+    b = run_switching(make(bundle, batch=True, controls=Controls(steps=3)), clip[:13], switch={0: False})
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def test_set_mode_same_mode_is_a_no_op(bundle, clip):
+    a = run_switching(make(bundle, batch=True), clip[:13])
+    b = run_switching(make(bundle, batch=True), clip[:13], switch={1: True, 2: True})
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))

@@ -204,3 +204,22 @@ def open_sink(spec: str, *, fps: float, size: tuple[int, int] | None = None) -> 
         return MP4Sink(spec, fps, size)
     kinds = ", ".join(["a .mp4 file path", *(f"{p}..." for p, _ in _OPENERS)])
     raise EngineError(f"unsupported output {spec!r}: use {kinds}")
+
+
+def _lazy(module: str, name: str) -> SinkOpener:
+    """An opener that imports ``module`` only when such an output is opened (no import cycle, light start-up)."""
+
+    def opener(spec: str, **kwargs) -> FrameSink:
+        import importlib
+
+        return getattr(importlib.import_module(module), name)(spec, **kwargs)
+
+    return opener
+
+
+register_sink("udp://", _lazy("engine.io.mpegts", "open_mpegts_sink"))
+register_sink("srt://", _lazy("engine.io.mpegts", "open_mpegts_sink"))
+register_sink("vcam:", _lazy("engine.io.vcam", "open_vcam_sink"))
+register_sink("vcam/", _lazy("engine.io.vcam", "open_vcam_sink"))
+register_sink("spout:", _lazy("engine.io.texshare", "open_texshare_sink"))
+register_sink("syphon:", _lazy("engine.io.texshare", "open_texshare_sink"))

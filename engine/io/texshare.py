@@ -1,0 +1,133 @@
+"""GPU texture-sharing outputs: Spout (Windows, ``SpoutGL``) and Syphon (macOS, ``syphon-python``).
+
+Offered only where their packages import; both are optional and installed by the user (``pip install SpoutGL``
+/ ``pip install syphon-python``). OBS receives Spout with the obs-spout2 plugin ("Spout2 Capture") and Syphon
+with its built-in "Syphon Client" source. Frames are uploaded from the CPU (RGBA), so the benefit over the
+MPEG-TS stream is latency and quality, not GPU memory traffic.
+
+UNVERIFIED: written against the packages' published examples (SpoutGL ``SpoutSender.sendImage``; syphon-python
+``SyphonMetalServer.publish_frame_texture``); no Windows or macOS machine was available to run them.
+
+Specs: ``spout`` / ``spout:NAME`` and ``syphon`` / ``syphon:NAME`` (default name ``StreamDiffusionV2``).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from engine.errors import EngineError
+from engine.io.frames import check_frame, fit_frame
+from engine.io.paced import PacedSink
+from engine.io.protocols import Frame, FrameSink
+
+__all__ = ["SpoutSink", "SyphonSink", "open_texshare_sink", "texshare_available"]
+
+DEFAULT_NAME = "StreamDiffusionV2"
+
+
+def texshare_available() -> list[str]:
+    """Which of ``spout``/``syphon`` this machine can offer (platform and package present)."""
+    found = []
+    if sys.platform == "win32":
+        try:
+            import SpoutGL  # noqa: F401
+            found.append("spout")
+        except ImportError:
+            pass
+    if sys.platform == "darwin":
+        try:
+            import syphon  # noqa: F401
+            found.append("syphon")
+        except ImportError:
+            pass
+    return found
+
+
+def _rgba(frame: Frame, size: tuple[int, int] | None) -> np.ndarray:
+    check_frame(frame)
+    if size is not None and frame.shape[:2] != size:
+        frame = fit_frame(frame, size)
+    out = np.empty((*frame.shape[:2], 4), np.uint8)
+    out[..., :3] = frame
+    out[..., 3] = 255
+    return out
+
+
+class SpoutSink(FrameSink):
+    """Publishes frames as the Spout sender ``name`` (Windows; needs ``SpoutGL``)."""
+
+    def __init__(self, name: str = DEFAULT_NAME, size: tuple[int, int] | None = None) -> None:
+        if sys.platform != "win32":
+            raise EngineError("Spout output exists on Windows only; use the udp stream output here")
+        try:
+            import SpoutGL
+            from SpoutGL.enums import GL_RGBA
+        except ImportError:
+            raise EngineError("Spout output needs SpoutGL: pip install SpoutGL (and the obs-spout2 plugin in "
+                              "OBS)") from None
+        self.name, self.size = name, size
+        self._gl_rgba = GL_RGBA
+        self._sender = SpoutGL.SpoutSender()
+        self._sender.setSenderName(name)
+        self._closed = False
+
+    def write(self, frame: Frame, pts_seconds: float | None = None) -> None:
+        if self._closed:
+            raise EngineError("the Spout output is closed; open it again")
+        rgba = _rgba(frame, self.size)
+        self.size = rgba.shape[:2]
+        h, w = self.size
+        if not self._sender.sendImage(rgba, w, h, self._gl_rgba, False, 0):
+            raise EngineError(f"Spout could not publish {self.name!r} (no OpenGL/DirectX interop?); use the udp "
+                              "stream output")
+        self._sender.setFrameSync(self.name)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._sender.releaseSender()
+
+
+class SyphonSink(FrameSink):
+    """Publishes frames as the Syphon server ``name`` (macOS 11+; needs ``syphon-python``, Metal backend)."""
+
+    def __init__(self, name: str = DEFAULT_NAME, size: tuple[int, int] | None = None) -> None:
+        if sys.platform != "darwin":
+            raise EngineError("Syphon output exists on macOS only; use the udp stream output here")
+        try:
+            import syphon
+            from syphon.utils.numpy import copy_image_to_mtl_texture
+            from syphon.utils.raw import create_mtl_texture
+        except ImportError:
+            raise EngineError("Syphon output needs syphon-python: pip install syphon-python") from None
+        self.name, self.size = name, size
+        self._copy, self._create = copy_image_to_mtl_texture, create_mtl_texture
+        self._server = syphon.SyphonMetalServer(name)
+        self._texture = None
+        self._closed = False
+
+    def write(self, frame: Frame, pts_seconds: float | None = None) -> None:
+        if self._closed:
+            raise EngineError("the Syphon output is closed; open it again")
+        rgba = _rgba(frame, self.size)
+        if self._texture is None:
+            self.size = rgba.shape[:2]
+            self._texture = self._create(self._server.device, self.size[1], self.size[0])
+        self._copy(rgba, self._texture)
+        self._server.publish_frame_texture(self._texture)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._server.stop()
+
+
+def open_texshare_sink(spec: str, *, fps: float, size: tuple[int, int] | None = None) -> FrameSink:
+    """The :func:`~engine.io.sinks.register_sink` opener for ``spout[:NAME]`` and ``syphon[:NAME]`` (paced)."""
+    kind, _, name = spec.strip().partition(":")
+    cls = {"spout": SpoutSink, "syphon": SyphonSink}.get(kind.lower())
+    if cls is None:
+        raise EngineError(f"unsupported output {spec!r}: use spout[:NAME] or syphon[:NAME]")
+    return PacedSink(cls(name or DEFAULT_NAME, size), fps, name=f"{kind} {name or DEFAULT_NAME}")

@@ -1,0 +1,307 @@
+"""`sdv2 obs ...`: the OBS bridge on the command line (registered into engine.cli with :func:`register_cli`).
+
+    sdv2 obs status                              OBS version, capabilities, health; the app's state if it runs
+    sdv2 obs sources                             scenes and inputs (what --scene and --input accept)
+    sdv2 obs attach --scene S [--input SOURCE | --camera SPEC] [--sink udp|srt|vcam]
+    sdv2 obs detach                              remove the StreamDiffusionV2 input from OBS
+    sdv2 obs set-password                        store the obs-websocket password (OS keyring when available)
+    sdv2 obs script-path                         where obs_script.py is (OBS: Tools > Scripts > +)
+    sdv2 obs app status|presets|preset NAME|steps N|start|stop     drive the running app (its control API)
+
+Connection: --host/--port override the saved settings; the password comes from $SDV2_OBS_PASSWORD, the OS
+keyring or the settings file (never from the command line, where other users could read it).
+Heavy imports happen inside the commands, so `sdv2 --help` stays fast and works without the obs extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from engine.errors import EngineError
+
+
+def _need_obsws() -> None:
+    try:
+        import obsws_python  # noqa: F401
+    except ImportError:
+        raise EngineError("the OBS bridge needs obsws-python: pip install obsws-python "
+                          "(or `pip install 'streamdiffusion-studio[obs]'`)") from None
+
+
+def _settings(args: argparse.Namespace):
+    from obs_bridge.settings import keyring_get, load_settings
+
+    s = load_settings()
+    if args.host or args.port:
+        s.host, s.port = args.host or s.host, args.port or s.port
+        if not os.environ.get("SDV2_OBS_PASSWORD"):
+            s.password = keyring_get(s.host, s.port) or s.password
+    if args.timeout:
+        s.timeout = args.timeout
+    return s
+
+
+def _client(args: argparse.Namespace):
+    _need_obsws()
+    from obs_bridge.client import ObsClient
+
+    return ObsClient(_settings(args), auto_reconnect=False)
+
+
+def _app_client():
+    from obs_bridge.control_client import ControlClient, ControlError
+
+    try:
+        return ControlClient.from_file()
+    except ControlError as e:
+        raise EngineError(str(e)) from None
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from obs_bridge.control_client import ControlError
+    from obs_bridge.health import read_health
+    from obs_bridge.output import CAMERA_KINDS, obs_virtualcam_active
+
+    with _client(args) as client:
+        info = client.info
+        print(f"{info.summary()} at {client.settings.address}")
+        print(f"image formats: {', '.join(info.image_formats)}")
+        media = info.find_kind("ffmpeg_source")
+        camera = next((k for k, _ in CAMERA_KINDS if info.find_kind(k)), None)
+        print(f"stream output (media source): {'yes' if media else 'NO (ffmpeg_source missing)'}")
+        print(f"virtual-camera output (device source): {camera or 'NO'}")
+        active = obs_virtualcam_active(client)
+        print("OBS virtual camera: " + ("not available on this machine" if active is None else
+                                         "running" if active else "stopped"))
+        scene = client.call("GetCurrentProgramScene").get("currentProgramSceneName")
+        print(f"program scene: {scene}")
+        health = read_health(client)
+        print(health.line())
+        for warning in health.warnings():
+            print(f"warning: {warning}")
+    try:
+        from obs_bridge.control_client import ControlClient
+        from obs_bridge.obs_script import format_status
+
+        print(f"app: {format_status(ControlClient.from_file().status())}")
+    except ControlError as e:
+        print(f"app: {e}")
+    return 0
+
+
+def _cmd_sources(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        print("scenes:")
+        for name in client.scene_names():
+            print(f"  {name}")
+        print("inputs:")
+        for name, kind in client.input_names():
+            print(f"  {name}  ({kind})")
+    return 0
+
+
+def _parse_size(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise EngineError(f"bad size {text!r}: use WIDTHxHEIGHT, e.g. 512x512") from None
+    return h, w
+
+
+def _presets(args: argparse.Namespace):
+    from obs_bridge.preset_book import PresetBook
+
+    if args.presets:
+        return PresetBook.load(args.presets)
+    book, problems = PresetBook.from_library()
+    for line in problems:
+        print(f"warning: {line}", file=sys.stderr)
+    return book
+
+
+def _cmd_attach(args: argparse.Namespace) -> int:
+    _need_obsws()
+    from engine.api import EngineConfig
+    from engine.pipeline import Controls
+    from obs_bridge.bridge import BridgeConfig, ObsBridge
+    from obs_bridge.control import ControlServer
+    from obs_bridge.obs_script import format_status
+    from obs_bridge.output import start_obs_virtualcam
+    from obs_bridge.scenes import parse_scene_map
+
+    if args.input and args.camera:
+        raise EngineError("give --input (an OBS source) or --camera, not both")
+    if args.input and args.input == args.scene:
+        raise EngineError(f"capturing scene {args.scene!r} while showing the result in it feeds the output back "
+                          "into the input; capture a source or another scene")
+    camera = None if args.input else (args.camera or "camera:0")
+    presets = _presets(args)
+    controls = Controls(steps=args.steps, **({"prompt": args.prompt} if args.prompt else {})).validated()
+    engine_cfg = EngineConfig(model=args.model, device=args.device, dtype=args.dtype, size=_parse_size(args.size),
+                              controls=controls, queue_frames=8)
+    cfg = BridgeConfig(scene=args.scene, capture=args.input, camera=camera, sink=args.sink, fps=args.fps,
+                       port=args.udp_port, scene_presets=parse_scene_map(args.scene_presets or ""))
+    bridge = ObsBridge(_settings(args), cfg, engine_cfg, presets)
+    if args.preset:
+        bridge.apply_preset(args.preset)
+    server = None
+    try:
+        bridge.connect()
+        print(f"{bridge.client.info.summary()} at {bridge.settings.address}", file=sys.stderr)
+        bridge.start()
+        att = bridge.attachment
+        if att is not None:
+            print(f"attached: scene {att.scene!r}, input {att.input_name!r} ({att.kind}) <- {bridge.output_url}"
+                  f"{' (created)' if att.created else ' (updated)'}", file=sys.stderr)
+        if args.obs_virtualcam:
+            start_obs_virtualcam(bridge.client, args.scene, pyvirtualcam_backend=bridge.vcam_backend)
+            print("OBS virtual camera started", file=sys.stderr)
+        if not args.no_control:
+            server = ControlServer(bridge, port=args.control_port).start()
+            print(f"control API {server.url} (token in {server.control_path})", file=sys.stderr)
+        print("streaming; press Ctrl-C to stop", file=sys.stderr)
+        t0, last = time.monotonic(), 0.0
+        while args.seconds is None or time.monotonic() - t0 < args.seconds:
+            time.sleep(0.2)
+            status = bridge.status()
+            if status["state"] == "error":
+                raise EngineError(status["error"] or "the stream stopped")
+            if time.monotonic() - last >= args.status_every:
+                last = time.monotonic()
+                print(format_status(status), file=sys.stderr)
+    except KeyboardInterrupt:
+        print("stopping...", file=sys.stderr)
+    finally:
+        if server is not None:
+            server.stop()
+        bridge.close()
+    return 0
+
+
+def _cmd_detach(args: argparse.Namespace) -> int:
+    from obs_bridge.output import detach
+
+    with _client(args) as client:
+        print("removed" if detach(client, args.input_name) else f"no input named {args.input_name!r}")
+    return 0
+
+
+def _cmd_set_password(args: argparse.Namespace) -> int:
+    import getpass
+
+    from obs_bridge.settings import save_settings
+
+    s = _settings(args)
+    s.password = getpass.getpass(f"obs-websocket password for {s.address} (Tools > WebSocket Server Settings > "
+                                 "Show Connect Info): ")
+    where = save_settings(s)
+    print({"keyring": "saved in the OS keyring", "file": "saved in the settings file (readable by you only; "
+           "install `keyring` to use the OS keyring)", "none": "password cleared"}[where])
+    return 0
+
+
+def _cmd_app(args: argparse.Namespace) -> int:
+    import json
+
+    from obs_bridge.control_client import ControlError
+
+    client = _app_client()
+    try:
+        if args.action == "status":
+            reply = client.status()
+        elif args.action == "presets":
+            reply = client.presets()
+        elif args.action == "preset":
+            if not args.value:
+                raise EngineError("name the preset: sdv2 obs app preset NAME")
+            reply = client.apply_preset(args.value)
+        elif args.action == "steps":
+            if not args.value or not args.value.isdigit():
+                raise EngineError("give the number of steps: sdv2 obs app steps 1-4")
+            reply = client.set_steps(int(args.value))
+        elif args.action == "start":
+            reply = client.start()
+        else:
+            reply = client.stop()
+    except ControlError as e:
+        raise EngineError(str(e)) from None
+    print(json.dumps(reply, indent=2))
+    return 0
+
+
+def _cmd_script_path(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    print(Path(__file__).resolve().with_name("obs_script.py"))
+    return 0
+
+
+def _connection_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default=None, help="obs-websocket host (default: saved setting, else 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="obs-websocket port (default: saved setting, else 4455)")
+    p.add_argument("--timeout", type=float, default=None, help="seconds to wait for OBS (default 5)")
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``obs`` and its subcommands to the ``sdv2`` parser's subparsers."""
+    obs = subparsers.add_parser("obs", help="OBS Studio: capture from OBS, send the styled stream into a scene")
+    sub = obs.add_subparsers(dest="obs_command", required=True)
+
+    s = sub.add_parser("status", help="OBS version, capabilities and health; the app's state")
+    _connection_args(s)
+    s.set_defaults(fn=_cmd_status)
+
+    s = sub.add_parser("sources", help="list OBS scenes and inputs")
+    _connection_args(s)
+    s.set_defaults(fn=_cmd_sources)
+
+    s = sub.add_parser("attach", help="stream styled video into an OBS scene (creates/updates the input)")
+    _connection_args(s)
+    s.add_argument("--scene", required=True, help="the OBS scene that gets the StreamDiffusionV2 input")
+    s.add_argument("--input", default=None, help="OBS source or scene to capture (screenshots, JPEG)")
+    s.add_argument("--camera", default=None,
+                   help="read a camera directly instead (camera:NAME, /dev/videoN, test, a file); default camera:0")
+    s.add_argument("--sink", default="udp",
+                   help="udp (default), srt, vcam[:DEVICE] / vcam/BACKEND (virtual camera via pyvirtualcam), "
+                        "spout[:NAME] (Windows) or syphon[:NAME] (macOS)")
+    s.add_argument("--fps", type=float, default=15.0, help="capture and output frame rate (default 15)")
+    s.add_argument("--udp-port", type=int, default=None, help="stream port (default: reuse the input's, else free)")
+    s.add_argument("--model", default="auto", help="auto, tiny, or a checkpoint path")
+    s.add_argument("--size", default=None, help="model resolution WIDTHxHEIGHT (multiples of 16)")
+    s.add_argument("--steps", type=int, default=2, help="denoising steps 1-4")
+    s.add_argument("--prompt", default=None)
+    s.add_argument("--preset", default=None, help="preset id to start with (see `sdv2 obs app presets`)")
+    s.add_argument("--presets", default=None,
+                   help='JSON file {"name": {"prompt": ..., "steps": 2}, ...} instead of the preset library')
+    s.add_argument("--scene-presets", default=None, help="switch presets with the program scene: SCENE=PRESET,...")
+    s.add_argument("--obs-virtualcam", action="store_true",
+                   help="also start OBS's own virtual camera (for Zoom/Discord) on --scene")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--dtype", default="auto")
+    s.add_argument("--control-port", type=int, default=0, help="control API port on 127.0.0.1 (default: free)")
+    s.add_argument("--no-control", action="store_true", help="do not open the control API")
+    s.add_argument("--seconds", type=float, default=None, help="stop after this many seconds (default: Ctrl-C)")
+    s.add_argument("--status-every", type=float, default=5.0, help="seconds between status lines")
+    s.set_defaults(fn=_cmd_attach)
+
+    s = sub.add_parser("detach", help="remove the StreamDiffusionV2 input from OBS")
+    _connection_args(s)
+    s.add_argument("--input-name", default="StreamDiffusionV2")
+    s.set_defaults(fn=_cmd_detach)
+
+    s = sub.add_parser("set-password", help="store the obs-websocket password (OS keyring when available)")
+    _connection_args(s)
+    s.set_defaults(fn=_cmd_set_password)
+
+    s = sub.add_parser("script-path", help="print the path of the OBS script (load it with Tools > Scripts)")
+    s.set_defaults(fn=_cmd_script_path)
+
+    s = sub.add_parser("app", help="drive the running app through its control API")
+    s.add_argument("action", choices=["status", "presets", "preset", "steps", "start", "stop"])
+    s.add_argument("value", nargs="?", default=None, help="preset name or number of steps")
+    s.set_defaults(fn=_cmd_app)

@@ -1,0 +1,354 @@
+"""StreamDiffusionV2 inside OBS: load this file with Tools > Scripts (Python) while the app runs.
+
+It shows a preset dropdown, a steps slider (1-4), Start/Stop and Refresh buttons and the app's status, and
+registers one hotkey per preset (Settings > Hotkeys, "StreamDiffusionV2: <preset>"). It drives the running
+app through the app's local control API (127.0.0.1, token from the app's control file); OBS's Python needs
+nothing beyond the standard library. Preset names seen once are remembered, so their hotkeys exist (and keep
+their bindings) even when OBS starts before the app.
+
+Everything OBS-specific goes through :class:`ObsPythonApi`, a thin layer over ``obspython``; the logic
+(:class:`ScriptLogic`) is plain Python and is tested with a stand-in layer and a real control API server.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+try:
+    from obs_bridge.control_client import ControlClient, ControlError
+except ImportError:  # inside OBS's own Python: expose just this folder as the package (no sys.path changes,
+    import types  # so nothing else from the app's environment can shadow OBS's modules)
+
+    _package = types.ModuleType("obs_bridge")
+    _package.__path__ = [str(Path(__file__).resolve().parent)]
+    sys.modules.setdefault("obs_bridge", _package)
+    from obs_bridge.control_client import ControlClient, ControlError
+
+HOTKEY_PREFIX = "sdv2.preset."
+KNOWN_PRESETS_KEY = "sdv2_known_presets"
+DESCRIPTION = ("<b>StreamDiffusionV2</b><br>Restyle your stream in real time. Start the app first "
+               "(e.g. <code>sdv2 obs attach --scene SCENE --input SOURCE</code>); presets, steps and start/stop "
+               "below control it. Hotkeys per preset: Settings &gt; Hotkeys.")
+
+Props = Any  # obs_properties_t* (opaque here)
+Settings = Any  # obs_data_t*
+
+
+class ScriptApi(Protocol):
+    """The few obspython calls the script needs (see :class:`ObsPythonApi`)."""
+
+    def properties(self) -> Props: ...
+
+    def add_list(self, props: Props, name: str, label: str, items: list[tuple[str, str]]) -> None: ...
+
+    def set_list_items(self, props: Props, name: str, items: list[tuple[str, str]]) -> None: ...
+
+    def add_int_slider(self, props: Props, name: str, label: str, lo: int, hi: int) -> None: ...
+
+    def add_button(self, props: Props, name: str, label: str, callback: Callable[[Props], bool]) -> None: ...
+
+    def add_info(self, props: Props, name: str, text: str) -> None: ...
+
+    def set_info(self, props: Props, name: str, text: str) -> None: ...
+
+    def get_str(self, settings: Settings, name: str) -> str: ...
+
+    def get_int(self, settings: Settings, name: str) -> int: ...
+
+    def set_str(self, settings: Settings, name: str, value: str) -> None: ...
+
+    def set_default_str(self, settings: Settings, name: str, value: str) -> None: ...
+
+    def set_default_int(self, settings: Settings, name: str, value: int) -> None: ...
+
+    def register_hotkey(self, name: str, description: str, callback: Callable[[bool], None]) -> int: ...
+
+    def load_hotkey(self, hotkey_id: int, settings: Settings, key: str) -> None: ...
+
+    def save_hotkey(self, hotkey_id: int, settings: Settings, key: str) -> None: ...
+
+    def unregister_hotkey(self, hotkey_id: int) -> None: ...
+
+    def log(self, message: str) -> None: ...
+
+
+class ScriptLogic:
+    """What the script does, independent of OBS. ``connect()`` returns a control API client (default: the one the
+    running app published); every call to the app is guarded, so an absent app only shows up in the status."""
+
+    def __init__(self, api: ScriptApi, connect: Callable[[], ControlClient] | None = None) -> None:
+        self.api = api
+        self._connect = connect or (lambda: ControlClient.from_file(timeout=1.5))
+        self.presets: list[str] = []
+        self.status_text = "not connected"
+        self.hotkeys: dict[str, int] = {}
+        self.settings: Settings = None
+        self._applied_preset: str | None = None
+        self._applied_steps: int | None = None
+
+    # -- talking to the app -------------------------------------------------------------------------------------------
+
+    def _call(self, action: Callable[[ControlClient], dict]) -> dict | None:
+        try:
+            reply = action(self._connect())
+        except ControlError as e:
+            self.status_text = str(e)
+            self.api.log(f"StreamDiffusionV2: {e}")
+            return None
+        return reply
+
+    def refresh(self) -> None:
+        """Fetch presets and status from the app (keeps the remembered presets when it is away)."""
+        reply = self._call(lambda c: c.presets())
+        if reply is not None:
+            for name in reply.get("presets", []):
+                if name not in self.presets:
+                    self.presets.append(str(name))
+            self._register_hotkeys()
+        status = self._call(lambda c: c.status())
+        if status is not None:
+            self.status_text = format_status(status)
+
+    def apply_preset(self, name: str) -> None:
+        if self._call(lambda c: c.apply_preset(name)) is not None:
+            self._applied_preset = name
+            self.status_text = f"preset {name}"
+
+    def set_steps(self, steps: int) -> None:
+        if self._call(lambda c: c.set_steps(steps)) is not None:
+            self._applied_steps = steps
+            self.status_text = f"{steps} step(s)"
+
+    def start(self) -> None:
+        reply = self._call(lambda c: c.start())
+        if reply is not None:
+            self.status_text = f"stream {reply.get('state')}"
+
+    def stop(self) -> None:
+        reply = self._call(lambda c: c.stop())
+        if reply is not None:
+            self.status_text = f"stream {reply.get('state')}"
+
+    # -- hotkeys ------------------------------------------------------------------------------------------------------
+
+    def _register_hotkeys(self) -> None:
+        for name in self.presets:
+            if name in self.hotkeys:
+                continue
+
+            def pressed(down: bool, _name: str = name) -> None:
+                if down:
+                    self.apply_preset(_name)
+
+            hotkey = self.api.register_hotkey(f"{HOTKEY_PREFIX}{name}", f"StreamDiffusionV2: {name}", pressed)
+            self.hotkeys[name] = hotkey
+            if self.settings is not None:
+                self.api.load_hotkey(hotkey, self.settings, f"hotkey.{name}")
+
+    # -- OBS script entry points --------------------------------------------------------------------------------------
+
+    def defaults(self, settings: Settings) -> None:
+        self.api.set_default_int(settings, "steps", 2)
+        self.api.set_default_str(settings, "preset", "")
+
+    def load(self, settings: Settings) -> None:
+        self.settings = settings
+        try:
+            remembered = json.loads(self.api.get_str(settings, KNOWN_PRESETS_KEY) or "[]")
+        except ValueError:
+            remembered = []
+        self.presets = [str(p) for p in remembered if isinstance(p, str)]
+        self._applied_preset = self.api.get_str(settings, "preset") or None  # what was chosen last time
+        self._applied_steps = self.api.get_int(settings, "steps") or None
+        self._register_hotkeys()
+        self.refresh()
+
+    def update(self, settings: Settings) -> None:
+        """The user changed a setting: apply what changed (nothing at load, when OBS replays saved values)."""
+        if self.settings is None:  # OBS may call update before load: remember, do not apply
+            self._applied_preset = self.api.get_str(settings, "preset") or None
+            self._applied_steps = self.api.get_int(settings, "steps") or None
+            return
+        self.settings = settings
+        preset = self.api.get_str(settings, "preset")
+        if preset and preset != self._applied_preset:
+            self.apply_preset(preset)
+        steps = self.api.get_int(settings, "steps")
+        if steps and steps != self._applied_steps:
+            self.set_steps(steps)
+
+    def save(self, settings: Settings) -> None:
+        self.api.set_str(settings, KNOWN_PRESETS_KEY, json.dumps(self.presets))
+        for name, hotkey in self.hotkeys.items():
+            self.api.save_hotkey(hotkey, settings, f"hotkey.{name}")
+
+    def unload(self) -> None:
+        for hotkey in self.hotkeys.values():
+            self.api.unregister_hotkey(hotkey)
+        self.hotkeys.clear()
+
+    def properties(self) -> Props:
+        api = self.api
+        props = api.properties()
+        api.add_list(props, "preset", "Preset", self._items())
+        api.add_int_slider(props, "steps", "Steps", 1, 4)
+        api.add_button(props, "start", "Start", self._button(self.start))
+        api.add_button(props, "stop", "Stop", self._button(self.stop))
+        api.add_button(props, "refresh", "Refresh", self._button(self.refresh))
+        api.add_info(props, "status", self.status_text)
+        return props
+
+    def _items(self) -> list[tuple[str, str]]:
+        return [("(choose a preset)", ""), *((name, name) for name in self.presets)]
+
+    def _button(self, action: Callable[[], None]) -> Callable[[Props], bool]:
+        def clicked(props: Props) -> bool:
+            action()
+            self.api.set_list_items(props, "preset", self._items())
+            self.api.set_info(props, "status", self.status_text)
+            return True  # OBS redraws the properties
+
+        return clicked
+
+
+def format_status(status: dict) -> str:
+    """One line for the status box, from the control API's status."""
+    state = status.get("state", "?")
+    if status.get("error"):
+        return f"{state}: {status['error']}"
+    parts = [str(state)]
+    if status.get("preset"):
+        parts.append(f"preset {status['preset']}")
+    controls = status.get("controls") or {}
+    if controls.get("steps"):
+        parts.append(f"{controls['steps']} step(s)")
+    engine = status.get("engine") or {}
+    if engine.get("fps"):
+        parts.append(f"{engine['fps']:.1f} fps")
+    obs = status.get("obs") or {}
+    for warning in obs.get("warnings", [])[:1]:
+        parts.append(warning)
+    return " | ".join(parts)
+
+
+class ObsPythonApi:
+    """:class:`ScriptApi` on OBS's ``obspython`` module (only importable inside OBS)."""
+
+    def __init__(self) -> None:
+        import obspython
+
+        self.obs = obspython
+
+    def properties(self) -> Props:
+        return self.obs.obs_properties_create()
+
+    def add_list(self, props: Props, name: str, label: str, items: list[tuple[str, str]]) -> None:
+        obs = self.obs
+        obs.obs_properties_add_list(props, name, label, obs.OBS_COMBO_TYPE_LIST, obs.OBS_COMBO_FORMAT_STRING)
+        self.set_list_items(props, name, items)
+
+    def set_list_items(self, props: Props, name: str, items: list[tuple[str, str]]) -> None:
+        prop = self.obs.obs_properties_get(props, name)
+        if prop is None:
+            return
+        self.obs.obs_property_list_clear(prop)
+        for label, value in items:
+            self.obs.obs_property_list_add_string(prop, label, value)
+
+    def add_int_slider(self, props: Props, name: str, label: str, lo: int, hi: int) -> None:
+        self.obs.obs_properties_add_int_slider(props, name, label, lo, hi, 1)
+
+    def add_button(self, props: Props, name: str, label: str, callback: Callable[[Props], bool]) -> None:
+        self.obs.obs_properties_add_button(props, name, label, lambda props, prop: callback(props))
+
+    def add_info(self, props: Props, name: str, text: str) -> None:
+        kind = getattr(self.obs, "OBS_TEXT_INFO", self.obs.OBS_TEXT_DEFAULT)  # OBS_TEXT_INFO: OBS 28+
+        self.obs.obs_properties_add_text(props, name, text, kind)
+
+    def set_info(self, props: Props, name: str, text: str) -> None:
+        prop = self.obs.obs_properties_get(props, name)
+        if prop is not None:
+            self.obs.obs_property_set_description(prop, text)
+
+    def get_str(self, settings: Settings, name: str) -> str:
+        return self.obs.obs_data_get_string(settings, name)
+
+    def get_int(self, settings: Settings, name: str) -> int:
+        return self.obs.obs_data_get_int(settings, name)
+
+    def set_str(self, settings: Settings, name: str, value: str) -> None:
+        self.obs.obs_data_set_string(settings, name, value)
+
+    def set_default_str(self, settings: Settings, name: str, value: str) -> None:
+        self.obs.obs_data_set_default_string(settings, name, value)
+
+    def set_default_int(self, settings: Settings, name: str, value: int) -> None:
+        self.obs.obs_data_set_default_int(settings, name, value)
+
+    def register_hotkey(self, name: str, description: str, callback: Callable[[bool], None]) -> int:
+        return self.obs.obs_hotkey_register_frontend(name, description, callback)
+
+    def load_hotkey(self, hotkey_id: int, settings: Settings, key: str) -> None:
+        array = self.obs.obs_data_get_array(settings, key)
+        self.obs.obs_hotkey_load(hotkey_id, array)
+        self.obs.obs_data_array_release(array)
+
+    def save_hotkey(self, hotkey_id: int, settings: Settings, key: str) -> None:
+        array = self.obs.obs_hotkey_save(hotkey_id)
+        self.obs.obs_data_set_array(settings, key, array)
+        self.obs.obs_data_array_release(array)
+
+    def unregister_hotkey(self, hotkey_id: int) -> None:
+        self.obs.obs_hotkey_unregister(hotkey_id)
+
+    def log(self, message: str) -> None:
+        self.obs.script_log(self.obs.LOG_INFO, message)
+
+
+# -- the functions OBS calls ------------------------------------------------------------------------------------------
+
+_logic: ScriptLogic | None = None
+
+
+def _get_logic() -> ScriptLogic:
+    global _logic
+    if _logic is None:
+        _logic = ScriptLogic(ObsPythonApi())
+    return _logic
+
+
+def script_description() -> str:
+    return DESCRIPTION
+
+
+def script_defaults(settings: Settings) -> None:
+    _get_logic().defaults(settings)
+
+
+def script_load(settings: Settings) -> None:
+    _get_logic().load(settings)
+
+
+def script_update(settings: Settings) -> None:
+    _get_logic().update(settings)
+
+
+def script_save(settings: Settings) -> None:
+    _get_logic().save(settings)
+
+
+def script_properties() -> Props:
+    logic = _get_logic()
+    logic.refresh()
+    return logic.properties()
+
+
+def script_unload() -> None:
+    global _logic
+    if _logic is not None:
+        _logic.unload()
+        _logic = None

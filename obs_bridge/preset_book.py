@@ -1,0 +1,96 @@
+"""Named styles the OBS script, hotkeys and scene mapping switch between: name -> changes to the engine Controls.
+
+Sources: the preset library of ``engine.presets`` (:meth:`PresetBook.from_library`: shipped + user presets, keyed
+by preset id), ``Preset``-like objects (:meth:`PresetBook.from_presets`), a JSON file or a plain mapping
+``name -> Controls kwargs`` (:meth:`PresetBook.load`, the constructor).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from engine.errors import EngineError
+from engine.pipeline import Controls
+
+CONTROL_FIELDS = tuple(f.name for f in dataclasses.fields(Controls))
+ALIASES = {"transition": "transition_chunks"}
+
+
+def _clean(name: str, kwargs: Mapping[str, object]) -> dict:
+    out = {}
+    for key, value in kwargs.items():
+        key = ALIASES.get(key, key)
+        if key not in CONTROL_FIELDS:
+            raise EngineError(f"preset {name!r}: unknown setting {key!r}; use {', '.join(CONTROL_FIELDS)}")
+        out[key] = value
+    dataclasses.replace(Controls(), **out).validated()  # fail at load time, not on stage
+    return out
+
+
+class PresetBook:
+    """An ordered set of presets. ``controls(name)`` gives the Controls changes to apply."""
+
+    def __init__(self, presets: Mapping[str, Mapping[str, object]]) -> None:
+        self._presets = {str(name): _clean(str(name), kw) for name, kw in presets.items()}
+
+    @classmethod
+    def from_presets(cls, presets: Iterable[object]) -> PresetBook:
+        """From ``Preset``-like objects, keyed by ``id`` (else ``name``); their ``controls()`` if they have one,
+        else any of the attributes prompt/steps/noise_scale/seed/transition(_chunks)."""
+        table = {}
+        for p in presets:
+            key = str(getattr(p, "id", None) or p.name)  # type: ignore[attr-defined]
+            controls = getattr(p, "controls", None)
+            if callable(controls):
+                table[key] = dict(controls())
+                continue
+            kw = {}
+            for attr in (*CONTROL_FIELDS, "transition"):
+                value = getattr(p, attr, None)
+                if value is not None:
+                    kw[attr] = value
+            table[key] = kw
+        return cls(table)
+
+    @classmethod
+    def from_library(cls) -> tuple[PresetBook, list[str]]:
+        """The app's preset library (shipped, then the user's); also returns one line per preset file that failed."""
+        from engine.presets import load_library
+
+        presets, errors = load_library()
+        return cls.from_presets(presets), [str(e) for e in errors]
+
+    @classmethod
+    def load(cls, path: str | Path) -> PresetBook:
+        """From a JSON file ``{"name": {"prompt": ..., "steps": 2, ...}, ...}``."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise EngineError(f"preset file not found: {path}; check the path") from None
+        except (OSError, ValueError) as e:
+            raise EngineError(f"cannot read presets from {path} ({e}); it must be a JSON object") from None
+        if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+            raise EngineError(f"{path} must map preset names to settings objects, e.g. "
+                              '{"anime": {"prompt": "...", "steps": 2}}')
+        return cls(data)
+
+    def names(self) -> list[str]:
+        return list(self._presets)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._presets
+
+    def __len__(self) -> int:
+        return len(self._presets)
+
+    def controls(self, name: str) -> dict:
+        """The Controls changes for preset ``name``; EngineError naming the known presets otherwise."""
+        try:
+            return dict(self._presets[name])
+        except KeyError:
+            known = ", ".join(self._presets) or "(none loaded)"
+            raise EngineError(f"unknown preset {name!r}; known presets: {known}") from None
