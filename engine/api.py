@@ -104,6 +104,7 @@ class Stats:
     mode: str = ""
     slo: SLOStats | None = None  # plan, misses, degrades/recoveries, last decision (SLO mode)
     pacer: PacerStats | None = None  # jitter, drops, buffer level (paced output)
+    rank_utilisation: list[float] = field(default_factory=list)  # pipeline ranks: busy fraction of wall time
     model: str = ""
     untrained: bool = False
     running: bool = False
@@ -379,6 +380,9 @@ class Engine:
                 s.mode = ("stream-batch" if s.slo.plan.slots > 1 else "no-batch") + (f",{ranks}" if ranks else "")
             if self.pacer is not None:
                 s.pacer = self.pacer.stats()
+            util = getattr(self.pipeline, "utilisation", None)
+            if util is not None:
+                s.rank_utilisation = util()
             s.error = str(self._error) if self._error else None
             return s
 

@@ -49,6 +49,7 @@ JOB, RESULT, FRAMES, PROMPT, STEPS, RESIZE, REPLICATE, TIMES, REBALANCE, STOP = 
 HEADER = 24
 # header fields
 KIND, CALL, SLOT, SLOTS, START, NFRAMES, T, T_NEXT, ADVANCE, DECODE, SEED, NOISE_INDEX, ARG = range(13)
+BUSY = 16  # jobs carry each rank's cumulative busy time (microseconds) in fields BUSY + rank (up to 8 ranks)
 
 
 def free_port() -> int:
@@ -508,9 +509,11 @@ def _serve(rank, world, link: Link, stage: Stage, tail: _Tail | None, geo: Geome
             tokens, e0, e, x_t = link.recv(prev, geo.job_payload(int(h[NFRAMES]), device))
             tokens = stage.run_blocks(tokens, e0, h)
             if tail is None:
+                h[BUSY + rank] = int(stage.busy_s * 1e6)
                 link.send(nxt, h.to(device), [tokens, e0, e, x_t])
             else:
                 out_kind, out = tail.finish(stage.dit, tokens, e, x_t, h)
+                h[BUSY + rank] = int((stage.busy_s + tail.busy_s) * 1e6)
                 if out_kind:
                     hh = h.clone()
                     hh[KIND] = out_kind
@@ -602,6 +605,7 @@ class PipelinedStream(StreamPipeline):
         self.ranges, self.link = list(ranges), link
         self.model_spec, self.rebalance_after = model_spec, rebalance_after
         self.rebalances: list[list[tuple[int, int]]] = []
+        self._busy: collections.deque = collections.deque(maxlen=256)  # (time, cumulative busy us per rank)
         self.busy_blocks_s = self.busy_other_s = 0.0
         self.world = len(ranges)
         self.inbox = Receiver(link, self.world - 1)
@@ -688,6 +692,7 @@ class PipelinedStream(StreamPipeline):
         h = self.link.header(kind=JOB, call=self.chunks, slot=slot, slots=slots, start=start, nframes=F, t=t,
                              t_next=t_next, advance=advance, decode=decode, seed=self.controls.seed,
                              noise_index=noise_index)
+        h[BUSY] = int((self.busy_blocks_s + self.busy_other_s) * 1e6)
         self.link.send(1, h, [tokens, e0, e, x.to(self.dtype)])
         if t_next >= 0:
             bufs = [torch.empty(HEADER, dtype=torch.long, device=self.device), *self.geo.result_payload(F, self.device)]
@@ -703,7 +708,19 @@ class PipelinedStream(StreamPipeline):
         self.vae_first_decode = True
         super().reset()
 
+    def utilisation(self) -> list[float]:
+        """Fraction of wall time each rank spent computing, over the last few seconds of results."""
+        if len(self._busy) < 2:
+            return []
+        (t0, b0), (t1, b1) = self._busy[0], self._busy[-1]
+        return [min(1.0, (y - x) / 1e6 / (t1 - t0)) if t1 > t0 else 0.0 for x, y in zip(b0, b1)]
+
     def _sort(self, kind: int, bufs: list[torch.Tensor]) -> None:
+        now = time.perf_counter()
+        busy = bufs[0][BUSY:BUSY + self.world].cpu().tolist()
+        self._busy.append((now, busy))
+        while len(self._busy) > 2 and now - self._busy[0][0] > 3.0:
+            self._busy.popleft()
         if kind == FRAMES:
             self._arrived += list(bufs[1].cpu().numpy())
         else:

@@ -27,6 +27,11 @@ def count_frames(path: Path) -> tuple[int, int, int]:
     return len(frames), frames[0].height, frames[0].width
 
 
+def stream_fps(path: Path) -> float:
+    with av.open(str(path)) as c:
+        return float(c.streams.video[0].average_rate)
+
+
 def test_run_tiny_on_test_source_writes_mp4_and_reports(tmp_path):
     out = tmp_path / "sub" / "styled.mp4"
     r = sdv2("run", "--model", "tiny", "--source", "test:160x96@16", "--frames", "13", "--size", "64x64",
@@ -44,13 +49,14 @@ def test_run_a_video_file_in_no_batch_mode(tmp_path):
 
     clip = tmp_path / "in.mp4"
     src = TestPatternSource(size=(64, 64), fps=16)
-    with MP4Sink(clip, fps=16) as sink:
+    with MP4Sink(clip, fps=12) as sink:
         for i in range(10):
             sink.write(src.frame(i))
     out = tmp_path / "out.mp4"
     assert main(["run", "--model", "tiny", "--source", str(clip), "--out", str(out), "--size", "64x64",
                  "--no-batch", "--steps", "1"]) == 0
     assert count_frames(out) == (10, 64, 64)
+    assert stream_fps(out) == pytest.approx(12, abs=0.01)  # the source's frame rate is kept
 
 
 def test_inspect_a_checkpoint(tmp_path, capsys):
