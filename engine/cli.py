@@ -111,8 +111,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from engine.io.sources import open_source
     from engine.pipeline import Controls
 
-    controls = Controls(prompt=args.prompt, steps=args.steps, noise_scale=args.noise_scale, seed=args.seed,
-                        transition_chunks=args.transition).validated()
+    base = {}
+    if args.preset:
+        from engine.presets import find_preset, load_library
+
+        base = find_preset(load_library()[0], args.preset).controls()
+    given = {"prompt": args.prompt, "steps": args.steps, "noise_scale": args.noise_scale, "seed": args.seed,
+             "transition_chunks": args.transition}
+    controls = Controls(**{**base, **{k: v for k, v in given.items() if v is not None}}).validated()
+    args.steps = controls.steps  # torchrun stages below read it
     spec = args.source
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) > 0:
         return _run_torchrun_stage(args)  # launched by torchrun: ranks >= 1 serve their blocks
@@ -229,11 +236,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--frames", type=int, default=None, help="stop after this many input frames")
     s.add_argument("--model", default="auto", help="auto (downloaded model, else tiny), tiny, or a checkpoint path")
     s.add_argument("--base", default=None, help="Wan2.1 diffusers base folder (VAE, text encoder)")
-    s.add_argument("--prompt", default=Controls_default("prompt"))
-    s.add_argument("--steps", type=int, default=Controls_default("steps"), help="denoising steps 1-4")
-    s.add_argument("--noise-scale", type=float, default=Controls_default("noise_scale"))
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--transition", type=int, default=0, help="chunks over which a prompt change blends in")
+    s.add_argument("--preset", default=None, help="start from a style preset (`sdv2 presets list`); the options "
+                   "below override its fields")
+    s.add_argument("--prompt", default=None, help=f"default: {Controls_default('prompt')!r}")
+    s.add_argument("--steps", type=int, default=None, help="denoising steps 1-4 (default 2)")
+    s.add_argument("--noise-scale", type=float, default=None, help="(0, 1] (default 0.8)")
+    s.add_argument("--seed", type=int, default=None, help="default 0")
+    s.add_argument("--transition", type=int, default=None,
+                   help="chunks over which a prompt change blends in (default 0)")
     s.add_argument("--size", default=None, help="model resolution WIDTHxHEIGHT (multiples of 16)")
     s.add_argument("--no-batch", action="store_true", help="run steps in sequence instead of Stream-Batch")
     s.add_argument("--device", default="auto",
@@ -273,9 +283,13 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sources", help="list the cameras found on this system")
     s.set_defaults(fn=_cmd_sources)
 
+    from engine.doctor import register_cli as register_doctor
     from engine.hub import register_cli as register_models
+    from engine.presets import register_cli as register_presets
 
     register_models(sub)
+    register_presets(sub)
+    register_doctor(sub)
     from obs_bridge.cli import register_cli as register_obs_cli
 
     register_obs_cli(sub)

@@ -3,6 +3,10 @@
 #
 #   bash installer/setup.sh demo   # make .venv, install, run the built-in tiny model on the test source
 #   bash installer/setup.sh test   # make .venv with the test tools, run ruff, import-linter and pytest
+#   bash installer/setup.sh app    # make .venv, install with the OBS extras, start the desktop app (sdv2-studio)
+#
+# End-user installers (venv in the user's data folder, launcher/shortcuts): installer/install-linux.sh,
+# installer/install-macos.sh, installer/install-windows.ps1. App bundle: pyinstaller installer/studio.spec.
 #
 # torch: an existing torch in .venv is kept. Otherwise SDV2_TORCH picks the build:
 #   SDV2_TORCH=cpu  (default without an NVIDIA GPU) installs torch==2.13.0, the CPU wheel CI uses;
@@ -67,8 +71,14 @@ case "$what" in
         export QT_QPA_PLATFORM=offscreen
         exec "$VENV/bin/python" -m pytest -q "$@"
         ;;
+    app)
+        log "installing streamdiffusion-studio with the OBS extras"
+        "${PIP[@]}" install -q -e "$ROOT[obs]"
+        log "starting the desktop app"
+        exec "$VENV/bin/sdv2-studio" "$@"
+        ;;
     *)
-        echo "usage: bash installer/setup.sh demo|test [args...]" >&2
+        echo "usage: bash installer/setup.sh demo|test|app [args...]" >&2
         exit 2
         ;;
 esac

@@ -1,0 +1,279 @@
+"""EngineSettingsPanel: model (and its download status), device and GPUs, resolution, dtype, Stream-Batch, target
+fps / latency budget, with a live memory estimate that warns before a setting that will not fit.
+
+Emits `settingsChanged(dict)` (Settings field -> value), `downloadRequested()`, `browseModelRequested()` and
+`openModelsFolderRequested()`; `setSettings`, `setGpus`, `setModelItems`, `setMemory` set its state."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.services import GpuInfo, ModelItem
+from app.settings import Settings
+from app.theme import repolish
+from app.vram import VramEstimate, check_fit, estimate_vram
+
+RESOLUTIONS = [(512, 512), (480, 832), (832, 480), (384, 384), (320, 576), (256, 256), (192, 192), (128, 128),
+               (64, 64)]
+DTYPES = [("auto", "Auto (bf16 GPU, fp32 CPU)"), ("bfloat16", "bfloat16"), ("float16", "float16"),
+          ("float32", "float32")]
+_STATUS = {"downloaded": "✓ downloaded", "partial": "◐ partial", "missing": "○ not downloaded"}
+
+
+def _section(text: str) -> QLabel:
+    lab = QLabel(text)
+    lab.setProperty("role", "section")
+    return lab
+
+
+class EngineSettingsPanel(QWidget):
+    settingsChanged = Signal(dict)
+    downloadRequested = Signal()
+    browseModelRequested = Signal()
+    openModelsFolderRequested = Signal()
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self._settings = Settings()
+        self._gpus: list[GpuInfo] = []
+        self._ram: int | None = None
+        self._loading = False
+
+        self.model = QComboBox()
+        self.model.addItem("Auto (downloaded, else tiny demo)", "auto")
+        self.model.addItem("Tiny demo (untrained)", "tiny")
+        self.model.addItem("Custom checkpoint…", "__browse__")
+        self.model_files = QLabel("checking model files…")
+        self.model_files.setProperty("role", "muted")
+        self.model_files.setWordWrap(True)
+        self.model_files.setTextFormat(Qt.RichText)
+        self.download = QPushButton("Download model…")
+        self.open_folder = QPushButton("Open folder")
+        self.open_folder.setProperty("kind", "flat")
+
+        self.device = QComboBox()
+        self.gpus = QSpinBox()
+        self.gpus.setRange(1, 4)
+        self.gpus.setSuffix(" GPU")
+        self.gpus.setToolTip("Pipeline parallelism: split the model over 1-4 GPUs")
+        self.resolution = QComboBox()
+        for h, w in RESOLUTIONS:
+            self.resolution.addItem(f"{w} × {h}", f"{h}x{w}")  # (QVariant compares strings, not tuples)
+        self.dtype = QComboBox()
+        for key, text in DTYPES:
+            self.dtype.addItem(text, key)
+        self.batch = QCheckBox("Stream-Batch (faster, more VRAM)")
+        self.batch.setToolTip("Overlap the denoising steps of consecutive chunks: higher fps, one KV cache per step")
+        self.text_gpu = QCheckBox("Text encoder on GPU (+11 GB)")
+        self.text_gpu.setToolTip("Run umT5 on the GPU: new prompts encode faster, but it needs about 11 GB more VRAM")
+        self.fps = QSpinBox()
+        self.fps.setRange(1, 60)
+        self.fps.setSuffix(" fps")
+        self.budget = QSpinBox()
+        self.budget.setRange(50, 10000)
+        self.budget.setSingleStep(50)
+        self.budget.setSuffix(" ms")
+        self.budget.setToolTip("Frames slower than this count as deadline misses")
+
+        self.estimate = QLabel()
+        self.estimate.setProperty("role", "value")
+        self.fit = QLabel()
+        self.fit.setProperty("role", "hint")
+        self.fit.setWordWrap(True)
+
+        form = QFormLayout()
+        form.setLabelAlignment(Qt.AlignLeft)
+        form.setHorizontalSpacing(12)
+        form.setVerticalSpacing(8)
+        form.addRow("Device", self.device)
+        form.addRow("GPUs", self.gpus)
+        form.addRow("Resolution", self.resolution)
+        form.addRow("Precision", self.dtype)
+        form.addRow("Target rate", self.fps)
+        form.addRow("Latency budget", self.budget)
+
+        files_row = QHBoxLayout()
+        files_row.addWidget(self.download)
+        files_row.addWidget(self.open_folder)
+        files_row.addStretch(1)
+
+        for combo in (self.model, self.device, self.resolution, self.dtype):
+            combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+            combo.setMinimumContentsLength(12)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.setSpacing(8)
+        lay.addWidget(_section("MODEL"))
+        lay.addWidget(self.model)
+        lay.addWidget(self.model_files)
+        lay.addLayout(files_row)
+        lay.addSpacing(6)
+        lay.addWidget(_section("HARDWARE & STREAM"))
+        lay.addLayout(form)
+        lay.addWidget(self.batch)
+        lay.addWidget(self.text_gpu)
+        lay.addSpacing(6)
+        lay.addWidget(_section("MEMORY ESTIMATE"))
+        lay.addWidget(self.estimate)
+        lay.addWidget(self.fit)
+        lay.addStretch(1)
+
+        self.model.activated.connect(self._model_chosen)
+        self.device.activated.connect(lambda: self._emit(device=self.device.currentData()))
+        self.gpus.valueChanged.connect(lambda v: self._emit(gpus=int(v)))
+        self.resolution.activated.connect(self._resolution_chosen)
+        self.dtype.activated.connect(lambda: self._emit(dtype=self.dtype.currentData()))
+        self.batch.toggled.connect(lambda on: self._emit(batch=bool(on)))
+        self.text_gpu.toggled.connect(lambda on: self._emit(text_on_gpu=bool(on)))
+        self.fps.valueChanged.connect(lambda v: self._emit(target_fps=float(v)))
+        self.budget.valueChanged.connect(lambda v: self._emit(latency_budget_ms=int(v)))
+        self.download.clicked.connect(self.downloadRequested.emit)
+        self.open_folder.clicked.connect(self.openModelsFolderRequested.emit)
+        self.setGpus([], None)
+
+    # -- state ------------------------------------------------------------------------------------------------------
+
+    def setSettings(self, s: Settings) -> None:
+        self._settings = dataclasses.replace(s)
+        self._loading = True
+        try:
+            idx = self.model.findData(s.model)
+            if idx < 0:
+                self.model.insertItem(2, f"Checkpoint: {s.model}", s.model)
+                idx = 2
+            self.model.setCurrentIndex(idx)
+            self._select(self.device, s.device)
+            self.gpus.setValue(max(1, min(4, s.gpus)))
+            key = f"{s.height}x{s.width}"
+            if self.resolution.findData(key) < 0:
+                self.resolution.addItem(f"{s.width} × {s.height}", key)
+            self._select(self.resolution, key)
+            self._select(self.dtype, s.dtype)
+            self.batch.setChecked(s.batch)
+            self.text_gpu.setChecked(s.text_on_gpu)
+            self.fps.setValue(round(s.target_fps))
+            self.budget.setValue(s.latency_budget_ms)
+        finally:
+            self._loading = False
+        self._update_estimate()
+
+    def setGpus(self, gpus: list[GpuInfo], ram: int | None) -> None:
+        self._gpus, self._ram = list(gpus), ram
+        self._loading = True
+        try:
+            self.device.clear()
+            self.device.addItem("Auto (GPU if available)", "auto")
+            self.device.addItem("CPU (tiny demo only)", "cpu")
+            for g in gpus:
+                self.device.addItem(g.label, f"cuda:{g.index}")
+            self._select(self.device, self._settings.device)
+            self.gpus.setEnabled(len(gpus) > 1)
+            self.gpus.setMaximum(max(1, min(4, len(gpus))))
+            self.gpus.setValue(max(1, min(self.gpus.maximum(), self._settings.gpus)))
+        finally:
+            self._loading = False
+        self._update_estimate()
+
+    def setModelItems(self, items: list[ModelItem], present: bool) -> None:
+        lines = []
+        for it in items:
+            if not it.default:
+                continue
+            lines.append(f"{_STATUS.get(it.status, it.status)} &nbsp;<b>{it.name}</b> <span>({it.size})</span>")
+        head = "Real-time model ready." if present else "The real model is not downloaded yet."
+        self.model_files.setText(head + ("<br>" + "<br>".join(lines) if lines else ""))
+        self.download.setText("Check / repair files…" if present else "Download model…")
+
+    def setModelError(self, message: str) -> None:
+        self.model_files.setText(message)
+
+    # -- derived ----------------------------------------------------------------------------------------------------
+
+    def has_gpu(self) -> bool:
+        return bool(self._gpus) and self._settings.device != "cpu"
+
+    def capacity(self) -> tuple[int | None, str]:
+        """(bytes, "VRAM"/"RAM") of the device the settings run on."""
+        dev = self._settings.device
+        if dev.startswith("cuda") or (dev == "auto" and self._gpus):
+            idx = int(dev.split(":")[1]) if ":" in dev else 0
+            gpu = next((g for g in self._gpus if g.index == idx), None)
+            return (gpu.total if gpu else None), "VRAM"
+        return self._ram, "RAM"
+
+    def estimate_now(self) -> VramEstimate:
+        s = self._settings
+        tiny = s.model == "tiny"
+        model = "tiny" if tiny else ("wan2.1-14b" if "14b" in s.model.lower() else "wan2.1-1.3b")
+        on_gpu = s.device.startswith("cuda") or (s.device == "auto" and bool(self._gpus))
+        dtype = s.dtype if s.dtype != "auto" else ("bfloat16" if on_gpu else "float32")
+        return estimate_vram(model, size=(s.height, s.width), dtype=dtype, steps=s.steps, batch=s.batch,
+                             gpus=s.gpus, text_on_gpu=s.text_on_gpu and on_gpu, vae_base_dim=16 if tiny else 96)
+
+    def fit_level(self) -> tuple[str, str]:
+        cap, _kind = self.capacity()
+        return check_fit(self.estimate_now(), cap)
+
+    def _update_estimate(self) -> None:
+        est = self.estimate_now()
+        level, text = self.fit_level()
+        _cap, kind = self.capacity()
+        self.estimate.setText(f"~{est.total / 1024**3:.1f} GB {kind}" + (" per GPU" if est.gpus > 1 else ""))
+        self.estimate.setToolTip(est.breakdown())
+        self.fit.setText(text[0].upper() + text[1:])
+        self.fit.setProperty("level", level)
+        repolish(self.fit)
+
+    # -- intents ----------------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _select(combo: QComboBox, data) -> None:
+        idx = combo.findData(data)
+        if idx >= 0:
+            combo.setCurrentIndex(idx)
+
+    def _emit(self, **changes) -> None:
+        if self._loading:
+            return
+        for k, v in changes.items():
+            setattr(self._settings, k, v)
+        self._update_estimate()
+        self.settingsChanged.emit(changes)
+
+    def _model_chosen(self) -> None:
+        data = self.model.currentData()
+        if data == "__browse__":
+            self._select(self.model, self._settings.model)
+            self.browseModelRequested.emit()
+            return
+        self._emit(model=data)
+
+    def _resolution_chosen(self) -> None:
+        h, w = (int(v) for v in self.resolution.currentData().split("x"))
+        self._emit(height=h, width=w)
+
+    def setModelPath(self, path: str) -> None:
+        idx = self.model.findData(path)
+        if idx < 0:
+            self.model.insertItem(2, f"Checkpoint: {path}", path)
+            idx = 2
+        self.model.setCurrentIndex(idx)
+        self._emit(model=path)
+
+    def refreshEstimate(self, steps: int | None = None) -> None:
+        if steps is not None:
+            self._settings.steps = steps
+        self._update_estimate()

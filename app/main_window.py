@@ -1,0 +1,492 @@
+"""MainWindow: wires the widgets (which emit intents and take state) to the engine controller, the preset
+library, the settings store and the services. Nothing slow runs here: the engine has its own thread and every
+query that may block (cameras, GPUs, OBS, model files, downloads, settings writes) is a background task."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from PySide6.QtCore import Qt, QTimer, QUrl
+from PySide6.QtGui import QDesktopServices
+from PySide6.QtWidgets import (
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QMainWindow,
+    QMessageBox,
+    QPushButton,
+    QScrollArea,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app import theme
+from app.background import run_task
+from app.engine_controller import EngineController
+from app.engine_settings import EngineSettingsPanel
+from app.engine_worker import IDLE, LOADING, RUNNING, STOPPING, LiveStats, Outputs, StartRequest
+from app.first_run import FirstRunDialog
+from app.message_banner import MessageBanner
+from app.output_panel import OutputPanel
+from app.output_toggles import OutputToggles
+from app.preset_controller import PresetController
+from app.preset_editor import PresetEditor
+from app.preset_gallery import PresetGallery
+from app.preset_library import PresetLibrary
+from app.preview import PreviewView
+from app.services import ModelService, ObsService, gpus, system_memory
+from app.settings import Settings, SettingsStore, default_record_dir
+from app.source_picker import SourcePicker, describe
+from app.stats_bar import StatsBar
+from app.stats_plot import StatsPlot
+from engine.api import EngineConfig
+from engine.errors import EngineError
+
+UNTRAINED_RIBBON = "TINY DEMO MODEL · untrained: noise-like output, not a style"
+RESTART_KEYS = {"model", "device", "gpus", "dtype", "width", "height", "batch", "target_fps", "latency_budget_ms",
+                "text_on_gpu"}
+
+
+def _section(text: str) -> QLabel:
+    lab = QLabel(text)
+    lab.setProperty("role", "section")
+    return lab
+
+
+class MainWindow(QMainWindow):
+    def __init__(self, *, settings: Settings | None = None, store: SettingsStore | None = None,
+                 library: PresetLibrary | None = None, controller: EngineController | None = None,
+                 models: ModelService | None = None, obs: ObsService | None = None, first_run: bool = True,
+                 input_size: tuple[int, int] = (360, 640)):
+        super().__init__()
+        from app.services import default_model_service, default_obs_service
+
+        self.store = store
+        self.settings = settings or Settings()
+        self.library = library or PresetLibrary()
+        self.models = models or default_model_service()
+        self.obs = obs or default_obs_service()
+        self.controller = controller or EngineController(_default_worker(self.obs))
+        self.input_size = input_size
+        self.applied_controls = None  # the last Controls the engine accepted
+        self.stats: LiveStats | None = None
+        self._first_run = first_run
+        self._weights_present: bool | None = None
+        self._closing = False
+        self.setWindowTitle("StreamDiffusionV2 Studio")
+        self.resize(1440, 900)
+        self._save_timer = QTimer(self, singleShot=True, interval=500)
+        self._save_timer.timeout.connect(self._save_async)
+        self._build()
+        self._wire()
+        self._restore()
+        QTimer.singleShot(0, self._scan)
+
+    # -- layout -----------------------------------------------------------------------------------------------------
+
+    def _build(self) -> None:
+        header = QWidget(objectName="Header")
+        brand = QLabel(f"◆  StreamDiffusionV2 <span style='color:{theme.ACCENT}'>Studio</span>")
+        brand.setProperty("role", "brand")
+        brand.setTextFormat(Qt.RichText)
+        self.source_picker = SourcePicker()
+        self.model_badge = QLabel("MODEL · checking…")
+        self.model_badge.setProperty("role", "badge")
+        self.outputs = OutputToggles()
+        self.start_btn = QPushButton("Start")
+        self.start_btn.setProperty("kind", "start")
+        self.start_btn.setMinimumWidth(150)
+        self.start_btn.setToolTip("Start or stop the styled stream (Ctrl+Space)")
+        self.start_btn.setShortcut("Ctrl+Space")
+        h = QHBoxLayout(header)
+        h.setContentsMargins(18, 10, 18, 10)
+        h.setSpacing(14)
+        h.addWidget(brand)
+        h.addSpacing(16)
+        h.addWidget(self.source_picker, 1)
+        h.addStretch(1)
+        h.addWidget(self.model_badge)
+        h.addWidget(self.outputs)
+        h.addWidget(self.start_btn)
+
+        self.banner = MessageBanner()
+        self.input_view = PreviewView("Input", "Your camera, OBS scene or video shows here")
+        self.styled_view = PreviewView("Styled", "Press Start to see your styled stream")
+        previews = QHBoxLayout()
+        previews.setSpacing(12)
+        previews.addWidget(self.input_view, 1)
+        previews.addWidget(self.styled_view, 1)
+        self.gallery = PresetGallery()
+        self.gallery.setFixedHeight(266)
+        gallery_head = QHBoxLayout()
+        gallery_head.addWidget(_section("STYLES"))
+        hint = QLabel("click to switch live  ·  keys 1–9")
+        hint.setProperty("role", "muted")
+        gallery_head.addWidget(hint)
+        gallery_head.addStretch(1)
+        left = QVBoxLayout()
+        left.setContentsMargins(16, 14, 12, 12)
+        left.setSpacing(10)
+        left.addWidget(self.banner)
+        left.addLayout(previews, 1)
+        left.addLayout(gallery_head)
+        left.addWidget(self.gallery)
+
+        side = QWidget(objectName="SidePanel")
+        side.setFixedWidth(400)
+        self.tabs = QTabWidget()
+        self.editor = PresetEditor()
+        self.engine_panel = EngineSettingsPanel()
+        self.output_panel = OutputPanel()
+        for widget, name in ((self.editor, "Style"), (self.engine_panel, "Engine"), (self.output_panel, "Output")):
+            scroll = QScrollArea()
+            scroll.setWidgetResizable(True)
+            scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+            holder = QWidget()
+            v = QVBoxLayout(holder)
+            v.setContentsMargins(4, 14, 10, 8)
+            v.addWidget(widget)
+            v.addStretch(1)
+            scroll.setWidget(holder)
+            self.tabs.addTab(scroll, name)
+        self.plot = StatsPlot()
+        self.plot.setFixedHeight(170)
+        s = QVBoxLayout(side)
+        s.setContentsMargins(14, 8, 14, 12)
+        s.setSpacing(8)
+        s.addWidget(self.tabs, 1)
+        s.addWidget(_section("LIVE · LAST MINUTE"))
+        s.addWidget(self.plot)
+
+        body = QHBoxLayout()
+        body.setContentsMargins(0, 0, 0, 0)
+        body.setSpacing(0)
+        body.addLayout(left, 1)
+        body.addWidget(side)
+        central = QWidget()
+        root = QVBoxLayout(central)
+        root.setContentsMargins(0, 0, 0, 0)
+        root.setSpacing(0)
+        root.addWidget(header)
+        root.addLayout(body, 1)
+        self.setCentralWidget(central)
+        self.stats_bar = StatsBar()
+        self.statusBar().addPermanentWidget(self.stats_bar, 1)
+        self.statusBar().setSizeGripEnabled(False)
+        self.presets = PresetController(self.library, self.gallery, self.editor, self)
+
+    def _wire(self) -> None:
+        c = self.controller
+        c.stateChanged.connect(self._on_state)
+        c.progress.connect(self._on_progress)
+        c.framesReady.connect(self._on_frames)
+        c.statsReady.connect(self._on_stats)
+        c.errorRaised.connect(self._on_error)
+        c.notice.connect(self._on_notice)
+        c.controlsApplied.connect(self._on_controls_applied)
+        c.outputFailed.connect(self.outputs.setFailed)
+        self.start_btn.clicked.connect(self.toggle_stream)
+        self.source_picker.sourceChosen.connect(self._on_source)
+        self.source_picker.refreshRequested.connect(self._scan)
+        self.outputs.outputsChanged.connect(self._on_outputs)
+        self.presets.applyControls.connect(self._on_controls_edited)
+        self.presets.presetChanged.connect(self._on_preset_changed)
+        self.presets.message.connect(self.banner.showMessage)
+        self.engine_panel.settingsChanged.connect(self._on_settings_changed)
+        self.engine_panel.downloadRequested.connect(self.show_first_run)
+        self.engine_panel.browseModelRequested.connect(self._browse_model)
+        self.engine_panel.openModelsFolderRequested.connect(
+            lambda: QDesktopServices.openUrl(QUrl.fromLocalFile(str(self.models.models_dir()))))
+        self.output_panel.recordDirChosen.connect(lambda p: self._update_settings(record_dir=p))
+        self.output_panel.obsRefreshRequested.connect(self._scan_obs)
+        self.output_panel.obsConnectRequested.connect(self._configure_obs)
+
+    def _restore(self) -> None:
+        s = self.settings
+        saved = {"prompt": s.prompt, "steps": s.steps, "noise_scale": s.noise_scale, "seed": s.seed,
+                 "transition_chunks": s.transition_chunks}  # before activating the preset overwrites them
+        self.presets.reload(select=s.preset)
+        preset = self.library.get(s.preset) or (self.library.presets[0] if self.library.presets else None)
+        if preset is not None:
+            self.presets.activate(preset)
+        if saved["prompt"] and preset is not None and saved != preset.controls():
+            self.editor.setValues(saved)
+            self.editor.setModified(True)
+            self.controller.set_controls(**saved)
+            self._update_settings(**saved)
+        self.source_picker.setRecentFiles(s.recent_files)
+        self.source_picker.setCurrent(s.source)
+        self.engine_panel.setSettings(s)
+        self.outputs.setOutputs(Outputs(obs=s.output_obs, vcam=s.output_vcam, record=s.output_record,
+                                        record_dir=s.record_dir))
+        self.output_panel.setRecordDir(s.record_dir or str(default_record_dir()))
+        self.input_view.setBadge(describe(s.source), accent=False)
+
+    # -- background scans -------------------------------------------------------------------------------------------
+
+    def _scan(self) -> None:
+        from engine.io.cameras import list_cameras
+
+        run_task(list_cameras, on_done=self.source_picker.setCameras)
+        run_task(lambda: (gpus(), system_memory()), on_done=lambda r: self.engine_panel.setGpus(*r),
+                 on_error=lambda m: self.engine_panel.setGpus([], system_memory()))
+        self._scan_models()
+        self._scan_obs()
+
+    def _scan_models(self) -> None:
+        run_task(lambda: (self.models.items(), self.models.weights_present()), on_done=self._models_scanned,
+                 on_error=self._models_failed)
+
+    def _scan_obs(self) -> None:
+        self.output_panel.setObsStatus("checking OBS…")
+
+        def query():
+            address = self.obs.address()
+            try:
+                return address, self.obs.status(), self.obs.list_sources()
+            except EngineError as e:
+                return address, f"not connected: {e}", []
+
+        run_task(query, on_done=self._obs_scanned, on_error=lambda m: self.output_panel.setObsStatus(
+            f"OBS not reachable: {m}"))
+
+    def _obs_scanned(self, result) -> None:
+        (host, port), status, sources = result
+        self.output_panel.setObsAddress(host, port)
+        self.output_panel.setObsStatus(status[:1].upper() + status[1:])
+        self.source_picker.setObsSources(sources)
+
+    def _configure_obs(self, host: str, port: int, password: str) -> None:
+        self.output_panel.setObsStatus("saving and connecting…")
+        run_task(self.obs.configure, host, port, password, on_done=lambda _where: self._scan_obs(),
+                 on_error=lambda m: self.banner.showMessage(m, "error"))
+
+    def _models_scanned(self, result) -> None:
+        items, present = result
+        self._weights_present = present
+        self.engine_panel.setModelItems(items, present)
+        self._update_model_badge()
+        if self._first_run and not present and not self.settings.first_run_done:
+            self._first_run = False
+            QTimer.singleShot(0, self.show_first_run)
+
+    def _models_failed(self, message: str) -> None:
+        self._weights_present = False
+        self.engine_panel.setModelError(message)
+        self._update_model_badge()
+
+    def _update_model_badge(self) -> None:
+        m = self.settings.model
+        if m == "tiny" or (m == "auto" and self._weights_present is False):
+            text, level = "TINY DEMO · UNTRAINED", "warn"
+        elif m == "auto" and self._weights_present:
+            text, level = "SDV2 1.3B", "ok"
+        elif m == "auto":
+            text, level = "MODEL · checking…", ""
+        else:
+            text, level = f"MODEL · {Path(m).name}", "ok"
+        self.model_badge.setText(text)
+        self.model_badge.setProperty("level", level)
+        theme.repolish(self.model_badge)
+
+    def show_first_run(self) -> int:
+        dlg = FirstRunDialog(self.models, self)
+        result = dlg.exec()
+        if dlg.choice == "tiny":
+            self._update_settings(model="tiny", first_run_done=True)
+            if not self.engine_panel.has_gpu():  # keep the CPU demo fluid
+                self._update_settings(width=128, height=128, target_fps=12)
+                self.banner.showMessage("no GPU found: the tiny demo runs at 128×128 on the CPU", "info")
+            self.engine_panel.setSettings(self.settings)
+        elif dlg.choice == "download":
+            self._update_settings(model="auto", first_run_done=True)
+            self.engine_panel.setSettings(self.settings)
+            self.banner.showMessage("model downloaded: press Start", "info")
+        self._scan_models()
+        return result
+
+    # -- stream -----------------------------------------------------------------------------------------------------
+
+    def request(self) -> StartRequest:
+        """What Start would run, from the current settings and controls."""
+        from engine.pipeline import Controls
+
+        s = self.settings
+        controls = Controls(**self.editor.values()).validated()
+        text_device = "cpu"
+        if s.text_on_gpu and s.device != "cpu":
+            text_device = s.device if s.device.startswith("cuda") else "cuda"
+        fields = {f.name for f in dataclasses.fields(EngineConfig)}
+        extra = {}
+        if s.gpus > 1 and "ranks" in fields:
+            extra["ranks"] = s.gpus
+        if "target_fps" in fields:
+            extra["target_fps"] = s.target_fps
+        cfg = EngineConfig(model=s.model, device=s.device, dtype=s.dtype, size=(s.height, s.width), batch=s.batch,
+                           controls=controls, queue_frames=8, latency_budget=s.latency_budget_ms / 1000,
+                           text_device=text_device, **extra)
+        return StartRequest(cfg, source=s.source, source_fps=s.target_fps, input_size=self.input_size,
+                            outputs=self.outputs.outputs())
+
+    def toggle_stream(self, _checked: bool = False, *, confirm: bool = True) -> None:
+        if self.controller.state in (RUNNING, LOADING):
+            self.controller.stop()
+            return
+        if self.controller.state != IDLE:
+            return
+        level, text = self.engine_panel.fit_level()
+        if level == "no" and confirm:
+            answer = QMessageBox.warning(self, "This setting will probably not fit",
+                                         text[0].upper() + text[1:] + ".\n\nStart anyway?",
+                                         QMessageBox.Yes | QMessageBox.Cancel, QMessageBox.Cancel)
+            if answer != QMessageBox.Yes:
+                return
+        if not self.engine_panel.has_gpu() and self.settings.width * self.settings.height > 256 * 256:
+            self.banner.showMessage("no GPU: at this resolution expect well under 1 fps; pick 128 × 128 in the "
+                                    "Engine tab for the CPU demo", "warn")
+        if self.settings.gpus > 1 and "ranks" not in {f.name for f in dataclasses.fields(EngineConfig)}:
+            self.banner.showMessage("multi-GPU streaming is not in this build of the engine yet; using one GPU",
+                                    "warn")
+        try:
+            req = self.request()
+        except EngineError as e:
+            self.banner.showMessage(str(e), "error")
+            return
+        self.styled_view.setNotice("")
+        self.plot.clear()
+        self.controller.start(req)
+
+    def _on_state(self, state: str) -> None:
+        self.stats_bar.setState(state)
+        busy = state in (LOADING, STOPPING)
+        self.start_btn.setText({IDLE: "Start", LOADING: "Cancel", RUNNING: "Stop", STOPPING: "Stopping…"}[state])
+        self.start_btn.setProperty("state", "running" if state in (RUNNING, LOADING) else ("busy" if busy else ""))
+        self.start_btn.setEnabled(state != STOPPING)
+        theme.repolish(self.start_btn)
+        if state == LOADING:
+            self.styled_view.setProgress("loading the model…", 0.0)
+        elif state == RUNNING:
+            self.styled_view.setProgress(None)
+        elif state == IDLE:
+            self.styled_view.setProgress(None)
+            self.stats_bar.reset()
+            self.styled_view.setPlaceholder("Press Start to see your styled stream")
+
+    def _on_error(self, message: str) -> None:
+        self.banner.showMessage(message, "error")
+
+    def _on_progress(self, message: str, fraction: float) -> None:
+        if self.controller.state == LOADING:
+            self.styled_view.setProgress(message, fraction)
+
+    def _on_frames(self) -> None:
+        frames = self.controller.take_frames()
+        if "input" in frames:
+            self.input_view.setImage(frames["input"])
+        if "styled" in frames:
+            self.styled_view.setImage(frames["styled"])
+
+    def _on_stats(self, live: LiveStats) -> None:
+        self.stats = live
+        self.stats_bar.setStats(live)
+        if live.stats.chunks >= 3:  # the first chunks arrive in a burst: their rate says nothing yet
+            self.plot.addSample(live.elapsed, live.stats.fps, live.stats.latency_p50 * 1e3)
+
+    def _on_notice(self, text: str) -> None:
+        if "untrained" in text.lower():
+            self.styled_view.setNotice(UNTRAINED_RIBBON)
+        else:
+            self.banner.showMessage(text, "info")
+
+    def _on_controls_applied(self, controls) -> None:
+        self.applied_controls = controls
+
+    # -- intents from widgets ---------------------------------------------------------------------------------------
+
+    def _on_controls_edited(self, changes: dict) -> None:
+        self.controller.set_controls(**changes)
+        self._update_settings(**{k: v for k, v in changes.items() if k in {f.name for f in
+                                                                            dataclasses.fields(Settings)}})
+        if "steps" in changes:
+            self.engine_panel.refreshEstimate(steps=changes["steps"])
+
+    def _on_preset_changed(self, preset) -> None:
+        self.styled_view.setBadge(preset.name if preset else "Custom")
+        self._update_settings(preset=preset.id if preset else "")
+
+    def _on_source(self, spec: str) -> None:
+        files = self.settings.recent_files
+        if spec != "test" and not spec.lower().startswith(("camera:", "obs:")):
+            files = [spec, *[f for f in files if f != spec]][:5]
+        self._update_settings(source=spec, recent_files=files)
+        self.input_view.setBadge(describe(spec), accent=False)
+        if self.controller.state == RUNNING:
+            self.banner.showMessage("source changed: restarting the stream", "info")
+            self.controller.stop()
+            QTimer.singleShot(0, self._restart_when_idle)
+
+    def _restart_when_idle(self) -> None:
+        if self.controller.state == IDLE:
+            self.toggle_stream(confirm=False)
+        elif not self._closing:
+            QTimer.singleShot(100, self._restart_when_idle)
+
+    def _on_outputs(self, outputs: Outputs) -> None:
+        outputs = dataclasses.replace(outputs, record_dir=self.settings.record_dir)
+        self._update_settings(output_obs=outputs.obs, output_vcam=outputs.vcam, output_record=outputs.record)
+        self.controller.set_outputs(outputs)
+
+    def _on_settings_changed(self, changes: dict) -> None:
+        self._update_settings(**changes)
+        if "model" in changes:
+            self._update_model_badge()
+        if RESTART_KEYS & set(changes) and self.controller.state == RUNNING:
+            self.banner.showMessage("engine settings apply the next time you press Start", "info")
+
+    def _browse_model(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Choose a StreamDiffusionV2 / Wan checkpoint",
+                                              str(self.models.models_dir()),
+                                              "Checkpoints (*.pt *.pth *.safetensors *.bin);;All files (*)")
+        if path:
+            self.engine_panel.setModelPath(path)
+
+    # -- settings ---------------------------------------------------------------------------------------------------
+
+    def _update_settings(self, **changes) -> None:
+        for k, v in changes.items():
+            setattr(self.settings, k, v)
+        if self.store is not None:
+            self._save_timer.start()
+
+    def _save_async(self) -> None:
+        snapshot = dataclasses.replace(self.settings, recent_files=list(self.settings.recent_files))
+        run_task(self.store.save, snapshot, on_error=lambda m: self.banner.showMessage(
+            f"could not save settings: {m}", "warn"))
+
+    # -- keys and shutdown ------------------------------------------------------------------------------------------
+
+    def keyPressEvent(self, event) -> None:
+        key = event.key()
+        if Qt.Key_1 <= key <= Qt.Key_9 and not (event.modifiers() & ~Qt.KeypadModifier):
+            if self.presets.activate_index(key - Qt.Key_1):
+                return
+        super().keyPressEvent(event)
+
+    def closeEvent(self, event) -> None:
+        self._closing = True
+        self.controller.shutdown()
+        if self.store is not None:
+            self._save_timer.stop()
+            try:
+                self.store.save(self.settings)
+            except OSError:
+                pass
+        super().closeEvent(event)
+
+
+def _default_worker(obs: ObsService):
+    from app.engine_worker import EngineWorker
+
+    return EngineWorker(obs_service=obs)

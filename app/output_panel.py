@@ -1,0 +1,113 @@
+"""OutputPanel: details behind the header's output switches: OBS connection, virtual camera, recording folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+
+def _section(text: str) -> QLabel:
+    lab = QLabel(text)
+    lab.setProperty("role", "section")
+    return lab
+
+
+def _muted(text: str = "") -> QLabel:
+    lab = QLabel(text)
+    lab.setProperty("role", "muted")
+    lab.setWordWrap(True)
+    lab.setTextInteractionFlags(Qt.TextSelectableByMouse)
+    return lab
+
+
+class OutputPanel(QWidget):
+    recordDirChosen = Signal(str)
+    obsRefreshRequested = Signal()
+    obsConnectRequested = Signal(str, int, str)  # host, port, password ("" keeps the saved one)
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.obs_status = _muted("checking OBS…")
+        self.obs_refresh = QPushButton("Check again")
+        self.obs_host = QLineEdit("127.0.0.1")
+        self.obs_port = QSpinBox()
+        self.obs_port.setRange(1, 65535)
+        self.obs_port.setValue(4455)
+        self.obs_password = QLineEdit()
+        self.obs_password.setEchoMode(QLineEdit.Password)
+        self.obs_password.setPlaceholderText("saved password (leave empty to keep)")
+        self.obs_connect = QPushButton("Save and connect")
+        self.obs_connect.setProperty("kind", "primary")
+        self.obs_connect.setToolTip("OBS: Tools > WebSocket Server Settings shows the port and password. The "
+                                    "password goes to the system keyring when there is one.")
+        self.vcam_status = _muted(
+            "Zoom, Discord and Meet see the styled video as a webcam. With OBS running, start OBS's own Virtual "
+            "Camera with the styled source in your scene instead: only one program can drive it.")
+        self.record_dir = _muted()
+        self.record_change = QPushButton("Change folder…")
+        self._dir = ""
+
+        obs_form = QFormLayout()
+        obs_form.setHorizontalSpacing(12)
+        obs_form.addRow("Host", self.obs_host)
+        obs_form.addRow("Port", self.obs_port)
+        obs_form.addRow("Password", self.obs_password)
+        obs_row = QHBoxLayout()
+        obs_row.addWidget(self.obs_connect)
+        obs_row.addWidget(self.obs_refresh)
+        obs_row.addStretch(1)
+        rec_row = QHBoxLayout()
+        rec_row.addWidget(self.record_change)
+        rec_row.addStretch(1)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.setSpacing(8)
+        lay.addWidget(_section("OBS STUDIO"))
+        lay.addWidget(self.obs_status)
+        lay.addLayout(obs_form)
+        lay.addLayout(obs_row)
+        lay.addSpacing(8)
+        lay.addWidget(_section("VIRTUAL CAMERA"))
+        lay.addWidget(self.vcam_status)
+        lay.addSpacing(8)
+        lay.addWidget(_section("RECORDING"))
+        lay.addWidget(self.record_dir)
+        lay.addLayout(rec_row)
+        lay.addStretch(1)
+        self.obs_refresh.clicked.connect(self.obsRefreshRequested.emit)
+        self.obs_connect.clicked.connect(self._connect)
+        self.record_change.clicked.connect(self._choose_dir)
+
+    def setObsStatus(self, text: str) -> None:
+        self.obs_status.setText(text)
+
+    def setObsAddress(self, host: str, port: int) -> None:
+        self.obs_host.setText(host)
+        self.obs_port.setValue(port)
+
+    def _connect(self) -> None:
+        self.obsConnectRequested.emit(self.obs_host.text().strip() or "127.0.0.1", self.obs_port.value(),
+                                      self.obs_password.text())
+        self.obs_password.clear()
+
+    def setRecordDir(self, path: str) -> None:
+        self._dir = path
+        self.record_dir.setText(f"Recordings go to {path}")
+
+    def _choose_dir(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Recordings folder", self._dir or str(Path.home()))
+        if path:
+            self.setRecordDir(path)
+            self.recordDirChosen.emit(path)

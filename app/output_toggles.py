@@ -1,0 +1,65 @@
+"""OutputToggles: the three output switches in the header (styled source in OBS, virtual camera, recording).
+Emits `outputsChanged(Outputs)`; `setOutputs` / `setFailed` set their state."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from PySide6.QtCore import Signal
+from PySide6.QtWidgets import QHBoxLayout, QPushButton, QWidget
+
+from app.engine_worker import Outputs
+from app.theme import repolish
+
+_LABELS = {"obs": ("OBS source", "Send the styled video into OBS as a source"),
+           "vcam": ("Virtual cam", "Show the styled video as a webcam in Zoom, Discord, Meet…"),
+           "record": ("● Rec", "Record the styled video to an .mp4 file")}
+
+
+class OutputToggles(QWidget):
+    outputsChanged = Signal(object)
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        lay = QHBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.setSpacing(6)
+        self.buttons: dict[str, QPushButton] = {}
+        for kind, (text, tip) in _LABELS.items():
+            b = QPushButton(text)
+            b.setCheckable(True)
+            b.setProperty("kind", "toggle")
+            b.setToolTip(tip)
+            b.toggled.connect(lambda _on, k=kind: self._toggled(k))
+            lay.addWidget(b)
+            self.buttons[kind] = b
+        self._outputs = Outputs()
+
+    def outputs(self) -> Outputs:
+        return self._outputs
+
+    def setOutputs(self, outputs: Outputs) -> None:
+        self._outputs = outputs
+        for kind, b in self.buttons.items():
+            b.blockSignals(True)
+            b.setChecked(getattr(outputs, kind))
+            b.blockSignals(False)
+
+    def setFailed(self, kind: str, message: str = "") -> None:
+        b = self.buttons[kind]
+        b.setProperty("failed", bool(message))
+        b.setToolTip(message or _LABELS[kind][1])
+        if message:
+            b.blockSignals(True)
+            b.setChecked(False)
+            b.blockSignals(False)
+            self._outputs = dataclasses.replace(self._outputs, **{kind: False})
+        repolish(b)
+
+    def _toggled(self, kind: str) -> None:
+        b = self.buttons[kind]
+        if b.property("failed"):
+            b.setProperty("failed", False)
+            repolish(b)
+        self._outputs = dataclasses.replace(self._outputs, **{kind: b.isChecked()})
+        self.outputsChanged.emit(self._outputs)

@@ -1,0 +1,238 @@
+"""PresetEditor: the live controls of the current style (prompt, steps, noise scale, seed, transition) and the
+preset actions. It emits intents only: `controlsEdited(dict)` with the changed controls, and one signal per
+library action; `setPreset` / `setModified` set its state."""
+
+from __future__ import annotations
+
+import random
+
+from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtGui import QKeySequence, QShortcut
+from PySide6.QtWidgets import (
+    QGridLayout,
+    QHBoxLayout,
+    QLabel,
+    QMenu,
+    QPlainTextEdit,
+    QPushButton,
+    QSlider,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from engine.presets import MAX_TRANSITION, Preset
+
+
+def _label(text: str, role: str) -> QLabel:
+    lab = QLabel(text)
+    lab.setProperty("role", role)
+    return lab
+
+
+class PresetEditor(QWidget):
+    controlsEdited = Signal(dict)
+    saveRequested = Signal()
+    saveAsRequested = Signal()
+    duplicateRequested = Signal()
+    deleteRequested = Signal()
+    importRequested = Signal()
+    exportRequested = Signal()
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self._preset: Preset | None = None
+        self._loading = False
+
+        self.title = _label("No preset", "title")
+        self.subtitle = _label("", "muted")
+        self.subtitle.setWordWrap(True)
+        self.modified = _label("", "badge")
+        self.modified.hide()
+
+        self.prompt = QPlainTextEdit()
+        self.prompt.setPlaceholderText("Describe the look, e.g. 'watercolor painting, soft pastel washes'")
+        self.prompt.setTabChangesFocus(True)
+        self.prompt.setFixedHeight(96)
+        self.apply_prompt = QPushButton("Apply prompt")
+        self.apply_prompt.setProperty("kind", "primary")
+        self.apply_prompt.setToolTip("Send the prompt to the stream (Ctrl+Enter)")
+        self.apply_prompt.setEnabled(False)
+        QShortcut(QKeySequence("Ctrl+Return"), self.prompt, activated=self._apply_prompt)
+
+        self.steps = QSlider(Qt.Horizontal)
+        self.steps.setRange(1, 4)
+        self.steps.setPageStep(1)
+        self.steps.setTickPosition(QSlider.TicksBelow)
+        self.steps_value = _label("2", "value")
+        self.noise = QSlider(Qt.Horizontal)
+        self.noise.setRange(1, 100)
+        self.noise_value = _label("0.80", "value")
+        self.seed = QSpinBox()
+        self.seed.setRange(0, 2**31 - 1)
+        self.dice = QPushButton("Random")
+        self.dice.setToolTip("New random seed")
+        self.transition = QSpinBox()
+        self.transition.setRange(0, MAX_TRANSITION)
+        self.transition.setSuffix(" chunks")
+        self.transition.setToolTip("How long a switch to this style blends in (0 = instant)")
+
+        grid = QGridLayout()
+        grid.setHorizontalSpacing(10)
+        grid.setVerticalSpacing(10)
+        grid.addWidget(_label("Quality steps", "muted"), 0, 0)
+        grid.addWidget(self.steps, 0, 1)
+        grid.addWidget(self.steps_value, 0, 2)
+        grid.addWidget(_label("Style strength", "muted"), 1, 0)
+        grid.addWidget(self.noise, 1, 1)
+        grid.addWidget(self.noise_value, 1, 2)
+        grid.addWidget(_label("Seed", "muted"), 2, 0)
+        seed_row = QHBoxLayout()
+        seed_row.addWidget(self.seed, 1)
+        seed_row.addWidget(self.dice)
+        grid.addLayout(seed_row, 2, 1, 1, 2)
+        grid.addWidget(_label("Transition", "muted"), 3, 0)
+        grid.addWidget(self.transition, 3, 1, 1, 2)
+        grid.setColumnStretch(1, 1)
+
+        self.save = QPushButton("Save")
+        self.save.setToolTip("Save the changes to this preset (your own presets only)")
+        self.save_as = QPushButton("Save as new…")
+        self.more = QPushButton("More ▾")
+        menu = QMenu(self.more)
+        self.action_duplicate = menu.addAction("Duplicate", self.duplicateRequested.emit)
+        self.action_delete = menu.addAction("Delete", self.deleteRequested.emit)
+        menu.addSeparator()
+        self.action_import = menu.addAction("Import preset file…", self.importRequested.emit)
+        self.action_export = menu.addAction("Export preset file…", self.exportRequested.emit)
+        self.more.setMenu(menu)
+
+        head = QHBoxLayout()
+        head.addWidget(self.title, 1)
+        head.addWidget(self.modified)
+        prompt_row = QHBoxLayout()
+        prompt_row.addStretch(1)
+        prompt_row.addWidget(self.apply_prompt)
+        actions = QHBoxLayout()
+        actions.addWidget(self.save)
+        actions.addWidget(self.save_as)
+        actions.addStretch(1)
+        actions.addWidget(self.more)
+
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.setSpacing(10)
+        lay.addLayout(head)
+        lay.addWidget(self.subtitle)
+        lay.addWidget(_label("PROMPT", "section"))
+        lay.addWidget(self.prompt)
+        lay.addLayout(prompt_row)
+        lay.addWidget(_label("CONTROLS", "section"))
+        lay.addLayout(grid)
+        lay.addSpacing(4)
+        lay.addLayout(actions)
+
+        self._noise_timer = QTimer(self, singleShot=True, interval=150)
+        self._noise_timer.timeout.connect(lambda: self._emit({"noise_scale": self.noise.value() / 100}))
+        self.prompt.textChanged.connect(self._prompt_changed)
+        self.apply_prompt.clicked.connect(self._apply_prompt)
+        self.steps.valueChanged.connect(self._steps_changed)
+        self.noise.valueChanged.connect(self._noise_changed)
+        self.seed.valueChanged.connect(lambda v: self._emit({"seed": int(v)}))
+        self.dice.clicked.connect(lambda: self.seed.setValue(random.randrange(0, 2**31 - 1)))
+        self.transition.valueChanged.connect(lambda v: self._emit({"transition_chunks": int(v)}))
+        self.save.clicked.connect(self.saveRequested.emit)
+        self.save_as.clicked.connect(self.saveAsRequested.emit)
+        self.setPreset(None)
+
+    # -- state ------------------------------------------------------------------------------------------------------
+
+    def setPreset(self, preset: Preset | None) -> None:
+        self._preset = preset
+        self._loading = True
+        try:
+            if preset is None:
+                self.title.setText("Custom style")
+                self.subtitle.setText("Type a prompt, or pick a preset below.")
+            else:
+                self.title.setText(preset.name)
+                where = "Shipped preset" if preset.builtin else "Your preset"
+                tags = "  ·  ".join(preset.tags)
+                self.subtitle.setText(f"{where}{'  ·  ' + tags if tags else ''}\n{preset.description}".strip())
+                self.prompt.setPlainText(preset.prompt)
+                self.steps.setValue(preset.steps)
+                self.noise.setValue(round(preset.noise_scale * 100))
+                self.seed.setValue(min(preset.seed, self.seed.maximum()))
+                self.transition.setValue(preset.transition_chunks)
+            self._sync_labels()
+            self.apply_prompt.setEnabled(False)
+        finally:
+            self._loading = False
+        self.setModified(False)
+
+    def preset(self) -> Preset | None:
+        return self._preset
+
+    def setModified(self, modified: bool) -> None:
+        self.modified.setText("MODIFIED")
+        self.modified.setVisible(modified)
+        user = self._preset is not None and not self._preset.builtin
+        self.save.setEnabled(modified and user)
+        self.action_delete.setEnabled(user)
+        self.action_export.setEnabled(self._preset is not None or bool(self.prompt.toPlainText().strip()))
+
+    def values(self) -> dict:
+        return {"prompt": self.prompt.toPlainText().strip(), "steps": self.steps.value(),
+                "noise_scale": self.noise.value() / 100, "seed": self.seed.value(),
+                "transition_chunks": self.transition.value()}
+
+    def setValues(self, values: dict) -> None:
+        """Show controls without emitting (e.g. restored settings)."""
+        self._loading = True
+        try:
+            if "prompt" in values:
+                self.prompt.setPlainText(values["prompt"])
+            if "steps" in values:
+                self.steps.setValue(int(values["steps"]))
+            if "noise_scale" in values:
+                self.noise.setValue(round(float(values["noise_scale"]) * 100))
+            if "seed" in values:
+                self.seed.setValue(min(int(values["seed"]), self.seed.maximum()))
+            if "transition_chunks" in values:
+                self.transition.setValue(int(values["transition_chunks"]))
+            self._sync_labels()
+        finally:
+            self._loading = False
+
+    # -- intents ----------------------------------------------------------------------------------------------------
+
+    def _sync_labels(self) -> None:
+        self.steps_value.setText(str(self.steps.value()))
+        self.noise_value.setText(f"{self.noise.value() / 100:.2f}")
+
+    def _emit(self, changes: dict) -> None:
+        if self._loading:
+            return
+        self.setModified(True)
+        self.controlsEdited.emit(changes)
+
+    def _prompt_changed(self) -> None:
+        if not self._loading:
+            self.apply_prompt.setEnabled(bool(self.prompt.toPlainText().strip()))
+            self.setModified(True)
+
+    def _apply_prompt(self) -> None:
+        text = self.prompt.toPlainText().strip()
+        if text:
+            self.apply_prompt.setEnabled(False)
+            self._emit({"prompt": text})
+
+    def _steps_changed(self, value: int) -> None:
+        self._sync_labels()
+        self._emit({"steps": int(value)})
+
+    def _noise_changed(self, value: int) -> None:
+        self._sync_labels()
+        if not self._loading:
+            self.setModified(True)
+            self._noise_timer.start()

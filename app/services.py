@@ -1,0 +1,285 @@
+"""Services the window talks to besides the engine: model files, OBS, and the machine (Qt-free).
+
+The window takes these as injected objects, so tests (and builds without the optional parts) pass stand-ins.
+Every method may block (network, disk, device queries): the window only calls them from background tasks
+(app/background.py), never on the UI thread. Failures are `EngineError`s with one line naming the fix.
+
+* `ModelService` wraps `engine.hub` (catalogue, status, download with progress) and `engine.models`.
+* `ObsService` wraps `obs_bridge` (OBS sources as input, the styled source in OBS, virtual camera). When
+  `obs_bridge` or its optional dependencies are missing, `UnavailableObsService` says what to install.
+* `gpus()` / `system_memory()` describe the machine.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from engine.errors import EngineError
+from engine.io.protocols import FrameSink, FrameSource
+
+Progress = Callable[[str, float], None]
+
+
+# -- machine ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    index: int
+    name: str
+    total: int  # bytes
+    free: int | None = None
+
+    @property
+    def label(self) -> str:
+        short = self.name.replace("NVIDIA ", "").replace("GeForce ", "")
+        return f"{self.index}: {short} · {self.total / 1024**3:.0f} GB"
+
+
+def gpus() -> list[GpuInfo]:
+    """CUDA devices torch can see (empty without CUDA)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    out = []
+    for i in range(torch.cuda.device_count()):
+        props = torch.cuda.get_device_properties(i)
+        try:
+            free, _ = torch.cuda.mem_get_info(i)
+        except Exception:  # some drivers refuse before a context exists
+            free = None
+        out.append(GpuInfo(i, props.name, int(props.total_memory), free))
+    return out
+
+
+def system_memory() -> int | None:
+    """Physical RAM in bytes (None if the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+# -- models ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelItem:
+    name: str
+    purpose: str
+    status: str  # "downloaded" | "partial" | "missing"
+    size: str  # human-readable download size
+    size_bytes: int | None
+    folder: str
+    default: bool
+
+
+class ModelService(Protocol):
+    def weights_present(self) -> bool: ...
+    def models_dir(self) -> Path: ...
+    def items(self) -> list[ModelItem]: ...
+    def free_space(self) -> int | None: ...
+    def download(self, progress: Progress) -> None: ...
+
+
+class HubModelService:
+    """Model files through `engine.hub` (download, status) and `engine.models` (what the engine will load)."""
+
+    def weights_present(self) -> bool:
+        from engine.models import find_downloaded
+
+        return find_downloaded() is not None
+
+    def models_dir(self) -> Path:
+        from engine.models import models_dir
+
+        return models_dir()
+
+    def _hub(self):
+        try:
+            from engine import hub
+        except ImportError as e:  # pragma: no cover - hub ships with the engine
+            raise EngineError(f"model downloads are not available in this build ({e})") from None
+        return hub
+
+    def items(self) -> list[ModelItem]:
+        hub = self._hub()
+        out = []
+        for it in hub.catalogue():
+            try:
+                status = hub.status(it)
+            except EngineError:
+                status = "missing"
+            out.append(ModelItem(it.name, it.purpose, status, hub.format_size(it.size, approx=True), it.size,
+                                 str(hub.item_path(it)), it.default))
+        return out
+
+    def free_space(self) -> int | None:
+        path = self.models_dir()
+        while not path.exists() and path != path.parent:
+            path = path.parent
+        try:
+            return shutil.disk_usage(path).free
+        except OSError:
+            return None
+
+    def download(self, progress: Progress) -> None:
+        """The default items (the 1.3B real-time model and its base); `progress` may raise to cancel."""
+        self._hub().download(None, progress=progress)
+
+
+# -- OBS -------------------------------------------------------------------------------------------------------------
+
+
+class ObsService(Protocol):
+    def address(self) -> tuple[str, int]: ...
+    def configure(self, host: str, port: int, password: str) -> str: ...
+    def status(self) -> str: ...
+    def list_sources(self) -> list[str]: ...
+    def open_source(self, name: str, size: tuple[int, int], fps: float) -> FrameSource: ...
+    def open_output(self, size: tuple[int, int], fps: float) -> FrameSink: ...
+
+
+OBS_INSTALL_HINT = "install the OBS extras: pip install 'streamdiffusion-studio[obs]'"
+
+
+class UnavailableObsService:
+    """Stand-in when obs_bridge (or obsws-python) is missing: every use names the fix."""
+
+    def __init__(self, reason: str = f"OBS support is not installed; {OBS_INSTALL_HINT}"):
+        self.reason = reason
+
+    def address(self) -> tuple[str, int]:
+        return "127.0.0.1", 4455
+
+    def configure(self, host: str, port: int, password: str) -> str:
+        raise EngineError(self.reason)
+
+    def status(self) -> str:
+        return self.reason
+
+    def list_sources(self) -> list[str]:
+        return []
+
+    def open_source(self, name: str, size: tuple[int, int], fps: float) -> FrameSource:
+        raise EngineError(self.reason)
+
+    def open_output(self, size: tuple[int, int], fps: float) -> FrameSink:
+        raise EngineError(self.reason)
+
+
+class _ObsStreamSink(FrameSink):
+    """The MPEG-TS sender feeding the OBS media source; closing it also closes its OBS connection."""
+
+    def __init__(self, inner: FrameSink, client, url: str, scene: str):
+        self.inner, self.client, self.url, self.scene = inner, client, url, scene
+
+    def write(self, frame, pts_seconds: float | None = None) -> None:
+        self.inner.write(frame, pts_seconds)
+
+    def close(self) -> None:
+        try:
+            self.inner.close()
+        finally:
+            self.client.close()
+
+
+class BridgeObsService:
+    """OBS through the `obs_bridge` package (obs-websocket): OBS scenes/sources as input (JPEG screenshots) and the
+    styled video as a media source "StreamDiffusionV2" in the current program scene, fed over local UDP MPEG-TS
+    (created or updated idempotently, as `sdv2 obs` does)."""
+
+    def __init__(self):
+        from obs_bridge.settings import load_settings
+
+        self._load_settings = load_settings
+
+    def _client(self):
+        from obs_bridge.client import ObsClient
+
+        return ObsClient(self._load_settings(), auto_reconnect=False)
+
+    def address(self) -> tuple[str, int]:
+        s = self._load_settings()
+        return s.host, s.port
+
+    def configure(self, host: str, port: int, password: str) -> str:
+        """Save the connection (password to the OS keyring when available); returns where the password went."""
+        from obs_bridge.settings import save_settings
+
+        current = self._load_settings()
+        current.host, current.port = host, int(port)
+        if password:
+            current.password = password
+        return save_settings(current)
+
+    def status(self) -> str:
+        client = self._client()
+        try:
+            info = client.connect()
+            return f"connected: {info.summary()}" if hasattr(info, "summary") else "connected"
+        finally:
+            client.close()
+
+    def list_sources(self) -> list[str]:
+        client = self._client()
+        try:
+            client.connect()
+            scenes = client.scene_names()
+            inputs = [name for name, _kind in client.input_names()]
+        finally:
+            client.close()
+        return scenes + [n for n in inputs if n not in scenes]
+
+    def open_source(self, name: str, size: tuple[int, int], fps: float) -> FrameSource:
+        from obs_bridge.capture import ObsCaptureSource
+
+        return ObsCaptureSource(name, self._load_settings(), size=size, fps=fps)
+
+    def open_output(self, size: tuple[int, int], fps: float) -> FrameSink:
+        from engine.io.mpegts import open_mpegts_sink
+        from obs_bridge.client import ObsClient
+        from obs_bridge.output import attach_stream, free_udp_port, stream_port
+
+        client = ObsClient(self._load_settings())
+        try:
+            client.connect()
+            scene = client.call("GetCurrentProgramScene").get("currentProgramSceneName")
+            url = f"udp://127.0.0.1:{stream_port(client) or free_udp_port()}"
+            out = open_mpegts_sink(url, fps=fps, size=size)
+            try:
+                attach_stream(client, scene, url)
+            except BaseException:
+                out.close()
+                raise
+        except BaseException:
+            client.close()
+            raise
+        return _ObsStreamSink(out, client, url, scene)
+
+
+def open_virtual_camera(size: tuple[int, int], fps: float) -> FrameSink:
+    """The styled video as a webcam (pyvirtualcam; engine.io.vcam). Raises EngineError naming the driver to
+    install when none is available."""
+    try:
+        from engine.io.vcam import open_vcam_sink
+    except ImportError as e:  # pragma: no cover - part of the engine
+        raise EngineError(f"virtual camera output is not available in this build ({e})") from None
+    return open_vcam_sink("vcam", fps=fps, size=size)
+
+
+def default_obs_service() -> ObsService:
+    try:
+        return BridgeObsService()
+    except ImportError as e:
+        return UnavailableObsService(f"OBS support is not available ({e}); {OBS_INSTALL_HINT}")
+
+
+def default_model_service() -> ModelService:
+    return HubModelService()

@@ -1,0 +1,136 @@
+"""The app's settings: one versioned JSON file in the user config folder (Qt-free).
+
+Written atomically (temp file + `os.replace`, engine.presets.atomic_write_text). A file that is not valid JSON is
+renamed `settings.json.corrupt-<timestamp>` and reported; a field with a wrong type falls back to its default and
+is reported; unknown fields are kept out. Nothing is silently discarded: `SettingsStore.load()` returns the
+settings and a list of messages for the user.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.presets import APP_NAME, atomic_write_text, backup_corrupt
+
+SETTINGS_VERSION = 1
+
+
+@dataclass
+class Settings:
+    version: int = SETTINGS_VERSION
+    # source
+    source: str = "test"  # "test", "camera:NAME", "obs:NAME" or a video file path
+    recent_files: list[str] = field(default_factory=list)
+    # engine
+    model: str = "auto"  # "auto" (downloaded model, else tiny), "tiny", or a checkpoint path
+    device: str = "auto"  # "auto", "cpu", "cuda:N"
+    gpus: int = 1  # pipeline-parallel GPUs (1-4)
+    dtype: str = "auto"
+    width: int = 512
+    height: int = 512
+    batch: bool = True  # Stream-Batch
+    target_fps: float = 16.0
+    latency_budget_ms: int = 1000
+    text_on_gpu: bool = False
+    # style
+    preset: str = "anime-cel"
+    prompt: str = ""  # the last prompt in use (empty: the preset's)
+    steps: int = 2
+    noise_scale: float = 0.8
+    seed: int = 0
+    transition_chunks: int = 2
+    # outputs
+    output_obs: bool = False
+    output_vcam: bool = False
+    output_record: bool = False
+    record_dir: str = ""  # "" = the user's Videos folder
+    # first run
+    first_run_done: bool = False
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.height, self.width
+
+
+def config_dir() -> Path:
+    env = os.environ.get("SDV2_CONFIG_DIR")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir(APP_NAME, appauthor=False))
+
+
+def default_record_dir() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_videos_dir()) / "StreamDiffusionV2"
+
+
+
+
+def _coerce(name: str, value, default):
+    """`value` if it has the field's type (ints accepted for floats), else raise TypeError."""
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+    elif isinstance(default, list):
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+    else:
+        ok = True
+    if not ok:
+        raise TypeError(f"{name} should be like {default!r}, not {value!r}")
+    return value
+
+
+class SettingsStore:
+    """Load/save `Settings` at `<config dir>/settings.json`."""
+
+    def __init__(self, path: str | os.PathLike | None = None):
+        self.path = Path(path) if path is not None else config_dir() / "settings.json"
+
+    def load(self) -> tuple[Settings, list[str]]:
+        defaults = Settings()
+        if not self.path.exists():
+            return defaults, []
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            if not isinstance(data, dict):
+                raise ValueError("the top level is not an object")
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            try:
+                moved = backup_corrupt(self.path)
+                where = f"it was moved aside to {moved}"
+            except OSError as oe:
+                where = f"moving it aside failed too ({oe.strerror or oe})"
+            return defaults, [f"the settings file {self.path} was unreadable ({e}); {where}. Using defaults."]
+        notes: list[str] = []
+        version = data.get("version", SETTINGS_VERSION)
+        if isinstance(version, int) and version > SETTINGS_VERSION:
+            notes.append(f"the settings file {self.path} is from a newer version of the app (v{version}); "
+                         "settings this version does not know are ignored")
+        values = {}
+        for f in dataclasses.fields(Settings):
+            if f.name == "version" or f.name not in data:
+                continue
+            default = getattr(defaults, f.name)
+            try:
+                values[f.name] = _coerce(f.name, data[f.name], default)
+            except TypeError as e:
+                notes.append(f"settings: {e}; using the default")
+        return dataclasses.replace(defaults, **values), notes
+
+    def save(self, settings: Settings) -> Path:
+        data = dataclasses.asdict(settings)
+        data["version"] = SETTINGS_VERSION
+        return atomic_write_text(self.path, json.dumps(data, indent=2, sort_keys=True) + "\n")

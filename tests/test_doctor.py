@@ -1,0 +1,144 @@
+"""`sdv2 doctor`: every check reports status, detail and a fix; nothing here needs a GPU, OBS or a camera."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import sys
+import threading
+
+import pytest
+
+from engine import doctor
+from engine.doctor import FAIL, OK, WARN, Check
+
+
+def test_full_run_on_this_machine_prints_one_screen():
+    checks = doctor.run_checks()
+    names = [c.name for c in checks]
+    for wanted in ("torch", "model files", "disk space", "video encoder", "OBS", "virtual camera", "desktop app"):
+        assert wanted in names
+    assert any(n.startswith("GPU") for n in names)
+    assert all(c.status in (OK, WARN, FAIL) and c.detail for c in checks)
+    assert all(c.fix for c in checks if c.status != OK)  # every problem says what to do
+    report = doctor.format_report(checks)
+    assert len(report.splitlines()) < 40 and "→" in report or all(c.status == OK for c in checks)
+    if not doctor.check_torch()[0].detail.startswith("cannot"):
+        assert checks[0].status == OK
+
+
+def test_models_missing_is_a_warning_naming_the_download_command():
+    [models, disk] = doctor.check_models()
+    assert models.status == WARN and "sdv2 models download" in models.fix
+    assert disk.name == "disk space"
+
+
+def test_obs_unreachable_plain_tcp_and_broken_bridge(monkeypatch):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+    monkeypatch.setattr(doctor, "_obs_address", lambda: ("127.0.0.1", free, None))
+    [c] = doctor.check_obs(timeout=1)
+    assert c.status == WARN and "nothing answers" in c.detail and "WebSocket Server" in c.fix
+
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    stop = threading.Event()
+
+    def accept():
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+                conn.close()
+            except OSError:
+                pass
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    try:
+        monkeypatch.setattr(doctor, "_obs_address", lambda: ("127.0.0.1", port, None))
+        [c] = doctor.check_obs(timeout=1)
+        assert c.status == WARN and "bridge is not installed" in c.detail and "[obs]" in c.fix
+
+        def broken():
+            raise doctor.EngineError("OBS rejected the password; set it with `sdv2 obs set-password`")
+
+        monkeypatch.setattr(doctor, "_obs_address", lambda: ("127.0.0.1", port, broken))
+        [c] = doctor.check_obs(timeout=1)
+        assert c.status == FAIL and "password" in c.detail
+
+        monkeypatch.setattr(doctor, "_obs_address", lambda: ("127.0.0.1", port, lambda: "OBS 30.2"))
+        [c] = doctor.check_obs(timeout=1)
+        assert c.status == OK and "OBS 30.2" in c.detail
+    finally:
+        stop.set()
+        t.join(2)
+        server.close()
+
+
+def test_obs_address_comes_from_the_bridge_settings(monkeypatch):
+    pytest.importorskip("obs_bridge.settings")
+    monkeypatch.setenv("SDV2_OBS_HOST", "127.0.0.9")
+    monkeypatch.setenv("SDV2_OBS_PORT", "4999")
+    host, port, connect = doctor._obs_address()
+    assert (host, port) == ("127.0.0.9", 4999) and connect is not None
+
+
+def test_virtual_camera_devices_from_sysfs(tmp_path):
+    for name, label in (("video0", "Integrated Camera"), ("video4", "Dummy video device (0x0000)"),
+                        ("video5", "StreamDiffusionV2 v4l2loopback")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "name").write_text(label + "\n")
+    found = doctor._v4l2loopback_devices(tmp_path)
+    assert found == ["/dev/video4 (Dummy video device (0x0000))", "/dev/video5 (StreamDiffusionV2 v4l2loopback)"]
+    assert doctor._v4l2loopback_devices(tmp_path / "missing") == []
+    [c] = doctor.check_virtual_camera()
+    assert c.name == "virtual camera" and (c.status == OK or c.fix)
+
+
+def test_gui_check_flags_the_broken_pyside_release(monkeypatch):
+    monkeypatch.setattr(doctor.importlib.util, "find_spec", lambda name: object())
+    monkeypatch.setattr(doctor, "_version", lambda dist: "6.12.0")
+    [c] = doctor.check_gui()
+    if sys.version_info < (3, 12):
+        assert c.status == FAIL and "<6.12" in c.fix
+    monkeypatch.setattr(doctor, "_version", lambda dist: "6.11.3")
+    assert doctor.check_gui()[0].status == OK
+    monkeypatch.setattr(doctor.importlib.util, "find_spec", lambda name: None)
+    [c] = doctor.check_gui()
+    assert c.status == WARN and "[gui]" in c.fix
+
+
+def test_texture_sharing_per_platform(monkeypatch):
+    for plat, name in (("win32", "Spout"), ("darwin", "Syphon"), ("linux", "Spout/Syphon")):
+        monkeypatch.setattr(doctor.sys, "platform", plat)
+        monkeypatch.setattr(doctor.importlib.util, "find_spec", lambda mod: None)
+        [c] = doctor.check_texture_sharing()
+        assert c.name == name and (c.status == OK or "pip install" in c.fix)
+
+
+def test_a_crashing_check_is_reported_and_the_rest_run():
+    def boom():
+        raise RuntimeError("kaput")
+
+    checks = doctor.run_checks((boom, lambda: [Check("fine", OK, "yes")]))
+    assert [c.status for c in checks] == [FAIL, OK] and "kaput" in checks[0].detail
+
+
+def test_cli_exit_status_and_json(monkeypatch, capsys):
+    parser = argparse.ArgumentParser(prog="sdv2")
+    doctor.register_cli(parser.add_subparsers(dest="command"))
+    monkeypatch.setattr(doctor, "CHECKS", ())
+    monkeypatch.setattr(doctor, "run_checks", lambda checks=None: [Check("a", OK, "fine"),
+                                                                    Check("b", WARN, "meh", "do x")])
+    args = parser.parse_args(["doctor"])
+    assert args.fn(args) == 0
+    out = capsys.readouterr().out
+    assert "→ do x" in out and "0 problem(s), 1 warning(s)" in out
+    monkeypatch.setattr(doctor, "run_checks", lambda checks=None: [Check("c", FAIL, "bad", "fix y")])
+    args = parser.parse_args(["doctor", "--json"])
+    assert args.fn(args) == 1
+    assert json.loads(capsys.readouterr().out) == [{"name": "c", "status": "fail", "detail": "bad", "fix": "fix y"}]
+    assert doctor.main(["--json"]) == 1
