@@ -157,6 +157,7 @@ class Link:
         self.device, self.timeout = device, timeout
         self.alive = alive  # returns a message when a peer is known dead
         self._inflight: dict[int, list] = collections.defaultdict(list)
+        self.waited_s = 0.0  # time spent blocked on peers (excluded from this rank's busy time)
 
     def header(self, **fields) -> torch.Tensor:
         h = torch.zeros(HEADER, dtype=torch.long)
@@ -195,6 +196,13 @@ class Link:
         breaks the TCP connection, which ends the wait at once). NCCL: poll so host-side liveness checks run.
         """
         limit = self.timeout if timeout is None else timeout
+        t0 = time.perf_counter()
+        try:
+            self._wait(work, what, limit)
+        finally:
+            self.waited_s += time.perf_counter() - t0
+
+    def _wait(self, work, what: str, limit: float) -> None:
         if self.device.type != "cuda":
             try:
                 work.wait(timeout=datetime.timedelta(seconds=limit))
@@ -238,8 +246,8 @@ class Receiver:
             kind, bufs = item
             try:
                 works = self.link.post_recv(self.src, bufs)
-                for w in works:
-                    self.link.wait(w, f"rank {self.src} did not return its result")
+                for w in works:  # _wait: this thread's waiting is not rank 0's (main thread's) idle time
+                    self.link._wait(w, f"rank {self.src} did not return its result", self.link.timeout)
                 self._done.put((kind, bufs))
             except BaseException as e:  # handed to the engine thread
                 self._done.put((None, e))
@@ -280,6 +288,13 @@ class Receiver:
         return out
 
     def get(self):
+        t0 = time.perf_counter()
+        try:
+            return self._get()
+        finally:
+            self.link.waited_s += time.perf_counter() - t0
+
+    def _get(self):
         if self.threaded:
             try:
                 return self._deliver(self._done.get(timeout=self.link.timeout))
@@ -658,10 +673,11 @@ class PipelinedStream(StreamPipeline):
             raise self._failed(e) from None
 
     def _process(self, frames: np.ndarray) -> list[np.ndarray]:
-        t0 = time.perf_counter()
-        blocks0 = self.busy_blocks_s
+        t0, blocks0, waited0 = time.perf_counter(), self.busy_blocks_s, self.link.waited_s
         out = super().process(frames)
-        self.busy_other_s += time.perf_counter() - t0 - (self.busy_blocks_s - blocks0)
+        # rank 0's own work besides its blocks (VAE encode, embeddings, text): wall time minus blocks and waits
+        self.busy_other_s += (time.perf_counter() - t0 - (self.busy_blocks_s - blocks0)
+                              - (self.link.waited_s - waited0))
         if self.rebalance_after and self.chunks == self.rebalance_after and not self.rebalances:
             self.rebalance()
         return out + self._take(block=False)
