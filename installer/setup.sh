@@ -69,6 +69,9 @@ case "$what" in
         (cd "$ROOT" && "$VENV/bin/lint-imports")
         log "pytest"
         export QT_QPA_PLATFORM=offscreen
+        if [ -n "${CI:-}" ]; then
+            export SDV2_TEST_BUNDLE=1  # CI also builds the PyInstaller bundle and smoke-starts it (~3 min)
+        fi
         exec "$VENV/bin/python" -m pytest -q "$@"
         ;;
     app)

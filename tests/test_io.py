@@ -325,8 +325,8 @@ def test_callback_sink_and_open_sink(tmp_path, monkeypatch):
     assert got == [((4, 4, 3), 0.5)] and closed == [1]
 
     assert isinstance(open_sink(str(tmp_path / "a.mp4"), fps=16), MP4Sink)
-    with pytest.raises(EngineError, match="unsupported output 'udp://x:1': use a .mp4 file path"):
-        open_sink("udp://x:1", fps=16)
+    with pytest.raises(EngineError, match="unsupported output 'ftp://x:1': use a .mp4 file path"):
+        open_sink("ftp://x:1", fps=16)
     monkeypatch.setattr(sinks_module, "_OPENERS", [])
     sinks_module.register_sink("udp://", lambda spec, fps, size: CallbackSink(lambda f, p: None))
     assert isinstance(open_sink("UDP://x:1", fps=16), CallbackSink)
