@@ -61,13 +61,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _parse_size(text: str | None) -> tuple[int, int] | None:
-    if not text:
-        return None
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise EngineError(f"bad size {text!r}: use WIDTHxHEIGHT, e.g. 512x512") from None
-    return h, w
+    from engine.io.frames import parse_size
+
+    return parse_size(text)
 
 
 def _run_torchrun_stage(args: argparse.Namespace) -> int:

@@ -149,3 +149,14 @@ def _blur_fill(out: np.ndarray, styled: np.ndarray, box: tuple[int, int, int, in
         ty0, tx0 = min(th - 2, y0 * th // H), min(tw - 2, x0 * tw // W)
         ty1, tx1 = max(ty0 + 2, -(-y1 * th // H)), max(tx0 + 2, -(-x1 * tw // W))
         out[y0:y1, x0:x1] = resize(tiny[ty0:ty1, tx0:tx1], y1 - y0, x1 - x0)
+
+
+def parse_size(text: str | None) -> tuple[int, int] | None:
+    """A user's "WIDTHxHEIGHT" (e.g. "832x480") -> (h, w); None or "" -> None."""
+    if not text:
+        return None
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise EngineError(f"bad size {text!r}: use WIDTHxHEIGHT, e.g. 512x512") from None
+    return h, w

@@ -22,13 +22,12 @@ from fractions import Fraction
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import av
-import numpy as np
 
 from engine.errors import EngineError
-from engine.io.frames import check_frame, fit_frame
+from engine.io.frames import check_frame
 from engine.io.paced import PacedSink
 from engine.io.protocols import Frame, FrameSink
-from engine.io.sinks import default_codec
+from engine.io.sinks import conform_frame, default_codec, encode_rgb
 
 __all__ = ["MpegTsSink", "open_mpegts_sink", "srt_available", "stream_url"]
 
@@ -136,20 +135,13 @@ class MpegTsSink(FrameSink):
         if self.size is None:
             self.size = (frame.shape[0] - frame.shape[0] % 2, frame.shape[1] - frame.shape[1] % 2)
         h, w = self.size
-        if frame.shape[:2] != (h, w):
-            if frame.shape[0] - h in (0, 1) and frame.shape[1] - w in (0, 1):
-                frame = frame[:h, :w]
-            else:
-                frame = fit_frame(frame, (h, w))
+        frame = conform_frame(frame, (h, w))
         t = now - self._t0 if pts_seconds is None else pts_seconds
         pts = max(int(round(t / TIME_BASE)), self._last_pts + 1)
         try:
             if self._stream is None:
                 self._stream = self._open_stream(h, w)
-            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
-            vf = vf.reformat(format="yuv420p", dst_colorspace="ITU709", dst_color_range="MPEG")
-            vf.pts, vf.time_base = pts, TIME_BASE
-            self._container.mux(self._stream.encode(vf))
+            encode_rgb(self._container, self._stream, frame, pts, TIME_BASE)
         except (av.FFmpegError, OSError) as e:
             raise EngineError(f"cannot send to {self.label} ({e}); check the address and the network") from e
         self._last_pts = pts

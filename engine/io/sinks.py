@@ -35,6 +35,24 @@ def default_codec() -> str:
         return "mpeg4"
 
 
+def conform_frame(frame: Frame, size: tuple[int, int]) -> Frame:
+    """A frame at exactly `size`: an odd last row/column is dropped, anything else is fitted (scale + crop)."""
+    h, w = size
+    if frame.shape[:2] == (h, w):
+        return frame
+    if frame.shape[0] - h in (0, 1) and frame.shape[1] - w in (0, 1):
+        return frame[:h, :w]
+    return fit_frame(frame, (h, w))
+
+
+def encode_rgb(container, stream, frame: Frame, pts: int, time_base) -> None:
+    """Encode one RGB frame (BT.709, limited range, yuv420p) and mux its packets."""
+    vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+    vf = vf.reformat(format="yuv420p", dst_colorspace="ITU709", dst_color_range="MPEG")
+    vf.pts, vf.time_base = pts, time_base
+    container.mux(stream.encode(vf))
+
+
 class MP4Sink(FrameSink):
     """Writes frames to an H.264 (or MPEG-4 part 2) ``.mp4`` with PyAV.
 
@@ -112,20 +130,13 @@ class MP4Sink(FrameSink):
         if self.size is None:
             self.size = (frame.shape[0] - frame.shape[0] % 2, frame.shape[1] - frame.shape[1] % 2)
         h, w = self.size
-        if frame.shape[:2] != (h, w):
-            if frame.shape[0] - h in (0, 1) and frame.shape[1] - w in (0, 1):
-                frame = frame[:h, :w]  # odd side: drop the last row/column
-            else:
-                frame = fit_frame(frame, (h, w))
+        frame = conform_frame(frame, (h, w))
         t = self.frames / self.fps if pts_seconds is None else pts_seconds
         pts = max(int(round(t / TIME_BASE)), self._last_pts + 1)
         try:
             if self._stream is None:
                 self._stream = self._open_stream(h, w)
-            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
-            vf = vf.reformat(format="yuv420p", dst_colorspace="ITU709", dst_color_range="MPEG")
-            vf.pts, vf.time_base = pts, TIME_BASE
-            self._container.mux(self._stream.encode(vf))
+            encode_rgb(self._container, self._stream, frame, pts, TIME_BASE)
         except (av.FFmpegError, OSError) as e:
             self._discard()
             raise EngineError(f"cannot write {self.path} ({e}); check free disk space and permissions") from e
