@@ -63,7 +63,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from engine.errors import EngineError
-from engine.vae import WAN21_LATENTS_MEAN, WAN21_LATENTS_STD
+from engine.vae import WAN21_LATENTS_MEAN, WAN21_LATENTS_STD, first_keys, read_state_dict
 
 TAEW21_URL = "https://github.com/madebyollin/taehv/raw/main/taew2_1.pth"
 TAEW21_FILES = ("taew2_1.safetensors", "taew2_1.pth")  # looked for inside a folder, in this order
@@ -245,32 +245,7 @@ def _find_file(path: Path) -> Path:
 
 
 def _read_state_dict(file: Path) -> dict[str, torch.Tensor]:
-    try:
-        if file.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            sd = load_file(str(file), device="cpu")
-        else:
-            try:
-                sd = torch.load(file, map_location="cpu", mmap=True, weights_only=True)
-            except RuntimeError as e:
-                if "mmap" not in str(e):  # legacy (non-zip) torch.save format cannot be memory-mapped
-                    raise
-                sd = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt, truncated or not a checkpoint at all
-        raise EngineError(f"cannot read TAEHV checkpoint {file} ({type(e).__name__}); "
-                          f"re-download {TAEW21_URL}") from None
-    for wrapper in ("state_dict", "model"):
-        if isinstance(sd, dict) and isinstance(sd.get(wrapper), dict):
-            sd = sd[wrapper]
-    if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise EngineError(f"{file} is not a TAEHV state dict; download taew2_1.pth from {TAEW21_URL}")
-    return sd
-
-
-def _first(keys, n: int = 3) -> str:
-    keys = sorted(keys)
-    return ", ".join(keys[:n]) + (f", ... ({len(keys)} total)" if len(keys) > n else "")
+    return read_state_dict(file, "TAEHV", f"download taew2_1.pth from {TAEW21_URL}")
 
 
 def _check_latent_space(file: Path, sd: dict[str, torch.Tensor]) -> None:
@@ -320,7 +295,7 @@ def load_taehv(path: str | Path, dtype: torch.dtype = torch.float32,
     missing, unexpected = expected.keys() - sd.keys(), sd.keys() - expected.keys()
     wrong = [k for k in expected.keys() & sd.keys() if sd[k].shape != expected[k]]
     if missing or unexpected or wrong:
-        problems = [f"{name} keys: {_first(keys)}" for name, keys in
+        problems = [f"{name} keys: {first_keys(keys, 3)}" for name, keys in
                     (("missing", missing), ("unexpected", unexpected), ("wrong-shape", wrong)) if keys]
         raise EngineError(f"{file} is not a TAEHV Wan2.1 decoder ({'; '.join(problems)}); "
                           f"download taew2_1.pth from {TAEW21_URL}")

@@ -467,25 +467,37 @@ def _find_checkpoint(path: Path) -> Path:
     return path
 
 
-def _read_state_dict(file: Path) -> dict[str, torch.Tensor]:
+def read_state_dict(file: Path, what: str, fix: str) -> dict[str, torch.Tensor]:
+    """The tensors of a .safetensors or torch .pt/.pth file (memory-mapped where the format allows), unwrapping a
+    `state_dict`/`model` entry. Anything else is one EngineError line: "cannot read <what> ...; <fix>"."""
     try:
         if file.suffix == ".safetensors":
             from safetensors.torch import load_file
 
             sd = load_file(str(file), device="cpu")
         else:
-            sd = torch.load(file, map_location="cpu", mmap=True, weights_only=True)
+            try:
+                sd = torch.load(file, map_location="cpu", mmap=True, weights_only=True)
+            except RuntimeError as e:
+                if "mmap" not in str(e):  # legacy (non-zip) torch.save format cannot be memory-mapped
+                    raise
+                sd = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt, truncated or not a checkpoint at all
-        raise EngineError(f"cannot read VAE checkpoint {file} ({type(e).__name__}); re-download it") from None
+        raise EngineError(f"cannot read {what} checkpoint {file} ({type(e).__name__}); {fix}") from None
     for wrapper in ("state_dict", "model"):  # some trainers nest the weights
         if isinstance(sd, dict) and isinstance(sd.get(wrapper), dict):
             sd = sd[wrapper]
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise EngineError(f"{file} is not a VAE state dict; pass Wan2.1_VAE.pth or a diffusers Wan2.1 VAE")
+    if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise EngineError(f"{file} is not a {what} state dict; {fix}")
     return sd
 
 
-def _first(keys, n: int = 4) -> str:
+def _read_state_dict(file: Path) -> dict[str, torch.Tensor]:
+    return read_state_dict(file, "VAE", "pass Wan2.1_VAE.pth or a diffusers Wan2.1 VAE (re-download it)")
+
+
+def first_keys(keys, n: int = 4) -> str:
+    """The first `n` of `keys` (sorted) for an error message, with the total when there are more."""
     keys = sorted(keys)
     return ", ".join(keys[:n]) + (f", ... ({len(keys)} total)" if len(keys) > n else "")
 
@@ -525,7 +537,7 @@ def load_vae(path: str | Path, dtype: torch.dtype = torch.float32, device: str |
     missing, unexpected = expected.keys() - sd.keys(), sd.keys() - expected.keys()
     wrong = [k for k in expected.keys() & sd.keys() if sd[k].shape != expected[k]]
     if missing or unexpected or wrong:
-        problems = [f"{name} keys: {_first(keys)}" for name, keys in
+        problems = [f"{name} keys: {first_keys(keys)}" for name, keys in
                     (("missing", missing), ("unexpected", unexpected), ("wrong-shape", wrong)) if keys]
         raise EngineError(f"{file} does not match the {config.name} VAE ({'; '.join(problems)}); "
                           "use the Wan2.1 VAE checkpoint or pass the matching VAEConfig")
