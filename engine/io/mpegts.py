@@ -27,7 +27,7 @@ from engine.errors import EngineError
 from engine.io.frames import check_frame
 from engine.io.paced import PacedSink
 from engine.io.protocols import Frame, FrameSink
-from engine.io.sinks import conform_frame, default_codec, encode_rgb
+from engine.io.sinks import add_video_stream, conform_frame, default_codec, encode_rgb
 
 __all__ = ["MpegTsSink", "open_mpegts_sink", "srt_available", "stream_url"]
 
@@ -107,13 +107,8 @@ class MpegTsSink(FrameSink):
         return re.sub(r"\?.*$", "", self.url)
 
     def _open_stream(self, h: int, w: int) -> av.video.stream.VideoStream:
-        try:
-            stream = self._container.add_stream(self.codec, rate=Fraction(self.fps).limit_denominator(1001))
-        except (av.FFmpegError, ValueError) as e:
-            raise EngineError(f"video encoder {self.codec} is not available ({e}); use libx264 or mpeg4") from e
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream = add_video_stream(self._container, self.codec, self.fps, h, w, TIME_BASE)
         cc = stream.codec_context
-        cc.time_base = TIME_BASE
         cc.gop_size = max(1, round(self.fps * self.keyframe_seconds))
         cc.max_b_frames = 0
         cc.colorspace = cc.color_primaries = cc.color_trc = 1  # BT.709

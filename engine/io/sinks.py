@@ -45,6 +45,17 @@ def conform_frame(frame: Frame, size: tuple[int, int]) -> Frame:
     return fit_frame(frame, (h, w))
 
 
+def add_video_stream(container, codec: str, fps: float, h: int, w: int, time_base) -> av.video.stream.VideoStream:
+    """A yuv420p video stream of `codec` at `fps` in `container`; EngineError when the encoder is missing."""
+    try:
+        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+    except (av.FFmpegError, ValueError) as e:
+        raise EngineError(f"video encoder {codec} is not available ({e}); use libx264 or mpeg4") from e
+    stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+    stream.codec_context.time_base = time_base
+    return stream
+
+
 def encode_rgb(container, stream, frame: Frame, pts: int, time_base) -> None:
     """Encode one RGB frame (BT.709, limited range, yuv420p) and mux its packets."""
     vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
@@ -106,13 +117,8 @@ class MP4Sink(FrameSink):
             raise EngineError(f"cannot create {self.path} ({e}); pick another output path") from e
 
     def _open_stream(self, h: int, w: int) -> av.video.stream.VideoStream:
-        try:
-            stream = self._container.add_stream(self.codec, rate=Fraction(self.fps).limit_denominator(1001))
-        except (av.FFmpegError, ValueError) as e:
-            raise EngineError(f"video encoder {self.codec} is not available ({e}); use libx264 or mpeg4") from e
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream = add_video_stream(self._container, self.codec, self.fps, h, w, TIME_BASE)
         cc = stream.codec_context
-        cc.time_base = TIME_BASE
         cc.colorspace = cc.color_primaries = cc.color_trc = 1  # BT.709
         cc.color_range = 1  # limited ("MPEG") range
         if self.codec == "libx264":
