@@ -15,8 +15,7 @@ import threading
 import traceback
 
 from PySide6.QtCore import QObject, QRunnable, QThreadPool, QTimer, Signal, Slot
-
-from engine.errors import EngineError
+from sdv2_studio.engine.errors import EngineError
 
 
 class Cancelled(Exception):

@@ -9,8 +9,7 @@ otherwise call on the emitting worker thread) runs on the UI thread.
 from __future__ import annotations
 
 from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
-
-from app.engine_worker import IDLE, EngineWorker, Outputs, StartRequest
+from sdv2_studio.app.engine_worker import IDLE, EngineWorker, Outputs, StartRequest
 
 
 class EngineController(QObject):

@@ -20,11 +20,10 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
-
-from app.services import GpuInfo, ModelItem
-from app.settings import Settings
-from app.theme import repolish
-from app.vram import VramEstimate, check_fit, estimate_vram
+from sdv2_studio.app.services import GpuInfo, ModelItem
+from sdv2_studio.app.settings import Settings
+from sdv2_studio.app.theme import repolish
+from sdv2_studio.app.vram import VramEstimate, check_fit, estimate_vram
 
 RESOLUTIONS = [(512, 512), (480, 832), (832, 480), (384, 384), (320, 576), (256, 256), (192, 192), (128, 128),
                (64, 64)]

@@ -27,11 +27,10 @@ from pathlib import Path
 
 import numpy as np
 from PySide6.QtCore import QObject, QTimer, Signal, Slot
-
-from app.frames import LatestFrame, to_qimage
-from engine.api import Engine, EngineConfig, Stats
-from engine.errors import EngineError
-from engine.io.protocols import FrameSink, FrameSource
+from sdv2_studio.app.frames import LatestFrame, to_qimage
+from sdv2_studio.engine.api import Engine, EngineConfig, Stats
+from sdv2_studio.engine.errors import EngineError
+from sdv2_studio.engine.io.protocols import FrameSink, FrameSource
 
 IDLE, LOADING, RUNNING, STOPPING = "idle", "loading", "running", "stopping"
 OUTPUT_KINDS = ("obs", "vcam", "record")
@@ -189,7 +188,7 @@ class EngineWorker(QObject):
             if self.engine is not None and self.state == RUNNING:
                 controls = self.engine.set_controls(**changes)
             else:
-                from engine.pipeline import Controls
+                from sdv2_studio.engine.pipeline import Controls
 
                 base = self._req.config.controls if self._req else Controls()
                 controls = dataclasses.replace(base, **{**self._pending, **changes}).validated()
@@ -224,14 +223,14 @@ class EngineWorker(QObject):
     def _open_source(self, req: StartRequest) -> FrameSource:
         spec = req.source.strip() or "test"
         if spec.lower() == "test":
-            from engine.io.pattern import TestPatternSource
+            from sdv2_studio.engine.io.pattern import TestPatternSource
 
             return TestPatternSource(req.input_size, fps=req.source_fps, realtime=True)
         if spec.lower().startswith("obs:"):
             if self._obs is None:
                 raise EngineError("OBS sources need the OBS bridge; install the [obs] extras")
             return self._obs.open_source(spec[4:], self.engine.size, req.source_fps)
-        from engine.io.sources import open_source
+        from sdv2_studio.engine.io.sources import open_source
 
         return open_source(spec, loop=True, realtime=True)
 
@@ -247,8 +246,8 @@ class EngineWorker(QObject):
         for kind in sorted(want - set(self._sinks)):
             try:
                 if kind == "record":
-                    from app.settings import default_record_dir
-                    from engine.io.sinks import MP4Sink
+                    from sdv2_studio.app.settings import default_record_dir
+                    from sdv2_studio.engine.io.sinks import MP4Sink
 
                     folder = Path(outputs.record_dir or default_record_dir()).expanduser()
                     folder.mkdir(parents=True, exist_ok=True)
@@ -257,7 +256,7 @@ class EngineWorker(QObject):
                     self.notice.emit(f"recording to {path}")
                 elif kind == "vcam":
                     if self._vcam_opener is None:
-                        from app.services import open_virtual_camera
+                        from sdv2_studio.app.services import open_virtual_camera
 
                         self._vcam_opener = open_virtual_camera
                     self._sinks[kind] = self._vcam_opener(size, fps)

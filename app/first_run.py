@@ -14,10 +14,9 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
-
-from app import theme
-from app.background import Task, run_task
-from app.services import ModelItem, ModelService
+from sdv2_studio.app import theme
+from sdv2_studio.app.background import Task, run_task
+from sdv2_studio.app.services import ModelItem, ModelService
 
 
 def _gb(n: int | None) -> str:

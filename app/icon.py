@@ -1,6 +1,6 @@
 """The app icon, drawn with QPainter (no image files): a violet-to-cyan rounded square with a white diamond.
 
-    python -m app.icon PATH [SIZE]      # write it as a PNG (the installers use this for launchers)
+    python -m sdv2_studio.app.icon PATH [SIZE]      # write it as a PNG (the installers use this for launchers)
 """
 
 from __future__ import annotations
@@ -9,8 +9,7 @@ import sys
 
 from PySide6.QtCore import QPointF, QRectF, Qt
 from PySide6.QtGui import QColor, QIcon, QImage, QLinearGradient, QPainter, QPixmap, QPolygonF
-
-from app import theme
+from sdv2_studio.app import theme
 
 
 def icon_image(size: int = 256) -> QImage:
@@ -48,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
     if not argv:
-        print("usage: python -m app.icon PATH [SIZE]", file=sys.stderr)
+        print("usage: python -m sdv2_studio.app.icon PATH [SIZE]", file=sys.stderr)
         return 2
     _ = QGuiApplication.instance() or QGuiApplication(["sdv2-icon", "-platform", "offscreen"])
     size = int(argv[1]) if len(argv) > 1 else 256

@@ -24,22 +24,22 @@ def main(argv: list[str] | None = None) -> int:
               "pip install 'streamdiffusion-studio[gui]'", file=sys.stderr)
         return 2
 
-    from app.theme import apply_theme
+    from sdv2_studio.app.theme import apply_theme
 
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setApplicationName("StreamDiffusionV2 Studio")
     app.setDesktopFileName("sdv2-studio")
     apply_theme(app)
-    from app.icon import app_icon
+    from sdv2_studio.app.icon import app_icon
 
     app.setWindowIcon(app_icon())
     if args.screenshot:
-        from app.screenshot import run_screenshot
+        from sdv2_studio.app.screenshot import run_screenshot
 
         return run_screenshot(app, args.screenshot, args.seconds)
 
-    from app.main_window import MainWindow
-    from app.settings import SettingsStore
+    from sdv2_studio.app.main_window import MainWindow
+    from sdv2_studio.app.settings import SettingsStore
 
     store = SettingsStore()
     settings, notes = store.load()

@@ -21,28 +21,27 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
-
-from app import theme
-from app.background import run_task
-from app.engine_controller import EngineController
-from app.engine_settings import EngineSettingsPanel
-from app.engine_worker import IDLE, LOADING, RUNNING, STOPPING, LiveStats, Outputs, StartRequest
-from app.first_run import FirstRunDialog
-from app.message_banner import MessageBanner
-from app.output_panel import OutputPanel
-from app.output_toggles import OutputToggles
-from app.preset_controller import PresetController
-from app.preset_editor import PresetEditor
-from app.preset_gallery import PresetGallery
-from app.preset_library import PresetLibrary
-from app.preview import PreviewView
-from app.services import ModelService, ObsService, gpus, system_memory
-from app.settings import Settings, SettingsStore, default_record_dir
-from app.source_picker import SourcePicker, describe
-from app.stats_bar import StatsBar
-from app.stats_plot import StatsPlot
-from engine.api import EngineConfig
-from engine.errors import EngineError
+from sdv2_studio.app import theme
+from sdv2_studio.app.background import run_task
+from sdv2_studio.app.engine_controller import EngineController
+from sdv2_studio.app.engine_settings import EngineSettingsPanel
+from sdv2_studio.app.engine_worker import IDLE, LOADING, RUNNING, STOPPING, LiveStats, Outputs, StartRequest
+from sdv2_studio.app.first_run import FirstRunDialog
+from sdv2_studio.app.message_banner import MessageBanner
+from sdv2_studio.app.output_panel import OutputPanel
+from sdv2_studio.app.output_toggles import OutputToggles
+from sdv2_studio.app.preset_controller import PresetController
+from sdv2_studio.app.preset_editor import PresetEditor
+from sdv2_studio.app.preset_gallery import PresetGallery
+from sdv2_studio.app.preset_library import PresetLibrary
+from sdv2_studio.app.preview import PreviewView
+from sdv2_studio.app.services import ModelService, ObsService, gpus, system_memory
+from sdv2_studio.app.settings import Settings, SettingsStore, default_record_dir
+from sdv2_studio.app.source_picker import SourcePicker, describe
+from sdv2_studio.app.stats_bar import StatsBar
+from sdv2_studio.app.stats_plot import StatsPlot
+from sdv2_studio.engine.api import EngineConfig
+from sdv2_studio.engine.errors import EngineError
 
 UNTRAINED_RIBBON = "TINY DEMO MODEL · untrained: noise-like output, not a style"
 RESTART_KEYS = {"model", "device", "gpus", "dtype", "width", "height", "batch", "target_fps", "latency_budget_ms",
@@ -61,7 +60,7 @@ class MainWindow(QMainWindow):
                  models: ModelService | None = None, obs: ObsService | None = None, first_run: bool = True,
                  input_size: tuple[int, int] = (360, 640)):
         super().__init__()
-        from app.services import default_model_service, default_obs_service
+        from sdv2_studio.app.services import default_model_service, default_obs_service
 
         self.store = store
         self.settings = settings or Settings()
@@ -227,7 +226,7 @@ class MainWindow(QMainWindow):
     # -- background scans -------------------------------------------------------------------------------------------
 
     def _scan(self) -> None:
-        from engine.io.cameras import list_cameras
+        from sdv2_studio.engine.io.cameras import list_cameras
 
         run_task(list_cameras, on_done=self.source_picker.setCameras)
         run_task(lambda: (gpus(), system_memory()), on_done=lambda r: self.engine_panel.setGpus(*r),
@@ -311,7 +310,7 @@ class MainWindow(QMainWindow):
 
     def request(self) -> StartRequest:
         """What Start would run, from the current settings and controls."""
-        from engine.pipeline import Controls
+        from sdv2_studio.engine.pipeline import Controls
 
         s = self.settings
         controls = Controls(**self.editor.values()).validated()
@@ -487,6 +486,6 @@ class MainWindow(QMainWindow):
 
 
 def _default_worker(obs: ObsService):
-    from app.engine_worker import EngineWorker
+    from sdv2_studio.app.engine_worker import EngineWorker
 
     return EngineWorker(obs_service=obs)

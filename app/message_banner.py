@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QPushButton, QWidget
-
-from app.theme import repolish
+from sdv2_studio.app.theme import repolish
 
 _ICON = {"error": "⚠", "warn": "⚠", "info": "ℹ"}
 

@@ -7,9 +7,8 @@ import dataclasses
 
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QHBoxLayout, QPushButton, QWidget
-
-from app.engine_worker import Outputs
-from app.theme import repolish
+from sdv2_studio.app.engine_worker import Outputs
+from sdv2_studio.app.theme import repolish
 
 _LABELS = {"obs": ("OBS source", "Send the styled video into OBS as a source"),
            "vcam": ("Virtual cam", "Show the styled video as a webcam in Zoom, Discord, Meet…"),

@@ -5,9 +5,8 @@ from __future__ import annotations
 from PySide6.QtCore import QRectF, QSize, Qt
 from PySide6.QtGui import QColor, QFont, QImage, QLinearGradient, QPainter, QPainterPath, QPen
 from PySide6.QtWidgets import QAbstractButton, QWidget
-
-from app import theme
-from engine.presets import Preset
+from sdv2_studio.app import theme
+from sdv2_studio.engine.presets import Preset
 
 THUMB_W, THUMB_H = 138, 86
 

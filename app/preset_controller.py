@@ -8,12 +8,11 @@ from pathlib import Path
 
 from PySide6.QtCore import QObject, Signal
 from PySide6.QtWidgets import QFileDialog, QInputDialog, QMessageBox, QWidget
-
-from app.preset_editor import PresetEditor
-from app.preset_gallery import PresetGallery
-from app.preset_library import PresetLibrary
-from engine.errors import EngineError
-from engine.presets import Preset
+from sdv2_studio.app.preset_editor import PresetEditor
+from sdv2_studio.app.preset_gallery import PresetGallery
+from sdv2_studio.app.preset_library import PresetLibrary
+from sdv2_studio.engine.errors import EngineError
+from sdv2_studio.engine.presets import Preset
 
 
 class PresetController(QObject):

@@ -20,8 +20,7 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
-
-from engine.presets import MAX_TRANSITION, Preset
+from sdv2_studio.engine.presets import MAX_TRANSITION, Preset
 
 
 def _label(text: str, role: str) -> QLabel:

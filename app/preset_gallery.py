@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QButtonGroup, QScrollArea, QWidget
-
-from app.flow_layout import FlowLayout
-from app.preset_card import PresetCard
-from engine.presets import Preset
+from sdv2_studio.app.flow_layout import FlowLayout
+from sdv2_studio.app.preset_card import PresetCard
+from sdv2_studio.engine.presets import Preset
 
 
 class PresetGallery(QScrollArea):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from engine.errors import EngineError
-from engine.presets import (
+from sdv2_studio.engine.errors import EngineError
+from sdv2_studio.engine.presets import (
     Preset,
     delete_preset,
     export_preset,

@@ -6,8 +6,7 @@ from __future__ import annotations
 from PySide6.QtCore import QRectF, QSize, Qt
 from PySide6.QtGui import QColor, QFont, QImage, QPainter, QPainterPath, QPen
 from PySide6.QtWidgets import QSizePolicy, QWidget
-
-from app import theme
+from sdv2_studio.app import theme
 
 
 class PreviewView(QWidget):

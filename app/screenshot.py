@@ -8,10 +8,9 @@ from pathlib import Path
 
 from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QApplication
-
-from app.engine_worker import IDLE, RUNNING
-from app.main_window import MainWindow
-from app.settings import Settings
+from sdv2_studio.app.engine_worker import IDLE, RUNNING
+from sdv2_studio.app.main_window import MainWindow
+from sdv2_studio.app.settings import Settings
 
 SIZE = (128, 128)  # the tiny model at 128x128 runs ~10 fps on two CPU cores
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from engine.errors import EngineError
-from engine.io.protocols import FrameSink, FrameSource
+from sdv2_studio.engine.errors import EngineError
+from sdv2_studio.engine.io.protocols import FrameSink, FrameSource
 
 Progress = Callable[[str, float], None]
 
@@ -92,18 +92,18 @@ class HubModelService:
     """Model files through `engine.hub` (download, status) and `engine.models` (what the engine will load)."""
 
     def weights_present(self) -> bool:
-        from engine.models import find_downloaded
+        from sdv2_studio.engine.models import find_downloaded
 
         return find_downloaded() is not None
 
     def models_dir(self) -> Path:
-        from engine.models import models_dir
+        from sdv2_studio.engine.models import models_dir
 
         return models_dir()
 
     def _hub(self):
         try:
-            from engine import hub
+            from sdv2_studio.engine import hub
         except ImportError as e:  # pragma: no cover - hub ships with the engine
             raise EngineError(f"model downloads are not available in this build ({e})") from None
         return hub
@@ -196,12 +196,12 @@ class BridgeObsService:
     (created or updated idempotently, as `sdv2 obs` does)."""
 
     def __init__(self):
-        from obs_bridge.settings import load_settings
+        from sdv2_studio.obs_bridge.settings import load_settings
 
         self._load_settings = load_settings
 
     def _client(self):
-        from obs_bridge.client import ObsClient
+        from sdv2_studio.obs_bridge.client import ObsClient
 
         return ObsClient(self._load_settings(), auto_reconnect=False)
 
@@ -211,7 +211,7 @@ class BridgeObsService:
 
     def configure(self, host: str, port: int, password: str) -> str:
         """Save the connection (password to the OS keyring when available); returns where the password went."""
-        from obs_bridge.settings import save_settings
+        from sdv2_studio.obs_bridge.settings import save_settings
 
         current = self._load_settings()
         current.host, current.port = host, int(port)
@@ -238,14 +238,14 @@ class BridgeObsService:
         return scenes + [n for n in inputs if n not in scenes]
 
     def open_source(self, name: str, size: tuple[int, int], fps: float) -> FrameSource:
-        from obs_bridge.capture import ObsCaptureSource
+        from sdv2_studio.obs_bridge.capture import ObsCaptureSource
 
         return ObsCaptureSource(name, self._load_settings(), size=size, fps=fps)
 
     def open_output(self, size: tuple[int, int], fps: float) -> FrameSink:
-        from engine.io.mpegts import open_mpegts_sink
-        from obs_bridge.client import ObsClient
-        from obs_bridge.output import attach_stream, free_udp_port, stream_port
+        from sdv2_studio.engine.io.mpegts import open_mpegts_sink
+        from sdv2_studio.obs_bridge.client import ObsClient
+        from sdv2_studio.obs_bridge.output import attach_stream, free_udp_port, stream_port
 
         client = ObsClient(self._load_settings())
         try:
@@ -268,7 +268,7 @@ def open_virtual_camera(size: tuple[int, int], fps: float) -> FrameSink:
     """The styled video as a webcam (pyvirtualcam; engine.io.vcam). Raises EngineError naming the driver to
     install when none is available."""
     try:
-        from engine.io.vcam import open_vcam_sink
+        from sdv2_studio.engine.io.vcam import open_vcam_sink
     except ImportError as e:  # pragma: no cover - part of the engine
         raise EngineError(f"virtual camera output is not available in this build ({e})") from None
     return open_vcam_sink("vcam", fps=fps, size=size)

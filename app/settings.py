@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.presets import APP_NAME, atomic_write_text, backup_corrupt
+from sdv2_studio.engine.presets import APP_NAME, atomic_write_text, backup_corrupt
 
 SETTINGS_VERSION = 1
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QWidget
-
-from app import theme
-from app.engine_worker import IDLE, LOADING, RUNNING, STOPPING, LiveStats
+from sdv2_studio.app import theme
+from sdv2_studio.app.engine_worker import IDLE, LOADING, RUNNING, STOPPING, LiveStats
 
 _STATE = {IDLE: ("Idle", theme.FAINT), LOADING: ("Loading", theme.WARN), RUNNING: ("Live", theme.OK),
           STOPPING: ("Stopping", theme.WARN)}

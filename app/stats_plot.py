@@ -8,8 +8,7 @@ import math
 from PySide6.QtCore import QPointF, QRectF, QSize, Qt
 from PySide6.QtGui import QColor, QFont, QPainter, QPainterPath, QPen
 from PySide6.QtWidgets import QWidget
-
-from app import theme
+from sdv2_studio.app import theme
 
 WINDOW_S = 60.0
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from engine.config import PRESETS, CacheConfig, ModelConfig
+from sdv2_studio.engine.config import PRESETS, CacheConfig, ModelConfig
 
 GiB = 1024**3
 DTYPE_BYTES = {"float32": 4, "fp32": 4, "bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2}

@@ -3,7 +3,7 @@
 Qt-free and OBS-free by contract (import-linter, see pyproject.toml).
 """
 
-from engine.config import PRESETS, CacheConfig, ModelConfig
-from engine.errors import EngineError
+from sdv2_studio.engine.config import PRESETS, CacheConfig, ModelConfig
+from sdv2_studio.engine.errors import EngineError
 
 __all__ = ["PRESETS", "CacheConfig", "EngineError", "ModelConfig"]

@@ -29,14 +29,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-
-from engine.config import CacheConfig
-from engine.errors import EngineError
-from engine.io.frames import check_size, fit_frame, restore_frame
-from engine.models import ModelBundle, Progress, load_bundle
-from engine.pipeline import Controls, StreamPipeline
-from engine.slo import OutputPacer, PacerStats, Plan, SLOConfig, SLOScheduler, SLOStats
-from engine.text import PromptCache, default_prompt_cache_dir
+from sdv2_studio.engine.config import CacheConfig
+from sdv2_studio.engine.errors import EngineError
+from sdv2_studio.engine.io.frames import check_size, fit_frame, restore_frame
+from sdv2_studio.engine.models import ModelBundle, Progress, load_bundle
+from sdv2_studio.engine.pipeline import Controls, StreamPipeline
+from sdv2_studio.engine.slo import OutputPacer, PacerStats, Plan, SLOConfig, SLOScheduler, SLOStats
+from sdv2_studio.engine.text import PromptCache, default_prompt_cache_dir
 
 
 @dataclass
@@ -153,7 +152,7 @@ class Engine:
             progress("encoding the prompt", 0.9)
         decoder = None
         if cfg.taehv:
-            from engine.taehv import load_taehv
+            from sdv2_studio.engine.taehv import load_taehv
 
             decoder = load_taehv(cfg.taehv, dtype=torch.float16 if device.type == "cuda" else torch.float32,
                                  device=device)
@@ -170,25 +169,25 @@ class Engine:
         """Ranks 1..N-1 in spawned processes, this process as rank 0 (encode, embeddings, first blocks)."""
         import os
 
-        from engine.config import get_preset
-        from engine.parallel import PipelinedStream, RankGroup, rank_devices, stage_select
+        from sdv2_studio.engine.config import get_preset
+        from sdv2_studio.engine.parallel import PipelinedStream, RankGroup, rank_devices, stage_select
 
         cfg = self.config
         devices = rank_devices(cfg.device, cfg.ranks)
         dtype = resolve_dtype(cfg.dtype, devices[0])
         if cfg.model == "auto":
-            from engine.models import find_downloaded
+            from sdv2_studio.engine.models import find_downloaded
 
             found = find_downloaded()
             model = str(found[0]) if found else "tiny"
         else:
             model = cfg.model
-        from engine.models import random_preset
+        from sdv2_studio.engine.models import random_preset
 
         if random_preset(model):
             num_layers, default_size = get_preset(random_preset(model)).num_layers, (256, 256)
         else:
-            from engine.checkpoint import inspect_checkpoint
+            from sdv2_studio.engine.checkpoint import inspect_checkpoint
 
             num_layers, default_size = inspect_checkpoint(model).config.num_layers, (480, 832)
         h, w = check_size(*(cfg.size or default_size))

@@ -20,11 +20,10 @@ import time
 from pathlib import Path
 
 import torch
-
-from engine.config import CacheConfig, get_preset
-from engine.flops import forward_flops
-from engine.kv_cache import KVCache, StreamClock
-from engine.model import CausalWanModel, cast_model
+from sdv2_studio.engine.config import CacheConfig, get_preset
+from sdv2_studio.engine.flops import forward_flops
+from sdv2_studio.engine.kv_cache import KVCache, StreamClock
+from sdv2_studio.engine.model import CausalWanModel, cast_model
 
 
 def _sync(device: torch.device) -> None:
@@ -152,12 +151,11 @@ def bench_pipeline(model: str = "tiny", size: tuple[int, int] = (256, 256), chun
     no-batch, on the test source. Latency is the compute latency of a chunk (its frames enter -> its styled frames
     leave) plus the time to capture a chunk's frames at the source rate (4 frames at 16 fps = 0.25 s)."""
     import numpy as np
-
-    from engine.api import resolve_device, resolve_dtype
-    from engine.io.pattern import TestPatternSource
-    from engine.models import load_bundle
-    from engine.pipeline import Controls, StreamPipeline
-    from engine.text import PromptCache
+    from sdv2_studio.engine.api import resolve_device, resolve_dtype
+    from sdv2_studio.engine.io.pattern import TestPatternSource
+    from sdv2_studio.engine.models import load_bundle
+    from sdv2_studio.engine.pipeline import Controls, StreamPipeline
+    from sdv2_studio.engine.text import PromptCache
 
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
@@ -216,7 +214,7 @@ def bench_pipeline(model: str = "tiny", size: tuple[int, int] = (256, 256), chun
 def _run_engine(cfg, frames: list, pace_fps: float | None = None, skip: int = 0) -> tuple[float, object]:
     """Push `frames` through an engine (lossless); returns (steady-state output fps over the frames after the
     first `skip` outputs, stats)."""
-    from engine.api import Engine
+    from sdv2_studio.engine.api import Engine
 
     eng = Engine(cfg)
     eng.start()
@@ -250,9 +248,9 @@ def bench_parallel(model: str = "random:small", size: tuple[int, int] = (256, 25
     Scaling efficiency = fps(N) / (N * fps(1)). Throughput: steady-state output rate with frames pushed as fast as
     the engine takes them, after warm-up and the one-off block rebalance (first 6 chunks excluded); latency: a
     second run paced at 90% of that throughput (so queueing does not dominate)."""
-    from engine.api import EngineConfig
-    from engine.io.pattern import TestPatternSource
-    from engine.pipeline import Controls
+    from sdv2_studio.engine.api import EngineConfig
+    from sdv2_studio.engine.io.pattern import TestPatternSource
+    from sdv2_studio.engine.pipeline import Controls
 
     h, w = size
     src = TestPatternSource(size=(h, w), fps=16)

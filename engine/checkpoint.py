@@ -44,10 +44,9 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
-
-from engine.config import PRESETS, ModelConfig, get_preset
-from engine.errors import EngineError
-from engine.model import CausalWanModel, cast_model, keep_fp32
+from sdv2_studio.engine.config import PRESETS, ModelConfig, get_preset
+from sdv2_studio.engine.errors import EngineError
+from sdv2_studio.engine.model import CausalWanModel, cast_model, keep_fp32
 
 LAYOUTS = ("wan", "diffusers", "causal-wan")
 CAUSAL_ENTRIES = ("generator", "generator_ema", "state_dict")  # upstream's order of preference

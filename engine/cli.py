@@ -9,18 +9,19 @@ import argparse
 import os
 import sys
 
-from engine.errors import EngineError
+from sdv2_studio.engine import extensions
+from sdv2_studio.engine.errors import EngineError
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from engine.checkpoint import format_info, inspect_checkpoint
+    from sdv2_studio.engine.checkpoint import format_info, inspect_checkpoint
 
     print(format_info(inspect_checkpoint(args.path)))
     return 0
 
 
 def _cmd_sources(args: argparse.Namespace) -> int:
-    from engine.io.sources import list_cameras
+    from sdv2_studio.engine.io.sources import list_cameras
 
     cams = list_cameras()
     if not cams:
@@ -37,23 +38,23 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.what == "model":
-        from engine.bench import bench_model
+        from sdv2_studio.engine.bench import bench_model
 
         points = tuple(int(p) for p in args.points.split(","))
         bench_model(args.preset, points=points, device=args.device, dtype=args.dtype,
                     out=args.out or "bench/results/model.json")
     elif args.what == "parallel":
-        from engine.bench import bench_parallel
+        from sdv2_studio.engine.bench import bench_parallel
 
         model = args.model if args.model != "tiny" else "random:small"
         bench_parallel(model, size=_parse_size(args.size) or (256, 256),
                        chunks=args.chunks, steps=args.steps, out=args.out or "bench/results/parallel.json")
     elif args.what == "roofline":
-        from engine.roofline import main_roofline
+        from sdv2_studio.engine.roofline import main_roofline
 
         return main_roofline(args)
     elif args.what == "pipeline":
-        from engine.bench import bench_pipeline
+        from sdv2_studio.engine.bench import bench_pipeline
 
         bench_pipeline(args.model, size=_parse_size(args.size) or (256, 256), chunks=args.chunks,
                        device=args.device, dtype=args.dtype, out=args.out or "bench/results/pipeline.json")
@@ -61,22 +62,22 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _parse_size(text: str | None) -> tuple[int, int] | None:
-    from engine.io.frames import parse_size
+    from sdv2_studio.engine.io.frames import parse_size
 
     return parse_size(text)
 
 
 def _run_torchrun_stage(args: argparse.Namespace) -> int:
     """A torchrun rank >= 1: build this rank's part from the same command line and serve until rank 0 stops."""
-    from engine.api import resolve_dtype
-    from engine.config import CacheConfig, get_preset
-    from engine.parallel import StageSpec, rank_devices, split_blocks, stage_main
+    from sdv2_studio.engine.api import resolve_dtype
+    from sdv2_studio.engine.config import CacheConfig, get_preset
+    from sdv2_studio.engine.parallel import StageSpec, rank_devices, split_blocks, stage_main
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local = int(os.environ.get("LOCAL_RANK", rank))
     devices = rank_devices(args.device if "," in args.device else "auto", world)
     device = devices[local] if len(devices) > local else devices[-1]
-    from engine.models import find_downloaded, random_preset
+    from sdv2_studio.engine.models import find_downloaded, random_preset
 
     model = args.model
     if model == "auto":
@@ -85,7 +86,7 @@ def _run_torchrun_stage(args: argparse.Namespace) -> int:
     if random_preset(model):
         layers = get_preset(random_preset(model)).num_layers
     else:
-        from engine.checkpoint import inspect_checkpoint
+        from sdv2_studio.engine.checkpoint import inspect_checkpoint
 
         layers = inspect_checkpoint(model).config.num_layers
     size = _parse_size(args.size) or ((256, 256) if random_preset(model) else (480, 832))
@@ -102,14 +103,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from engine.api import Engine, EngineConfig
-    from engine.io.sinks import open_sink
-    from engine.io.sources import open_source
-    from engine.pipeline import Controls
+    from sdv2_studio.engine.api import Engine, EngineConfig
+    from sdv2_studio.engine.io.sinks import open_sink
+    from sdv2_studio.engine.io.sources import open_source
+    from sdv2_studio.engine.pipeline import Controls
 
     base = {}
     if args.preset:
-        from engine.presets import find_preset, load_library
+        from sdv2_studio.engine.presets import find_preset, load_library
 
         base = find_preset(load_library()[0], args.preset).controls()
     given = {"prompt": args.prompt, "steps": args.steps, "noise_scale": args.noise_scale, "seed": args.seed,
@@ -279,21 +280,23 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sources", help="list the cameras found on this system")
     s.set_defaults(fn=_cmd_sources)
 
-    from engine.doctor import register_cli as register_doctor
-    from engine.hub import register_cli as register_models
-    from engine.presets import register_cli as register_presets
+    from sdv2_studio.engine.doctor import register_cli as register_doctor
+    from sdv2_studio.engine.hub import register_cli as register_models
+    from sdv2_studio.engine.presets import register_cli as register_presets
 
     register_models(sub)
     register_presets(sub)
     register_doctor(sub)
-    from obs_bridge.cli import register_cli as register_obs_cli
-
-    register_obs_cli(sub)
+    found, problems = extensions.load(extensions.CLI_GROUP)  # `sdv2 obs ...` from the OBS bridge, and others
+    for _, register in found:
+        register(sub)
+    for problem in problems:
+        print(f"sdv2: warning: {problem}", file=sys.stderr)
     return p
 
 
 def Controls_default(name: str):
-    from engine.pipeline import Controls
+    from sdv2_studio.engine.pipeline import Controls
 
     return getattr(Controls(), name)
 

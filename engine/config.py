@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from engine.errors import EngineError
+from sdv2_studio.engine.errors import EngineError
 
 
 @dataclass(frozen=True)

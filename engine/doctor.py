@@ -1,8 +1,8 @@
 """`sdv2 doctor`: one screen that says whether this machine can stream, and what to fix for each problem.
 
 Checks: Python and torch (CPU or CUDA build), GPUs and their VRAM, the model files, disk space for them, PyAV's
-H.264 encoder (recording, the OBS stream), OBS reachability (through obs_bridge when installed, else a plain TCP
-connect to obs-websocket's port), virtual-camera support (pyvirtualcam and its backends, a v4l2loopback device on
+H.264 encoder (recording, the OBS stream), OBS reachability (registered by the OBS bridge, see
+engine/extensions.py), virtual-camera support (pyvirtualcam and its backends, a v4l2loopback device on
 Linux), Spout (Windows) / Syphon (macOS), and the desktop GUI toolkit (found without importing it: `engine` never
 imports Qt). Each check is OK, WARN (works, with a limitation) or FAIL (something is broken); the exit status is 1
 when any check fails. Nothing is downloaded, opened for writing or started.
@@ -14,16 +14,15 @@ import argparse
 import importlib.metadata
 import importlib.util
 import json
-import os
 import platform
 import shutil
-import socket
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from engine.errors import EngineError
+from sdv2_studio.engine import extensions
+from sdv2_studio.engine.errors import EngineError
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 CUDA_INDEX = "https://download.pytorch.org/whl/cu128"
@@ -94,7 +93,7 @@ def check_torch() -> list[Check]:
 
 
 def check_models() -> list[Check]:
-    from engine.models import find_downloaded, models_dir
+    from sdv2_studio.engine.models import find_downloaded, models_dir
 
     root = models_dir()
     checks = []
@@ -104,7 +103,7 @@ def check_models() -> list[Check]:
     else:
         detail = f"not downloaded (looked in {root})"
         try:
-            from engine import hub
+            from sdv2_studio.engine import hub
 
             parts = [f"{it.name}: {hub.status(it)}" for it in hub.default_items()]
             detail = f"{', '.join(parts)} (in {root})"
@@ -143,51 +142,6 @@ def check_video() -> list[Check]:
         return [Check("video encoder", OK, f"PyAV {av.__version__} with libx264 (recording, the OBS stream)")]
     return [Check("video encoder", WARN, f"PyAV {av.__version__} without libx264: recordings fall back to MPEG-4",
                   "install the PyAV wheel from PyPI (it bundles libx264): pip install --force-reinstall av")]
-
-
-def _obs_address() -> tuple[str, int, Callable[[], str] | None]:
-    """(host, port, connect) from obs_bridge's settings when it is installed, else the environment/defaults."""
-    host = os.environ.get("SDV2_OBS_HOST", "127.0.0.1")
-    port = int(os.environ.get("SDV2_OBS_PORT", "4455") or 4455)
-    try:
-        from obs_bridge.client import ObsClient
-        from obs_bridge.settings import load_settings
-
-        settings = load_settings()
-    except ImportError:
-        return host, port, None
-    except EngineError:
-        return host, port, None
-
-    def connect() -> str:
-        settings.timeout = min(settings.timeout, 3.0)
-        client = ObsClient(settings, auto_reconnect=False)
-        try:
-            return client.connect().summary()
-        finally:
-            client.close()
-
-    return settings.host, settings.port, connect
-
-
-def check_obs(timeout: float = 2.0) -> list[Check]:
-    host, port, connect = _obs_address()
-    hint = ("start OBS Studio 28+ and enable Tools > WebSocket Server Settings (port "
-            f"{port}); set the password in the app's Output tab or SDV2_OBS_PASSWORD")
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            pass
-    except OSError as e:
-        return [Check("OBS", WARN, f"nothing answers at {host}:{port} ({e.strerror or e})", hint)]
-    if connect is None:
-        return [Check("OBS", WARN, f"something listens at {host}:{port}; the OBS bridge is not installed",
-                      "pip install 'streamdiffusion-studio[obs]' to capture and feed OBS")]
-    try:
-        return [Check("OBS", OK, f"{connect()} at {host}:{port}")]
-    except EngineError as e:
-        return [Check("OBS", FAIL, f"{host}:{port} answers but the bridge cannot use it: {e}", hint)]
-    except Exception as e:  # any client failure is a finding, not a crash
-        return [Check("OBS", FAIL, f"{host}:{port}: {type(e).__name__}: {e}", hint)]
 
 
 def _v4l2loopback_devices(root: Path = Path("/sys/class/video4linux")) -> list[str]:
@@ -256,12 +210,17 @@ def check_gui() -> list[Check]:
     return [Check("desktop app", OK, f"PySide6 {version}")]
 
 
-CHECKS: tuple[Callable[[], list[Check]], ...] = (check_torch, check_models, check_video, check_obs,
-                                                 check_virtual_camera, check_texture_sharing, check_gui)
+CHECKS: tuple[Callable[[], list[Check]], ...] = (check_torch, check_models, check_video, check_virtual_camera,
+                                                 check_texture_sharing, check_gui)
 
 
-def run_checks(checks=CHECKS) -> list[Check]:
+def run_checks(checks=None) -> list[Check]:
+    """The engine's checks, then those the installed extensions register (the OBS bridge's `OBS` check)."""
     out: list[Check] = []
+    if checks is None:
+        found, problems = extensions.load(extensions.DOCTOR_GROUP)
+        checks = (*CHECKS, *(fn for _, fn in found))
+        out += [Check("extensions", WARN, p, "reinstall streamdiffusion-studio") for p in problems]
     for fn in checks:
         try:
             out += fn()
@@ -318,7 +277,7 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m engine.doctor` (same as `sdv2 doctor`)."""
+    """`python -m sdv2_studio.engine.doctor` (same as `sdv2 doctor`)."""
     parser = argparse.ArgumentParser(prog="sdv2")
     register_cli(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["doctor", *(argv if argv is not None else sys.argv[1:])])

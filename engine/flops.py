@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from engine.config import ModelConfig
+from sdv2_studio.engine.config import ModelConfig
 
 
 @dataclass(frozen=True)

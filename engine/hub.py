@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.errors import EngineError
+from sdv2_studio.engine.errors import EngineError
 
 Progress = Callable[[str, float], None]  # (message, fraction done 0..1), as in engine.models
 
@@ -157,7 +157,7 @@ def get_item(item: str | Item) -> Item:
 def _root(root: str | os.PathLike | None) -> Path:
     if root is not None and str(root) != "":
         return Path(root).expanduser()
-    from engine.models import models_dir
+    from sdv2_studio.engine.models import models_dir
 
     return models_dir()
 
@@ -713,7 +713,7 @@ def _cmd_download(args: argparse.Namespace) -> int:
     folders = download(its, root, progress=_cli_progress())
     for it, folder in zip(its, folders):
         print(f"{it.name}: {status(it, root)} in {folder} ({format_size(local_size(it, root))})")
-    from engine.models import models_dir
+    from sdv2_studio.engine.models import models_dir
 
     if args.dir and root.expanduser().resolve() != models_dir().expanduser().resolve():
         print(f"note: {root} is not the default models folder; set SDV2_MODELS={root} so `sdv2 run` finds it")
@@ -745,7 +745,7 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m engine.hub ...`: the `models` commands on their own (same as `sdv2 models ...`)."""
+    """`python -m sdv2_studio.engine.hub ...`: the `models` commands on their own (same as `sdv2 models ...`)."""
     parser = argparse.ArgumentParser(prog="sdv2")
     register_cli(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)

@@ -36,9 +36,8 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-
-from engine.config import CacheConfig, ModelConfig
-from engine.errors import EngineError
+from sdv2_studio.engine.config import CacheConfig, ModelConfig
+from sdv2_studio.engine.errors import EngineError
 
 
 class StreamClock:

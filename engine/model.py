@@ -27,11 +27,10 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-from engine.config import ModelConfig
+from sdv2_studio.engine.config import ModelConfig
 
 if TYPE_CHECKING:
-    from engine.kv_cache import KVCache, StepPlan
+    from sdv2_studio.engine.kv_cache import KVCache, StepPlan
 
 # Parameters kept in float32 whatever dtype the model is cast to (diffusers calls this _keep_in_fp32_modules).
 FP32_KEYS = ("time_embedding.", "time_projection.", "modulation", "norm_q.", "norm_k.", "norm3.")

@@ -19,12 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-
-from engine.config import get_preset
-from engine.errors import EngineError
-from engine.model import CausalWanModel, cast_model, keep_fp32
-from engine.text import TextEncoder, load_text_encoder, tiny_text_encoder
-from engine.vae import WanVAE, get_vae_preset, load_vae
+from sdv2_studio.engine.config import get_preset
+from sdv2_studio.engine.errors import EngineError
+from sdv2_studio.engine.model import CausalWanModel, cast_model, keep_fp32
+from sdv2_studio.engine.text import TextEncoder, load_text_encoder, tiny_text_encoder
+from sdv2_studio.engine.vae import WanVAE, get_vae_preset, load_vae
 
 TINY_NOTICE = ("using the built-in tiny model: UNTRAINED random weights for testing the pipeline, its output is "
                "noise-like, not a style; run `sdv2 models download` for the real StreamDiffusionV2 model")
@@ -161,7 +160,7 @@ def load_bundle(spec: str = "auto", *, device: str | torch.device = "cpu", dtype
             raise EngineError(f"model path {ckpt} does not exist; pass a checkpoint file or folder, 'tiny', or "
                               "run `sdv2 models download`")
         base_dir = Path(base).expanduser() if base else _find_base(ckpt)
-    from engine.checkpoint import load_model
+    from sdv2_studio.engine.checkpoint import load_model
 
     say(f"loading the DiT from {ckpt}", 0.05)
     dit, info = load_model(ckpt, dtype=dtype, device=device, select=select)

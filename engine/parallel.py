@@ -36,12 +36,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.distributed as dist
-
-from engine.config import CacheConfig, ModelConfig
-from engine.errors import EngineError
-from engine.kv_cache import KVCache
-from engine.pipeline import StreamPipeline, keyed_noise
-from engine.schedule import FlowMatchGrid
+from sdv2_studio.engine.config import CacheConfig, ModelConfig
+from sdv2_studio.engine.errors import EngineError
+from sdv2_studio.engine.kv_cache import KVCache
+from sdv2_studio.engine.pipeline import StreamPipeline, keyed_noise
+from sdv2_studio.engine.schedule import FlowMatchGrid
 
 # -- messages -----------------------------------------------------------------------------------------------------
 
@@ -342,12 +341,12 @@ def _dtype(name: str) -> torch.dtype:
 
 def build_stage_model(model: str, blocks: range, first: bool, last: bool, device, dtype: torch.dtype):
     """The DiT with only this rank's tensors materialised (others on meta)."""
-    from engine.models import random_preset, tiny_dit
+    from sdv2_studio.engine.models import random_preset, tiny_dit
 
     select = stage_select(blocks, first, last)
     if random_preset(model):
         return tiny_dit(device, dtype, select=select, preset=random_preset(model))
-    from engine.checkpoint import load_model
+    from sdv2_studio.engine.checkpoint import load_model
 
     dit, _ = load_model(model, dtype=dtype, device=device, select=select)
     return dit
@@ -362,12 +361,12 @@ def materialise_blocks(dit, model: str, blocks: list[int], device, dtype: torch.
     def select(name: str) -> bool:
         return name.startswith("blocks.") and int(name.split(".")[1]) in wanted
 
-    from engine.models import random_preset, tiny_dit
+    from sdv2_studio.engine.models import random_preset, tiny_dit
 
     if random_preset(model):
         src = tiny_dit(device, dtype, select=select, preset=random_preset(model))
     else:
-        from engine.checkpoint import load_model
+        from sdv2_studio.engine.checkpoint import load_model
 
         src, _ = load_model(model, dtype=dtype, device=device, select=select)
     for b in blocks:
@@ -376,7 +375,7 @@ def materialise_blocks(dit, model: str, blocks: list[int], device, dtype: torch.
 
 def release_blocks(dit, blocks: list[int]) -> None:
     """Free the weights of blocks this rank no longer owns (they become meta tensors again)."""
-    from engine.model import Block
+    from sdv2_studio.engine.model import Block
 
     for b in blocks:
         with torch.device("meta"):
@@ -467,21 +466,21 @@ class _Tail:
         from pathlib import Path
 
         self.grid = FlowMatchGrid()
-        from engine.models import random_preset
+        from sdv2_studio.engine.models import random_preset
 
         if random_preset(spec.model):
-            from engine.models import tiny_vae
+            from sdv2_studio.engine.models import tiny_vae
 
             self.vae = tiny_vae(device, geo.dtype)
         else:
-            from engine.models import _find_base
-            from engine.vae import load_vae
+            from sdv2_studio.engine.models import _find_base
+            from sdv2_studio.engine.vae import load_vae
 
             base = _find_base(Path(spec.model)) if spec.base is None else spec.base
             self.vae = load_vae(Path(base) / "vae", dtype=geo.dtype, device=device)
         self.decoder = self.vae
         if spec.taehv:
-            from engine.taehv import load_taehv
+            from sdv2_studio.engine.taehv import load_taehv
 
             self.decoder = load_taehv(spec.taehv, dtype=torch.float16 if device.type == "cuda" else torch.float32,
                                       device=device)

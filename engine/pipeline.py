@@ -25,14 +25,19 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-
-from engine.config import CacheConfig
-from engine.errors import EngineError
-from engine.kv_cache import KVCache, StreamClock
-from engine.model import CausalWanModel
-from engine.schedule import FlowMatchGrid, MotionNoiseController, denoising_steps, frames_from_uint8, v2v_noise
-from engine.text import PromptCache
-from engine.vae import WanVAE
+from sdv2_studio.engine.config import CacheConfig
+from sdv2_studio.engine.errors import EngineError
+from sdv2_studio.engine.kv_cache import KVCache, StreamClock
+from sdv2_studio.engine.model import CausalWanModel
+from sdv2_studio.engine.schedule import (
+    FlowMatchGrid,
+    MotionNoiseController,
+    denoising_steps,
+    frames_from_uint8,
+    v2v_noise,
+)
+from sdv2_studio.engine.text import PromptCache
+from sdv2_studio.engine.vae import WanVAE
 
 
 @dataclass(frozen=True)

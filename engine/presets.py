@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.resources
 import json
 import os
 import re
@@ -38,7 +39,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.errors import EngineError
+from sdv2_studio.engine.errors import EngineError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -240,15 +241,14 @@ def backup_corrupt(path: str | os.PathLike) -> Path:
 
 
 def shipped_presets_dir() -> Path | None:
-    """The presets that come with the app: $SDV2_PRESETS, the source tree / PyInstaller bundle, or the installed
-    data folder (`<prefix>/share/streamdiffusion-studio/presets`)."""
+    """The presets that come with the app: $SDV2_PRESETS, else the `sdv2_studio.presets` package data (a wheel, an
+    editable install, `pip install --user` or a PyInstaller bundle alike)."""
     env = os.environ.get("SDV2_PRESETS")
     candidates = [Path(env).expanduser()] if env else []
-    bundle = getattr(sys, "_MEIPASS", None)
-    if bundle:
-        candidates.append(Path(bundle) / "presets")
-    candidates += [Path(__file__).resolve().parent.parent / "presets",
-                   Path(sys.prefix) / "share" / APP_NAME / "presets"]
+    try:
+        candidates.append(Path(str(importlib.resources.files("sdv2_studio.presets"))))
+    except (ModuleNotFoundError, TypeError):  # a broken install; the user's own presets still load
+        pass
     for c in candidates:
         if c.is_dir() and any(c.glob("*.toml")):
             return c

@@ -67,15 +67,14 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from sdv2_studio.engine.config import CacheConfig, ModelConfig, get_preset
+from sdv2_studio.engine.errors import EngineError
+from sdv2_studio.engine.flops import forward_flops
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
-
-from engine.config import CacheConfig, ModelConfig, get_preset
-from engine.errors import EngineError
-from engine.flops import forward_flops
 
 GiB = 2**30
 
@@ -383,7 +382,7 @@ def vae_trace(size: tuple[int, int], kind: str, first: bool = False, preset: str
     kind "encode": steady state 4 frames -> 1 latent (first=True: the first call, 5 frames -> 2 latents);
     kind "decode": steady state 1 latent -> 4 frames (first=True: 2 latents -> 5 frames).
     """
-    from engine.vae import CausalCache, WanVAE, get_vae_preset
+    from sdv2_studio.engine.vae import CausalCache, WanVAE, get_vae_preset
 
     H, W = size
     with torch.device("meta"):
@@ -409,7 +408,7 @@ def vae_trace(size: tuple[int, int], kind: str, first: bool = False, preset: str
 
 @functools.cache
 def vae_param_bytes(preset: str = "wan2.1") -> int:
-    from engine.vae import WanVAE, get_vae_preset
+    from sdv2_studio.engine.vae import WanVAE, get_vae_preset
 
     with torch.device("meta"):
         return sum(p.numel() for p in WanVAE(get_vae_preset(preset)).parameters()) * 2  # bf16
@@ -428,8 +427,8 @@ def dit_trace(model: str, size: tuple[int, int], first: bool = False, blocks: in
     """Count one streaming DiT forward (batch 1) of the real model with `blocks` blocks of the preset's width on
     the meta device: the steady state (1 latent frame against a full 6-frame cache) or the first chunk (2 frames,
     empty cache). Returns per-block bytes/ops (`.blocks`) and the whole call."""
-    from engine.kv_cache import KVCache, StreamClock
-    from engine.model import CausalWanModel, cast_model
+    from sdv2_studio.engine.kv_cache import KVCache, StreamClock
+    from sdv2_studio.engine.model import CausalWanModel, cast_model
 
     cfg = resolve_model(model).replace(num_layers=blocks)
     cc = CacheConfig()
@@ -465,7 +464,7 @@ def _layer_flops(cfg: ModelConfig, L: int, frames: int, kv_tokens: int) -> tuple
 @functools.cache
 def dit_param_bytes(model: str) -> tuple[int, int]:
     """(bytes of one block, bytes outside the blocks) with the engine's dtypes (bf16, fp32 islands)."""
-    from engine.model import CausalWanModel, cast_model
+    from sdv2_studio.engine.model import CausalWanModel, cast_model
 
     cfg = resolve_model(model).replace(num_layers=1)
     with torch.device("meta"):
@@ -552,7 +551,7 @@ def _comm_s(nbytes: float, gpu: GPU, eff: Efficiency, messages: int) -> float:
 
 def _balance(layers: int, ngpus: int, fixed: list[float], per_block: float) -> list[int]:
     """Blocks per rank, as the engine's rebalancer would settle them (engine.parallel.balanced_split)."""
-    from engine.parallel import balanced_split, split_blocks
+    from sdv2_studio.engine.parallel import balanced_split, split_blocks
 
     ranges = split_blocks(layers, ngpus)
     stage = [f + len(r) * per_block for f, r in zip(fixed, ranges)]
@@ -941,8 +940,8 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m engine.roofline [--out PATH] [--eta-...]`."""
-    p = argparse.ArgumentParser(prog="python -m engine.roofline", description=__doc__.splitlines()[0])
+    """`python -m sdv2_studio.engine.roofline [--out PATH] [--eta-...]`."""
+    p = argparse.ArgumentParser(prog="python -m sdv2_studio.engine.roofline", description=__doc__.splitlines()[0])
     add_arguments(p)
     return main_roofline(p.parse_args(argv))
 

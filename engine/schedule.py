@@ -23,8 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-
-from engine.errors import EngineError
+from sdv2_studio.engine.errors import EngineError
 
 DEFAULT_TIMESTEPS: tuple[int, ...] = (700, 500, 400, 200)  # wan_causal_dmd_v2v.yaml denoising_step_list[:-1]
 

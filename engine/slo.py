@@ -110,7 +110,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from engine.errors import EngineError
+from sdv2_studio.engine.errors import EngineError
 
 SIZE_MULTIPLE = 16  # the VAE downsamples 8x and the DiT patchifies 2x2 (engine/io/frames.py)
 MIN_SIDE = 64

@@ -61,9 +61,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-from engine.errors import EngineError
-from engine.vae import WAN21_LATENTS_MEAN, WAN21_LATENTS_STD, first_keys, read_state_dict
+from sdv2_studio.engine.errors import EngineError
+from sdv2_studio.engine.vae import WAN21_LATENTS_MEAN, WAN21_LATENTS_STD, first_keys, read_state_dict
 
 TAEW21_URL = "https://github.com/madebyollin/taehv/raw/main/taew2_1.pth"
 TAEW21_FILES = ("taew2_1.safetensors", "taew2_1.pth")  # looked for inside a folder, in this order

@@ -35,8 +35,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
-from engine.errors import EngineError
+from sdv2_studio.engine.errors import EngineError
 
 log = logging.getLogger(__name__)
 

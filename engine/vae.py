@@ -37,8 +37,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-from engine.errors import EngineError
+from sdv2_studio.engine.errors import EngineError
 
 # Per-channel statistics of Wan2.1 latents (diffusers' AutoencoderKLWan `latents_mean` / `latents_std`).
 WAN21_LATENTS_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,

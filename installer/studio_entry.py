@@ -3,7 +3,7 @@
 import multiprocessing
 import sys
 
-from app.main import main
+from sdv2_studio.app.main import main
 
 if __name__ == "__main__":
     multiprocessing.freeze_support()  # the engine may spawn pipeline ranks

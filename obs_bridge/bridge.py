@@ -17,20 +17,20 @@ import logging
 import threading
 from dataclasses import asdict, dataclass, field
 
-from engine.api import EngineConfig
-from engine.errors import EngineError
-from engine.io.mpegts import open_mpegts_sink
-from engine.io.protocols import FrameSink, FrameSource
-from engine.io.sources import open_source
-from engine.io.texshare import open_texshare_sink
-from engine.io.vcam import open_vcam_sink, parse_vcam_spec
-from engine.models import ModelBundle
-from obs_bridge.capture import ObsCaptureSource
-from obs_bridge.client import ObsClient, ObsInfo
-from obs_bridge.errors import ObsError
-from obs_bridge.events import ObsEvents
-from obs_bridge.health import ObsHealth, read_health
-from obs_bridge.output import (
+from sdv2_studio.engine.api import EngineConfig
+from sdv2_studio.engine.errors import EngineError
+from sdv2_studio.engine.io.mpegts import open_mpegts_sink
+from sdv2_studio.engine.io.protocols import FrameSink, FrameSource
+from sdv2_studio.engine.io.sources import open_source
+from sdv2_studio.engine.io.texshare import open_texshare_sink
+from sdv2_studio.engine.io.vcam import open_vcam_sink, parse_vcam_spec
+from sdv2_studio.engine.models import ModelBundle
+from sdv2_studio.obs_bridge.capture import ObsCaptureSource
+from sdv2_studio.obs_bridge.client import ObsClient, ObsInfo
+from sdv2_studio.obs_bridge.errors import ObsError
+from sdv2_studio.obs_bridge.events import ObsEvents
+from sdv2_studio.obs_bridge.health import ObsHealth, read_health
+from sdv2_studio.obs_bridge.output import (
     INPUT_NAME,
     TEXSHARE_KINDS,
     Attachment,
@@ -42,10 +42,10 @@ from obs_bridge.output import (
     free_udp_port,
     stream_port,
 )
-from obs_bridge.preset_book import PresetBook
-from obs_bridge.scenes import ScenePresets
-from obs_bridge.session import StreamSession
-from obs_bridge.settings import ObsSettings
+from sdv2_studio.obs_bridge.preset_book import PresetBook
+from sdv2_studio.obs_bridge.scenes import ScenePresets
+from sdv2_studio.obs_bridge.session import StreamSession
+from sdv2_studio.obs_bridge.settings import ObsSettings
 
 log = logging.getLogger(__name__)
 

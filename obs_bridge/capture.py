@@ -22,13 +22,12 @@ import time
 from collections.abc import Iterator
 
 import av
-
-from engine.errors import EngineError
-from engine.io.frames import fit_frame
-from engine.io.protocols import Frame, FrameSource
-from obs_bridge.client import ObsClient
-from obs_bridge.errors import ObsError, ObsRequestError, ObsUnreachable
-from obs_bridge.settings import ObsSettings
+from sdv2_studio.engine.errors import EngineError
+from sdv2_studio.engine.io.frames import fit_frame
+from sdv2_studio.engine.io.protocols import Frame, FrameSource
+from sdv2_studio.obs_bridge.client import ObsClient
+from sdv2_studio.obs_bridge.errors import ObsError, ObsRequestError, ObsUnreachable
+from sdv2_studio.obs_bridge.settings import ObsSettings
 
 log = logging.getLogger(__name__)
 

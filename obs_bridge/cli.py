@@ -20,7 +20,7 @@ import os
 import sys
 import time
 
-from engine.errors import EngineError
+from sdv2_studio.engine.errors import EngineError
 
 
 def _need_obsws() -> None:
@@ -32,7 +32,7 @@ def _need_obsws() -> None:
 
 
 def _settings(args: argparse.Namespace):
-    from obs_bridge.settings import keyring_get, load_settings
+    from sdv2_studio.obs_bridge.settings import keyring_get, load_settings
 
     s = load_settings()
     if args.host or args.port:
@@ -46,13 +46,13 @@ def _settings(args: argparse.Namespace):
 
 def _client(args: argparse.Namespace):
     _need_obsws()
-    from obs_bridge.client import ObsClient
+    from sdv2_studio.obs_bridge.client import ObsClient
 
     return ObsClient(_settings(args), auto_reconnect=False)
 
 
 def _app_client():
-    from obs_bridge.control_client import ControlClient, ControlError
+    from sdv2_studio.obs_bridge.control_client import ControlClient, ControlError
 
     try:
         return ControlClient.from_file()
@@ -61,9 +61,9 @@ def _app_client():
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from obs_bridge.control_client import ControlError
-    from obs_bridge.health import read_health
-    from obs_bridge.output import CAMERA_KINDS, obs_virtualcam_active
+    from sdv2_studio.obs_bridge.control_client import ControlError
+    from sdv2_studio.obs_bridge.health import read_health
+    from sdv2_studio.obs_bridge.output import CAMERA_KINDS, obs_virtualcam_active
 
     with _client(args) as client:
         info = client.info
@@ -83,8 +83,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
         for warning in health.warnings():
             print(f"warning: {warning}")
     try:
-        from obs_bridge.control_client import ControlClient
-        from obs_bridge.obs_script import format_status
+        from sdv2_studio.obs_bridge.control_client import ControlClient
+        from sdv2_studio.obs_bridge.obs_script import format_status
 
         print(f"app: {format_status(ControlClient.from_file().status())}")
     except ControlError as e:
@@ -104,13 +104,13 @@ def _cmd_sources(args: argparse.Namespace) -> int:
 
 
 def _parse_size(text: str | None) -> tuple[int, int] | None:
-    from engine.io.frames import parse_size
+    from sdv2_studio.engine.io.frames import parse_size
 
     return parse_size(text)
 
 
 def _presets(args: argparse.Namespace):
-    from obs_bridge.preset_book import PresetBook
+    from sdv2_studio.obs_bridge.preset_book import PresetBook
 
     if args.presets:
         return PresetBook.load(args.presets)
@@ -122,13 +122,13 @@ def _presets(args: argparse.Namespace):
 
 def _cmd_attach(args: argparse.Namespace) -> int:
     _need_obsws()
-    from engine.api import EngineConfig
-    from engine.pipeline import Controls
-    from obs_bridge.bridge import BridgeConfig, ObsBridge
-    from obs_bridge.control import ControlServer
-    from obs_bridge.obs_script import format_status
-    from obs_bridge.output import start_obs_virtualcam
-    from obs_bridge.scenes import parse_scene_map
+    from sdv2_studio.engine.api import EngineConfig
+    from sdv2_studio.engine.pipeline import Controls
+    from sdv2_studio.obs_bridge.bridge import BridgeConfig, ObsBridge
+    from sdv2_studio.obs_bridge.control import ControlServer
+    from sdv2_studio.obs_bridge.obs_script import format_status
+    from sdv2_studio.obs_bridge.output import start_obs_virtualcam
+    from sdv2_studio.obs_bridge.scenes import parse_scene_map
 
     if args.input and args.camera:
         raise EngineError("give --input (an OBS source) or --camera, not both")
@@ -180,7 +180,7 @@ def _cmd_attach(args: argparse.Namespace) -> int:
 
 
 def _cmd_detach(args: argparse.Namespace) -> int:
-    from obs_bridge.output import detach
+    from sdv2_studio.obs_bridge.output import detach
 
     with _client(args) as client:
         print("removed" if detach(client, args.input_name) else f"no input named {args.input_name!r}")
@@ -190,7 +190,7 @@ def _cmd_detach(args: argparse.Namespace) -> int:
 def _cmd_set_password(args: argparse.Namespace) -> int:
     import getpass
 
-    from obs_bridge.settings import save_settings
+    from sdv2_studio.obs_bridge.settings import save_settings
 
     s = _settings(args)
     s.password = getpass.getpass(f"obs-websocket password for {s.address} (Tools > WebSocket Server Settings > "
@@ -204,7 +204,7 @@ def _cmd_set_password(args: argparse.Namespace) -> int:
 def _cmd_app(args: argparse.Namespace) -> int:
     import json
 
-    from obs_bridge.control_client import ControlError
+    from sdv2_studio.obs_bridge.control_client import ControlError
 
     client = _app_client()
     try:

@@ -27,8 +27,7 @@ from dataclasses import dataclass
 import obsws_python as obsws
 import websocket
 from obsws_python.error import OBSSDKError, OBSSDKRequestError, OBSSDKTimeoutError
-
-from obs_bridge.errors import (
+from sdv2_studio.obs_bridge.errors import (
     ENABLE_HINT,
     ObsAuthError,
     ObsCapabilityError,
@@ -36,7 +35,7 @@ from obs_bridge.errors import (
     ObsRequestError,
     ObsUnreachable,
 )
-from obs_bridge.settings import ObsSettings
+from sdv2_studio.obs_bridge.settings import ObsSettings
 
 log = logging.getLogger(__name__)
 

@@ -24,9 +24,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Protocol
 
-from engine.errors import EngineError
-from obs_bridge.control_client import API_PREFIX, TOKEN_HEADER, control_file
-from obs_bridge.paths import write_private
+from sdv2_studio.engine.errors import EngineError
+from sdv2_studio.obs_bridge.control_client import API_PREFIX, TOKEN_HEADER, control_file
+from sdv2_studio.obs_bridge.paths import write_private
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from obs_bridge.paths import config_dir
+from sdv2_studio.obs_bridge.paths import config_dir
 
 TOKEN_HEADER = "X-SDV2-Token"
 API_PREFIX = "/v1"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine.errors import EngineError
+from sdv2_studio.engine.errors import EngineError
 
 ENABLE_HINT = "enable its WebSocket server (Tools > WebSocket Server Settings)"
 

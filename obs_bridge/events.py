@@ -15,10 +15,9 @@ from collections.abc import Callable, Mapping
 
 import obsws_python as obsws
 from obsws_python.util import to_snake_case
-
-from obs_bridge.client import Backoff, connection_error, quiet_obsws_logging
-from obs_bridge.errors import ObsAuthError, ObsError
-from obs_bridge.settings import ObsSettings
+from sdv2_studio.obs_bridge.client import Backoff, connection_error, quiet_obsws_logging
+from sdv2_studio.obs_bridge.errors import ObsAuthError, ObsError
+from sdv2_studio.obs_bridge.settings import ObsSettings
 
 log = logging.getLogger(__name__)
 

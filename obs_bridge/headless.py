@@ -23,8 +23,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from engine.errors import EngineError
-from obs_bridge.settings import ObsSettings
+from sdv2_studio.engine.errors import EngineError
+from sdv2_studio.obs_bridge.settings import ObsSettings
 
 COLLECTION = "sdv2-test"
 
@@ -146,8 +146,7 @@ class HeadlessObs:
     def wait_ready(self) -> float:
         """Seconds until obs-websocket identified a client; EngineError (with the log tail) on timeout."""
         import obsws_python as obsws
-
-        from obs_bridge.client import quiet_obsws_logging
+        from sdv2_studio.obs_bridge.client import quiet_obsws_logging
 
         quiet_obsws_logging()
         t0 = time.monotonic()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from obs_bridge.client import ObsClient
+from sdv2_studio.obs_bridge.client import ObsClient
 
 
 @dataclass(frozen=True)

@@ -19,14 +19,16 @@ from pathlib import Path
 from typing import Any, Protocol
 
 try:
-    from obs_bridge.control_client import ControlClient, ControlError
+    from sdv2_studio.obs_bridge.control_client import ControlClient, ControlError
 except ImportError:  # inside OBS's own Python: expose just this folder as the package (no sys.path changes,
     import types  # so nothing else from the app's environment can shadow OBS's modules)
 
-    _package = types.ModuleType("obs_bridge")
+    _root = sys.modules.setdefault("sdv2_studio", types.ModuleType("sdv2_studio"))
+    _root.__path__ = getattr(_root, "__path__", [])
+    _package = types.ModuleType("sdv2_studio.obs_bridge")
     _package.__path__ = [str(Path(__file__).resolve().parent)]
-    sys.modules.setdefault("obs_bridge", _package)
-    from obs_bridge.control_client import ControlClient, ControlError
+    sys.modules.setdefault("sdv2_studio.obs_bridge", _package)
+    from sdv2_studio.obs_bridge.control_client import ControlClient, ControlError
 
 HOTKEY_PREFIX = "sdv2.preset."
 KNOWN_PRESETS_KEY = "sdv2_known_presets"

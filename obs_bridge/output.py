@@ -25,8 +25,8 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from obs_bridge.client import ObsClient
-from obs_bridge.errors import ObsCapabilityError, ObsError, ObsRequestError
+from sdv2_studio.obs_bridge.client import ObsClient
+from sdv2_studio.obs_bridge.errors import ObsCapabilityError, ObsError, ObsRequestError
 
 log = logging.getLogger(__name__)
 

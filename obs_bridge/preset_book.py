@@ -12,8 +12,8 @@ import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from engine.errors import EngineError
-from engine.pipeline import Controls
+from sdv2_studio.engine.errors import EngineError
+from sdv2_studio.engine.pipeline import Controls
 
 CONTROL_FIELDS = tuple(f.name for f in dataclasses.fields(Controls))
 ALIASES = {"transition": "transition_chunks"}
@@ -58,7 +58,7 @@ class PresetBook:
     @classmethod
     def from_library(cls) -> tuple[PresetBook, list[str]]:
         """The app's preset library (shipped, then the user's); also returns one line per preset file that failed."""
-        from engine.presets import load_library
+        from sdv2_studio.engine.presets import load_library
 
         presets, errors = load_library()
         return cls.from_presets(presets), [str(e) for e in errors]

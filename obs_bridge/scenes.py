@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 
-from engine.errors import EngineError
+from sdv2_studio.engine.errors import EngineError
 
 log = logging.getLogger(__name__)
 

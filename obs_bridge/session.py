@@ -14,11 +14,11 @@ import threading
 import time
 from collections.abc import Callable
 
-from engine.api import Engine, EngineConfig
-from engine.errors import EngineError
-from engine.io.protocols import Frame, FrameSink, FrameSource
-from engine.models import ModelBundle
-from obs_bridge.preset_book import PresetBook
+from sdv2_studio.engine.api import Engine, EngineConfig
+from sdv2_studio.engine.errors import EngineError
+from sdv2_studio.engine.io.protocols import Frame, FrameSink, FrameSource
+from sdv2_studio.engine.models import ModelBundle
+from sdv2_studio.obs_bridge.preset_book import PresetBook
 
 log = logging.getLogger(__name__)
 

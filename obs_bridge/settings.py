@@ -20,8 +20,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.errors import EngineError
-from obs_bridge.paths import config_dir, write_private
+from sdv2_studio.engine.errors import EngineError
+from sdv2_studio.obs_bridge.paths import config_dir, write_private
 
 log = logging.getLogger(__name__)
 

@@ -7,13 +7,12 @@ import time
 import numpy as np
 import pytest
 import torch
-
-from engine.api import Engine, EngineConfig
-from engine.errors import EngineError
-from engine.io.pattern import TestPatternSource
-from engine.models import tiny_bundle
-from engine.pipeline import Controls
-from engine.slo import SLOConfig
+from sdv2_studio.engine.api import Engine, EngineConfig
+from sdv2_studio.engine.errors import EngineError
+from sdv2_studio.engine.io.pattern import TestPatternSource
+from sdv2_studio.engine.models import tiny_bundle
+from sdv2_studio.engine.pipeline import Controls
+from sdv2_studio.engine.slo import SLOConfig
 
 
 @pytest.fixture(scope="module")

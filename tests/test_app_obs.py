@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-headless = pytest.importorskip("obs_bridge.headless")
+headless = pytest.importorskip("sdv2_studio.obs_bridge.headless")
 if headless.obs_binary() is None:
     pytest.skip("OBS Studio is not installed (apt-get install obs-studio xvfb)", allow_module_level=True)
 
@@ -22,9 +22,9 @@ def obs(tmp_path_factory):
 
 
 def test_bridge_service_talks_to_a_real_obs(obs, monkeypatch):
-    from app.services import BridgeObsService
-    from engine import doctor
-    from obs_bridge.client import ObsClient
+    from sdv2_studio.app.services import BridgeObsService
+    from sdv2_studio.obs_bridge import doctor as obs_doctor
+    from sdv2_studio.obs_bridge.client import ObsClient
 
     s = obs.settings
     monkeypatch.setenv("SDV2_OBS_HOST", s.host)
@@ -54,5 +54,5 @@ def test_bridge_service_talks_to_a_real_obs(obs, monkeypatch):
             client.close()
     finally:
         out.close()
-    [check] = doctor.check_obs()
-    assert check.status == doctor.OK and "OBS" in check.detail
+    [check] = obs_doctor.check_obs()
+    assert check.status == obs_doctor.OK and "OBS" in check.detail

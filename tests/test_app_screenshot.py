@@ -50,7 +50,8 @@ def test_screenshot_of_the_running_app(xvfb):
     out.unlink(missing_ok=True)
     env = {**os.environ, "DISPLAY": xvfb, "QT_QPA_PLATFORM": "xcb"}
     t0 = time.monotonic()
-    run = subprocess.run([sys.executable, "-m", "app.main", "--screenshot", str(out), "--seconds", "5"], env=env,
+    run = subprocess.run([sys.executable, "-m", "sdv2_studio.app.main", "--screenshot", str(out), "--seconds", "5"],
+                         env=env,
                          capture_output=True, text=True, timeout=240)
     print(f"\nscreenshot run took {time.monotonic() - t0:.1f} s -> {out}")
     assert run.returncode == 0, run.stderr[-2000:]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from app.settings import SETTINGS_VERSION, Settings, SettingsStore, config_dir
+from sdv2_studio.app.settings import SETTINGS_VERSION, Settings, SettingsStore, config_dir
 
 
 def test_round_trip(tmp_path):

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from app.vram import GiB, check_fit, dit_params, estimate_vram
-from engine.config import PRESETS, CacheConfig
-from engine.model import CausalWanModel
+from sdv2_studio.app.vram import GiB, check_fit, dit_params, estimate_vram
+from sdv2_studio.engine.config import PRESETS, CacheConfig
+from sdv2_studio.engine.model import CausalWanModel
 
 
 @pytest.mark.parametrize("name", ["tiny", "small", "wan2.1-1.3b"])

@@ -19,19 +19,18 @@ import pytest
 pytest.importorskip("pytestqt")
 from PySide6.QtCore import QElapsedTimer, Qt, QTimer
 from PySide6.QtWidgets import QApplication
-
-from app.engine_controller import EngineController
-from app.engine_worker import IDLE, RUNNING, EngineWorker
-from app.main_window import MainWindow
-from app.preset_library import PresetLibrary
-from app.services import GpuInfo, ModelItem, UnavailableObsService
-from app.settings import Settings, SettingsStore
-from app.theme import apply_theme
-from engine.api import Engine
-from engine.io.pattern import TestPatternSource
-from engine.io.sinks import CallbackSink
-from engine.models import tiny_bundle
-from engine.presets import shipped_presets_dir
+from sdv2_studio.app.engine_controller import EngineController
+from sdv2_studio.app.engine_worker import IDLE, RUNNING, EngineWorker
+from sdv2_studio.app.main_window import MainWindow
+from sdv2_studio.app.preset_library import PresetLibrary
+from sdv2_studio.app.services import GpuInfo, ModelItem, UnavailableObsService
+from sdv2_studio.app.settings import Settings, SettingsStore
+from sdv2_studio.app.theme import apply_theme
+from sdv2_studio.engine.api import Engine
+from sdv2_studio.engine.io.pattern import TestPatternSource
+from sdv2_studio.engine.io.sinks import CallbackSink
+from sdv2_studio.engine.models import tiny_bundle
+from sdv2_studio.engine.presets import shipped_presets_dir
 
 START_TIMEOUT = 60_000
 
@@ -371,7 +370,7 @@ def test_engine_settings_warn_before_a_setting_that_will_not_fit(window, qtbot):
 
 
 def test_first_run_offers_download_with_progress_or_the_tiny_demo(qtbot, tmp_path, bundle):
-    from app.first_run import FirstRunDialog
+    from sdv2_studio.app.first_run import FirstRunDialog
 
     models = FakeModels()
     dlg = FirstRunDialog(models)

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
-
-from engine.checkpoint import (
+from sdv2_studio.engine.checkpoint import (
     CheckpointInfo,
     detect_config,
     expected_shapes,
@@ -22,9 +21,9 @@ from engine.checkpoint import (
     load_model,
     save_model,
 )
-from engine.config import PRESETS
-from engine.errors import EngineError
-from engine.model import CausalWanModel, keep_fp32
+from sdv2_studio.engine.config import PRESETS
+from sdv2_studio.engine.errors import EngineError
+from sdv2_studio.engine.model import CausalWanModel, keep_fp32
 
 TINY = PRESETS["tiny"]
 

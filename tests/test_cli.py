@@ -9,12 +9,11 @@ from pathlib import Path
 
 import av
 import pytest
+from sdv2_studio.engine.checkpoint import save_model
+from sdv2_studio.engine.cli import main
+from sdv2_studio.engine.models import tiny_bundle
 
-from engine.checkpoint import save_model
-from engine.cli import main
-from engine.models import tiny_bundle
-
-SDV2 = [sys.executable, "-m", "engine.cli"]
+SDV2 = [sys.executable, "-m", "sdv2_studio.engine.cli"]
 
 
 def sdv2(*args: str, env=None, cwd=None) -> subprocess.CompletedProcess:
@@ -44,8 +43,8 @@ def test_run_tiny_on_test_source_writes_mp4_and_reports(tmp_path):
 
 
 def test_run_a_video_file_in_no_batch_mode(tmp_path):
-    from engine.io.pattern import TestPatternSource
-    from engine.io.sinks import MP4Sink
+    from sdv2_studio.engine.io.pattern import TestPatternSource
+    from sdv2_studio.engine.io.sinks import MP4Sink
 
     clip = tmp_path / "in.mp4"
     src = TestPatternSource(size=(64, 64), fps=16)
@@ -91,9 +90,9 @@ def test_bad_checkpoint_through_the_console_script(tmp_path):
 
 
 def test_source_dying_mid_stream_keeps_the_output(tmp_path, monkeypatch, capsys):
-    import engine.io.sources as sources
-    from engine.errors import EngineError
-    from engine.io.pattern import TestPatternSource
+    import sdv2_studio.engine.io.sources as sources
+    from sdv2_studio.engine.errors import EngineError
+    from sdv2_studio.engine.io.pattern import TestPatternSource
 
     class DyingCamera(TestPatternSource):
         kind = "camera"

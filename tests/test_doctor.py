@@ -8,10 +8,10 @@ import socket
 import sys
 import threading
 
-import pytest
-
-from engine import doctor
-from engine.doctor import FAIL, OK, WARN, Check
+from sdv2_studio.engine import doctor
+from sdv2_studio.engine.doctor import FAIL, OK, WARN, Check
+from sdv2_studio.engine.errors import EngineError
+from sdv2_studio.obs_bridge import doctor as obs_doctor
 
 
 def test_full_run_on_this_machine_prints_one_screen():
@@ -38,8 +38,8 @@ def test_obs_unreachable_plain_tcp_and_broken_bridge(monkeypatch):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         free = s.getsockname()[1]
-    monkeypatch.setattr(doctor, "_obs_address", lambda: ("127.0.0.1", free, None))
-    [c] = doctor.check_obs(timeout=1)
+    monkeypatch.setattr(obs_doctor, "_obs_address", lambda: ("127.0.0.1", free, None))
+    [c] = obs_doctor.check_obs(timeout=1)
     assert c.status == WARN and "nothing answers" in c.detail and "WebSocket Server" in c.fix
 
     server = socket.create_server(("127.0.0.1", 0))
@@ -58,19 +58,19 @@ def test_obs_unreachable_plain_tcp_and_broken_bridge(monkeypatch):
     t = threading.Thread(target=accept, daemon=True)
     t.start()
     try:
-        monkeypatch.setattr(doctor, "_obs_address", lambda: ("127.0.0.1", port, None))
-        [c] = doctor.check_obs(timeout=1)
-        assert c.status == WARN and "bridge is not installed" in c.detail and "[obs]" in c.fix
+        monkeypatch.setattr(obs_doctor, "_obs_address", lambda: ("127.0.0.1", port, None))
+        [c] = obs_doctor.check_obs(timeout=1)
+        assert c.status == WARN and "settings file is unreadable" in c.detail and "sdv2 obs status" in c.fix
 
         def broken():
-            raise doctor.EngineError("OBS rejected the password; set it with `sdv2 obs set-password`")
+            raise EngineError("OBS rejected the password; set it with `sdv2 obs set-password`")
 
-        monkeypatch.setattr(doctor, "_obs_address", lambda: ("127.0.0.1", port, broken))
-        [c] = doctor.check_obs(timeout=1)
+        monkeypatch.setattr(obs_doctor, "_obs_address", lambda: ("127.0.0.1", port, broken))
+        [c] = obs_doctor.check_obs(timeout=1)
         assert c.status == FAIL and "password" in c.detail
 
-        monkeypatch.setattr(doctor, "_obs_address", lambda: ("127.0.0.1", port, lambda: "OBS 30.2"))
-        [c] = doctor.check_obs(timeout=1)
+        monkeypatch.setattr(obs_doctor, "_obs_address", lambda: ("127.0.0.1", port, lambda: "OBS 30.2"))
+        [c] = obs_doctor.check_obs(timeout=1)
         assert c.status == OK and "OBS 30.2" in c.detail
     finally:
         stop.set()
@@ -79,11 +79,39 @@ def test_obs_unreachable_plain_tcp_and_broken_bridge(monkeypatch):
 
 
 def test_obs_address_comes_from_the_bridge_settings(monkeypatch):
-    pytest.importorskip("obs_bridge.settings")
     monkeypatch.setenv("SDV2_OBS_HOST", "127.0.0.9")
     monkeypatch.setenv("SDV2_OBS_PORT", "4999")
-    host, port, connect = doctor._obs_address()
+    host, port, connect = obs_doctor._obs_address()
     assert (host, port) == ("127.0.0.9", 4999) and connect is not None
+
+
+def test_the_obs_check_is_registered_by_the_bridge_not_imported_by_the_engine(monkeypatch):
+    """`doctor` finds the bridge's check through the entry point group; a broken extension is one warning line."""
+    import importlib.metadata
+
+    from sdv2_studio.engine import extensions
+
+    found, problems = extensions.load(extensions.DOCTOR_GROUP)
+    assert ("obs", obs_doctor.check_obs) in found and not problems
+
+    class Broken:
+        name, value = "zz-broken", "nowhere:check"
+
+        def load(self):
+            raise ImportError("No module named 'nowhere'")
+
+    real = importlib.metadata.entry_points
+
+    def entry_points(group):
+        return [*real(group=group), Broken()] if group == extensions.DOCTOR_GROUP else real(group=group)
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", entry_points)
+    monkeypatch.setattr(obs_doctor, "_obs_address", lambda: ("127.0.0.1", 9, None))
+    checks = doctor.run_checks()
+    names = [c.name for c in checks]
+    assert "OBS" in names and names[-1] == "OBS"
+    [warn] = [c for c in checks if c.name == "extensions"]
+    assert warn.status == WARN and "zz-broken" in warn.detail and "nowhere" in warn.detail
 
 
 def test_virtual_camera_devices_from_sysfs(tmp_path):

@@ -2,12 +2,11 @@
 
 import torch
 import torch.nn.functional as F
+from sdv2_studio.engine.config import PRESETS, CacheConfig
+from sdv2_studio.engine.flops import forward_flops
+from sdv2_studio.engine.kv_cache import KVCache, StreamClock
+from sdv2_studio.engine.model import CausalWanModel
 from torch.utils.flop_counter import FlopCounterMode
-
-from engine.config import PRESETS, CacheConfig
-from engine.flops import forward_flops
-from engine.kv_cache import KVCache, StreamClock
-from engine.model import CausalWanModel
 
 CFG = PRESETS["tiny"]
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "golden"))
-import golden_runs  # noqa: E402
+import golden_runs
 
 GOLDEN = np.load(golden_runs.RUNS)
 

@@ -19,14 +19,15 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import pytest
+import sdv2_studio.engine.cli
 
 hf = pytest.importorskip("huggingface_hub")
 hf_constants = pytest.importorskip("huggingface_hub.constants")
 hf_utils = pytest.importorskip("huggingface_hub.utils")
 
-from engine import hub  # noqa: E402
-from engine.errors import EngineError  # noqa: E402
-from engine.models import BASE_DIR, CAUSAL_DIR, find_downloaded, models_dir  # noqa: E402
+from sdv2_studio.engine import hub  # noqa: E402
+from sdv2_studio.engine.errors import EngineError  # noqa: E402
+from sdv2_studio.engine.models import BASE_DIR, CAUSAL_DIR, find_downloaded, models_dir  # noqa: E402
 
 SDV2 = "jerryfeng/StreamDiffusionV2"
 BASE = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
@@ -462,12 +463,11 @@ def test_status_of_files_copied_by_hand(tmp_path):
 
 def run_cli(argv: list[str]) -> int:
     """`sdv2 ...` through engine.cli once it registers `models`, else through a parser built by register_cli."""
-    import engine.cli
 
-    parser = engine.cli.build_parser()
+    parser = sdv2_studio.engine.cli.build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     if "models" in sub.choices:
-        return engine.cli.main(argv)
+        return sdv2_studio.engine.cli.main(argv)
     return hub.main(argv)
 
 

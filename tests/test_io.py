@@ -9,9 +9,8 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-
-from engine.errors import EngineError
-from engine.io import (
+from sdv2_studio.engine.errors import EngineError
+from sdv2_studio.engine.io import (
     AVSource,
     CallbackSink,
     MP4Sink,
@@ -23,12 +22,12 @@ from engine.io import (
     restore_frame,
     round_size,
 )
-from engine.io import sinks as sinks_module
-from engine.io.cameras import camera_url, parse_avfoundation_devices, parse_dshow_devices
-from engine.io.frames import crop_box
-from engine.io.pacing import LatestOnly
-from engine.io.pattern import read_counter
-from engine.io.sinks import default_codec
+from sdv2_studio.engine.io import sinks as sinks_module
+from sdv2_studio.engine.io.cameras import camera_url, parse_avfoundation_devices, parse_dshow_devices
+from sdv2_studio.engine.io.frames import crop_box
+from sdv2_studio.engine.io.pacing import LatestOnly
+from sdv2_studio.engine.io.pattern import read_counter
+from sdv2_studio.engine.io.sinks import default_codec
 
 CODECS = ["libx264", "mpeg4"] if default_codec() == "libx264" else ["mpeg4"]
 

@@ -6,10 +6,9 @@ import contextlib
 
 import pytest
 import torch
-
-from engine.config import PRESETS, CacheConfig
-from engine.kv_cache import KVCache, StreamClock
-from engine.model import CausalWanModel, cast_model
+from sdv2_studio.engine.config import PRESETS, CacheConfig
+from sdv2_studio.engine.kv_cache import KVCache, StreamClock
+from sdv2_studio.engine.model import CausalWanModel, cast_model
 
 CFG = PRESETS["tiny"]
 H, W = 8, 8  # latent size -> 4x4 = 16 tokens per frame

@@ -12,14 +12,13 @@ import os
 import numpy as np
 import pytest
 import torch
-
-from engine.config import CacheConfig
-from engine.io.pattern import TestPatternSource
-from engine.kv_cache import KVCache, StreamClock
-from engine.models import tiny_bundle
-from engine.pipeline import Controls, StreamPipeline
-from engine.schedule import FlowMatchGrid
-from engine.text import PromptCache
+from sdv2_studio.engine.config import CacheConfig
+from sdv2_studio.engine.io.pattern import TestPatternSource
+from sdv2_studio.engine.kv_cache import KVCache, StreamClock
+from sdv2_studio.engine.models import tiny_bundle
+from sdv2_studio.engine.pipeline import Controls, StreamPipeline
+from sdv2_studio.engine.schedule import FlowMatchGrid
+from sdv2_studio.engine.text import PromptCache
 
 
 def rss_mib() -> float:

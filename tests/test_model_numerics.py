@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from engine.checkpoint import expected_shapes, load_model
-from engine.config import PRESETS, ModelConfig
-from engine.model import CausalWanModel, keep_fp32
+from sdv2_studio.engine.checkpoint import expected_shapes, load_model
+from sdv2_studio.engine.config import PRESETS, ModelConfig
+from sdv2_studio.engine.model import CausalWanModel, keep_fp32
 
 diffusers = pytest.importorskip("diffusers")
 

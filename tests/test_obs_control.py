@@ -12,19 +12,18 @@ import urllib.request
 
 import numpy as np
 import pytest
-
-from engine.api import EngineConfig
-from engine.errors import EngineError
-from engine.io.pattern import TestPatternSource
-from engine.io.sinks import CallbackSink
-from engine.models import tiny_bundle
-from engine.pipeline import Controls
-from obs_bridge.cli import register_cli
-from obs_bridge.control import ControlServer
-from obs_bridge.control_client import TOKEN_HEADER, ControlClient, ControlError, read_control_file
-from obs_bridge.obs_script import KNOWN_PRESETS_KEY, ScriptLogic, format_status
-from obs_bridge.preset_book import PresetBook
-from obs_bridge.session import StreamSession
+from sdv2_studio.engine.api import EngineConfig
+from sdv2_studio.engine.errors import EngineError
+from sdv2_studio.engine.io.pattern import TestPatternSource
+from sdv2_studio.engine.io.sinks import CallbackSink
+from sdv2_studio.engine.models import tiny_bundle
+from sdv2_studio.engine.pipeline import Controls
+from sdv2_studio.obs_bridge.cli import register_cli
+from sdv2_studio.obs_bridge.control import ControlServer
+from sdv2_studio.obs_bridge.control_client import TOKEN_HEADER, ControlClient, ControlError, read_control_file
+from sdv2_studio.obs_bridge.obs_script import KNOWN_PRESETS_KEY, ScriptLogic, format_status
+from sdv2_studio.obs_bridge.preset_book import PresetBook
+from sdv2_studio.obs_bridge.session import StreamSession
 
 PRESETS = {"anime": {"prompt": "anime, cel shading", "steps": 1}, "ink": {"prompt": "ink drawing", "transition": 2}}
 
@@ -292,7 +291,7 @@ def test_cli_attach_refuses_a_feedback_loop_and_obs_commands_report_unreachable_
     with pytest.raises(EngineError, match="feeds the output back"):
         args.fn(args)
     monkeypatch.setenv("SDV2_OBS_PASSWORD", "pw")
-    from obs_bridge.headless import free_tcp_port
+    from sdv2_studio.obs_bridge.headless import free_tcp_port
 
     port = free_tcp_port()
     args = cli("obs", "status", "--port", str(port), "--timeout", "1")
@@ -313,12 +312,12 @@ def test_obs_script_loads_in_a_bare_python_without_touching_sys_path():
         f"spec = importlib.util.spec_from_file_location('obs_script', {str(script)!r})\n"
         "mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)\n"
         "assert sys.path == before, 'sys.path changed'\n"
-        "assert 'numpy' not in sys.modules and 'engine' not in sys.modules\n"
+        "assert 'numpy' not in sys.modules and 'sdv2_studio.engine' not in sys.modules\n"
         "print(mod.script_description()[:30], mod.ControlClient.__module__)\n"
     )
     out = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "<b>StreamDiffusionV2</b><br>Re obs_bridge.control_client"
+    assert out.stdout.strip() == "<b>StreamDiffusionV2</b><br>Re sdv2_studio.obs_bridge.control_client"
 
 
 def test_cli_prints_the_script_path(capsys):

@@ -12,23 +12,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from engine.api import EngineConfig
-from engine.errors import EngineError
-from engine.io.mpegts import MpegTsSink
-from engine.io.pattern import TestPatternSource, read_counter
-from engine.models import tiny_bundle
-from engine.pipeline import Controls
-from obs_bridge.bridge import BridgeConfig, ObsBridge
-from obs_bridge.capture import JpegDecoder, ObsCaptureSource
-from obs_bridge.client import ObsClient
-from obs_bridge.control import ControlServer
-from obs_bridge.errors import ObsAuthError, ObsCapabilityError, ObsError, ObsUnreachable
-from obs_bridge.headless import HeadlessObs, free_tcp_port, obs_binary
-from obs_bridge.health import read_health
-from obs_bridge.output import INPUT_NAME, attach_stream, free_udp_port, start_obs_virtualcam, stream_port
-from obs_bridge.preset_book import PresetBook
-from obs_bridge.settings import ObsSettings
+from sdv2_studio.engine.api import EngineConfig
+from sdv2_studio.engine.errors import EngineError
+from sdv2_studio.engine.io.mpegts import MpegTsSink
+from sdv2_studio.engine.io.pattern import TestPatternSource, read_counter
+from sdv2_studio.engine.models import tiny_bundle
+from sdv2_studio.engine.pipeline import Controls
+from sdv2_studio.obs_bridge.bridge import BridgeConfig, ObsBridge
+from sdv2_studio.obs_bridge.capture import JpegDecoder, ObsCaptureSource
+from sdv2_studio.obs_bridge.client import ObsClient
+from sdv2_studio.obs_bridge.control import ControlServer
+from sdv2_studio.obs_bridge.errors import ObsAuthError, ObsCapabilityError, ObsError, ObsUnreachable
+from sdv2_studio.obs_bridge.headless import HeadlessObs, free_tcp_port, obs_binary
+from sdv2_studio.obs_bridge.health import read_health
+from sdv2_studio.obs_bridge.output import INPUT_NAME, attach_stream, free_udp_port, start_obs_virtualcam, stream_port
+from sdv2_studio.obs_bridge.preset_book import PresetBook
+from sdv2_studio.obs_bridge.settings import ObsSettings
 
 pytestmark = pytest.mark.skipif(obs_binary() is None, reason="the `obs` binary is not installed (apt-get install "
                                 "obs-studio xvfb); these tests need a real OBS")
@@ -315,7 +314,7 @@ def test_virtual_camera_output_is_attached_as_the_discovered_device_kind(obs, cl
 def test_cli_status_sources_attach_and_detach(obs, client, capsys, monkeypatch, tmp_path):
     import argparse
 
-    from obs_bridge.cli import register_cli
+    from sdv2_studio.obs_bridge.cli import register_cli
 
     def run(*argv: str) -> int:
         p = argparse.ArgumentParser(prog="sdv2")

@@ -12,15 +12,14 @@ import av
 import av.video.frame
 import numpy as np
 import pytest
-
-from engine.errors import EngineError
-from engine.io.frames import fit_frame
-from engine.io.mpegts import MpegTsSink, open_mpegts_sink, srt_available, stream_url
-from engine.io.paced import PacedSink
-from engine.io.pattern import TestPatternSource, read_counter
-from engine.io.protocols import FrameSink
-from engine.io.vcam import VirtualCameraSink, open_vcam_sink, parse_vcam_spec
-from obs_bridge.output import free_udp_port
+from sdv2_studio.engine.errors import EngineError
+from sdv2_studio.engine.io.frames import fit_frame
+from sdv2_studio.engine.io.mpegts import MpegTsSink, open_mpegts_sink, srt_available, stream_url
+from sdv2_studio.engine.io.paced import PacedSink
+from sdv2_studio.engine.io.pattern import TestPatternSource, read_counter
+from sdv2_studio.engine.io.protocols import FrameSink
+from sdv2_studio.engine.io.vcam import VirtualCameraSink, open_vcam_sink, parse_vcam_spec
+from sdv2_studio.obs_bridge.output import free_udp_port
 
 pyvirtualcam = pytest.importorskip("pyvirtualcam", reason="pyvirtualcam is not installed (pip install pyvirtualcam)")
 
@@ -233,7 +232,7 @@ def test_mpegts_over_udp_decodes_to_our_frames_without_b_frames():
 
 
 def test_texture_sharing_outputs_are_refused_clearly_where_unavailable(monkeypatch):
-    from engine.io import texshare
+    from sdv2_studio.engine.io import texshare
 
     if sys.platform.startswith("linux"):
         assert texshare.texshare_available() == []
@@ -254,7 +253,7 @@ def test_spout_sink_hands_spoutgl_rgba_frames(monkeypatch):
     stand-in module; the real SpoutGL is Windows-only and unverified here."""
     import types
 
-    from engine.io import texshare
+    from sdv2_studio.engine.io import texshare
 
     calls = []
 

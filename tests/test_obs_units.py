@@ -13,18 +13,17 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
-
-from engine.errors import EngineError
-from obs_bridge import settings as settings_mod
-from obs_bridge.capture import JpegDecoder, covering_size
-from obs_bridge.client import Backoff, ObsClient, ObsInfo
-from obs_bridge.errors import ObsError, ObsUnreachable
-from obs_bridge.headless import free_tcp_port
-from obs_bridge.health import ObsHealth
-from obs_bridge.output import attach_camera, check_vcam_backend, media_source_settings
-from obs_bridge.preset_book import PresetBook
-from obs_bridge.scenes import ScenePresets, parse_scene_map
-from obs_bridge.settings import ObsSettings, load_settings, save_settings
+from sdv2_studio.engine.errors import EngineError
+from sdv2_studio.obs_bridge import settings as settings_mod
+from sdv2_studio.obs_bridge.capture import JpegDecoder, covering_size
+from sdv2_studio.obs_bridge.client import Backoff, ObsClient, ObsInfo
+from sdv2_studio.obs_bridge.errors import ObsError, ObsUnreachable
+from sdv2_studio.obs_bridge.headless import free_tcp_port
+from sdv2_studio.obs_bridge.health import ObsHealth
+from sdv2_studio.obs_bridge.output import attach_camera, check_vcam_backend, media_source_settings
+from sdv2_studio.obs_bridge.preset_book import PresetBook
+from sdv2_studio.obs_bridge.scenes import ScenePresets, parse_scene_map
+from sdv2_studio.obs_bridge.settings import ObsSettings, load_settings, save_settings
 
 keyring = pytest.importorskip("keyring", reason="keyring is optional; its tests need it installed")
 from keyring.backend import KeyringBackend  # noqa: E402
@@ -202,7 +201,7 @@ def test_preset_book_validates_early(tmp_path):
 
 
 def test_preset_book_reads_the_engine_preset_library(tmp_path):
-    presets = pytest.importorskip("engine.presets", reason="engine/presets.py is not in this checkout")
+    presets = pytest.importorskip("sdv2_studio.engine.presets", reason="engine/presets.py is not in this checkout")
     p = presets.Preset(id="ink-wash", name="Ink Wash", prompt="ink wash painting", steps=3, noise_scale=0.6)
     book = PresetBook.from_presets([p])
     assert book.names() == ["ink-wash"] and book.controls("ink-wash") == p.controls()

@@ -6,13 +6,12 @@ import time
 
 import numpy as np
 import pytest
-
-import engine.parallel as par
-from engine.api import Engine, EngineConfig
-from engine.errors import EngineError
-from engine.io.pattern import TestPatternSource
-from engine.models import tiny_dit
-from engine.pipeline import Controls
+import sdv2_studio.engine.parallel as par
+from sdv2_studio.engine.api import Engine, EngineConfig
+from sdv2_studio.engine.errors import EngineError
+from sdv2_studio.engine.io.pattern import TestPatternSource
+from sdv2_studio.engine.models import tiny_dit
+from sdv2_studio.engine.pipeline import Controls
 
 SIZE = (64, 64)
 FRAMES = 5 + 19 * 4  # 20 chunks
@@ -139,8 +138,7 @@ def test_balanced_split_evens_stage_times():
 
 def test_cli_runs_two_ranks_end_to_end(tmp_path):
     import av
-
-    from engine.cli import main
+    from sdv2_studio.engine.cli import main
 
     out = tmp_path / "pp.mp4"
     assert main(["run", "--ranks", "2", "--model", "tiny", "--size", "64x64", "--frames", "13", "--out", str(out)]) == 0

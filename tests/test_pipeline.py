@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from engine.errors import EngineError
-from engine.io.pattern import TestPatternSource
-from engine.models import tiny_bundle
-from engine.pipeline import Controls, StreamPipeline
-from engine.text import PromptCache
+from sdv2_studio.engine.errors import EngineError
+from sdv2_studio.engine.io.pattern import TestPatternSource
+from sdv2_studio.engine.models import tiny_bundle
+from sdv2_studio.engine.pipeline import Controls, StreamPipeline
+from sdv2_studio.engine.text import PromptCache
 
 SIZE = (128, 128)
 

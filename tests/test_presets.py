@@ -7,9 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from engine.errors import EngineError
-from engine.presets import (
+from sdv2_studio.engine.errors import EngineError
+from sdv2_studio.engine.presets import (
     SCHEMA_VERSION,
     Preset,
     delete_preset,
@@ -67,7 +66,7 @@ def test_shipped_library_has_ten_plus_valid_styles_with_small_thumbnails():
 
 
 def test_controls_are_valid_engine_controls():
-    from engine.pipeline import Controls
+    from sdv2_studio.engine.pipeline import Controls
 
     presets, _ = load_library()
     for p in presets:

@@ -6,11 +6,10 @@ import json
 
 import pytest
 import torch
+from sdv2_studio.engine import roofline as R
+from sdv2_studio.engine.config import CacheConfig, get_preset
+from sdv2_studio.engine.flops import forward_flops
 from torch.utils.flop_counter import FlopCounterMode
-
-from engine import roofline as R
-from engine.config import CacheConfig, get_preset
-from engine.flops import forward_flops
 
 
 def test_vae_flops_counted_on_meta_scale_with_pixels():
@@ -27,7 +26,7 @@ def test_vae_flops_counted_on_meta_scale_with_pixels():
 def test_streaming_vae_count_equals_whole_clip_difference():
     """The steady-state streaming call (4 frames after a first call of 5) costs what a 1+8-frame clip costs more
     than a 1+4-frame clip: the causal cache on meta gives the real streaming cost."""
-    from engine.vae import WanVAE, get_vae_preset
+    from sdv2_studio.engine.vae import WanVAE, get_vae_preset
 
     H = W = 128
     with torch.device("meta"):

@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from engine.errors import EngineError
-from engine.schedule import (
+from sdv2_studio.engine.errors import EngineError
+from sdv2_studio.engine.schedule import (
     FlowMatchGrid,
     MotionNoiseController,
     denoising_steps,

@@ -6,9 +6,8 @@ import math
 import random
 
 import pytest
-
-from engine.errors import EngineError
-from engine.slo import CostModel, OutputPacer, Plan, SLOConfig, SLOScheduler, size_ladder
+from sdv2_studio.engine.errors import EngineError
+from sdv2_studio.engine.slo import CostModel, OutputPacer, Plan, SLOConfig, SLOScheduler, size_ladder
 
 USER = (512, 512)
 

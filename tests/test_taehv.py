@@ -12,9 +12,8 @@ import time
 import pytest
 import torch
 import torch.nn.functional as F
-
-from engine.errors import EngineError
-from engine.taehv import (
+from sdv2_studio.engine.errors import EngineError
+from sdv2_studio.engine.taehv import (
     FRAMES_TO_TRIM,
     TAEW21_URL,
     MemBlock,
@@ -23,7 +22,7 @@ from engine.taehv import (
     TGrow,
     load_taehv,
 )
-from engine.vae import WanVAE, get_vae_preset
+from sdv2_studio.engine.vae import WanVAE, get_vae_preset
 
 B, h, w = 2, 4, 6  # latents 4x6 -> frames 32x48 (non-square, so a swapped H/W shows up)
 

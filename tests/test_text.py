@@ -12,9 +12,8 @@ import json
 
 import pytest
 import torch
-
-from engine.errors import EngineError
-from engine.text import (
+from sdv2_studio.engine.errors import EngineError
+from sdv2_studio.engine.text import (
     ByteTokenizer,
     PromptCache,
     TextEncoder,
@@ -264,8 +263,8 @@ def test_byte_tokenizer():
 
 
 def test_tiny_text_encoder_deterministic_and_fits_tiny_dit():
-    from engine.config import get_preset
-    from engine.model import CausalWanModel
+    from sdv2_studio.engine.config import get_preset
+    from sdv2_studio.engine.model import CausalWanModel
 
     state = torch.random.get_rng_state()
     enc = tiny_text_encoder()

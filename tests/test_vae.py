@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from engine.errors import EngineError
-from engine.vae import (
+from sdv2_studio.engine.errors import EngineError
+from sdv2_studio.engine.vae import (
     CausalCache,
     VAEConfig,
     WanVAE,

@@ -2,12 +2,12 @@
 and frame geometry (fit to the model resolution and back). Qt-free and OBS-free like all of ``engine``.
 """
 
-from engine.io.cameras import CameraInfo, list_cameras
-from engine.io.frames import check_size, fit_frame, restore_frame, round_size
-from engine.io.pattern import TestPatternSource
-from engine.io.protocols import FrameSink, FrameSource
-from engine.io.sinks import CallbackSink, MP4Sink, open_sink, register_sink
-from engine.io.sources import AVSource, camera_source, open_source
+from sdv2_studio.engine.io.cameras import CameraInfo, list_cameras
+from sdv2_studio.engine.io.frames import check_size, fit_frame, restore_frame, round_size
+from sdv2_studio.engine.io.pattern import TestPatternSource
+from sdv2_studio.engine.io.protocols import FrameSink, FrameSource
+from sdv2_studio.engine.io.sinks import CallbackSink, MP4Sink, open_sink, register_sink
+from sdv2_studio.engine.io.sources import AVSource, camera_source, open_source
 
 __all__ = [
     "AVSource",

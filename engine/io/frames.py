@@ -25,8 +25,7 @@ import av
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-from engine.errors import EngineError
+from sdv2_studio.engine.errors import EngineError
 
 #: Frame sides must be multiples of this: the VAE downsamples 8x and the DiT patchifies latents 2x2.
 SIZE_MULTIPLE = 16

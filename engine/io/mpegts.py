@@ -22,12 +22,11 @@ from fractions import Fraction
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import av
-
-from engine.errors import EngineError
-from engine.io.frames import check_frame
-from engine.io.paced import PacedSink
-from engine.io.protocols import Frame, FrameSink
-from engine.io.sinks import add_video_stream, conform_frame, default_codec, encode_rgb
+from sdv2_studio.engine.errors import EngineError
+from sdv2_studio.engine.io.frames import check_frame
+from sdv2_studio.engine.io.paced import PacedSink
+from sdv2_studio.engine.io.protocols import Frame, FrameSink
+from sdv2_studio.engine.io.sinks import add_video_stream, conform_frame, default_codec, encode_rgb
 
 __all__ = ["MpegTsSink", "open_mpegts_sink", "srt_available", "stream_url"]
 

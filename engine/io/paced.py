@@ -13,8 +13,8 @@ import collections
 import threading
 import time
 
-from engine.errors import EngineError
-from engine.io.protocols import Frame, FrameSink
+from sdv2_studio.engine.errors import EngineError
+from sdv2_studio.engine.io.protocols import Frame, FrameSink
 
 
 class PacedSink(FrameSink):

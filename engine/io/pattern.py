@@ -7,10 +7,9 @@ import math
 from collections.abc import Iterator
 
 import numpy as np
-
-from engine.errors import EngineError
-from engine.io.pacing import Pacer
-from engine.io.protocols import Frame, FrameSource
+from sdv2_studio.engine.errors import EngineError
+from sdv2_studio.engine.io.pacing import Pacer
+from sdv2_studio.engine.io.protocols import Frame, FrameSource
 
 COUNTER_BITS = 16
 

@@ -15,10 +15,9 @@ from pathlib import Path
 
 import av
 import numpy as np
-
-from engine.errors import EngineError
-from engine.io.frames import check_frame, fit_frame
-from engine.io.protocols import Frame, FrameSink
+from sdv2_studio.engine.errors import EngineError
+from sdv2_studio.engine.io.frames import check_frame, fit_frame
+from sdv2_studio.engine.io.protocols import Frame, FrameSink
 
 __all__ = ["CallbackSink", "FrameSink", "MP4Sink", "SinkOpener", "default_codec", "open_sink", "register_sink"]
 
@@ -234,9 +233,9 @@ def _lazy(module: str, name: str) -> SinkOpener:
     return opener
 
 
-register_sink("udp://", _lazy("engine.io.mpegts", "open_mpegts_sink"))
-register_sink("srt://", _lazy("engine.io.mpegts", "open_mpegts_sink"))
-register_sink("vcam:", _lazy("engine.io.vcam", "open_vcam_sink"))
-register_sink("vcam/", _lazy("engine.io.vcam", "open_vcam_sink"))
-register_sink("spout:", _lazy("engine.io.texshare", "open_texshare_sink"))
-register_sink("syphon:", _lazy("engine.io.texshare", "open_texshare_sink"))
+register_sink("udp://", _lazy("sdv2_studio.engine.io.mpegts", "open_mpegts_sink"))
+register_sink("srt://", _lazy("sdv2_studio.engine.io.mpegts", "open_mpegts_sink"))
+register_sink("vcam:", _lazy("sdv2_studio.engine.io.vcam", "open_vcam_sink"))
+register_sink("vcam/", _lazy("sdv2_studio.engine.io.vcam", "open_vcam_sink"))
+register_sink("spout:", _lazy("sdv2_studio.engine.io.texshare", "open_texshare_sink"))
+register_sink("syphon:", _lazy("sdv2_studio.engine.io.texshare", "open_texshare_sink"))

@@ -21,12 +21,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import av
-
-from engine.errors import EngineError
-from engine.io.cameras import CAMERA_FORMATS, CameraInfo, camera_url, list_cameras
-from engine.io.pacing import LatestOnly, Pacer
-from engine.io.pattern import TestPatternSource
-from engine.io.protocols import Frame, FrameSource
+from sdv2_studio.engine.errors import EngineError
+from sdv2_studio.engine.io.cameras import CAMERA_FORMATS, CameraInfo, camera_url, list_cameras
+from sdv2_studio.engine.io.pacing import LatestOnly, Pacer
+from sdv2_studio.engine.io.pattern import TestPatternSource
+from sdv2_studio.engine.io.protocols import Frame, FrameSource
 
 __all__ = [
     "AVSource",

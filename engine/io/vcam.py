@@ -15,11 +15,10 @@ import re
 import sys
 
 import numpy as np
-
-from engine.errors import EngineError
-from engine.io.frames import check_frame, fit_frame
-from engine.io.paced import PacedSink
-from engine.io.protocols import Frame, FrameSink
+from sdv2_studio.engine.errors import EngineError
+from sdv2_studio.engine.io.frames import check_frame, fit_frame
+from sdv2_studio.engine.io.paced import PacedSink
+from sdv2_studio.engine.io.protocols import Frame, FrameSink
 
 __all__ = ["VirtualCameraSink", "open_vcam_sink", "parse_vcam_spec", "vcam_help"]
 

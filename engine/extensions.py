@@ -1,0 +1,31 @@
+"""Extension points: the floors above the engine add `sdv2` subcommands and `sdv2 doctor` checks here.
+
+The engine imports neither the OBS bridge nor the app (an import-linter layers contract in CI). What they add to the
+command line and to `doctor` they declare as entry points of the distribution (pyproject.toml):
+
+    [project.entry-points."sdv2_studio.cli"]      name = "module:register_cli"   # register_cli(subparsers)
+    [project.entry-points."sdv2_studio.doctor"]   name = "module:checks"         # checks() -> list[doctor.Check]
+
+Another installed distribution can add its own the same way. An extension that fails to load is reported as one
+line and skipped; the engine's own commands keep working.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from collections.abc import Callable
+from typing import Any
+
+CLI_GROUP = "sdv2_studio.cli"
+DOCTOR_GROUP = "sdv2_studio.doctor"
+
+
+def load(group: str) -> tuple[list[tuple[str, Callable[..., Any]]], list[str]]:
+    """The objects registered under `group`, sorted by name, and one line per extension that failed to load."""
+    found, problems = [], []
+    for ep in sorted(importlib.metadata.entry_points(group=group), key=lambda e: e.name):
+        try:
+            found.append((ep.name, ep.load()))
+        except Exception as e:  # a broken extension must not take the engine's own commands down
+            problems.append(f"extension {ep.name!r} ({ep.value}) did not load: {type(e).__name__}: {e}")
+    return found, problems

@@ -1,0 +1,1 @@
+"""The style presets that ship with StreamDiffusionV2 Studio (TOML + thumbnail PNG each; package data)."""
