@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from PySide6.QtCore import QObject, Qt, QThread, Signal, Slot
 from sdv2_studio.app.engine_worker import IDLE, EngineWorker, Outputs, StartRequest
+from sdv2_studio.engine.config import Controls
 
 
 class EngineController(QObject):
@@ -24,7 +25,7 @@ class EngineController(QObject):
 
     _start = Signal(object)
     _stop = Signal()
-    _controls = Signal(dict)
+    _controls = Signal(object)
     _outputs = Signal(object)
     _dispose = Signal()
 
@@ -98,8 +99,8 @@ class EngineController(QObject):
         self.worker.request_abort()  # a model load in progress gives up at its next step
         self._stop.emit()
 
-    def set_controls(self, **changes) -> None:
-        self._controls.emit(changes)
+    def set_controls(self, controls: Controls) -> None:
+        self._controls.emit(controls)
 
     def set_outputs(self, outputs: Outputs) -> None:
         self._outputs.emit(outputs)

@@ -23,13 +23,17 @@ from PySide6.QtWidgets import (
 from sdv2_studio.app.services import GpuInfo, ModelItem
 from sdv2_studio.app.settings import Settings
 from sdv2_studio.app.theme import repolish
-from sdv2_studio.app.vram import VramEstimate, check_fit, estimate_vram
+from sdv2_studio.engine.config import Controls
+from sdv2_studio.engine.errors import EngineError
+from sdv2_studio.engine.memory import GiB, MemoryEstimate, check_fit, estimate, t5_encoder_params
+from sdv2_studio.engine.models import UMT5_XXL, ResolvedModel, resolve_model
 
 RESOLUTIONS = [(512, 512), (480, 832), (832, 480), (384, 384), (320, 576), (256, 256), (192, 192), (128, 128),
                (64, 64)]
 DTYPES = [("auto", "Auto (bf16 GPU, fp32 CPU)"), ("bfloat16", "bfloat16"), ("float16", "float16"),
           ("float32", "float32")]
 _STATUS = {"downloaded": "✓ downloaded", "partial": "◐ partial", "missing": "○ not downloaded"}
+UMT5_GB = round(t5_encoder_params(UMT5_XXL) * 2 / GiB)  # umT5-XXL in bf16
 
 
 def _section(text: str) -> QLabel:
@@ -50,6 +54,7 @@ class EngineSettingsPanel(QWidget):
         self._gpus: list[GpuInfo] = []
         self._ram: int | None = None
         self._loading = False
+        self._model: tuple[str, ResolvedModel | str] | None = None  # (spec, what it resolves to or why not)
 
         self.model = QComboBox()
         self.model.addItem("Auto (downloaded, else tiny demo)", "auto")
@@ -76,8 +81,9 @@ class EngineSettingsPanel(QWidget):
             self.dtype.addItem(text, key)
         self.batch = QCheckBox("Stream-Batch (faster, more VRAM)")
         self.batch.setToolTip("Overlap the denoising steps of consecutive chunks: higher fps, one KV cache per step")
-        self.text_gpu = QCheckBox("Text encoder on GPU (+11 GB)")
-        self.text_gpu.setToolTip("Run umT5 on the GPU: new prompts encode faster, but it needs about 11 GB more VRAM")
+        self.text_gpu = QCheckBox(f"Text encoder on GPU (+{UMT5_GB} GB)")
+        self.text_gpu.setToolTip(f"Run umT5 on the GPU: new prompts encode faster, but it needs about {UMT5_GB} GB "
+                                 "more VRAM")
         self.fps = QSpinBox()
         self.fps.setRange(1, 60)
         self.fps.setSuffix(" fps")
@@ -195,6 +201,8 @@ class EngineSettingsPanel(QWidget):
         head = "Real-time model ready." if present else "The real model is not downloaded yet."
         self.model_files.setText(head + ("<br>" + "<br>".join(lines) if lines else ""))
         self.download.setText("Check / repair files…" if present else "Download model…")
+        self._model = None  # "auto" may name another model now
+        self._update_estimate()
 
     def setModelError(self, message: str) -> None:
         self.model_files.setText(message)
@@ -213,25 +221,50 @@ class EngineSettingsPanel(QWidget):
             return (gpu.total if gpu else None), "VRAM"
         return self._ram, "RAM"
 
-    def estimate_now(self) -> VramEstimate:
+    def resolved_model(self) -> ResolvedModel:
+        """The model the settings name (engine.models.resolve_model, remembered until the setting or the downloads
+        change); EngineError when it names no usable model."""
+        spec = self._settings.model
+        if self._model is None or self._model[0] != spec:
+            try:
+                self._model = (spec, resolve_model(spec))
+            except EngineError as e:
+                self._model = (spec, str(e))
+        found = self._model[1]
+        if isinstance(found, str):
+            raise EngineError(found)
+        return found
+
+    def estimate_now(self) -> MemoryEstimate:
+        """The memory of the fullest device for these settings (engine.memory.estimate); EngineError when the model
+        setting names no usable model."""
         s = self._settings
-        tiny = s.model == "tiny"
-        model = "tiny" if tiny else ("wan2.1-14b" if "14b" in s.model.lower() else "wan2.1-1.3b")
+        model = self.resolved_model()
         on_gpu = s.device.startswith("cuda") or (s.device == "auto" and bool(self._gpus))
         dtype = s.dtype if s.dtype != "auto" else ("bfloat16" if on_gpu else "float32")
-        return estimate_vram(model, size=(s.height, s.width), dtype=dtype, steps=s.steps, batch=s.batch,
-                             gpus=s.gpus, text_on_gpu=s.text_on_gpu and on_gpu, vae_base_dim=16 if tiny else 96)
+        steps = (s.controls or Controls()).steps
+        return estimate(model.config, (s.height, s.width), dtype=dtype, steps=steps, batch=s.batch,
+                        ranks=s.gpus if on_gpu else 1, gpu=on_gpu, text_here=s.text_on_gpu or not on_gpu,
+                        text=model.text_config, vae=model.vae)
 
     def fit_level(self) -> tuple[str, str]:
         cap, _kind = self.capacity()
-        return check_fit(self.estimate_now(), cap)
+        try:
+            return check_fit(self.estimate_now(), cap)
+        except EngineError as e:
+            return "unknown", str(e)
 
     def _update_estimate(self) -> None:
-        est = self.estimate_now()
         level, text = self.fit_level()
         _cap, kind = self.capacity()
-        self.estimate.setText(f"~{est.total / 1024**3:.1f} GB {kind}" + (" per GPU" if est.gpus > 1 else ""))
-        self.estimate.setToolTip(est.breakdown())
+        try:
+            est = self.estimate_now()
+        except EngineError:
+            self.estimate.setText("–")
+            self.estimate.setToolTip("")
+        else:
+            self.estimate.setText(f"~{est.total / GiB:.1f} GB {kind}" + (" per GPU" if est.ranks > 1 else ""))
+            self.estimate.setToolTip(est.breakdown())
         self.fit.setText(text[0].upper() + text[1:])
         self.fit.setProperty("level", level)
         repolish(self.fit)
@@ -272,7 +305,7 @@ class EngineSettingsPanel(QWidget):
         self.model.setCurrentIndex(idx)
         self._emit(model=path)
 
-    def refreshEstimate(self, steps: int | None = None) -> None:
-        if steps is not None:
-            self._settings.steps = steps
+    def refreshEstimate(self, controls: Controls | None = None) -> None:
+        if controls is not None:
+            self._settings.controls = controls
         self._update_estimate()

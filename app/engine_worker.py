@@ -1,22 +1,16 @@
-"""EngineWorker: a QObject living on its own QThread that owns the Engine, the source and the outputs.
+"""EngineWorker: a QObject on its own QThread that adapts an `engine.session.Session` to Qt signals.
 
 It takes intents as queued slot calls (start, stop, set controls, set outputs) and reports state, progress,
-stats, errors and frames as signals. Nothing here runs on the UI thread: model loading, reading the source,
-pushing to and pulling from the engine, converting frames and writing outputs all happen on the worker thread
-(the Engine itself computes on its own thread). Frames reach the UI through a `LatestFrame` mailbox, so a busy
-UI sees the newest frame and never a backlog.
-
-The pump is a zero-interval QTimer on the worker thread: each tick reads one source frame (paced by the source),
-pushes it (drop-oldest when the engine is behind), collects finished styled frames into a short buffer and
-releases one per tick to the preview and the outputs, so the chunked engine output (4 frames at a time) plays
-back at the source's rate. Between ticks the thread's event loop delivers the next intent, so Stop and preset
-switches are handled within one source frame.
+stats, errors and frames as signals. The session does the streaming (source -> engine -> outputs, live and paced:
+the engine drops the oldest input when behind, the outputs and the preview get a steady frame rate); this worker
+chooses the source and opens the outputs the user switched on, adding and removing them while the stream runs.
+Nothing here runs on the UI thread: the model loads on the worker thread, and a short QTimer there copies the
+session's newest input and styled frames into a `LatestFrame` mailbox (a busy UI sees the newest frame, never a
+backlog), reports stats and failed outputs, and notices the stream ending.
 """
 
 from __future__ import annotations
 
-import collections
-import dataclasses
 import os
 import sys
 import threading
@@ -25,12 +19,13 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from PySide6.QtCore import QObject, QTimer, Signal, Slot
 from sdv2_studio.app.frames import LatestFrame, to_qimage
 from sdv2_studio.engine.api import Engine, EngineConfig, Stats
+from sdv2_studio.engine.config import Controls
 from sdv2_studio.engine.errors import EngineError
 from sdv2_studio.engine.io.protocols import FrameSink, FrameSource
+from sdv2_studio.engine.session import Session, SessionStatus
 
 IDLE, LOADING, RUNNING, STOPPING = "idle", "loading", "running", "stopping"
 OUTPUT_KINDS = ("obs", "vcam", "record")
@@ -77,10 +72,11 @@ class EngineWorker(QObject):
     statsReady = Signal(object)  # LiveStats
     errorRaised = Signal(str)
     notice = Signal(str)
-    controlsApplied = Signal(object)  # engine.pipeline.Controls, validated
+    controlsApplied = Signal(object)  # the engine's Controls after a change
     outputFailed = Signal(str, str)  # kind, message
 
     STATS_PERIOD = 0.25
+    POLL_MS = 10  # previews: how often the newest frames are looked at
 
     def __init__(self, engine_factory=Engine, obs_service=None, bundle=None, vcam_opener=None):
         super().__init__()
@@ -88,20 +84,21 @@ class EngineWorker(QObject):
         self._obs = obs_service
         self._vcam_opener = vcam_opener
         self._bundle = bundle  # a preloaded ModelBundle (tests reuse one)
-        self.engine: Engine | None = None
+        self.session: Session | None = None
         self.state = IDLE
         self.mailbox = LatestFrame()
         self._abort = threading.Event()
         self._timer: QTimer | None = None
-        self._source: FrameSource | None = None
-        self._frames = None
-        self._sinks: dict[str, FrameSink] = {}
-        self._styled: collections.deque = collections.deque(maxlen=8)
+        self._shown: tuple = (None, None)  # the input and styled frames last put in the mailbox
         self._req: StartRequest | None = None
-        self._pending: dict = {}
         self._outputs = Outputs()
         self._last_stats = 0.0
         self._t_start = 0.0
+
+    @property
+    def engine(self) -> Engine | None:
+        """The stream's engine while one is loading or running."""
+        return self.session.engine if self.session is not None else None
 
     # -- called from the UI thread (thread-safe) -------------------------------------------------------------------
 
@@ -123,39 +120,33 @@ class EngineWorker(QObject):
         if self.state != IDLE:
             return
         self._abort.clear()
-        self._req = req
+        self._req, self._outputs = req, req.outputs
         self._set_state(LOADING)
         try:
             cfg = req.config
-            if self._pending:
-                cfg.controls = dataclasses.replace(cfg.controls, **self._pending).validated()
-                self._pending = {}
-            self.engine = self._engine_factory(cfg, self._bundle) if self._bundle else self._engine_factory(cfg)
-            self.engine.start(progress=self._on_progress)
+            self.session = Session(cfg, lambda size: self._open_source(req, size), self._open_outputs, live=True,
+                                   paced=True, bundle=self._bundle, engine_factory=self._engine_factory)
+            self.session.start(progress=self._on_progress)
             if self._abort.is_set():
                 raise _Aborted()
             bundle = self.engine.bundle
             if bundle is not None and bundle.untrained:
                 self.notice.emit(bundle.notice)
-            self.progress.emit("opening the source", 1.0)
-            self._source = self._open_source(req)
-            self._frames = iter(self._source)
-            self._open_outputs(req.outputs)
         except _Aborted:
-            self._teardown()
+            self._end_session()
             self._set_state(IDLE)
             return
         except BaseException as e:
             self._report(e)
-            self._teardown()
+            self._end_session()
             self._set_state(IDLE)
             return
         self.controlsApplied.emit(self.engine.controls)
         self._t_start = time.perf_counter()
-        self._styled.clear()
+        self._shown = (None, None)
         if self._timer is None:
             self._timer = QTimer(self)
-            self._timer.setInterval(0)
+            self._timer.setInterval(self.POLL_MS)
             self._timer.timeout.connect(self._tick)
         self._timer.start()
         self._set_state(RUNNING)
@@ -167,10 +158,13 @@ class EngineWorker(QObject):
         self._set_state(STOPPING)
         if self._timer is not None:
             self._timer.stop()
-        try:
-            self._teardown(flush=True)
-        except BaseException as e:
-            self._report(e)
+        session, self.session = self.session, None
+        if session is not None:
+            session.stop()  # what was pushed still reaches the outputs (a recording gets its end)
+            st = session.status()
+            self._report_failed_outputs(session, st)
+            if st.error:
+                self.errorRaised.emit(st.error)
         self._set_state(IDLE)
 
     @Slot()
@@ -182,26 +176,30 @@ class EngineWorker(QObject):
             self._timer.deleteLater()
             self._timer = None
 
-    @Slot(dict)
-    def set_controls(self, changes: dict) -> None:
-        try:
-            if self.engine is not None and self.state == RUNNING:
-                controls = self.engine.set_controls(**changes)
-            else:
-                from sdv2_studio.engine.pipeline import Controls
-
-                base = self._req.config.controls if self._req else Controls()
-                controls = dataclasses.replace(base, **{**self._pending, **changes}).validated()
-                self._pending.update(changes)
-            self.controlsApplied.emit(controls)
-        except BaseException as e:
-            self._report(e)
+    @Slot(object)
+    def set_controls(self, controls: Controls) -> None:
+        """Stream with `controls` from the engine's next chunk. Idle there is no engine: a start request carries
+        the controls to start with."""
+        if self.engine is not None:
+            self.controlsApplied.emit(self.engine.set_controls(controls))
 
     @Slot(object)
     def set_outputs(self, outputs: Outputs) -> None:
+        """Outputs switched off close, those switched on open; the stream goes on."""
         self._outputs = outputs
-        if self.state == RUNNING and self._req is not None:
-            self._open_outputs(outputs)
+        session = self.session
+        if self.state != RUNNING or session is None:
+            return
+        have = {o.name for o in session.status().outputs}
+        for kind in sorted(have - outputs.enabled()):
+            try:
+                session.remove_sink(kind)
+            except Exception as e:
+                self._report(e)
+        for kind in sorted(outputs.enabled() - have):
+            sink = self._open_output(kind, session.source)
+            if sink is not None:
+                session.add_sink(kind, sink)
 
     # -- internals ---------------------------------------------------------------------------------------------------
 
@@ -220,7 +218,7 @@ class EngineWorker(QObject):
             traceback.print_exception(e, file=sys.stderr)
             self.errorRaised.emit(f"unexpected error ({type(e).__name__}: {e}); details are in the log")
 
-    def _open_source(self, req: StartRequest) -> FrameSource:
+    def _open_source(self, req: StartRequest, size: tuple[int, int]) -> FrameSource:
         spec = req.source.strip() or "test"
         if spec.lower() == "test":
             from sdv2_studio.engine.io.pattern import TestPatternSource
@@ -229,119 +227,88 @@ class EngineWorker(QObject):
         if spec.lower().startswith("obs:"):
             if self._obs is None:
                 raise EngineError("OBS sources need the OBS bridge; install the [obs] extras")
-            return self._obs.open_source(spec[4:], self.engine.size, req.source_fps)
+            return self._obs.open_source(spec[4:], size, req.source_fps)
         from sdv2_studio.engine.io.sources import open_source
 
         return open_source(spec, loop=True, realtime=True)
 
-    def _open_outputs(self, outputs: Outputs) -> None:
-        """Open outputs that were switched on, close those switched off."""
-        self._outputs = outputs
-        want = outputs.enabled()
-        for kind in list(self._sinks):
-            if kind not in want:
-                self._close_sink(kind)
-        fps = getattr(self._source, "fps", None) or (self._req.source_fps if self._req else 16.0)
-        size = getattr(self._source, "size", None) or (self._req.input_size if self._req else (360, 640))
-        for kind in sorted(want - set(self._sinks)):
-            try:
-                if kind == "record":
-                    from sdv2_studio.app.settings import default_record_dir
-                    from sdv2_studio.engine.io.sinks import MP4Sink
+    def _open_outputs(self, source: FrameSource) -> dict[str, FrameSink]:
+        """At start: the outputs switched on that open (the others are reported and switched off)."""
+        sinks = {kind: self._open_output(kind, source) for kind in sorted(self._outputs.enabled())}
+        return {kind: sink for kind, sink in sinks.items() if sink is not None}
 
-                    folder = Path(outputs.record_dir or default_record_dir()).expanduser()
-                    folder.mkdir(parents=True, exist_ok=True)
-                    path = folder / time.strftime("styled-%Y%m%d-%H%M%S.mp4")
-                    self._sinks[kind] = MP4Sink(path, fps)
-                    self.notice.emit(f"recording to {path}")
-                elif kind == "vcam":
-                    if self._vcam_opener is None:
-                        from sdv2_studio.app.services import open_virtual_camera
-
-                        self._vcam_opener = open_virtual_camera
-                    self._sinks[kind] = self._vcam_opener(size, fps)
-                else:
-                    if self._obs is None:
-                        raise EngineError("the OBS output needs the OBS bridge; install the [obs] extras")
-                    self._sinks[kind] = self._obs.open_output(size, fps)
-            except BaseException as e:
-                msg = str(e) if isinstance(e, EngineError) else f"{type(e).__name__}: {e}"
-                self.outputFailed.emit(kind, msg)
-                self.errorRaised.emit(msg)
-
-    def _close_sink(self, kind: str) -> None:
-        sink = self._sinks.pop(kind, None)
-        if sink is None:
-            return
+    def _open_output(self, kind: str, source: FrameSource) -> FrameSink | None:
+        fps = getattr(source, "fps", None) or (self._req.source_fps if self._req else 16.0)
+        size = getattr(source, "size", None) or (self._req.input_size if self._req else (360, 640))
         try:
-            sink.close()
-        except BaseException as e:
-            self._report(e)
+            if kind == "record":
+                from sdv2_studio.app.settings import default_record_dir
+                from sdv2_studio.engine.io.sinks import MP4Sink
 
-    def _teardown(self, flush: bool = False) -> None:
-        if self._source is not None:
-            try:
-                self._source.close()
-            except Exception:
-                pass
-        self._source = self._frames = None
-        engine, self.engine = self.engine, None
-        error = None
-        if engine is not None:
-            try:
-                engine.stop(timeout=10.0)
-                if flush:
-                    while (frame := engine.pull(0)) is not None:
-                        self._write_outputs(frame)
-            except BaseException as e:
-                error = e
-        for kind in list(self._sinks):
-            self._close_sink(kind)
-        if error is not None:
-            raise error
+                folder = Path(self._outputs.record_dir or default_record_dir()).expanduser()
+                folder.mkdir(parents=True, exist_ok=True)
+                path = folder / time.strftime("styled-%Y%m%d-%H%M%S.mp4")
+                sink = MP4Sink(path, fps)
+                self.notice.emit(f"recording to {path}")
+                return sink
+            if kind == "vcam":
+                if self._vcam_opener is None:
+                    from sdv2_studio.app.services import open_virtual_camera
+
+                    self._vcam_opener = open_virtual_camera
+                return self._vcam_opener(size, fps)
+            if self._obs is None:
+                raise EngineError("the OBS output needs the OBS bridge; install the [obs] extras")
+            return self._obs.open_output(size, fps)
+        except Exception as e:
+            self._output_failed(kind, str(e) if isinstance(e, EngineError) else f"{type(e).__name__}: {e}")
+            return None
+
+    def _output_failed(self, kind: str, message: str) -> None:
+        self.outputFailed.emit(kind, message)
+        self.errorRaised.emit(message)
+
+    def _report_failed_outputs(self, session: Session, st: SessionStatus) -> None:
+        for out in st.outputs:
+            if out.error:  # closed by the session; the stream goes on
+                session.remove_sink(out.name)
+                self._output_failed(out.name, f"{out.name} output failed: {out.error}")
+
+    def _end_session(self) -> None:
+        """A start that failed or was cancelled: release what it opened."""
+        session, self.session = self.session, None
+        if session is not None:
+            session.stop()
 
     @Slot()
     def _tick(self) -> None:
-        try:
-            try:
-                frame, _pts = next(self._frames)
-            except StopIteration:
+        session = self.session
+        if session is None:
+            return
+        frames = (session.latest_input(), session.latest_styled())
+        notify = False
+        for key, frame, shown in zip(("input", "styled"), frames, self._shown):
+            if frame is not None and frame is not shown:
+                notify = self.mailbox.put(key, to_qimage(frame)) or notify
+        self._shown = frames
+        if notify:
+            self.framesReady.emit()
+        now = time.perf_counter()
+        if now - self._last_stats < self.STATS_PERIOD:
+            return
+        self._last_stats = now
+        if session.wait(0):  # the stream ended by itself; stop() reports a failure
+            if not session.status().error:
                 self.notice.emit("the source ended")
-                self.stop()
-                return
-            engine = self.engine
-            engine.push(frame, block=False)
-            notify = self.mailbox.put("input", to_qimage(frame))
-            while (out := engine.pull(0)) is not None:
-                self._styled.append(out)
-            if self._styled:
-                styled = self._styled.popleft()
-                self._write_outputs(styled)
-                notify = self.mailbox.put("styled", to_qimage(styled)) or notify
-            if notify:
-                self.framesReady.emit()
-            now = time.perf_counter()
-            if now - self._last_stats >= self.STATS_PERIOD:
-                self._last_stats = now
-                self.statsReady.emit(self._live_stats(now))
-        except BaseException as e:
-            self._report(e)
             self.stop()
+            return
+        st = session.status()
+        self._report_failed_outputs(session, st)
+        self.statsReady.emit(self._live_stats(st, now))
 
-    def _write_outputs(self, frame: np.ndarray) -> None:
-        for kind in list(self._sinks):
-            try:
-                self._sinks[kind].write(frame)
-            except BaseException as e:
-                self._sinks.pop(kind, None)
-                msg = str(e) if isinstance(e, EngineError) else f"{kind} output failed: {type(e).__name__}: {e}"
-                self.outputFailed.emit(kind, msg)
-                self.errorRaised.emit(msg)
-
-    def _live_stats(self, now: float) -> LiveStats:
-        engine = self.engine
-        device, memory = _device_memory(engine)
-        return LiveStats(engine.stats(), device, memory, getattr(self._source, "fps", 0.0) or 0.0,
+    def _live_stats(self, st: SessionStatus, now: float) -> LiveStats:
+        device, memory = _device_memory(self.engine)
+        return LiveStats(st.engine, device, memory, getattr(self.session.source, "fps", 0.0) or 0.0,
                          now - self._t_start, self.mailbox.dropped)
 
 

@@ -17,6 +17,7 @@ from PySide6.QtWidgets import (
 from sdv2_studio.app import theme
 from sdv2_studio.app.background import Task, run_task
 from sdv2_studio.app.services import ModelItem, ModelService
+from sdv2_studio.engine.doctor import vram_needs
 
 
 def _gb(n: int | None) -> str:
@@ -54,7 +55,7 @@ class FirstRunDialog(QDialog):
         self.progress_text.hide()
         real = self._card("StreamDiffusionV2 1.3B  ·  recommended",
                           "The real-time style model with its Wan2.1 VAE and text encoder. Needs an NVIDIA GPU "
-                          "(about 10 GB of VRAM at 480×832).",
+                          f"(about {vram_needs()[1]} GB of VRAM at 480×832).",
                           [self.size_label, self.progress, self.progress_text], self.download_btn)
 
         self.tiny_btn = QPushButton("Use the tiny demo")

@@ -41,6 +41,7 @@ from sdv2_studio.app.source_picker import SourcePicker, describe
 from sdv2_studio.app.stats_bar import StatsBar
 from sdv2_studio.app.stats_plot import StatsPlot
 from sdv2_studio.engine.api import EngineConfig
+from sdv2_studio.engine.config import Controls
 from sdv2_studio.engine.errors import EngineError
 
 UNTRAINED_RIBBON = "TINY DEMO MODEL · untrained: noise-like output, not a style"
@@ -69,7 +70,6 @@ class MainWindow(QMainWindow):
         self.obs = obs or default_obs_service()
         self.controller = controller or EngineController(_default_worker(self.obs))
         self.input_size = input_size
-        self.applied_controls = None  # the last Controls the engine accepted
         self.stats: LiveStats | None = None
         self._first_run = first_run
         self._weights_present: bool | None = None
@@ -184,13 +184,13 @@ class MainWindow(QMainWindow):
         c.statsReady.connect(self._on_stats)
         c.errorRaised.connect(self._on_error)
         c.notice.connect(self._on_notice)
-        c.controlsApplied.connect(self._on_controls_applied)
         c.outputFailed.connect(self.outputs.setFailed)
         self.start_btn.clicked.connect(self.toggle_stream)
         self.source_picker.sourceChosen.connect(self._on_source)
         self.source_picker.refreshRequested.connect(self._scan)
         self.outputs.outputsChanged.connect(self._on_outputs)
-        self.presets.applyControls.connect(self._on_controls_edited)
+        self.presets.applyControls.connect(self.controller.set_controls)  # straight to the engine (next chunk)
+        self.presets.applyControls.connect(self._on_controls_chosen)
         self.presets.presetChanged.connect(self._on_preset_changed)
         self.presets.message.connect(self.banner.showMessage)
         self.engine_panel.settingsChanged.connect(self._on_settings_changed)
@@ -204,17 +204,15 @@ class MainWindow(QMainWindow):
 
     def _restore(self) -> None:
         s = self.settings
-        saved = {"prompt": s.prompt, "steps": s.steps, "noise_scale": s.noise_scale, "seed": s.seed,
-                 "transition_chunks": s.transition_chunks}  # before activating the preset overwrites them
+        saved = s.controls  # before activating the preset overwrites them
         self.presets.reload(select=s.preset)
         preset = self.library.get(s.preset) or (self.library.presets[0] if self.library.presets else None)
         if preset is not None:
             self.presets.activate(preset)
-        if saved["prompt"] and preset is not None and saved != preset.controls():
-            self.editor.setValues(saved)
+        if saved is not None and (preset is None or saved != preset.controls):
+            self.editor.setControls(saved)  # the engine starts with the editor's controls (see request())
             self.editor.setModified(True)
-            self.controller.set_controls(**saved)
-            self._update_settings(**saved)
+            self._on_controls_chosen(saved)
         self.source_picker.setRecentFiles(s.recent_files)
         self.source_picker.setCurrent(s.source)
         self.engine_panel.setSettings(s)
@@ -309,11 +307,9 @@ class MainWindow(QMainWindow):
     # -- stream -----------------------------------------------------------------------------------------------------
 
     def request(self) -> StartRequest:
-        """What Start would run, from the current settings and controls."""
-        from sdv2_studio.engine.pipeline import Controls
-
+        """What Start would run, from the current settings and the editor's controls (EngineError if invalid)."""
         s = self.settings
-        controls = Controls(**self.editor.values()).validated()
+        controls = self.editor.controls()
         text_device = "cpu"
         if s.text_on_gpu and s.device != "cpu":
             text_device = s.device if s.device.startswith("cuda") else "cuda"
@@ -399,17 +395,11 @@ class MainWindow(QMainWindow):
         else:
             self.banner.showMessage(text, "info")
 
-    def _on_controls_applied(self, controls) -> None:
-        self.applied_controls = controls
-
     # -- intents from widgets ---------------------------------------------------------------------------------------
 
-    def _on_controls_edited(self, changes: dict) -> None:
-        self.controller.set_controls(**changes)
-        self._update_settings(**{k: v for k, v in changes.items() if k in {f.name for f in
-                                                                            dataclasses.fields(Settings)}})
-        if "steps" in changes:
-            self.engine_panel.refreshEstimate(steps=changes["steps"])
+    def _on_controls_chosen(self, controls: Controls) -> None:
+        self._update_settings(controls=controls)
+        self.engine_panel.refreshEstimate(controls)
 
     def _on_preset_changed(self, preset) -> None:
         self.styled_view.setBadge(preset.name if preset else "Custom")

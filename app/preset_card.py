@@ -22,7 +22,7 @@ class PresetCard(QAbstractButton):
         self.setObjectName(f"preset-{preset.id}")
         self.setAccessibleName(preset.name)
         self._thumb = self._load_thumb(preset)
-        tip = preset.description or preset.prompt
+        tip = preset.description or preset.controls.prompt
         if shortcut is not None:
             tip += f"\n\nShortcut: {shortcut}"
         self.setToolTip(tip)

@@ -16,7 +16,7 @@ from sdv2_studio.engine.presets import Preset
 
 
 class PresetController(QObject):
-    applyControls = Signal(dict)  # controls for the engine (next chunk)
+    applyControls = Signal(object)  # the Controls to stream with (the engine applies them at its next chunk)
     presetChanged = Signal(object)  # the active Preset (or None)
     message = Signal(str, str)  # text, level ("info" | "warn" | "error")
 
@@ -48,7 +48,7 @@ class PresetController(QObject):
         self.gallery.setCurrent(preset.id)
         self.editor.setPreset(preset)
         self.presetChanged.emit(preset)
-        self.applyControls.emit(preset.controls())
+        self.applyControls.emit(preset.controls)
 
     def activate_index(self, index: int) -> bool:
         return self.gallery.activateIndex(index)
@@ -68,7 +68,7 @@ class PresetController(QObject):
         if self.current is None:
             return self.save_as()
         try:
-            saved = self.library.save_edits(self.current, self.editor.values())
+            saved = self.library.save_edits(self.current, self.editor.controls())
         except (EngineError, OSError) as e:
             self._fail(e)
             return None
@@ -83,7 +83,7 @@ class PresetController(QObject):
             if not ok:
                 return None
         try:
-            saved = self.library.save_new(name, self.editor.values(), base=self.current)
+            saved = self.library.save_new(name, self.editor.controls(), base=self.current)
         except (EngineError, OSError) as e:
             self._fail(e)
             return None
@@ -95,7 +95,7 @@ class PresetController(QObject):
         if self.current is None:
             return self.save_as()
         try:
-            saved = self.library.duplicate(self.current, self.editor.values())
+            saved = self.library.duplicate(self.current, self.editor.controls())
         except (EngineError, OSError) as e:
             self._fail(e)
             return None
@@ -137,11 +137,12 @@ class PresetController(QObject):
         return p
 
     def export_to(self, path: str | None = None) -> Path | None:
-        p = self.current
-        values = self.editor.values()
-        if p is None:
-            p = Preset(id="custom", name="Custom style", prompt=values.get("prompt") or "custom style")
-        p = p.replace(**values)
+        try:
+            controls = self.editor.controls()
+        except EngineError as e:
+            self._fail(e)
+            return None
+        p = (self.current or Preset(id="custom", name="Custom style", controls=controls)).replace(controls=controls)
         if path is None:
             path, _ = QFileDialog.getSaveFileName(self._parent, "Export preset", str(Path.home() / f"{p.id}.toml"),
                                                   "Preset files (*.toml)")

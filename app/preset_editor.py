@@ -1,9 +1,11 @@
-"""PresetEditor: the live controls of the current style (prompt, steps, noise scale, seed, transition) and the
-preset actions. It emits intents only: `controlsEdited(dict)` with the changed controls, and one signal per
-library action; `setPreset` / `setModified` set its state."""
+"""PresetEditor: edits the live `Controls` of the current style (prompt, steps, noise scale, seed, transition) and
+offers the preset actions. It emits intents only: `controlsEdited(Controls)` with the whole edited controls (a typed
+prompt joins them when applied), and one signal per library action; `setPreset` / `setControls` / `setModified` set
+its state."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 from PySide6.QtCore import Qt, QTimer, Signal
@@ -20,7 +22,8 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
-from sdv2_studio.engine.presets import MAX_TRANSITION, Preset
+from sdv2_studio.engine.config import MAX_STEPS, MAX_TRANSITION, Controls
+from sdv2_studio.engine.presets import Preset
 
 
 def _label(text: str, role: str) -> QLabel:
@@ -30,7 +33,7 @@ def _label(text: str, role: str) -> QLabel:
 
 
 class PresetEditor(QWidget):
-    controlsEdited = Signal(dict)
+    controlsEdited = Signal(object)  # Controls
     saveRequested = Signal()
     saveAsRequested = Signal()
     duplicateRequested = Signal()
@@ -41,6 +44,7 @@ class PresetEditor(QWidget):
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
         self._preset: Preset | None = None
+        self._controls = Controls()  # what the widgets show, with the prompt as last applied
         self._loading = False
 
         self.title = _label("No preset", "title")
@@ -60,7 +64,7 @@ class PresetEditor(QWidget):
         QShortcut(QKeySequence("Ctrl+Return"), self.prompt, activated=self._apply_prompt)
 
         self.steps = QSlider(Qt.Horizontal)
-        self.steps.setRange(1, 4)
+        self.steps.setRange(1, MAX_STEPS)
         self.steps.setPageStep(1)
         self.steps.setTickPosition(QSlider.TicksBelow)
         self.steps_value = _label("2", "value")
@@ -132,14 +136,14 @@ class PresetEditor(QWidget):
         lay.addLayout(actions)
 
         self._noise_timer = QTimer(self, singleShot=True, interval=150)
-        self._noise_timer.timeout.connect(lambda: self._emit({"noise_scale": self.noise.value() / 100}))
+        self._noise_timer.timeout.connect(lambda: self._edit(noise_scale=self.noise.value() / 100))
         self.prompt.textChanged.connect(self._prompt_changed)
         self.apply_prompt.clicked.connect(self._apply_prompt)
         self.steps.valueChanged.connect(self._steps_changed)
         self.noise.valueChanged.connect(self._noise_changed)
-        self.seed.valueChanged.connect(lambda v: self._emit({"seed": int(v)}))
+        self.seed.valueChanged.connect(lambda v: self._edit(seed=int(v)))
         self.dice.clicked.connect(lambda: self.seed.setValue(random.randrange(0, 2**31 - 1)))
-        self.transition.valueChanged.connect(lambda v: self._emit({"transition_chunks": int(v)}))
+        self.transition.valueChanged.connect(lambda v: self._edit(transition_chunks=int(v)))
         self.save.clicked.connect(self.saveRequested.emit)
         self.save_as.clicked.connect(self.saveAsRequested.emit)
         self.setPreset(None)
@@ -148,25 +152,16 @@ class PresetEditor(QWidget):
 
     def setPreset(self, preset: Preset | None) -> None:
         self._preset = preset
-        self._loading = True
-        try:
-            if preset is None:
-                self.title.setText("Custom style")
-                self.subtitle.setText("Type a prompt, or pick a preset below.")
-            else:
-                self.title.setText(preset.name)
-                where = "Shipped preset" if preset.builtin else "Your preset"
-                tags = "  ·  ".join(preset.tags)
-                self.subtitle.setText(f"{where}{'  ·  ' + tags if tags else ''}\n{preset.description}".strip())
-                self.prompt.setPlainText(preset.prompt)
-                self.steps.setValue(preset.steps)
-                self.noise.setValue(round(preset.noise_scale * 100))
-                self.seed.setValue(min(preset.seed, self.seed.maximum()))
-                self.transition.setValue(preset.transition_chunks)
-            self._sync_labels()
+        if preset is None:
+            self.title.setText("Custom style")
+            self.subtitle.setText("Type a prompt, or pick a preset below.")
             self.apply_prompt.setEnabled(False)
-        finally:
-            self._loading = False
+        else:
+            self.title.setText(preset.name)
+            where = "Shipped preset" if preset.builtin else "Your preset"
+            tags = "  ·  ".join(preset.tags)
+            self.subtitle.setText(f"{where}{'  ·  ' + tags if tags else ''}\n{preset.description}".strip())
+            self.setControls(preset.controls)
         self.setModified(False)
 
     def preset(self) -> Preset | None:
@@ -180,26 +175,22 @@ class PresetEditor(QWidget):
         self.action_delete.setEnabled(user)
         self.action_export.setEnabled(self._preset is not None or bool(self.prompt.toPlainText().strip()))
 
-    def values(self) -> dict:
-        return {"prompt": self.prompt.toPlainText().strip(), "steps": self.steps.value(),
-                "noise_scale": self.noise.value() / 100, "seed": self.seed.value(),
-                "transition_chunks": self.transition.value()}
+    def controls(self) -> Controls:
+        """The controls as shown, the prompt as typed (what Save and Start use); EngineError for an empty prompt."""
+        return dataclasses.replace(self._controls, prompt=self.prompt.toPlainText().strip())
 
-    def setValues(self, values: dict) -> None:
-        """Show controls without emitting (e.g. restored settings)."""
+    def setControls(self, controls: Controls) -> None:
+        """Show `controls` without emitting (a preset, restored settings)."""
+        self._controls = controls
         self._loading = True
         try:
-            if "prompt" in values:
-                self.prompt.setPlainText(values["prompt"])
-            if "steps" in values:
-                self.steps.setValue(int(values["steps"]))
-            if "noise_scale" in values:
-                self.noise.setValue(round(float(values["noise_scale"]) * 100))
-            if "seed" in values:
-                self.seed.setValue(min(int(values["seed"]), self.seed.maximum()))
-            if "transition_chunks" in values:
-                self.transition.setValue(int(values["transition_chunks"]))
+            self.prompt.setPlainText(controls.prompt)
+            self.steps.setValue(controls.steps)
+            self.noise.setValue(round(controls.noise_scale * 100))
+            self.seed.setValue(min(controls.seed, self.seed.maximum()))
+            self.transition.setValue(controls.transition_chunks)
             self._sync_labels()
+            self.apply_prompt.setEnabled(False)
         finally:
             self._loading = False
 
@@ -209,11 +200,12 @@ class PresetEditor(QWidget):
         self.steps_value.setText(str(self.steps.value()))
         self.noise_value.setText(f"{self.noise.value() / 100:.2f}")
 
-    def _emit(self, changes: dict) -> None:
+    def _edit(self, **change) -> None:
         if self._loading:
             return
+        self._controls = dataclasses.replace(self._controls, **change)
         self.setModified(True)
-        self.controlsEdited.emit(changes)
+        self.controlsEdited.emit(self._controls)
 
     def _prompt_changed(self) -> None:
         if not self._loading:
@@ -224,11 +216,11 @@ class PresetEditor(QWidget):
         text = self.prompt.toPlainText().strip()
         if text:
             self.apply_prompt.setEnabled(False)
-            self._emit({"prompt": text})
+            self._edit(prompt=text)
 
     def _steps_changed(self, value: int) -> None:
         self._sync_labels()
-        self._emit({"steps": int(value)})
+        self._edit(steps=int(value))
 
     def _noise_changed(self, value: int) -> None:
         self._sync_labels()

@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from sdv2_studio.engine.config import Controls
 from sdv2_studio.engine.errors import EngineError
 from sdv2_studio.engine.presets import (
+    DEFAULT_ORDER,
     Preset,
     delete_preset,
     export_preset,
@@ -38,26 +40,26 @@ class PresetLibrary:
     def _ids(self) -> set[str]:
         return {p.id for p in self.presets}
 
-    def save_edits(self, preset: Preset, values: dict) -> Preset:
+    def save_edits(self, preset: Preset, controls: Controls) -> Preset:
         if preset.builtin:
             raise EngineError(f"'{preset.name}' ships with the app; use 'Save as new' to keep your changes")
-        saved = save_preset(preset.replace(**values), self.user_dir)
+        saved = save_preset(preset.replace(controls=controls), self.user_dir)
         self.reload()
         return saved
 
-    def save_new(self, name: str, values: dict, base: Preset | None = None) -> Preset:
+    def save_new(self, name: str, controls: Controls, base: Preset | None = None) -> Preset:
         name = name.strip()
         if not name:
             raise EngineError("give the new preset a name")
         pid = unique_id(name, self.user_dir, self._ids())
-        src = base or Preset(id=pid, name=name, prompt=values.get("prompt", ""))
-        fresh = src.replace(id=pid, name=name, builtin=False, path=None, order=1000, **values)
+        src = base or Preset(id=pid, name=name, controls=controls)
+        fresh = src.replace(id=pid, name=name, controls=controls, builtin=False, path=None, order=DEFAULT_ORDER)
         saved = save_preset(fresh, self.user_dir)
         self.reload()
         return saved
 
-    def duplicate(self, preset: Preset, values: dict | None = None) -> Preset:
-        return self.save_new(f"{preset.name} copy"[:60], values or preset.controls(), base=preset)
+    def duplicate(self, preset: Preset, controls: Controls | None = None) -> Preset:
+        return self.save_new(f"{preset.name} copy"[:60], controls or preset.controls, base=preset)
 
     def delete(self, preset: Preset) -> None:
         delete_preset(preset)

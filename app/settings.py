@@ -3,7 +3,8 @@
 Written atomically (temp file + `os.replace`, engine.presets.atomic_write_text). A file that is not valid JSON is
 renamed `settings.json.corrupt-<timestamp>` and reported; a field with a wrong type falls back to its default and
 is reported; unknown fields are kept out. Nothing is silently discarded: `SettingsStore.load()` returns the
-settings and a list of messages for the user.
+settings and a list of messages for the user. Version 1 files kept the controls as flat prompt/steps/... fields;
+they are read into `controls`.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sdv2_studio.engine.config import CONTROL_FIELDS, Controls
+from sdv2_studio.engine.errors import EngineError
 from sdv2_studio.engine.presets import APP_NAME, atomic_write_text, backup_corrupt
 
-SETTINGS_VERSION = 1
+SETTINGS_VERSION = 2
 
 
 @dataclass
@@ -38,11 +41,7 @@ class Settings:
     text_on_gpu: bool = False
     # style
     preset: str = "anime-cel"
-    prompt: str = ""  # the last prompt in use (empty: the preset's)
-    steps: int = 2
-    noise_scale: float = 0.8
-    seed: int = 0
-    transition_chunks: int = 2
+    controls: Controls | None = None  # the controls last in use (None: the preset's)
     # outputs
     output_obs: bool = False
     output_vcam: bool = False
@@ -93,6 +92,19 @@ def _coerce(name: str, value, default):
     return value
 
 
+def _read_controls(data: dict) -> Controls | None:
+    """`controls` of a version 2 file, or the flat fields of a version 1 file (whose empty prompt meant "the
+    preset's"). Raises EngineError for a bad value."""
+    raw = data.get("controls")
+    if raw is None and data.get("prompt"):
+        raw = {k: data[k] for k in CONTROL_FIELDS if k in data}
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or not set(raw) <= set(CONTROL_FIELDS):
+        raise EngineError(f"controls should be an object with the fields {', '.join(CONTROL_FIELDS)}, not {raw!r}")
+    return Controls(**raw)
+
+
 class SettingsStore:
     """Load/save `Settings` at `<config dir>/settings.json`."""
 
@@ -121,13 +133,17 @@ class SettingsStore:
                          "settings this version does not know are ignored")
         values = {}
         for f in dataclasses.fields(Settings):
-            if f.name == "version" or f.name not in data:
+            if f.name in ("version", "controls") or f.name not in data:
                 continue
             default = getattr(defaults, f.name)
             try:
                 values[f.name] = _coerce(f.name, data[f.name], default)
             except TypeError as e:
                 notes.append(f"settings: {e}; using the default")
+        try:
+            values["controls"] = _read_controls(data)
+        except EngineError as e:
+            notes.append(f"settings: {e}; using the preset's controls")
         return dataclasses.replace(defaults, **values), notes
 
     def save(self, settings: Settings) -> Path:

@@ -4,7 +4,8 @@
     engine.start(progress=lambda msg, frac: ...)   # load weights, start the worker thread
     engine.push(frame)                              # HxWx3 uint8 of any size; never blocks unless asked to
     styled = engine.pull(timeout=0.1)               # HxWx3 uint8, same size as its input frame, or None
-    engine.set_controls(prompt="...", steps=1)      # validated now, applied at the next chunk boundary
+    engine.set_controls(prompt="...", steps=1)      # checked now, applied at the next chunk boundary
+    engine.set_controls(preset.controls)            # a whole Controls (any state: before start it is the start's)
     engine.stats()                                  # fps, latency p50/p99, deadline misses, TTFF, drops
     engine.stop()                                   # finish what was pushed (padding the last chunk)
 
@@ -15,8 +16,7 @@ source) use `lossless=True`: pushes and the worker wait instead of dropping, and
 SLO mode (`target_fps` set): an `engine.slo.SLOScheduler` picks Stream-Batch vs no-batch, the denoising steps (at
 most the user's) and the resolution (at most the configured size; single device only) before every chunk, from the
 measured chunk costs, the latency budget and the deadline misses; `stats().slo` has the plan, the counters and the
-last decision's reason. `pace_output=True` (live use) hands styled frames out through an `engine.slo.OutputPacer`:
-a steady rate that follows the engine's output rate, a small jitter buffer, stale frames dropped.
+last decision's reason. Sources, outputs and steady delivery to live outputs are `engine.session.Session`'s part.
 """
 
 from __future__ import annotations
@@ -29,12 +29,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from sdv2_studio.engine.config import CacheConfig
+from sdv2_studio.engine.config import CONTROL_FIELDS, CacheConfig, Controls
 from sdv2_studio.engine.errors import EngineError
 from sdv2_studio.engine.io.frames import check_size, fit_frame, restore_frame
-from sdv2_studio.engine.models import ModelBundle, Progress, load_bundle
-from sdv2_studio.engine.pipeline import Controls, StreamPipeline
-from sdv2_studio.engine.slo import OutputPacer, PacerStats, Plan, SLOConfig, SLOScheduler, SLOStats
+from sdv2_studio.engine.models import ModelBundle, Progress, load_bundle, resolve_model
+from sdv2_studio.engine.pipeline import StreamPipeline
+from sdv2_studio.engine.slo import Plan, SLOConfig, SLOScheduler, SLOStats
 from sdv2_studio.engine.text import PromptCache, default_prompt_cache_dir
 
 
@@ -54,8 +54,6 @@ class EngineConfig:
     latency_budget: float | None = None  # seconds; frames slower than this count as deadline misses
     target_fps: float | None = None  # SLO scheduling towards this output rate (None: off, the plan stays fixed)
     slo: SLOConfig = field(default_factory=lambda: SLOConfig(chunk_frames=(1,)))  # the pipeline has 4-frame chunks
-    pace_output: bool = False  # steady output through a jitter buffer (live outputs; ignored when lossless)
-    pace_depth: int = 2  # frames of jitter allowance of the pacer
     prompt_cache_dir: str | None = None  # default: the user cache dir; "" disables the disk cache
     taehv: str | None = None  # path to taew2_1.pth: decode with the TAEHV tiny decoder (lower latency)
     ranks: int = 1  # pipeline-parallel stages (1-4 GPUs; CPU processes over gloo without GPUs)
@@ -102,7 +100,6 @@ class Stats:
     chunk_ms: float = 0.0  # median compute time per chunk
     mode: str = ""
     slo: SLOStats | None = None  # plan, misses, degrades/recoveries, last decision (SLO mode)
-    pacer: PacerStats | None = None  # jitter, drops, buffer level (paced output)
     rank_utilisation: list[float] = field(default_factory=list)  # pipeline ranks: busy fraction of wall time
     model: str = ""
     untrained: bool = False
@@ -130,7 +127,6 @@ class Engine:
         self.pipeline: StreamPipeline | None = None
         self.bundle: ModelBundle | None = None
         self.scheduler: SLOScheduler | None = None
-        self.pacer: OutputPacer | None = None
         self._rebuild = None  # (size, controls, batch) -> StreamPipeline, for resolution changes (single device)
 
     # -- lifecycle ----------------------------------------------------------------------------------------------------
@@ -169,51 +165,36 @@ class Engine:
         """Ranks 1..N-1 in spawned processes, this process as rank 0 (encode, embeddings, first blocks)."""
         import os
 
-        from sdv2_studio.engine.config import get_preset
-        from sdv2_studio.engine.parallel import PipelinedStream, RankGroup, rank_devices, stage_select
+        from sdv2_studio.engine.parallel import RankGroup, RingDenoiser, rank_devices, stage_select
 
         cfg = self.config
         devices = rank_devices(cfg.device, cfg.ranks)
         dtype = resolve_dtype(cfg.dtype, devices[0])
-        if cfg.model == "auto":
-            from sdv2_studio.engine.models import find_downloaded
-
-            found = find_downloaded()
-            model = str(found[0]) if found else "tiny"
-        else:
-            model = cfg.model
-        from sdv2_studio.engine.models import random_preset
-
-        if random_preset(model):
-            num_layers, default_size = get_preset(random_preset(model)).num_layers, (256, 256)
-        else:
-            from sdv2_studio.engine.checkpoint import inspect_checkpoint
-
-            num_layers, default_size = inspect_checkpoint(model).config.num_layers, (480, 832)
-        h, w = check_size(*(cfg.size or default_size))
+        model = resolve_model(cfg.model, cfg.base)
+        h, w = check_size(*(cfg.size or model.default_size))
         threads = cfg.threads_per_rank or max(1, (os.cpu_count() or 1) // len(devices))
         if devices[0].type == "cpu":
             torch.set_num_threads(threads)
         if progress:
             progress(f"starting {len(devices)} pipeline ranks on {', '.join(map(str, devices))}", 0.0)
         slots = cfg.controls.steps if cfg.batch else 1
-        self._group = RankGroup(devices=devices, model=model, base=cfg.base, dtype=dtype, size=(h, w), slots=slots,
-                                steps=cfg.controls.steps, cache=cfg.cache, num_layers=num_layers,
-                                timeout=cfg.rank_timeout, threads=threads, taehv=cfg.taehv)
+        self._group = RankGroup(devices=devices, model=model.spec, base=str(model.base) if model.base else None,
+                                dtype=dtype, size=(h, w), slots=slots, steps=cfg.controls.steps, cache=cfg.cache,
+                                num_layers=model.num_layers, timeout=cfg.rank_timeout, threads=threads, taehv=cfg.taehv)
         try:
             select = stage_select(self._group.ranges[0], first=True, last=False)
-            bundle = load_bundle(model, device=devices[0], dtype=dtype, base=cfg.base, text_device=cfg.text_device,
+            bundle = load_bundle(model, device=devices[0], dtype=dtype, text_device=cfg.text_device,
                                  progress=progress, select=select)
             self.bundle = bundle
             folder = default_prompt_cache_dir() if cfg.prompt_cache_dir is None else (cfg.prompt_cache_dir or None)
             after = cfg.rebalance_after
             if after is None:
                 after = 2 * (len(devices) + cfg.controls.steps)
-            self.pipeline = PipelinedStream(bundle.dit, bundle.vae, PromptCache(bundle.text, folder),
-                                            ranges=self._group.ranges, link=self._group.link, model_spec=model,
-                                            rebalance_after=after, size=(h, w),
-                                            controls=cfg.controls, batch=cfg.batch, cache_cfg=cfg.cache,
-                                            device=devices[0], dtype=dtype, profile=cfg.profile)
+            ring = RingDenoiser(bundle.dit, size=(h, w), dtype=dtype, ranges=self._group.ranges,
+                                link=self._group.link, model_spec=model.spec, rebalance_after=after)
+            self.pipeline = StreamPipeline(bundle.dit, bundle.vae, PromptCache(bundle.text, folder), size=(h, w),
+                                           controls=cfg.controls, batch=cfg.batch, cache_cfg=cfg.cache,
+                                           device=devices[0], dtype=dtype, profile=cfg.profile, executor=ring)
         except BaseException:
             self._group.shutdown(None)
             raise
@@ -226,13 +207,11 @@ class Engine:
         if ranks is not None:
             mode += f", {ranks.world} ranks"
         self._stats = Stats(mode=mode, model=bundle.name, untrained=bundle.untrained, running=True)
-        self.scheduler = self.pacer = None
+        self.scheduler = None
         if cfg.target_fps is not None:
             slo = cfg.slo if self._rebuild is not None else dataclasses.replace(cfg.slo, size_scales=(1.0,))
             self.scheduler = SLOScheduler(cfg.target_fps, cfg.latency_budget, steps=cfg.controls.steps,
                                           size=self.pipeline.size, batch=cfg.batch, config=slo)
-        if cfg.pace_output and not cfg.lossless:
-            self.pacer = OutputPacer(cfg.pace_depth, fps=cfg.target_fps, max_frames=cfg.queue_frames)
         self._stopping = self._joining = False
         self._t_start = time.perf_counter()
         self._thread = threading.Thread(target=self._run, name="sdv2-engine", daemon=True)
@@ -307,11 +286,6 @@ class Engine:
 
     def pull(self, timeout: float | None = 0.0) -> np.ndarray | None:
         """The next styled frame (same size as its input frame), or None if none is ready within `timeout`."""
-        if self.pacer is not None:
-            frame = self.pacer.next(timeout)
-            if frame is None:
-                self._raise_error()
-            return frame
         with self._lock:
             if not self._outq:
                 self._lock.wait_for(lambda: self._outq or self._error or self._finished(), timeout)
@@ -322,44 +296,40 @@ class Engine:
         self._raise_error()
         return None
 
-    def latest(self) -> np.ndarray | None:
-        """The newest styled frame, dropping older ones (for previews)."""
-        if self.pacer is not None:
-            return self.pacer.latest()
-        with self._lock:
-            if not self._outq:
-                return None
-            frame = self._outq.pop()
-            self._stats.dropped_out += len(self._outq)
-            self._outq.clear()
-            self._lock.notify_all()
-            return frame
-
     def done(self) -> bool:
         """True once stop() was requested and every result has been pulled."""
         with self._lock:
-            paced = self.pacer is not None and self.pacer.stats().level > 0
-            return self._finished() and not self._outq and not paced
+            return self._finished() and not self._outq
 
     def _finished(self) -> bool:
         return self._thread is not None and not self._thread.is_alive()
 
     # -- controls and stats -------------------------------------------------------------------------------------------
 
-    def set_controls(self, **changes) -> Controls:
-        """Validate now (raises EngineError), apply at the next chunk boundary."""
-        if self.pipeline is None:
-            self.config.controls = dataclasses.replace(self.config.controls, **changes).validated()
-            return self.config.controls
+    def set_controls(self, controls: Controls | None = None, /, **changes) -> Controls:
+        """Set the stream's controls: a whole `Controls` (a preset's) and/or field changes on top of it (default: on
+        top of the controls set last). Checked now (EngineError naming the field); returns the result. Works in any
+        state, and `config.controls` always holds the result: before `start()` the stream starts with them, while
+        running they apply at the next chunk boundary."""
+        unknown = sorted(set(changes) - set(CONTROL_FIELDS))
+        if unknown:
+            raise EngineError(f"unknown control {', '.join(unknown)}; the controls are {', '.join(CONTROL_FIELDS)}")
         with self._lock:
-            new = self.pipeline.set_controls(**changes)
-            if self.scheduler is not None and "steps" in changes:
-                self.scheduler.set_caps(steps=new.steps)  # the user's steps are the scheduler's cap
+            old = self.config.controls
+            new = dataclasses.replace(old if controls is None else controls, **changes)
+            self.config.controls = new
+            if self.pipeline is not None:  # only what changed: steps the SLO plan lowered stay lowered otherwise
+                delta = {f: getattr(new, f) for f in CONTROL_FIELDS if getattr(new, f) != getattr(old, f)}
+                if delta:
+                    self.pipeline.set_controls(**delta)
+                if self.scheduler is not None and "steps" in delta:
+                    self.scheduler.set_caps(steps=new.steps)  # the user's steps are the scheduler's cap
             return new
 
     @property
     def controls(self) -> Controls:
-        return self.pipeline.controls if self.pipeline else self.config.controls
+        """The controls in effect: while running those the pipeline applies now, else `config.controls`."""
+        return self.pipeline.controls if self.pipeline is not None else self.config.controls
 
     def stats(self) -> Stats:
         with self._lock:
@@ -377,11 +347,8 @@ class Engine:
                 s.slo = self.scheduler.stats()
                 ranks = s.mode.partition(",")[2]
                 s.mode = ("stream-batch" if s.slo.plan.slots > 1 else "no-batch") + (f",{ranks}" if ranks else "")
-            if self.pacer is not None:
-                s.pacer = self.pacer.stats()
-            util = getattr(self.pipeline, "utilisation", None)
-            if util is not None:
-                s.rank_utilisation = util()
+            if self.pipeline is not None:
+                s.rank_utilisation = self.pipeline.executor.utilisation()
             s.error = str(self._error) if self._error else None
             return s
 
@@ -450,8 +417,6 @@ class Engine:
                 self._error = e
                 self._lock.notify_all()
         finally:
-            if self.pacer is not None:
-                self.pacer.close()
             with self._lock:
                 self._stats.running = False
                 self._lock.notify_all()
@@ -463,48 +428,42 @@ class Engine:
         if plan.size != pipe.size and self._rebuild is not None:
             out = pipe.flush()
             with self._lock:
-                controls = dataclasses.replace(pipe._pending or pipe.controls, steps=plan.steps)
+                controls = dataclasses.replace(pipe.next_controls, steps=plan.steps)
                 self.pipeline = self._rebuild(plan.size, controls, plan.batch)
             return out
         with self._lock:
-            if plan.steps != (pipe._pending or pipe.controls).steps:
+            if plan.steps != pipe.next_controls.steps:
                 pipe.set_controls(steps=plan.steps)
         if plan.batch != pipe.batch:
             pipe.set_mode(plan.batch)
         return []
 
     def _emit(self, styled: list[np.ndarray], pending: collections.deque) -> tuple[float, float] | None:
-        """Hand styled frames to the consumer; returns (latency, backlog) of the slowest real frame, if any."""
-        budget = self.config.latency_budget
-        worst: tuple[float, float] | None = None
-        paced: list[np.ndarray] = []
-        for frame in styled:
-            shape, t_push, backlog = pending.popleft()
-            if shape is None:
-                continue
-            out = restore_frame(frame, shape) if tuple(shape[:2]) != frame.shape[:2] else frame
-            now = time.perf_counter()
-            if worst is None or now - t_push > worst[0]:
-                worst = (now - t_push, backlog)
-            if self.pacer is not None:
-                paced.append(out)
-            with self._lock:
-                if self.pacer is None:
-                    if self.config.lossless:
-                        self._lock.wait_for(lambda: len(self._outq) < self.config.queue_frames or self._joining)
-                    if len(self._outq) >= self.config.queue_frames:
-                        self._outq.popleft()
-                        self._stats.dropped_out += 1
-                    self._outq.append(out)
-                lat = now - t_push
-                self._lat.append(lat)
+        """Hand styled frames to the consumer, a chunk's frames together (one burst for a pacer); returns (latency,
+        backlog) of the slowest real frame, if any."""
+        ready = [(restore_frame(frame, shape) if tuple(shape[:2]) != frame.shape[:2] else frame, t_push, backlog)
+                 for frame, (shape, t_push, backlog) in zip(styled, [pending.popleft() for _ in styled])
+                 if shape is not None]  # padding frames are discarded
+        if not ready:
+            return None
+        now = time.perf_counter()
+        budget, limit = self.config.latency_budget, self.config.queue_frames
+        with self._lock:
+            for out, t_push, _ in ready:
+                if self.config.lossless and len(self._outq) >= limit:
+                    self._lock.notify_all()
+                    self._lock.wait_for(lambda: len(self._outq) < limit or self._joining)
+                if len(self._outq) >= limit:
+                    self._outq.popleft()
+                    self._stats.dropped_out += 1
+                self._outq.append(out)
+                self._lat.append(now - t_push)
                 self._out_times.append(now)
                 self._stats.frames_out += 1
-                if budget is not None and lat > budget:
+                if budget is not None and now - t_push > budget:
                     self._stats.deadline_misses += 1
-                if self._stats.ttff is None:
-                    self._stats.ttff = now - self._t_start
-                self._lock.notify_all()
-        if paced:  # one burst: the pacer spreads it out (bounded; it drops stale frames itself)
-            self.pacer.put_many(paced, time.monotonic())
-        return worst
+            if self._stats.ttff is None:
+                self._stats.ttff = now - self._t_start
+            self._lock.notify_all()
+        t_push, backlog = min((t, b) for _, t, b in ready)
+        return now - t_push, backlog

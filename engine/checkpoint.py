@@ -12,10 +12,16 @@ Accepted inputs (the layout is detected from tensor names, the model size from t
   * "causal-wan": StreamDiffusionV2 / Self-Forcing / CausVid `model.pt`: a torch pickle whose top level
     holds `generator`, `generator_ema` or `state_dict` (taken in that order, as upstream does; otherwise the
     dict itself), with keys prefixed `model.` (stripped). A folder holding `model.pt` works too.
+  * ComfyUI / Kijai single files are the "wan" names, bare or under `model.diffusion_model.`, in bf16/fp16, fp8
+    (`*_fp8_e4m3fn`, read as stored) or ComfyUI scaled fp8 (`*_fp8_scaled`: fp8 weights with a per-linear
+    `scale_weight`), which `engine.weights` dequantises per tensor into the compute dtype at load. Error against
+    the bf16 weights: at most 2^-4 of each weight (e4m3 rounding) plus bf16 rounding.
+
+`identify(path)` says what any model file is (DiT, VAE, text encoder, LoRA, TAEHV), for `sdv2 inspect`.
 
 Loading never materialises a second full copy: the model is built on the meta device, every tensor is read
-from the memory-mapped file and cast straight to its final dtype/device one at a time, then attached with
-`load_state_dict(strict=True, assign=True)`. fp32 islands (`engine.model.keep_fp32`) stay float32.
+from the memory-mapped file (`engine.weights`) and cast straight to its final dtype/device one at a time, then
+attached with `load_state_dict(strict=True, assign=True)`. fp32 islands (`engine.model.keep_fp32`) stay float32.
 
 The number of attention heads is not in the weights. It comes from, in order: our own safetensors metadata
 (`save_model`), a `config.json` next to the weights (diffusers' `num_attention_heads` or Wan's
@@ -33,24 +39,19 @@ import functools
 import json
 import math
 import os
-import pickle
 import re
-import struct
-import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from sdv2_studio.engine.config import PRESETS, ModelConfig, get_preset
 from sdv2_studio.engine.errors import EngineError
 from sdv2_studio.engine.model import CausalWanModel, cast_model, keep_fp32
+from sdv2_studio.engine.weights import TensorFile, open_tensors, some, strip_prefix
 
 LAYOUTS = ("wan", "diffusers", "causal-wan")
-CAUSAL_ENTRIES = ("generator", "generator_ema", "state_dict")  # upstream's order of preference
-PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 METADATA_KEY = "sdv2.config"  # our ModelConfig as JSON in the safetensors header (written by save_model)
 
 # Wrappers that training code puts around the DiT, removed from every key: DDP, torch.compile, FSDP,
@@ -78,11 +79,6 @@ _DIFFUSERS_BLOCK = {
     "ffn.net.2.": "ffn.2.",
 }
 _BLOCK_RE = re.compile(r"blocks\.(\d+)\.(.+)")
-_SHARD_RE = re.compile(r"(.+)-\d+-of-\d+\.safetensors")
-
-_ST_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
-              "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2", "I64": "int64", "I32": "int32",
-              "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
 _DTYPE_NAMES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
                 "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
                 "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
@@ -187,6 +183,63 @@ def save_model(model: CausalWanModel, path: str | os.PathLike) -> Path:
     return path
 
 
+@dataclass(frozen=True)
+class FileInfo:
+    """What `identify` found: the kind of model file, its layout, size and dtype."""
+
+    path: Path  # the weights file read
+    kind: str  # one of KINDS
+    layout: str  # e.g. "wan", "diffusers", "transformers", "comfy", "peft", "taehv"
+    summary: str  # what it is, in words
+    num_params: int
+    num_tensors: int
+    dtypes: tuple[str, ...]  # as stored
+    notes: tuple[str, ...] = ()
+    checkpoint: CheckpointInfo | None = None  # the DiT details, for kind "dit"
+
+
+KINDS = {"dit": "DiT", "vae": "VAE", "text-encoder": "text encoder", "lora": "LoRA", "taehv": "TAEHV"}
+
+
+def identify(path: str | os.PathLike) -> FileInfo:
+    """Say what a model file (or a folder holding one) is, from tensor names and shapes only (nothing is loaded
+    except a LoRA's small tensors). One EngineError line when it is none of `KINDS`."""
+    from sdv2_studio.engine.lora import describe_lora
+    from sdv2_studio.engine.taehv import describe_taehv
+    from sdv2_studio.engine.text import describe_text_encoder
+    from sdv2_studio.engine.vae import describe_vae
+
+    with open_tensors(locate(Path(path).expanduser())) as tf:
+        stats = dict(path=tf.path, num_params=tf.num_params, num_tensors=len(tf.shapes),
+                     dtypes=tuple(sorted(set(tf.dtypes.values()))))
+        for kind, describe in (("lora", describe_lora), ("taehv", describe_taehv), ("vae", describe_vae),
+                               ("text-encoder", describe_text_encoder)):
+            found = describe(tf)
+            if found is not None:
+                return FileInfo(kind=kind, layout=found[0], summary=found[1], notes=tuple(tf.notes), **stats)
+        cleaned = [_clean_key(k)[0] for k in tf.shapes]
+        if dit_layout(cleaned) is None:
+            raise EngineError(f"{tf.path} is not a model file this app reads (DiT, VAE, text encoder, LoRA, "
+                              f"TAEHV): it looks like {_looks_like(cleaned)}")
+        w = _Weights(tf, _name_weights(tf))
+        w.hints = _hints(tf)
+        info = _info(w, _config_for(w, None))
+        c = info.config
+        return FileInfo(kind="dit", layout=info.layout, summary=f"Wan2.1 text-to-video DiT, {_cfg_label(c)}",
+                        notes=info.notes, checkpoint=info, **stats)
+
+
+def format_file_info(info: FileInfo) -> str:
+    """Human-readable summary for `sdv2 inspect PATH`."""
+    kind = f"kind:    {KINDS[info.kind]}: {info.summary}"
+    if info.checkpoint is not None:
+        first, *rest = format_info(info.checkpoint).splitlines()
+        return "\n".join([first, kind, *rest])
+    lines = [f"path:    {info.path}", kind, f"layout:  {info.layout}",
+             f"params:  {info.num_params:,} in {info.num_tensors} tensors", f"dtype:   {', '.join(info.dtypes)}"]
+    return "\n".join(lines + [f"note:    {n}" for n in info.notes])
+
+
 def detect_config(shapes: Mapping[str, tuple[int, ...]], *, preset: str | None = None,
                   hints: Mapping[str, object] | None = None) -> ModelConfig:
     """ModelConfig for a state dict given as {Wan key: shape}.
@@ -229,169 +282,52 @@ def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 @dataclass
 class _Weights:
-    """An opened checkpoint: tensor names (already ours), shapes, dtypes and a lazy reader."""
+    """An opened DiT checkpoint: the file (tensor names already ours), its layout and config hints."""
 
-    path: Path
-    files: tuple[Path, ...]
+    tf: TensorFile
     layout: str
-    shapes: dict[str, tuple[int, ...]]
-    dtypes: dict[str, str]
-    reader: Callable[[str], torch.Tensor]
-    entry: str | None = None
     hints: dict = dataclasses.field(default_factory=dict)
-    notes: list = dataclasses.field(default_factory=list)
+
+    @property
+    def path(self) -> Path:
+        return self.tf.path
+
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return self.tf.shapes
 
     def read(self, name: str) -> torch.Tensor:
-        try:
-            return self.reader(name)
-        except (SafetensorError, RuntimeError, OSError) as e:
-            raise EngineError(f"{self.path}: cannot read tensor {name} ({_first_line(e)}); the file is "
-                              "corrupt, download it again") from None
+        return self.tf.read(name)
 
 
 @contextlib.contextmanager
 def _open_weights(path: str | os.PathLike) -> Iterator[_Weights]:
-    file, kind = _locate(Path(path).expanduser())
-    with contextlib.ExitStack() as stack:
-        if kind == "pickle":
-            raw, entry, notes = _read_pickle(file)
-            files = (file,)
-            raw_shapes = {k: tuple(v.shape) for k, v in raw.items()}
-            raw_dtypes = {k: _dtype_name(v.dtype) for k, v in raw.items()}
-            read_raw = raw.__getitem__
-            metadata: dict = {}
-        else:
-            files = _index_files(file) if kind == "index" else (file,)
-            entry, notes, metadata = None, [], {}
-            where, raw_shapes, raw_dtypes = {}, {}, {}
-            for f in files:
-                handle = _safe_open(f, stack)
-                metadata.update(handle.metadata() or {})
-                for k in handle.keys():
-                    sl = handle.get_slice(k)
-                    where[k] = handle
-                    raw_shapes[k] = tuple(sl.get_shape())
-                    raw_dtypes[k] = _ST_DTYPES.get(sl.get_dtype(), sl.get_dtype().lower())
-
-            def read_raw(k: str) -> torch.Tensor:
-                return where[k].get_tensor(k)
-
-        w = _name_weights(file, files, raw_shapes, raw_dtypes, read_raw, entry, kind)
-        w.notes += notes
-        w.hints = _hints(file, metadata, w)
+    with open_tensors(locate(Path(path).expanduser())) as tf:
+        w = _Weights(tf, _name_weights(tf))
+        w.hints = _hints(tf)
         yield w
 
 
-def _locate(path: Path) -> tuple[Path, str]:
-    """The weights file to read for `path` and its kind: "safetensors", "index" or "pickle"."""
+def locate(path: Path) -> Path:
+    """The weights file to read for a model file or folder (a DiT folder, or one holding a single weights file)."""
     if not path.exists():
         what = "folder" if not path.suffix else "file"
         raise EngineError(f"checkpoint {what} not found: {path}; check the path (or download the model)")
-    if path.is_dir():
-        for name in ("model.pt", "model.pth"):
-            if (path / name).is_file():
-                return path / name, "pickle"
-        if (path / "diffusion_pytorch_model.safetensors.index.json").is_file():
-            return path / "diffusion_pytorch_model.safetensors.index.json", "index"
-        if (path / "diffusion_pytorch_model.safetensors").is_file():
-            return path / "diffusion_pytorch_model.safetensors", "safetensors"
-        if (path / "transformer").is_dir():
-            return _locate(path / "transformer")
-        indexes = sorted(path.glob("*.safetensors.index.json"))
-        if len(indexes) == 1:
-            return indexes[0], "index"
-        singles = sorted(path.glob("*.safetensors"))
-        if len(singles) == 1:
-            return singles[0], "safetensors"
-        raise EngineError(f"no DiT weights in folder {path}: expected model.pt, "
-                          "diffusion_pytorch_model*.safetensors or a transformer/ subfolder; point to the "
-                          "weights file itself")
-    name = path.name.lower()
-    if name.endswith(".index.json"):
-        return path, "index"
-    if name.endswith(".safetensors"):
-        m = _SHARD_RE.fullmatch(path.name)
-        if m and (path.parent / f"{m[1]}.safetensors.index.json").is_file():
-            return path.parent / f"{m[1]}.safetensors.index.json", "index"  # one shard given: read the set
-        return path, "safetensors"
-    if path.suffix.lower() in PICKLE_SUFFIXES:
-        return path, "pickle"
-    if path.suffix.lower() == ".gguf":
-        raise EngineError(f"{path}: GGUF files are not supported; use the .safetensors or model.pt release")
-    raise EngineError(f"{path}: unsupported file type '{path.suffix}'; expected .safetensors, "
-                      "*.safetensors.index.json, .pt/.pth or a model folder")
-
-
-def _index_files(index: Path) -> tuple[Path, ...]:
-    try:
-        weight_map = json.loads(index.read_text())["weight_map"]
-        names = sorted(set(weight_map.values()))
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
-        raise EngineError(f"{index}: not a valid safetensors index (needs a 'weight_map'); "
-                          "download it again") from None
-    files = tuple(index.parent / n for n in names)
-    missing = [f.name for f in files if not f.is_file()]
-    if missing:
-        raise EngineError(f"{index.parent}: {len(missing)} of {len(files)} shards listed in {index.name} are "
-                          f"missing ({', '.join(missing[:3])}); the download is incomplete, fetch them again")
-    return files
-
-
-def _safe_open(file: Path, stack: contextlib.ExitStack):
-    try:
-        return stack.enter_context(safe_open(str(file), framework="pt", device="cpu"))
-    except SafetensorError as e:
-        raise EngineError(f"{file}: corrupt or truncated safetensors file ({_first_line(e)}); "
-                          "download it again") from None
-    except OSError as e:
-        raise EngineError(f"{file}: cannot open ({e.strerror or e}); check the file permissions") from None
-
-
-def _read_pickle(file: Path) -> tuple[dict[str, torch.Tensor], str | None, list[str]]:
-    """Tensors of a torch pickle (memory-mapped), which top-level entry they came from, and notes."""
-    size = file.stat().st_size
-    if size == 0:
-        raise EngineError(f"{file}: the file is empty (0 bytes); download it again")
-    try:
-        if zipfile.is_zipfile(file):
-            obj = torch.load(file, mmap=True, weights_only=True, map_location="cpu")
-        else:
-            with open(file, "rb") as fh:
-                if fh.read(2) == b"PK":
-                    raise EngineError(f"{file}: truncated or corrupt torch checkpoint (the zip archive has "
-                                      "no central directory); download it again")
-            # Legacy (pre-1.6, non-zip) torch.save format: cannot be memory-mapped, read into RAM.
-            obj = torch.load(file, weights_only=True, map_location="cpu")
-    except pickle.UnpicklingError as e:
-        glob = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-        if glob:
-            raise EngineError(f"{file}: the pickle holds Python objects besides tensors ({glob[1]}) and is "
-                              "not loaded for safety; re-save it as a plain state dict (or safetensors)") \
-                from None
-        raise EngineError(f"{file}: not a readable torch checkpoint ({_first_line(e)}); "
-                          "download it again") from None
-    # A damaged pickle stream can fail in the unpickler in many ways; each means "not a valid checkpoint".
-    except (RuntimeError, OSError, EOFError, ValueError, IndexError, KeyError, TypeError, struct.error) as e:
-        raise EngineError(f"{file}: corrupt or truncated torch checkpoint ({_first_line(e)}); "
-                          "download it again") from None
-    if not isinstance(obj, Mapping):
-        raise EngineError(f"{file}: holds a {type(obj).__name__}, not a state dict; expected a dict of "
-                          f"tensors or one with {', '.join(CAUSAL_ENTRIES)}")
-    entry = next((k for k in CAUSAL_ENTRIES if k in obj), None)
-    notes = []
-    if entry is not None:
-        others = [k for k in obj if k != entry and isinstance(k, str)]
-        if others:
-            notes.append(f"used '{entry}'; the file also holds {', '.join(others[:6])}")
-        obj = obj[entry]
-        if not isinstance(obj, Mapping):
-            raise EngineError(f"{file}: entry '{entry}' is a {type(obj).__name__}, not a state dict")
-    tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
-    if not tensors:
-        top = [str(k) for k in obj][:5]
-        raise EngineError(f"{file}: no tensors found (top-level entries: {', '.join(top) or 'none'}); "
-                          f"expected a state dict or a dict with {', '.join(CAUSAL_ENTRIES)}")
-    return tensors, entry, notes
+    if not path.is_dir():
+        return path
+    for name in ("model.pt", "model.pth", "diffusion_pytorch_model.safetensors.index.json",
+                 "diffusion_pytorch_model.safetensors"):
+        if (path / name).is_file():
+            return path / name
+    if (path / "transformer").is_dir():
+        return locate(path / "transformer")
+    for pattern in ("*.safetensors.index.json", "*.safetensors", "*.pth", "*.pt"):
+        found = sorted(path.glob(pattern))
+        if len(found) == 1:
+            return found[0]
+    raise EngineError(f"no DiT weights in folder {path}: expected model.pt, "
+                      "diffusion_pytorch_model*.safetensors or a transformer/ subfolder; point to the "
+                      "weights file itself")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -402,11 +338,13 @@ def _clean_key(key: str) -> tuple[str, bool]:
     """Remove training wrappers and prefixes; also report whether a `model.` style prefix was present."""
     for tok in _WRAPPER_TOKENS:
         key = key.replace(tok, "")
-    prefixed = False
-    while key.startswith(_PREFIXES):
-        key = key.split(".", 1)[1]
-        prefixed = True
-    return key, prefixed
+    bare = strip_prefix(key, _PREFIXES)
+    return bare, bare != key
+
+
+def wan_name(key: str) -> str:
+    """Our (original Wan) name for a DiT tensor or module name in any accepted layout and prefix."""
+    return _from_diffusers(_clean_key(key)[0])
 
 
 def _from_diffusers(key: str) -> str:
@@ -427,7 +365,8 @@ def _from_diffusers(key: str) -> str:
     return key
 
 
-def _layout_of(keys: list[str]) -> str | None:
+def dit_layout(keys: list[str]) -> str | None:
+    """"wan" or "diffusers" if these (cleaned) tensor names are a Wan2.1 DiT's, else None."""
     if any(k.startswith(("condition_embedder.", "proj_out.")) or ".attn1." in k for k in keys):
         return "diffusers"
     wan_parts = ("text_embedding.", "time_embedding.", "head.head.")
@@ -457,33 +396,30 @@ def _looks_like(keys: list[str]) -> str:
     return f"something else ({len(keys)} tensors, e.g. {', '.join(keys[:3])})"
 
 
-def _is_lora(keys: list[str]) -> bool:
-    tokens = ("lora_A", "lora_B", "lora_down", "lora_up", "lora.down", "lora.up")
-    return any(t in k for k in keys for t in tokens)
-
-
 def _is_i2v(keys: list[str]) -> bool:
     return any(k.startswith(("img_emb.", "condition_embedder.image_embedder.")) or ".k_img." in k
                or ".add_k_proj." in k for k in keys)
 
 
-def _name_weights(file, files, raw_shapes, raw_dtypes, read_raw, entry, kind) -> _Weights:
-    if not raw_shapes:
-        raise EngineError(f"{file}: the checkpoint holds no tensors; download it again")
+def _name_weights(tf: TensorFile) -> str:
+    """Rename the file's tensors to ours; returns the layout."""
+    file = tf.path
     cleaned, prefixed = {}, False
-    for k in raw_shapes:
+    for k in tf.shapes:
         c, p = _clean_key(k)
         cleaned[k] = c
         prefixed |= p
     keys = list(cleaned.values())
-    if _is_lora(keys):
-        raise EngineError(f"{file} is a LoRA adapter, not a full Wan2.1 DiT; load the base or causal model "
-                          "(LoRA files are not supported)")
+    from sdv2_studio.engine.lora import is_lora  # lora.py builds on this module
+
+    if is_lora(tf.shapes):
+        raise EngineError(f"{file} is a LoRA adapter, not a full Wan2.1 DiT; load the base or causal model and "
+                          "apply the LoRA on top of it (engine.lora)")
     if _is_i2v(keys):
         raise EngineError(f"{file}: this is an image-to-video Wan model (it has image-embedding weights); "
                           "only Wan2.1 text-to-video DiTs (T2V 1.3B/14B and their causal distillations) are "
                           "supported")
-    layout = _layout_of(keys)
+    layout = dit_layout(keys)
     if layout is None:
         raise EngineError(f"{file} is not a Wan2.1 DiT checkpoint: it looks like {_looks_like(keys)}; point "
                           "to the DiT weights (model.pt or diffusion_pytorch_model*.safetensors)")
@@ -494,30 +430,25 @@ def _name_weights(file, files, raw_shapes, raw_dtypes, read_raw, entry, kind) ->
             raise EngineError(f"{file}: tensor {name} appears twice (as {ours[name]} and {raw}); the "
                               "checkpoint mixes two models, re-export it")
         ours[name] = raw
-    if kind == "pickle" and (entry is not None or prefixed):
-        layout = "causal-wan"
-    return _Weights(
-        path=file, files=tuple(files), layout=layout, entry=entry,
-        shapes={n: raw_shapes[r] for n, r in ours.items()},
-        dtypes={n: raw_dtypes[r] for n, r in ours.items()},
-        reader=lambda n: read_raw(ours[n]),
-    )
+    tf.rename({raw: name for name, raw in ours.items()})
+    pickled = file.suffix.lower() not in (".safetensors", ".json")
+    return "causal-wan" if pickled and (tf.entry is not None or prefixed) else layout
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Configs and checks
 
 
-def _hints(file: Path, metadata: Mapping[str, str], w: _Weights) -> dict:
+def _hints(w: TensorFile) -> dict:
     """num_heads / text_len / eps / rope_max_len from our safetensors metadata or a config.json beside it."""
-    dim = w.shapes.get("patch_embedding.weight", (None,))[0]
+    dim, metadata = w.shapes.get("patch_embedding.weight", (None,))[0], w.metadata
     if METADATA_KEY in metadata:
         try:
             ours = json.loads(metadata[METADATA_KEY])
             return {k: ours[k] for k in _HINTED if k in ours}
         except (ValueError, TypeError):
             w.notes.append(f"ignored unreadable {METADATA_KEY} metadata")
-    cfg_file = file.parent / "config.json"
+    cfg_file = w.path.parent / "config.json"
     if not cfg_file.is_file():
         return {}
     try:
@@ -622,9 +553,9 @@ def _check_tensors(shapes: Mapping[str, tuple[int, ...]], cfg: ModelConfig) -> N
     if missing or unexpected:
         parts = []
         if missing:
-            parts.append(f"{_count(missing, 'missing')} ({_some(missing)})")
+            parts.append(f"{_count(missing, 'missing')} ({some(missing)})")
         if unexpected:
-            parts.append(f"{_count(unexpected, 'unexpected')} ({_some(unexpected)})")
+            parts.append(f"{_count(unexpected, 'unexpected')} ({some(unexpected)})")
         raise EngineError(f"{' and '.join(parts)} for a {_cfg_label(cfg)} Wan2.1 DiT; the file is "
                           "incomplete or from a different model, download it again")
     for k, want in expected.items():
@@ -643,10 +574,11 @@ def _config_for(w: _Weights, preset: str | None) -> ModelConfig:
 
 
 def _info(w: _Weights, cfg: ModelConfig) -> CheckpointInfo:
+    tf = w.tf
     return CheckpointInfo(
-        path=w.path, layout=w.layout, preset=cfg.name, config=cfg, num_tensors=len(w.shapes),
-        num_params=sum(math.prod(s) for s in w.shapes.values()), dtypes=tuple(sorted(set(w.dtypes.values()))),
-        entry=w.entry, files=w.files, notes=tuple(w.notes),
+        path=tf.path, layout=w.layout, preset=cfg.name, config=cfg, num_tensors=len(tf.shapes),
+        num_params=tf.num_params, dtypes=tuple(sorted(set(tf.dtypes.values()))), entry=tf.entry, files=tf.files,
+        notes=tuple(tf.notes),
     )
 
 
@@ -660,19 +592,6 @@ def _cfg_label(cfg: ModelConfig) -> str:
 
 def _count(keys: list[str], what: str) -> str:
     return f"{len(keys)} {what} tensor{'s' if len(keys) != 1 else ''}"
-
-
-def _some(keys: list[str], n: int = 3) -> str:
-    return ", ".join(keys[:n]) + (", ..." if len(keys) > n else "")
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:200] if text else type(e).__name__
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
 
 
 def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:

@@ -6,17 +6,19 @@ User-facing problems raise `EngineError`; they are printed as one line (`sdv2: e
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
 from sdv2_studio.engine import extensions
+from sdv2_studio.engine.config import MAX_STEPS, MAX_TRANSITION, Controls
 from sdv2_studio.engine.errors import EngineError
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from sdv2_studio.engine.checkpoint import format_info, inspect_checkpoint
+    from sdv2_studio.engine.checkpoint import format_file_info, identify
 
-    print(format_info(inspect_checkpoint(args.path)))
+    print(format_file_info(identify(args.path)))
     return 0
 
 
@@ -32,32 +34,45 @@ def _cmd_sources(args: argparse.Namespace) -> int:
     return 0
 
 
+def load_bench(name: str):
+    """The module bench/<name>.py of the source checkout this package runs from: the benchmark tools live beside the
+    package and are not installed (the engine never imports them)."""
+    import importlib
+    import importlib.util
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "bench"
+    if not (folder / f"{name}.py").is_file():
+        raise EngineError("`sdv2 bench` needs a source checkout (clone the repository and `pip install -e .` "
+                          "there): the benchmark tools in bench/ are not installed")
+    if "sdv2_bench" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("sdv2_bench", folder / "__init__.py",
+                                                      submodule_search_locations=[str(folder)])
+        package = importlib.util.module_from_spec(spec)
+        sys.modules["sdv2_bench"] = package
+        spec.loader.exec_module(package)
+    return importlib.import_module(f"sdv2_bench.{name}")
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.what == "roofline":
+        return load_bench("roofline").main_roofline(args)
+    measure = load_bench("measure")
     if args.what == "model":
-        from sdv2_studio.engine.bench import bench_model
-
         points = tuple(int(p) for p in args.points.split(","))
-        bench_model(args.preset, points=points, device=args.device, dtype=args.dtype,
-                    out=args.out or "bench/results/model.json")
+        measure.bench_model(args.preset, points=points, device=args.device, dtype=args.dtype,
+                            out=args.out or "bench/results/model.json")
     elif args.what == "parallel":
-        from sdv2_studio.engine.bench import bench_parallel
-
         model = args.model if args.model != "tiny" else "random:small"
-        bench_parallel(model, size=_parse_size(args.size) or (256, 256),
-                       chunks=args.chunks, steps=args.steps, out=args.out or "bench/results/parallel.json")
-    elif args.what == "roofline":
-        from sdv2_studio.engine.roofline import main_roofline
-
-        return main_roofline(args)
+        measure.bench_parallel(model, size=_parse_size(args.size) or (256, 256), chunks=args.chunks, steps=args.steps,
+                               out=args.out or "bench/results/parallel.json")
     elif args.what == "pipeline":
-        from sdv2_studio.engine.bench import bench_pipeline
-
-        bench_pipeline(args.model, size=_parse_size(args.size) or (256, 256), chunks=args.chunks,
-                       device=args.device, dtype=args.dtype, out=args.out or "bench/results/pipeline.json")
+        measure.bench_pipeline(args.model, size=_parse_size(args.size) or (256, 256), chunks=args.chunks,
+                               device=args.device, dtype=args.dtype, out=args.out or "bench/results/pipeline.json")
     return 0
 
 
@@ -70,29 +85,20 @@ def _parse_size(text: str | None) -> tuple[int, int] | None:
 def _run_torchrun_stage(args: argparse.Namespace) -> int:
     """A torchrun rank >= 1: build this rank's part from the same command line and serve until rank 0 stops."""
     from sdv2_studio.engine.api import resolve_dtype
-    from sdv2_studio.engine.config import CacheConfig, get_preset
+    from sdv2_studio.engine.config import CacheConfig
+    from sdv2_studio.engine.models import resolve_model
     from sdv2_studio.engine.parallel import StageSpec, rank_devices, split_blocks, stage_main
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local = int(os.environ.get("LOCAL_RANK", rank))
     devices = rank_devices(args.device if "," in args.device else "auto", world)
     device = devices[local] if len(devices) > local else devices[-1]
-    from sdv2_studio.engine.models import find_downloaded, random_preset
-
-    model = args.model
-    if model == "auto":
-        found = find_downloaded()
-        model = str(found[0]) if found else "tiny"
-    if random_preset(model):
-        layers = get_preset(random_preset(model)).num_layers
-    else:
-        from sdv2_studio.engine.checkpoint import inspect_checkpoint
-
-        layers = inspect_checkpoint(model).config.num_layers
-    size = _parse_size(args.size) or ((256, 256) if random_preset(model) else (480, 832))
+    model = resolve_model(args.model, args.base)
     spec = StageSpec(rank=rank, world=world, port=0, device=str(device),
-                     dtype=str(resolve_dtype(args.dtype, device)).removeprefix("torch."), model=model, base=args.base,
-                     blocks=[(r.start, r.stop) for r in split_blocks(layers, world)], size=size,
+                     dtype=str(resolve_dtype(args.dtype, device)).removeprefix("torch."), model=model.spec,
+                     base=str(model.base) if model.base else None,
+                     blocks=[(r.start, r.stop) for r in split_blocks(model.num_layers, world)],
+                     size=_parse_size(args.size) or model.default_size,
                      slots=args.steps if not args.no_batch else 1, steps=args.steps, cache=CacheConfig(),
                      threads=max(1, (os.cpu_count() or 1) // world), taehv=args.taehv)
     stage_main(spec)
@@ -103,19 +109,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from sdv2_studio.engine.api import Engine, EngineConfig
+    from sdv2_studio.engine.api import EngineConfig
     from sdv2_studio.engine.io.sinks import open_sink
     from sdv2_studio.engine.io.sources import open_source
-    from sdv2_studio.engine.pipeline import Controls
+    from sdv2_studio.engine.session import ERROR, Session, SessionStatus
 
-    base = {}
+    base = Controls()
     if args.preset:
         from sdv2_studio.engine.presets import find_preset, load_library
 
-        base = find_preset(load_library()[0], args.preset).controls()
+        base = find_preset(load_library()[0], args.preset).controls
     given = {"prompt": args.prompt, "steps": args.steps, "noise_scale": args.noise_scale, "seed": args.seed,
              "transition_chunks": args.transition}
-    controls = Controls(**{**base, **{k: v for k, v in given.items() if v is not None}}).validated()
+    controls = dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
     args.steps = controls.steps  # torchrun stages below read it
     spec = args.source
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) > 0:
@@ -123,98 +129,82 @@ def _cmd_run(args: argparse.Namespace) -> int:
     cfg = EngineConfig(model=args.model, base=args.base, device=args.device, dtype=args.dtype, ranks=args.ranks,
                        size=_parse_size(args.size), batch=not args.no_batch, controls=controls,
                        latency_budget=args.latency_budget, taehv=args.taehv, target_fps=args.target_fps)
-    engine = Engine(cfg)
+    file_out = args.out and "://" not in args.out and args.out.lower() != "vcam" and not args.out.lower().startswith(
+        ("vcam:", "vcam/", "spout:", "syphon:", "obs-source"))
+
+    def open_input(size: tuple[int, int]):
+        h, w = size
+        return open_source(f"test:{w}x{h}@16" if spec.lower() == "test" else spec, realtime=args.realtime)
+
+    def open_outputs(source) -> dict:
+        if not args.out:
+            return {}
+        if file_out:
+            Path(args.out).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        return {"out": open_sink(args.out, fps=source.fps)}
 
     def progress(msg: str, frac: float) -> None:
         print(f"[{frac:4.0%}] {msg}", file=sys.stderr)
 
-    engine.start(progress)
-    if engine.bundle.untrained:
-        print(f"NOTE: {engine.bundle.notice}", file=sys.stderr)
-    h, w = engine.size
-    if spec.lower() == "test":
-        spec = f"test:{w}x{h}@16"
-    source = open_source(spec, realtime=args.realtime)
-    live = getattr(source, "kind", "test") in ("camera", "stream")
-    engine.config.lossless = not live  # files and the test source: every frame; live: drop when behind
-    limit = args.frames or (round(args.seconds * source.fps) if args.seconds else None)
-    if limit is None and live:
+    session = Session(cfg, open_input, open_outputs, paced=bool(args.out) and not file_out,
+                      frames=args.frames or None, seconds=args.seconds or None)
+    session.start(progress=progress)
+    bundle, (h, w) = session.engine.bundle, session.engine.size
+    if bundle.untrained:
+        print(f"NOTE: {bundle.notice}", file=sys.stderr)
+    st = session.status()
+    if st.live and not (args.frames or args.seconds):
         print("live source: press Ctrl-C to stop", file=sys.stderr)
-    file_out = args.out and "://" not in args.out and args.out.lower() != "vcam" and not args.out.lower().startswith(
-        ("vcam:", "vcam/", "spout:", "syphon:"))
-    if file_out:
-        Path(args.out).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    sink = open_sink(args.out, fps=source.fps) if args.out else None
-    print(f"model {engine.bundle.name} | {w}x{h} | {controls.steps} step(s) | "
-          f"{'Stream-Batch' if cfg.batch else 'no-batch'} | source {source!r}", file=sys.stderr)
-    written = 0
+    print(f"model {bundle.name} | {w}x{h} | {controls.steps} step(s) | "
+          f"{'Stream-Batch' if cfg.batch else 'no-batch'} | source {session.source!r}", file=sys.stderr)
     t0 = time.perf_counter()
-    total = limit or getattr(source, "frames", None) or None
     tty = sys.stderr.isatty()
     last_report = [0.0]
 
-    def report(pushed: int, final: bool = False) -> None:
+    def report(st: SessionStatus, final: bool = False) -> None:
         now = time.perf_counter()
         if not final and now - last_report[0] < (0.5 if tty else 5.0):
             return
         last_report[0] = now
-        of = f"/{total}" if total else ""
-        line = f"frames {pushed}{of} in, {written} out, {written / max(now - t0, 1e-9):.1f} fps"
+        of = f"/{st.total}" if st.total else ""
+        line = f"frames {st.frames_in}{of} in, {st.frames_out} out, {st.frames_out / max(now - t0, 1e-9):.1f} fps"
         print(("\r" + line) if tty else line, end="\n" if final or not tty else "", file=sys.stderr, flush=True)
 
-    def drain(wait: float) -> None:
-        nonlocal written
-        while (frame := engine.pull(timeout=wait)) is not None:
-            if sink:
-                sink.write(frame)
-            written += 1
-            wait = 0.0
+    def output_error(st: SessionStatus) -> str | None:
+        return next((o.error for o in st.outputs if o.error), None)
 
-    source_error: EngineError | None = None
-    pushed = 0
     try:
-        with source:
-            for i, (frame, _pts) in enumerate(source):
-                if limit is not None and i >= limit:
-                    break
-                engine.push(frame)
-                pushed += 1
-                drain(0.0)
-                report(pushed)
+        while not session.wait(0.2) and not output_error(st := session.status()):
+            report(st)
     except KeyboardInterrupt:
         print("\nstopping...", file=sys.stderr)
-    except EngineError as e:  # the source failed mid-stream: keep what was made so far
-        source_error = e
-    finally:
-        engine.finish()
-        while not engine.done():
-            drain(0.2)
-            report(pushed)
-        drain(0.0)
-        report(pushed, final=True)
-        if sink:
-            sink.close()
+    session.stop()
+    st = session.status()
+    report(st, final=True)
     wall = time.perf_counter() - t0
-    st = engine.stats()
-    engine.stop()
-    ttff = f"{st.ttff:.2f} s" if st.ttff is not None else "-"
-    print(f"frames in {st.frames_in}, out {written} (dropped {st.dropped_in} in / {st.dropped_out} out) "
+    if output_error(st):
+        raise EngineError(output_error(st))
+    if st.state == ERROR and st.failed != "source":
+        raise EngineError(st.error)
+    es, written = st.engine, st.frames_out
+    ttff = f"{es.ttff:.2f} s" if es.ttff is not None else "-"
+    print(f"frames in {es.frames_in}, out {written} (dropped {es.dropped_in} in / {es.dropped_out} out) "
           f"in {wall:.1f} s")
-    print(f"throughput {written / wall:.2f} fps | latency p50 {st.latency_p50 * 1e3:.0f} ms, "
-          f"p99 {st.latency_p99 * 1e3:.0f} ms | time to first frame {ttff} | {st.chunk_ms:.0f} ms per chunk")
-    if st.slo is not None:
-        print(f"SLO: plan {st.slo.plan.label()} (yours: {st.slo.user_plan.label()}), {st.slo.changes} change(s), "
-              f"{st.slo.misses} missed chunk(s) of {st.slo.chunks}" + (f"; last: {st.slo.last_reason}"
-                                                                     if st.slo.last_reason else ""))
-    if engine.config.lossless and not args.realtime:
+    print(f"throughput {written / wall:.2f} fps | latency p50 {es.latency_p50 * 1e3:.0f} ms, "
+          f"p99 {es.latency_p99 * 1e3:.0f} ms | time to first frame {ttff} | {es.chunk_ms:.0f} ms per chunk")
+    if es.slo is not None:
+        print(f"SLO: plan {es.slo.plan.label()} (yours: {es.slo.user_plan.label()}), {es.slo.changes} change(s), "
+              f"{es.slo.misses} missed chunk(s) of {es.slo.chunks}" + (f"; last: {es.slo.last_reason}"
+                                                                       if es.slo.last_reason else ""))
+    if not st.live and not args.realtime:
         print("(offline run: input was queued faster than real time, so latency includes queueing; "
               "add --realtime to measure live latency)")
     if args.out:
         print(f"wrote {args.out}")
-    if source_error is not None:
+    if st.state == ERROR:  # the source failed mid-stream
         kept = f"; the {written} styled frames made before it are in {args.out}" if args.out and written else ""
-        raise EngineError(f"the source stopped mid-stream: {source_error}{kept}")
-    if engine.bundle.untrained:
+        raise EngineError(f"{st.error}{kept}")
+    if bundle.untrained:
         print("(untrained tiny test model: the output is noise-like by design; "
               "`sdv2 models download` gets the real model)")
     return 0
@@ -235,12 +225,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--base", default=None, help="Wan2.1 diffusers base folder (VAE, text encoder)")
     s.add_argument("--preset", default=None, help="start from a style preset (`sdv2 presets list`); the options "
                    "below override its fields")
-    s.add_argument("--prompt", default=None, help=f"default: {Controls_default('prompt')!r}")
-    s.add_argument("--steps", type=int, default=None, help="denoising steps 1-4 (default 2)")
-    s.add_argument("--noise-scale", type=float, default=None, help="(0, 1] (default 0.8)")
-    s.add_argument("--seed", type=int, default=None, help="default 0")
-    s.add_argument("--transition", type=int, default=None,
-                   help="chunks over which a prompt change blends in (default 0)")
+    default = Controls()
+    s.add_argument("--prompt", default=None, help=f"default: {default.prompt!r}")
+    s.add_argument("--steps", type=int, default=None,
+                   help=f"denoising steps 1-{MAX_STEPS} (default {default.steps})")
+    s.add_argument("--noise-scale", type=float, default=None, help=f"(0, 1] (default {default.noise_scale})")
+    s.add_argument("--seed", type=int, default=None, help=f"default {default.seed}")
+    s.add_argument("--transition", type=int, default=None, help=f"chunks (0-{MAX_TRANSITION}) over which a prompt "
+                   f"change blends in (default {default.transition_chunks})")
     s.add_argument("--size", default=None, help="model resolution WIDTHxHEIGHT (multiples of 16)")
     s.add_argument("--no-batch", action="store_true", help="run steps in sequence instead of Stream-Batch")
     s.add_argument("--device", default="auto",
@@ -255,7 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--taehv", default=None, metavar="PATH", help="decode with the TAEHV tiny decoder (taew2_1.pth)")
     s.set_defaults(fn=_cmd_run)
 
-    s = sub.add_parser("inspect", help="show a checkpoint's layout, model preset, parameter count and dtype")
+    s = sub.add_parser("inspect", help="say what a model file is (DiT, VAE, text encoder, LoRA, TAEHV): layout, "
+                                       "size, parameter count and dtype")
     s.add_argument("path", help="a .safetensors/.pt/.pth file or a model folder")
     s.set_defaults(fn=_cmd_inspect)
 
@@ -293,12 +286,6 @@ def build_parser() -> argparse.ArgumentParser:
     for problem in problems:
         print(f"sdv2: warning: {problem}", file=sys.stderr)
     return p
-
-
-def Controls_default(name: str):
-    from sdv2_studio.engine.pipeline import Controls
-
-    return getattr(Controls(), name)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,11 +1,67 @@
-"""Model and streaming-cache configuration, as dataclasses with named presets (gpt-fast style)."""
+"""Model, streaming-cache and live-control configuration, as dataclasses with named presets (gpt-fast style).
+
+Torch-free: `Controls` is shared by presets (read inside OBS's own Python), the app's settings and the engine.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from dataclasses import dataclass
 
 from sdv2_studio.engine.errors import EngineError
+
+# The denoising step schedule (wan_causal_dmd_v2v.yaml denoising_step_list[:-1]); `steps` takes its first n entries.
+DEFAULT_TIMESTEPS: tuple[int, ...] = (700, 500, 400, 200)
+MAX_STEPS = len(DEFAULT_TIMESTEPS)
+MAX_TRANSITION = 64  # chunks
+MAX_SEED = 2**63 - 1
+MAX_PROMPT_CHARS = 2000
+
+
+class InvalidControl(EngineError):
+    """One control has a wrong type or value; `field` names it (preset files report the field)."""
+
+    def __init__(self, field: str, why: str):
+        super().__init__(f"{field.replace('_', ' ')} {why}")
+        self.field, self.why = field, why
+
+
+def _whole(field: str, value, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not lo <= value <= hi:
+        raise InvalidControl(field, f"must be a whole number from {lo} to {hi}, not {value!r}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class Controls:
+    """What a preset or the user changes live. Checked on construction (`dataclasses.replace` too): every
+    Controls is valid; a wrong type or value raises `InvalidControl` (an EngineError) naming the field."""
+
+    prompt: str = "a high quality anime illustration, clean cel shading, vibrant colors"
+    steps: int = 2  # denoising steps, 1 to MAX_STEPS (more = better quality, slower)
+    noise_scale: float = 0.8  # (0, 1]: s0 of the motion-aware controller; more = stronger restyle
+    seed: int = 0
+    transition_chunks: int = 2  # a prompt change blends in over this many chunks (0 = at once)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.prompt, str):
+            raise InvalidControl("prompt", f"must be text, not {self.prompt!r}")
+        if not self.prompt.strip():
+            raise InvalidControl("prompt", "is empty; type what the stream should look like")
+        if len(self.prompt) > MAX_PROMPT_CHARS:
+            raise InvalidControl("prompt", f"is too long ({len(self.prompt)} characters, at most {MAX_PROMPT_CHARS})")
+        noise = self.noise_scale
+        if isinstance(noise, bool) or not isinstance(noise, numbers.Real) or not 0.0 < noise <= 1.0:
+            raise InvalidControl("noise_scale", f"must be in (0, 1], not {noise!r}")
+        set_ = object.__setattr__  # frozen: normalise numpy / int values to the declared types
+        set_(self, "steps", _whole("steps", self.steps, 1, MAX_STEPS))
+        set_(self, "noise_scale", float(noise))
+        set_(self, "seed", _whole("seed", self.seed, 0, MAX_SEED))
+        set_(self, "transition_chunks", _whole("transition_chunks", self.transition_chunks, 0, MAX_TRANSITION))
+
+
+CONTROL_FIELDS = tuple(f.name for f in dataclasses.fields(Controls))
 
 
 @dataclass(frozen=True)

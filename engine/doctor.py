@@ -14,6 +14,7 @@ import argparse
 import importlib.metadata
 import importlib.util
 import json
+import math
 import platform
 import shutil
 import sys
@@ -26,10 +27,6 @@ from sdv2_studio.engine.errors import EngineError
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 CUDA_INDEX = "https://download.pytorch.org/whl/cu128"
-# VRAM the 1.3B model needs at 480x832, bf16, 2-step Stream-Batch, umT5 on the CPU (the app's estimator,
-# app/vram.py, gives ~11 GB); below this, lower the resolution / steps in the app.
-RECOMMENDED_VRAM_GB = 12
-MIN_VRAM_GB = 8
 MODEL_DOWNLOAD_GB = 30  # the default download (1.3B DiT + Wan2.1 base with umT5-XXL), rounded up
 
 
@@ -48,6 +45,15 @@ def _version(dist: str) -> str | None:
         return None
 
 
+def vram_needs() -> tuple[int, int]:
+    """(minimum, recommended) GB of VRAM for the 1.3B model, umT5 on the CPU (engine/memory.py): 512x512 with 1 step
+    and no Stream-Batch, and its default 480x832 with 2-step Stream-Batch."""
+    from sdv2_studio.engine.memory import GiB, reference
+
+    low, default = reference(steps=1, batch=False, size=(512, 512)), reference()
+    return math.ceil(low.total / GiB), math.ceil(default.total / GiB)
+
+
 # -- individual checks --------------------------------------------------------------------------------------------
 
 
@@ -60,6 +66,7 @@ def check_torch() -> list[Check]:
     cuda = torch.version.cuda
     build = f"CUDA {cuda} build" if cuda else "CPU-only build"
     checks = [Check("torch", OK, f"{torch.__version__} ({build})")]
+    min_gb, recommended_gb = vram_needs()
     gpus = []
     if cuda and torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
@@ -74,15 +81,16 @@ def check_torch() -> list[Check]:
         elif cuda:
             fix = "torch has CUDA but sees no GPU: update the NVIDIA driver (nvidia-smi must list the GPU)"
         else:
-            fix = ("the real model needs an NVIDIA GPU with 12+ GB (install the driver, then the CUDA build of torch: "
-                   f"pip install torch --index-url {CUDA_INDEX}); the tiny demo model runs on the CPU")
+            fix = (f"the real model needs an NVIDIA GPU with {recommended_gb}+ GB (install the driver, then the "
+                   f"CUDA build of torch: pip install torch --index-url {CUDA_INDEX}); the tiny demo model runs on "
+                   "the CPU")
         checks.append(Check("GPU", WARN, "no CUDA GPU available: CPU only", fix))
         return checks
     for i, name, gb, cc in gpus:
-        if gb < MIN_VRAM_GB:
+        if gb < min_gb:
             status, fix = FAIL, (f"{gb:.0f} GB is too little for the 1.3B model; use the tiny demo or a GPU with "
-                                 f"{RECOMMENDED_VRAM_GB}+ GB")
-        elif gb < RECOMMENDED_VRAM_GB:
+                                 f"{recommended_gb}+ GB")
+        elif gb < recommended_gb:
             status, fix = WARN, ("tight for 480x832: pick 512x512 or lower, 1-2 steps, or Stream-Batch off (the app "
                                  "shows a memory estimate per setting)")
         else:

@@ -6,39 +6,41 @@ The catalogue below is data: which hub repo, which files in it, where they land 
     <models>/StreamDiffusionV2/wan_causal_dmd_v2v/model.pt            sdv2-1.3b
     <models>/Wan2.1-T2V-1.3B-Diffusers/{model_index.json,text_encoder,tokenizer,vae}/   wan2.1-1.3b-base
 
-Downloads go through `huggingface_hub.hf_hub_download(local_dir=...)`, one file at a time, pinned to the commit the
-hub reports when the download starts. What that gives, as of huggingface_hub 2.4 (read in its source):
-  * a dropped connection mid-file is resumed in the same run with an HTTP Range request (up to 5 retries
-    without progress); partial files are NOT kept across runs (huggingface_hub deletes them), but every file
-    that finished is kept, so an interrupted `sdv2 models download` continues with the files still missing;
-  * only the size of a downloaded file is checked by huggingface_hub, so after each download we compare the
-    file's sha256 with the LFS sha256 the hub lists for it (`/api/models/{repo}/revision/{rev}?blobs=true`)
-    and delete it on a mismatch. Small git-stored files (configs, tokenizer) have no sha256 there: their size
-    is checked;
-  * `HF_ENDPOINT` is read when `download()` is called (huggingface_hub itself reads it only once, at import),
-    `HF_TOKEN` is passed through when set (else huggingface_hub's saved login, if any, is used), files already
-    in the user's huggingface cache (`HF_HUB_CACHE` / `HF_HOME`) are copied instead of downloaded.
-A record of what was verified (`<folder>/.cache/sdv2/<item>.json`) makes a repeated download a no-op that
-transfers no file data, and lets `status()` answer without hashing gigabytes.
+The transfer is `huggingface_hub.snapshot_download(local_dir=..., allow_patterns=..., tqdm_class=...)`: files in
+parallel, a dropped connection resumed within the run, finished files kept. Around it:
+  * one listing per repo (`HfApi.model_info(files_metadata=True)`) with every name, size, hash and the commit checked
+    before use: a name that could leave the models folder (`..`, absolute, backslash) stops everything before a
+    byte is written or deleted; the transfer is pinned to that commit and allowed only the exact names missing;
+  * every file's sha256 (git blob id for small git files) checked against that listing before (copies put there by
+    hand, damaged or outdated: replaced) and after the transfer (a mismatch is deleted); a record of what was
+    verified (`<folder>/.cache/sdv2/<item>.json`) makes a repeated download a no-op and `status()` hash-free;
+  * the free-space check before the first byte;
+  * a deadline: huggingface_hub sends some requests without a timeout, so every phase of every request waits at
+    most max(HF_HUB_ETAG_TIMEOUT, HF_HUB_DOWNLOAD_TIMEOUT) seconds (huggingface_hub's settings, read at import;
+    10 s by default); retries are huggingface_hub's (bounded);
+  * `HF_ENDPOINT`, `HF_HOME` / `HF_HUB_CACHE`, `HF_HUB_OFFLINE` read when `download()` runs (huggingface_hub reads
+    them at import); `HF_TOKEN` passed on when set (else huggingface_hub's saved login is used);
+  * Ctrl-C, or an exception from the `progress` callback, stops every running file transfer at its next chunk.
 
-Every user-fixable problem (hub unreachable, not enough disk space, corrupted download, unknown item) raises
-`EngineError` with one line that names the fix.
+Every user-fixable problem (hub unreachable or silent, refused, unknown, unsafe listing, not enough disk space,
+corrupted download, unknown item) raises `EngineError` with one line that names the fix.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import glob
 import hashlib
-import inspect
 import json
 import os
+import re
 import shutil
-import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from sdv2_studio.engine.errors import EngineError
@@ -47,9 +49,12 @@ Progress = Callable[[str, float], None]  # (message, fraction done 0..1), as in 
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 DOWNLOADED, PARTIAL, MISSING = "downloaded", "partial", "missing"
-_MANIFEST_DIR = Path(".cache") / "sdv2"
+_RECORD_DIR = Path(".cache") / "sdv2"
 _DISK_MARGIN = 64 * 1024 * 1024  # head-room on top of the bytes to download
 _CHUNK = 8 * 1024 * 1024
+_WORKERS = 8  # files fetched at the same time (huggingface_hub's default)
+_BYTES_BAR = "huggingface_hub.snapshot_download"  # the name of snapshot_download's bar of bytes written to disk
+_SHA256, _GIT_OID = re.compile(r"[0-9a-f]{64}"), re.compile(r"[0-9a-f]{40}")
 
 
 @dataclass(frozen=True)
@@ -168,50 +173,121 @@ def item_path(item: str | Item, root: str | os.PathLike | None = None) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# local state
+# names from the hub, files on disk
 
 
-def _manifest_file(base: Path, it: Item) -> Path:
-    return base / _MANIFEST_DIR / f"{it.name}.json"
+@dataclass(frozen=True)
+class _Remote:
+    """One file of a hub listing, checked at the boundary."""
+
+    size: int
+    digest: str  # sha256 of an LFS file, the git blob id of a file stored in git
+    lfs: bool
 
 
-def _read_manifest(base: Path, it: Item) -> dict:
+def _unsafe(name: object) -> str | None:
+    """Why a file name listed by the hub cannot be a path under the models folder (None: it can)."""
+    if not isinstance(name, str) or not name:
+        return "not a file name"
+    if name.startswith("/"):
+        return "an absolute path"
+    if any(c in "\\:" or ord(c) < 32 or ord(c) == 127 for c in name):
+        return "a backslash, colon or control character"
+    if any(part in ("", ".", "..") for part in name.split("/")):
+        return "a '..', '.' or empty path segment"
+    return None
+
+
+def _listing(info, it: Item) -> tuple[str, dict[str, _Remote]]:
+    """The commit and the files of `it.repo` from `model_info(files_metadata=True)`, every value checked."""
+    commit = getattr(info, "sha", None)
+    if not isinstance(commit, str) or not _GIT_OID.fullmatch(commit):
+        raise EngineError(f"the hub's answer about {it.repo} has no valid commit id ({str(commit)[:60]!r}): check "
+                          "HF_ENDPOINT and any proxy in front of the hub")
+    files: dict[str, _Remote] = {}
+    for s in getattr(info, "siblings", None) or []:
+        name, lfs = getattr(s, "rfilename", None), getattr(s, "lfs", None)
+        why = _unsafe(name)
+        if why:
+            raise EngineError(f"the hub lists an unsafe file name {str(name)[:100]!r} in {it.repo} ({why}); nothing "
+                              "was downloaded: check HF_ENDPOINT and any proxy in front of the hub")
+        size = lfs.size if lfs is not None else getattr(s, "size", None)
+        digest = lfs.sha256 if lfs is not None else getattr(s, "blob_id", None)
+        if not (isinstance(size, int) and size >= 0 and isinstance(digest, str)
+                and (_SHA256 if lfs is not None else _GIT_OID).fullmatch(digest)):
+            raise EngineError(f"the hub's listing of {it.repo} has no valid size or hash for {name!r}: check "
+                              "HF_ENDPOINT and any proxy in front of the hub")
+        files[name] = _Remote(size, digest, lfs is not None)
+    return commit, files
+
+
+def _local(base: Path, rel: str) -> Path:
+    """`base/rel` for a checked name, refusing one that leads out of `base` through a link."""
+    path = base / rel
+    if not path.resolve().is_relative_to(base.resolve()):
+        raise EngineError(f"{path} leads outside {base} (through a link): remove the link or pass --dir FOLDER")
+    return path
+
+
+def _digest(path: Path, lfs: bool) -> str:
+    """sha256 of an LFS file's content, or the git blob id of a file stored in git (what the hub lists)."""
+    h = hashlib.sha256() if lfs else hashlib.sha1(b"blob %d\0" % path.stat().st_size)
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _record_file(base: Path, it: Item) -> Path:
+    return base / _RECORD_DIR / f"{it.name}.json"
+
+
+def _read_record(base: Path, it: Item) -> dict[str, dict]:
+    """{repo path: {"size", "digest", "mtime_ns" (None until verified)}} of the last download; {} if none or damaged."""
     try:
-        data = json.loads(_manifest_file(base, it).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) and isinstance(data.get("files"), dict) else {}
+        files = json.loads(_record_file(base, it).read_text(encoding="utf-8"))["files"]
+        if all(_unsafe(rel) is None and isinstance(rec["size"], int) for rel, rec in files.items()):
+            return files
+    except (OSError, ValueError, LookupError, TypeError, AttributeError):
+        pass
+    return {}
 
 
-def _write_manifest(base: Path, it: Item, data: dict) -> None:
-    path = _manifest_file(base, it)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, path)
+def _write_record(base: Path, it: Item, files: dict[str, dict]) -> None:
+    path = _record_file(base, it)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps({"item": it.name, "repo": it.repo, "files": files}, indent=1, sort_keys=True),
+                       encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as e:
+        raise EngineError(f"cannot write to {base} ({e.strerror or e}): free some space, or pass --dir FOLDER on a "
+                          "disk you can write to") from None
 
 
-def _has_match(base: Path, pattern: str) -> bool:
-    return any(p.is_file() for p in base.glob(pattern))
+def _verified(path: Path, rec: dict | None) -> bool:
+    """True if the file is still exactly what we verified (size and modification time; no hashing)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    return rec is not None and rec.get("mtime_ns") == st.st_mtime_ns and rec.get("size") == st.st_size
 
 
 def status(item: str | Item, root: str | os.PathLike | None = None) -> str:
     """"downloaded", "partial" or "missing", from the files on disk (no network, no hashing).
 
-    After `download()` the record of verified files decides; files put there by hand count as downloaded when
+    After `download()` its record of verified files decides; files put there by hand count as downloaded when
     every file the engine needs is present."""
     it = get_item(item)
     base = _root(root) / it.local
-    man = _read_manifest(base, it)
-    if man.get("complete"):
-        for rel, rec in man["files"].items():
-            path = base / rel
-            if not path.is_file() or path.stat().st_size != rec.get("size"):
-                return PARTIAL
-        return DOWNLOADED
-    present = [g for g in it.required if _has_match(base, g)]
-    if man.get("planned"):  # an unfinished download
-        return PARTIAL if present or any((base / rel).is_file() for rel in man["planned"]) else MISSING
+    record = _read_record(base, it)
+    if record:
+        if all(_verified(base / rel, rec) for rel, rec in record.items()):
+            return DOWNLOADED
+        return PARTIAL if any((base / rel).is_file() for rel in record) else MISSING
+    present = [g for g in it.required if any(p.is_file() for p in base.glob(g))]
     if present and len(present) == len(it.required):
         return DOWNLOADED
     return PARTIAL if present else MISSING
@@ -253,8 +329,9 @@ def _token() -> str | None:
     return os.environ.get("HF_TOKEN") or None
 
 
-def _truthy(value: str | None) -> bool:
-    return (value or "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+def _offline() -> bool:
+    return any((os.environ.get(v) or "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
 def _hf_cache_dir() -> str:
@@ -269,9 +346,33 @@ def _import_hub():
     try:
         import huggingface_hub
     except ImportError:
-        raise EngineError("downloading models needs huggingface_hub: pip install 'streamdiffusion-studio[hub]' "
-                          "(or `pip install huggingface_hub`)") from None
+        raise EngineError("downloading models needs huggingface_hub: pip install 'huggingface_hub>=1.20,<3'") from None
     return huggingface_hub
+
+
+def _deadline() -> float:
+    """Seconds any phase of a request to the hub may take (huggingface_hub's two timeout settings, the larger)."""
+    from huggingface_hub import constants
+
+    return float(max(constants.HF_HUB_ETAG_TIMEOUT, constants.HF_HUB_DOWNLOAD_TIMEOUT))
+
+
+def _cap_timeouts(request) -> None:
+    """A request hook of huggingface_hub's httpx client: no phase waits without a deadline, none longer than it."""
+    limit = _deadline()
+    timeout = request.extensions.get("timeout") or {}
+    request.extensions = {**request.extensions, "timeout": {
+        k: limit if timeout.get(k) is None else min(timeout[k], limit) for k in ("connect", "read", "write", "pool")}}
+
+
+def _bound_requests(hub) -> None:
+    client = hub.get_session()  # shared by all of huggingface_hub's calls; a new one after close_session()
+    hooks = client.event_hooks
+    if _cap_timeouts not in hooks["request"]:
+        client.event_hooks = {**hooks, "request": [*hooks["request"], _cap_timeouts]}
+
+
+_NO_ROOM = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG}  # full disk, quota, size limit
 
 
 def _chain(e: BaseException) -> Iterator[BaseException]:
@@ -283,15 +384,18 @@ def _chain(e: BaseException) -> Iterator[BaseException]:
         cur = cur.__cause__ or cur.__context__
 
 
-# huggingface_hub >= 1 uses httpx(2), older versions requests: match the transport errors by name.
-_NETWORK_ERRORS = {"ConnectError", "ConnectTimeout", "ReadTimeout", "WriteTimeout", "PoolTimeout", "TimeoutException",
-                   "NetworkError", "ReadError", "WriteError", "RemoteProtocolError", "ProxyError", "SSLError",
-                   "ConnectionError", "OfflineModeIsEnabled", "LocalEntryNotFoundError", "Timeout"}
+def _kinds(e: BaseException) -> set[str]:
+    """Class names of `e`, its causes and their bases: huggingface_hub's errors, httpx's or httpx2's (matched by
+    name: either can be installed), the OS's."""
+    return {c.__name__ for x in _chain(e) for c in type(x).__mro__}
+
+
+def _is_timeout(e: BaseException) -> bool:
+    return bool(_kinds(e) & {"TimeoutException", "TimeoutError"})
 
 
 def _is_network_error(e: BaseException) -> bool:
-    return any(isinstance(x, (ConnectionError, TimeoutError, socket.gaierror)) or type(x).__name__ in _NETWORK_ERRORS
-               for x in _chain(e))
+    return bool(_kinds(e) & {"TransportError", "ConnectionError", "TimeoutError", "gaierror"})
 
 
 def _http_status(e: BaseException) -> int | None:
@@ -306,182 +410,171 @@ def _reason(e: BaseException) -> str:
     """The innermost cause, on one short line."""
     inner = list(_chain(e))[-1]
     text = " ".join(str(inner).split()) or type(inner).__name__
-    if type(inner).__name__ == "OfflineModeIsEnabled":
-        text = "HF_HUB_OFFLINE is set"
     return text if len(text) <= 160 else text[:157] + "..."
 
 
-def _unreachable(e: BaseException | str, it: Item, root: Path) -> EngineError:
-    why = e if isinstance(e, str) else _reason(e)
-    if "HF_HUB_OFFLINE" in why:
+def _unreachable(e: BaseException | None, it: Item, root: Path) -> EngineError:
+    where = root / it.folder
+    if e is None:
         return EngineError(f"cannot reach the model hub (HF_HUB_OFFLINE is set): unset HF_HUB_OFFLINE, or copy the "
-                           f"files to {root / it.folder}")
-    return EngineError(f"cannot reach the model hub ({_endpoint()}: {why}): check your connection or copy the files "
-                       f"to {root / it.folder}")
+                           f"files to {where}")
+    if _is_timeout(e):
+        return EngineError(f"the model hub ({_endpoint()}) did not answer within {_deadline():g} s: check your "
+                           f"connection or proxy (HF_HUB_DOWNLOAD_TIMEOUT sets the deadline), or copy the files to "
+                           f"{where}")
+    return EngineError(f"cannot reach the model hub ({_endpoint()}: {_reason(e)}): check your connection or copy the "
+                       f"files to {where}")
 
 
-def _hub_error(e: BaseException, it: Item, root: Path, what: str) -> EngineError:
-    """One readable line for a huggingface_hub failure while fetching `what`."""
-    names = {type(x).__name__ for x in _chain(e)}
-    code = _http_status(e)
+def _hub_error(e: BaseException, it: Item, root: Path) -> EngineError:
+    """One readable line for a failure of huggingface_hub (or of the network or disk under it) while fetching `it`."""
+    kinds, code = _kinds(e), _http_status(e)
     hint = f" ({it.note})" if it.note and not it.verified else ""
-    if "GatedRepoError" in names or code in (401, 403):
+    no_room = next((x for x in _chain(e) if isinstance(x, OSError) and x.errno in _NO_ROOM), None)
+    if "GatedRepoError" in kinds or code in (401, 403):
         return EngineError(f"the hub refused access to {it.repo} (HTTP {code}): accept its terms on the hub and set "
                            f"HF_TOKEN to a token with read access{hint}")
-    if "RepositoryNotFoundError" in names:
+    if "RepositoryNotFoundError" in kinds:
         return EngineError(f"the hub has no repository {it.repo} (HTTP {code}){hint}; copy the files to "
                            f"{root / it.folder} by hand")
-    if "RevisionNotFoundError" in names:
+    if "RevisionNotFoundError" in kinds:
         return EngineError(f"{it.repo} has no revision {it.revision!r} on the hub")
-    if "RemoteEntryNotFoundError" in names or ("EntryNotFoundError" in names and code == 404):
-        return EngineError(f"{what} is not in {it.repo} on the hub any more{hint}; run `sdv2 models download "
-                           f"{it.name}` again")
+    if "EntryNotFoundError" in kinds and code == 404:
+        return EngineError(f"a file of {it.name} is not in {it.repo} on the hub any more{hint}; run `sdv2 models "
+                           f"download {it.name}` again")
     if code is not None and code >= 500:
-        return EngineError(f"the model hub failed with HTTP {code} while fetching {what}: try again later or copy "
+        return EngineError(f"the model hub failed with HTTP {code} while fetching {it.name}: try again later or copy "
                            f"the files to {root / it.folder}")
+    if code is not None:
+        return EngineError(f"the model hub answered HTTP {code} for {it.name}: {_reason(e)}")
     if _is_network_error(e):
         return _unreachable(e, it, root)
-    if code is not None:
-        return EngineError(f"the model hub answered HTTP {code} for {what}: {_reason(e)}")
-    if isinstance(e, OSError) and getattr(e, "errno", None) == 28:
-        return EngineError(f"the disk is full while downloading {what}: free some space or pass --dir FOLDER")
+    if no_room is not None:
+        return EngineError(f"cannot write {it.name} to {root} ({no_room.strerror}): free some space or pass --dir "
+                           "FOLDER on another disk")
     if "Consistency check failed" in str(e):
-        return EngineError(f"the download of {what} was cut short: run `sdv2 models download {it.name}` again")
-    return EngineError(f"downloading {what} from {it.repo} failed ({type(e).__name__}: {_reason(e)}): run "
+        return EngineError(f"the download of {it.name} was cut short: run `sdv2 models download {it.name}` again")
+    return EngineError(f"downloading {it.name} from {it.repo} failed ({type(e).__name__}: {_reason(e)}): run "
                        f"`sdv2 models download {it.name}` again")
 
 
-@dataclass
-class _File:
-    rel: str  # path in the repo == path under <root>/<item.local>
-    size: int | None
-    sha256: str | None  # LFS files
-    oid: str | None  # what identifies this version of the file on the hub: sha256 (LFS) or the git blob id
-
-    def label(self, it: Item) -> str:
-        return f"{it.local}/{self.rel}"
-
-
-@dataclass
-class _Plan:
-    it: Item
-    base: Path
-    commit: str  # the hub commit every file is pinned to
-    files: list[_File]
-    skip: bool = False  # hub unreachable but the item is already downloaded
-    todo: list[_File] = field(default_factory=list)
-    manifest: dict = field(default_factory=dict)
-
-
-def _files_from_info(info, it: Item) -> list[_File]:
-    from huggingface_hub.utils import filter_repo_objects
-
-    siblings = getattr(info, "siblings", None) or []
-    chosen = list(filter_repo_objects(siblings, allow_patterns=list(it.patterns), key=lambda s: s.rfilename))
-    files = []
-    for s in chosen:
-        lfs = getattr(s, "lfs", None)
-        sha256 = getattr(lfs, "sha256", None) if lfs is not None else None
-        size = getattr(lfs, "size", None) if lfs is not None else None
-        if size is None:
-            size = getattr(s, "size", None)
-        files.append(_File(rel=s.rfilename, size=size, sha256=sha256, oid=sha256 or getattr(s, "blob_id", None)))
-    return sorted(files, key=lambda f: f.rel)
-
-
-def _sha256(path: Path, say: Callable[[int], None] | None = None) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-            if say:
-                say(len(chunk))
-    return h.hexdigest()
+def _ask(api, it: Item, root: Path, progress: _Transfer) -> tuple[str, dict[str, _Remote]] | BaseException | None:
+    """The checked listing of `it.repo`; the cause (None: offline mode) when the hub cannot be reached."""
+    if _offline():
+        return None
+    progress.say(f"asking {_endpoint()} about {it.repo}", 0.0)
+    try:
+        info = api.model_info(it.repo, revision=it.revision, files_metadata=True, timeout=_deadline())
+    except Exception as e:
+        if _is_network_error(e) and _http_status(e) is None:
+            return e
+        raise _hub_error(e, it, root) from None
+    return _listing(info, it)
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# progress
+# progress and stopping
 
 
-class _Reporter:
-    """Turns byte counts into throttled `progress(message, fraction)` calls and acts as huggingface_hub's bar."""
+class _Stopped(Exception):
+    """Raised in a file transfer after a stop: `download()` raises the exception that caused the stop instead."""
+
+
+class _Transfer:
+    """Byte counts from huggingface_hub's progress bars become throttled `progress(message, fraction)` calls
+    (fraction = bytes done / bytes to download, never decreasing); a stop (an exception from `progress`, Ctrl-C)
+    ends every running file transfer at its next chunk."""
 
     interval = 0.1  # seconds between two byte-count messages
 
-    def __init__(self, progress: Progress | None, total: int):
+    def __init__(self, progress: Progress | None):
         self.progress = progress
-        self.total = max(total, 0)
-        self.done = 0  # bytes of finished files
-        self.current = 0  # bytes of the file being downloaded
-        self.size: int | None = None
+        self.total = self.done = self.item_done = self.item_total = 0
         self.label = ""
-        self.last = 0.0
-        self.lock = threading.Lock()
-
-    def fraction(self) -> float:
-        if self.total <= 0:
-            return 0.0
-        return min(1.0, max(0.0, (self.done + self.current) / self.total))
+        self.last = self.shown = 0.0
+        self.error: BaseException | None = None
+        self.lock = threading.RLock()
 
     def say(self, message: str, fraction: float | None = None) -> None:
-        if self.progress is not None:
-            self.progress(message, self.fraction() if fraction is None else fraction)
+        if self.progress is None:
+            return
+        with self.lock:
+            if fraction is None and self.total > 0:
+                fraction = min(1.0, max(0.0, (self.done + self.item_done) / self.total))
+            self.shown = max(self.shown, fraction or 0.0)
+            self.progress(message, self.shown)
 
-    def start(self, label: str, size: int | None) -> None:
-        self.label, self.size, self.current = label, size, 0
-        self.last = time.monotonic()
+    def start(self, label: str, size: int) -> None:
+        self.label, self.item_total, self.item_done, self.last = label, size, 0, 0.0
         self.say(f"downloading {label} ({format_size(size)})")
 
     def add(self, n: int | float | None) -> None:
         with self.lock:
-            self.current += int(n or 0)
+            if self.error is not None:
+                raise _Stopped
+            self.item_done += int(n or 0)
             now = time.monotonic()
             if now - self.last < self.interval:
                 return
             self.last = now
-        self.say(f"downloading {self.label}: {format_size(max(self.current, 0))} of {format_size(self.size)}")
+            try:
+                self.say(f"downloading {self.label}: {format_size(max(self.item_done, 0))} of "
+                         f"{format_size(self.item_total)}")
+            except BaseException as e:
+                self.stop(e)
+                raise
 
-    def finish(self, size: int | None) -> None:
-        self.done += size if size is not None else max(self.current, 0)
-        self.current = 0
+    def finish(self) -> None:
+        self.done += self.item_total
+        self.item_done = 0
 
-    def bar_class(self) -> type:
-        reporter = self
+    def stop(self, error: BaseException) -> None:
+        if self.error is None:
+            self.error = error
 
-        class _Bar:
-            """The parts of tqdm that huggingface_hub's http_get / xet_get use."""
+    def bar_class(self, tqdm: type) -> type:
+        transfer = self
+
+        class Bar(tqdm):
+            """huggingface_hub's progress bar, silent: what snapshot_download writes is counted by the transfer."""
 
             def __init__(self, *args, **kwargs):
-                self.n = 0
-                self.total = kwargs.get("total")
-                if kwargs.get("initial"):
-                    self.update(kwargs["initial"])
+                self.counts_bytes = kwargs.get("name") == _BYTES_BAR
+                super().__init__(*args, **{**kwargs, "disable": True})
 
             def update(self, n: int | float | None = 1) -> None:
-                self.n += int(n or 0)
-                reporter.add(n)
+                if self.counts_bytes:
+                    transfer.add(n)
+                elif transfer.error is not None:
+                    raise _Stopped
 
-            def update_transfer(self, n: int | float | None = 1) -> None:  # network bytes (xet): not counted
+        return Bar
+
+    def run(self, fn: Callable, *args, **kwargs) -> None:
+        """`fn(*args, **kwargs)` on a thread, so that Ctrl-C here stops the transfers instead of waiting for
+        huggingface_hub's thread pool to finish them. Exceptions come back here; a stop raises its cause."""
+        failed: list[BaseException] = []
+        done = threading.Event()  # not Thread.join: a Ctrl-C inside join() can make a later join() return early
+
+        def work() -> None:
+            try:
+                fn(*args, **kwargs)
+            except BaseException as e:
+                failed.append(e)
+            finally:
+                done.set()
+
+        threading.Thread(target=work, name="sdv2-download", daemon=True).start()
+        try:
+            while not done.wait(0.1):
                 pass
-
-            def set_postfix_str(self, *args, **kwargs) -> None:
-                pass
-
-            set_transfer_postfix_str = set_description = set_description_str = set_postfix_str
-
-            def refresh(self, *args, **kwargs) -> None:
-                pass
-
-            def close(self) -> None:
-                pass
-
-            def __enter__(self):
-                return self
-
-            def __exit__(self, *exc) -> None:
-                pass
-
-        return _Bar
+        except BaseException as e:
+            self.stop(e)
+            done.wait()
+        if self.error is not None:
+            raise self.error
+        if failed:
+            raise failed[0]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -510,45 +603,57 @@ def _free_bytes(path: Path) -> int | None:
     return None
 
 
-def _local_ok(plan: _Plan, f: _File, rep: _Reporter) -> bool:
-    """True if the file on disk is this version of the hub file (hashing it only if we never verified it)."""
-    path = plan.base / f.rel
-    if not path.is_file():
-        return False
-    st = path.stat()
-    if f.size is not None and st.st_size != f.size:
-        return False
-    rec = plan.manifest.setdefault("files", {}).get(f.rel)
-    if rec and rec.get("oid") == f.oid and rec.get("size") == st.st_size and rec.get("mtime_ns") == st.st_mtime_ns:
-        return True
-    if rec and rec.get("oid") != f.oid and not f.sha256:  # the hub has a new version of a small git file
-        return False
-    if f.sha256:  # a file we did not download or verify (copied by hand, or an older run): check its content
-        rep.say(f"checking the existing {f.label(plan.it)} (sha256)")
-        if _sha256(path) != f.sha256:
-            return False
-    plan.manifest["files"][f.rel] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "oid": f.oid,
-                                     "sha256": f.sha256}
-    return True
+@dataclass
+class _Plan:
+    it: Item
+    base: Path
+    commit: str
+    files: dict[str, _Remote]
+    record: dict[str, dict]
+    todo: list[str]
 
 
-def _verify(plan: _Plan, f: _File, path: Path, rep: _Reporter) -> None:
+def _plan(it: Item, base: Path, commit: str, files: dict[str, _Remote], progress: _Transfer) -> _Plan:
+    """Which files to fetch: those missing, or whose copy on disk is not the listed one (deleted here: the hub's
+    copy replaces it). Copies never verified (put there by hand, damaged, outdated) are hashed first."""
+    old = _read_record(base, it)
+    record, todo = {}, []
+    for rel, f in files.items():
+        path = _local(base, rel)
+        rec = old.get(rel) if (old.get(rel) or {}).get("digest") == f.digest else None
+        if not _verified(path, rec) and path.is_file() and path.stat().st_size == f.size:
+            progress.say(f"checking the existing {it.local}/{rel} ({'sha256' if f.lfs else 'git blob id'})")
+            if _digest(path, f.lfs) == f.digest:
+                rec = {"size": f.size, "digest": f.digest, "mtime_ns": path.stat().st_mtime_ns}
+        if _verified(path, rec):
+            record[rel] = rec
+            continue
+        if path.is_file():
+            path.unlink()
+        record[rel] = {"size": f.size, "digest": f.digest, "mtime_ns": None}
+        todo.append(rel)
+    if record != old:
+        _write_record(base, it, record)
+    return _Plan(it, base, commit, files, record, todo)
+
+
+def _verify(plan: _Plan, progress: _Transfer) -> None:
+    """Size and hash of every file just downloaded; a wrong one is deleted."""
     it = plan.it
-    st = path.stat()
-    if f.size is not None and st.st_size != f.size:
-        path.unlink(missing_ok=True)
-        raise EngineError(f"{f.label(it)} downloaded with {st.st_size} bytes instead of {f.size}; it was deleted: "
-                          f"run `sdv2 models download {it.name}` again")
-    if f.sha256:
-        rep.say(f"verifying {f.label(it)} (sha256)")
-        got = _sha256(path)
-        if got != f.sha256:
-            path.unlink(missing_ok=True)
-            raise EngineError(f"{f.label(it)} from {it.repo} is corrupted (sha256 {got[:12]}..., the hub says "
-                              f"{f.sha256[:12]}...); it was deleted: run `sdv2 models download {it.name}` again")
-    plan.manifest.setdefault("files", {})[f.rel] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "oid": f.oid,
-                                                    "sha256": f.sha256}
-    _write_manifest(plan.base, it, plan.manifest)
+    for rel in plan.todo:
+        f, path = plan.files[rel], _local(plan.base, rel)
+        if not path.is_file():
+            raise EngineError(f"{it.local}/{rel} was not downloaded (the hub no longer lists it at commit "
+                              f"{plan.commit[:12]}): run `sdv2 models download {it.name}` again")
+        progress.say(f"verifying {it.local}/{rel} ({'sha256' if f.lfs else 'git blob id'})")
+        size, got = path.stat().st_size, _digest(path, f.lfs)
+        if size != f.size or got != f.digest:
+            path.unlink()
+            raise EngineError(f"{it.local}/{rel} from {it.repo} is corrupted ({size} bytes, hash {got[:12]}...; the "
+                              f"hub lists {f.size} bytes, {f.digest[:12]}...); it was deleted: run `sdv2 models "
+                              f"download {it.name}` again")
+        plan.record[rel] = {"size": size, "digest": f.digest, "mtime_ns": path.stat().st_mtime_ns}
+        _write_record(plan.base, it, plan.record)
 
 
 def download(items: Iterable[str | Item] | str | Item | None = None, root: str | os.PathLike | None = None,
@@ -557,103 +662,61 @@ def download(items: Iterable[str | Item] | str | Item | None = None, root: str |
     (default: the models dir) and return the folders the engine reads, one per item.
 
     `progress(message, fraction)` gets throttled updates (fraction = bytes done / bytes to download); it may be
-    called from a worker thread. An exception raised by it stops the download: finished files are kept and the
-    next call fetches only what is missing. Files already present and verified are not downloaded again."""
+    called from worker threads. An exception raised by it stops the download (and is raised here): finished files
+    are kept and the next call fetches only what is missing. Files already present and verified are not
+    downloaded again."""
     its = _resolve_items(items)
     root = _root(root)
-    rep = _Reporter(progress, 0)
+    transfer = _Transfer(progress)
     hub = _import_hub()
+    from huggingface_hub.utils import filter_repo_objects, tqdm
+
     endpoint, token = _endpoint(), _token()
-    offline = _truthy(os.environ.get("HF_HUB_OFFLINE")) or _truthy(os.environ.get("TRANSFORMERS_OFFLINE"))
+    _bound_requests(hub)
     api = hub.HfApi(endpoint=endpoint, token=token)
 
-    infos: dict[tuple[str, str], object] = {}
+    answers: dict[tuple[str, str], object] = {}
     plans: list[_Plan] = []
     for it in its:
-        base = root / it.local
         key = (it.repo, it.revision)
-        if key not in infos:
-            try:
-                if offline:
-                    raise ConnectionError("HF_HUB_OFFLINE is set")
-                rep.say(f"asking {endpoint} about {it.repo}", 0.0)
-                infos[key] = api.model_info(it.repo, revision=it.revision, files_metadata=True, token=token)
-            except Exception as e:
-                if not (_is_network_error(e) and _http_status(e) is None):
-                    raise _hub_error(e, it, root, it.repo) from None
-                infos[key] = e
-        info = infos[key]
-        if isinstance(info, BaseException):  # hub unreachable: fine if the files are already here
-            if status(it, root) == DOWNLOADED:
-                rep.say(f"{it.name}: already downloaded (the hub could not be reached to check for updates)", 1.0)
-                plans.append(_Plan(it, base, "", [], skip=True))
-                continue
-            raise _unreachable(info, it, root) from None
-        files = _files_from_info(info, it)
+        if key not in answers:
+            answers[key] = _ask(api, it, root, transfer)
+        answer = answers[key]
+        if not isinstance(answer, tuple):  # the hub cannot be reached: fine if the files are already here
+            if status(it, root) != DOWNLOADED:
+                raise _unreachable(answer, it, root)
+            transfer.say(f"{it.name}: already downloaded (the hub could not be reached to check for updates)", 1.0)
+            continue
+        commit, listed = answer
+        files = {rel: listed[rel] for rel in filter_repo_objects(sorted(listed), allow_patterns=list(it.patterns))}
         if not files:
             raise EngineError(f"{it.repo} on the hub has no files matching {', '.join(it.patterns)} (its layout may "
                               f"have changed); copy the files to {root / it.folder} by hand")
-        commit = getattr(info, "sha", None) or it.revision
-        plans.append(_Plan(it, base, commit, files, manifest=_read_manifest(base, it)))
+        plans.append(_plan(it, root / it.local, commit, files, transfer))
 
-    for plan in plans:
-        if plan.skip:
-            continue
-        planned = {f.rel: f.oid for f in plan.files}
-        verified = plan.manifest.get("files", {})
-        plan.manifest.update(item=plan.it.name, repo=plan.it.repo, commit=plan.commit, complete=False,
-                             planned=planned, files={k: v for k, v in verified.items() if k in planned})
-        plan.todo = [f for f in plan.files if not _local_ok(plan, f, rep)]
-        if plan.todo:
-            _write_manifest(plan.base, plan.it, plan.manifest)
+    transfer.total = sum(p.files[rel].size for p in plans for rel in p.todo)
+    free = _free_bytes(root) if transfer.total else None
+    if free is not None and free < transfer.total + _DISK_MARGIN:
+        raise EngineError(f"not enough disk space in {root}: the download needs {format_size(transfer.total)}, "
+                          f"{format_size(free)} is free; free some space or pass --dir FOLDER on another disk")
 
-    needed = sum(f.size or 0 for p in plans for f in p.todo)
-    if any(f.size is None for p in plans for f in p.todo):  # the hub gave no size: fall back to the catalogue
-        needed = max(needed, sum(p.it.size or 0 for p in plans if p.todo))
-    if needed:
-        free = _free_bytes(root)
-        if free is not None and free < needed + _DISK_MARGIN:
-            raise EngineError(f"not enough disk space in {root}: the download needs {format_size(needed)}, "
-                              f"{format_size(free)} is free; free some space or pass --dir FOLDER on another disk")
-    rep.total = needed
-    bar = {"tqdm_class": rep.bar_class()} if _accepts(hub.hf_hub_download, "tqdm_class") else {}
-
-    for plan in plans:
+    bar = transfer.bar_class(tqdm)
+    for plan in (p for p in plans if p.todo):
         it = plan.it
-        for f in plan.todo:
-            path = plan.base / f.rel
-            path.unlink(missing_ok=True)  # a stale or damaged copy: huggingface_hub would keep it
-            rep.start(f.label(it), f.size)
-            try:
-                got = hub.hf_hub_download(it.repo, f.rel, revision=plan.commit, local_dir=plan.base,
-                                          cache_dir=_hf_cache_dir(), endpoint=endpoint, token=token, **bar)
-            except EngineError:
+        transfer.start(it.name, sum(plan.files[rel].size for rel in plan.todo))
+        try:
+            transfer.run(hub.snapshot_download, it.repo, revision=plan.commit, local_dir=plan.base,
+                         allow_patterns=[glob.escape(rel) for rel in plan.todo], cache_dir=_hf_cache_dir(),
+                         endpoint=endpoint, token=token, tqdm_class=bar, max_workers=_WORKERS)
+        except Exception as e:
+            transfer_error = isinstance(e, OSError) or type(e).__module__.startswith(("huggingface_hub", "httpx"))
+            if transfer.error is not None or not transfer_error:  # a stop, or a bug
                 raise
-            except Exception as e:
-                if not _is_hub_exception(e):
-                    raise
-                raise _hub_error(e, it, root, f.label(it)) from None
-            _verify(plan, f, Path(got), rep)
-            rep.finish(f.size)
-        if not plan.skip:
-            plan.manifest["complete"] = True
-            _write_manifest(plan.base, it, plan.manifest)
-    rep.say("all files are present and verified", 1.0)
-    return [root / p.it.folder for p in plans]
-
-
-def _accepts(fn: Callable, name: str) -> bool:
-    try:
-        return name in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def _is_hub_exception(e: BaseException) -> bool:
-    """Errors of the transfer itself (hub, network, disk), as opposed to bugs or a cancel from `progress`."""
-    mod = type(e).__module__ or ""
-    return (mod.startswith(("huggingface_hub", "httpx", "httpcore", "requests", "urllib3"))
-            or isinstance(e, (OSError, ConnectionError, TimeoutError)) or _is_network_error(e))
+            raise _hub_error(e, it, root) from None
+        _verify(plan, transfer)
+        transfer.finish()
+    transfer.say("all files are present and verified", 1.0)
+    return [root / it.folder for it in its]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -743,18 +806,3 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
     s.set_defaults(fn=_cmd_path)
     return p
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m sdv2_studio.engine.hub ...`: the `models` commands on their own (same as `sdv2 models ...`)."""
-    parser = argparse.ArgumentParser(prog="sdv2")
-    register_cli(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.fn(args)
-    except EngineError as e:
-        print(f"sdv2: error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

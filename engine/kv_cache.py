@@ -39,6 +39,9 @@ import torch.nn.functional as F
 from sdv2_studio.engine.config import CacheConfig, ModelConfig
 from sdv2_studio.engine.errors import EngineError
 
+# Per-layer state tensors [layers, B, ...]: what a layer (block) and a slot of the cache consist of on the device.
+_LAYER_STATE = ("k", "v", "cross_k", "cross_v", "stack", "stack_len", "ptr")
+
 
 class StreamClock:
     """Temporal start frame of each successive chunk, with upstream's RoPE refresh."""
@@ -147,13 +150,7 @@ class KVCache:
 
     def copy_slot(self, src: int, dst: int) -> None:
         """Make slot `dst` a copy of slot `src` (Stream-Batch fill after a no-batch run, SLO mode switches)."""
-        for t in (self.k, self.v, self.cross_k, self.cross_v, self.stack, self.stack_len, self.ptr):
-            t[:, dst].copy_(t[:, src])
-        self.fifo_dev[dst].copy_(self.fifo_dev[src])
-        self.fifo_len_dev[dst].copy_(self.fifo_len_dev[src])
-        self.local_end[dst], self.global_end[dst] = self.local_end[src], self.global_end[src]
-        self.sealed[dst] = self.sealed[src]
-        self.fifo[dst] = list(self.fifo[src])
+        self._copy_slot(self, src, dst)
 
     def resized(self, slots: int) -> KVCache:
         """A new cache with `slots` slots; slot i continues from this cache's slot min(i, B - 1) (Stream-Batch depth
@@ -161,14 +158,52 @@ class KVCache:
         new = KVCache(self.cfg, self.cc, slots, self.L, device=self.device, dtype=self.dtype, blocks=self.blocks)
         new.set_steps(self.total_steps)
         for i in range(slots):
-            src = min(i, self.B - 1)
-            for name in ("k", "v", "cross_k", "cross_v", "stack", "stack_len", "ptr"):
-                getattr(new, name)[:, i].copy_(getattr(self, name)[:, src])
-            new.fifo_dev[i].copy_(self.fifo_dev[src])
-            new.fifo_len_dev[i].copy_(self.fifo_len_dev[src])
-            new.local_end[i], new.global_end[i] = self.local_end[src], self.global_end[src]
-            new.sealed[i], new.fifo[i] = self.sealed[src], list(self.fifo[src])
+            new._copy_slot(self, min(i, self.B - 1), i)
         return new
+
+    def _copy_slot(self, other: KVCache, src: int, dst: int) -> None:
+        """Slot `dst` of this cache becomes a copy of slot `src` of `other` (same blocks)."""
+        for name in _LAYER_STATE:
+            getattr(self, name)[:, dst].copy_(getattr(other, name)[:, src])
+        self.fifo_dev[dst].copy_(other.fifo_dev[src])
+        self.fifo_len_dev[dst].copy_(other.fifo_len_dev[src])
+        self.local_end[dst], self.global_end[dst] = other.local_end[src], other.global_end[src]
+        self.sealed[dst], self.fifo[dst] = other.sealed[src], list(other.fifo[src])
+
+    # -- layer moves (pipeline-parallel block rebalancing) -----------------------------------------------------------
+
+    def for_blocks(self, blocks: range) -> KVCache:
+        """A cache for `blocks` that continues this one's stream: the slot bookkeeping (positions, rolling FIFO, step
+        counter) and the layers both caches hold are copied; layers new to it are filled with `import_layers`."""
+        new = KVCache(self.cfg, self.cc, self.B, self.L, device=self.device, dtype=self.dtype, blocks=blocks)
+        new.set_steps(self.total_steps)
+        new.step_counter = self.step_counter
+        new.local_end, new.global_end = list(self.local_end), list(self.global_end)
+        new.sealed, new.fifo = list(self.sealed), [list(q) for q in self.fifo]
+        new.fifo_dev.copy_(self.fifo_dev)
+        new.fifo_len_dev.copy_(self.fifo_len_dev)
+        both = range(max(blocks.start, self.blocks.start), min(blocks.stop, self.blocks.stop))
+        if len(both):
+            new.import_layers(both, self.export_layers(both))
+        return new
+
+    def export_layers(self, blocks: range) -> list[torch.Tensor]:
+        """The per-layer state of `blocks` (self-attention K/V, prompt K/V, pending sink refreshes, FIFO heads) as
+        contiguous views, in the order `import_layers` takes."""
+        sl = self._layers(blocks)
+        return [getattr(self, name)[sl] for name in _LAYER_STATE]
+
+    def import_layers(self, blocks: range, state: list[torch.Tensor]) -> None:
+        """Overwrite the layers of `blocks` with `state` from `export_layers` of a cache of the same stream."""
+        sl = self._layers(blocks)
+        for name, t in zip(_LAYER_STATE, state, strict=True):
+            getattr(self, name)[sl].copy_(t)
+
+    def _layers(self, blocks: range) -> slice:
+        if not (self.blocks.start <= blocks.start and blocks.stop <= self.blocks.stop):
+            raise ValueError(f"blocks {blocks.start}-{blocks.stop - 1} are not all in this cache "
+                             f"({self.blocks.start}-{self.blocks.stop - 1})")
+        return slice(blocks.start - self.blocks.start, blocks.stop - self.blocks.start)
 
     def plan(self, start_frames: list[int], grid: tuple[int, int, int], advance: bool = True,
              slot: int | None = None) -> StepPlan:
@@ -314,4 +349,12 @@ class KVCache:
         return stack + q[p:] + q[:p]
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.k, self.v, self.cross_k, self.cross_v))
+        return self.buffer_bytes(self.cfg, self.cc, self.B, self.L, len(self.blocks), self.dtype)
+
+    @staticmethod
+    def buffer_bytes(cfg: ModelConfig, cache_cfg: CacheConfig, batch: int, frame_tokens: int, layers: int,
+                     dtype: torch.dtype) -> int:
+        """Bytes of the k, v, cross_k and cross_v buffers of a cache of `layers` blocks and `batch` slots (the
+        memory estimate, engine/memory.py, uses it before any cache exists)."""
+        tokens = cache_cfg.cache_frames * frame_tokens + cfg.text_len  # self-attention cache + prompt
+        return 2 * layers * batch * cfg.num_heads * tokens * cfg.head_dim * dtype.itemsize

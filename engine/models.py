@@ -1,8 +1,12 @@
 """Which weights to run: the embedded `tiny` test model, or StreamDiffusionV2 / Wan2.1 files on disk.
 
-A `ModelBundle` is the three networks a stream needs (DiT, VAE, text encoder) plus what the UI should say
-about them. `load_bundle("auto")` uses the downloaded StreamDiffusionV2 1.3B model when present and otherwise the
-tiny model, with a notice naming the command that downloads the real one.
+`resolve_model(spec, base)` is the one place a model spec is turned into files and shapes, without loading any
+weights: "auto" (the downloaded StreamDiffusionV2 1.3B model when present, else the tiny model), "tiny",
+"random:PRESET" (seeded random weights of a preset, for benchmarks) or a checkpoint file/folder with its Wan2.1
+base folder. The engine, its pipeline ranks, `sdv2 run` under torchrun, the memory estimate (engine/memory.py) and
+the app all start from it. A `ModelBundle` is the three networks a stream needs (DiT, VAE, text encoder) loaded
+for a resolved model, with what the UI should say about them (a notice for the untrained tiny model names the
+command that downloads the real one).
 
 Files on disk (what `sdv2 models download` produces; any folder with the same layout works):
     <models>/StreamDiffusionV2/wan_causal_dmd_v2v/model.pt      the causal DMD-distilled DiT (1.3B)
@@ -19,29 +23,76 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from sdv2_studio.engine.config import get_preset
+from sdv2_studio.engine.config import ModelConfig, get_preset
 from sdv2_studio.engine.errors import EngineError
 from sdv2_studio.engine.model import CausalWanModel, cast_model, keep_fp32
-from sdv2_studio.engine.text import TextEncoder, load_text_encoder, tiny_text_encoder
+from sdv2_studio.engine.text import TextEncoder, load_text_encoder, tiny_text_config, tiny_text_encoder
 from sdv2_studio.engine.vae import WanVAE, get_vae_preset, load_vae
 
 TINY_NOTICE = ("using the built-in tiny model: UNTRAINED random weights for testing the pipeline, its output is "
                "noise-like, not a style; run `sdv2 models download` for the real StreamDiffusionV2 model")
 CAUSAL_DIR = Path("StreamDiffusionV2") / "wan_causal_dmd_v2v"
 BASE_DIR = Path("Wan2.1-T2V-1.3B-Diffusers")
+DOWNLOAD_PRESET = "wan2.1-1.3b"  # the DiT `sdv2 models download` fetches (StreamDiffusionV2 1.3B)
+REAL_SIZE = (480, 832)  # (h, w) the released Wan2.1 / StreamDiffusionV2 models were trained at
+RANDOM_SIZE = (256, 256)  # default (h, w) of the seeded-random models
+# The umT5-XXL encoder of every Wan2.1 base folder (its text_encoder/config.json, architecture fields only)
+UMT5_XXL = {"vocab_size": 256384, "d_model": 4096, "d_kv": 64, "d_ff": 10240, "num_layers": 24, "num_heads": 64,
+            "relative_attention_num_buckets": 32, "feed_forward_proj": "gated-gelu"}
 
 Progress = Callable[[str, float], None]  # (message, fraction done 0..1)
 
 
+@dataclass(frozen=True)
+class ResolvedModel:
+    """What a model spec names, found without loading weights (`resolve_model`)."""
+
+    spec: str  # "tiny", "random:PRESET" or the checkpoint path: what pipeline ranks are told to build
+    config: ModelConfig  # the DiT's shape
+    checkpoint: Path | None  # the DiT checkpoint file/folder; None for seeded random weights
+    base: Path | None  # the Wan2.1 diffusers folder (vae/, text_encoder/, tokenizer/); None for the built-in parts
+    name: str  # for the UI: "wan2.1-1.3b (causal-wan, model.pt)", "tiny (untrained test model)"
+    default_size: tuple[int, int]  # (h, w) the model runs at unless told otherwise
+    vae: str  # the VAE preset (engine/vae.py) its VAE has: "wan2.1", or "tiny" for the seeded-random models
+    text_config: dict  # the text encoder's umT5 architecture (transformers' UMT5Config names)
+
+    @property
+    def untrained(self) -> bool:
+        return self.checkpoint is None
+
+    @property
+    def num_layers(self) -> int:
+        return self.config.num_layers
+
+    @property
+    def notice(self) -> str:
+        return TINY_NOTICE if self.untrained else ""
+
+
 @dataclass
 class ModelBundle:
-    name: str
+    """The networks of a resolved model, loaded."""
+
+    model: ResolvedModel
     dit: CausalWanModel
     vae: WanVAE
     text: TextEncoder
-    untrained: bool
-    default_size: tuple[int, int]  # (h, w) the model was trained at
-    notice: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    @property
+    def untrained(self) -> bool:
+        return self.model.untrained
+
+    @property
+    def default_size(self) -> tuple[int, int]:
+        return self.model.default_size
+
+    @property
+    def notice(self) -> str:
+        return self.model.notice
 
 
 def models_dir() -> Path:
@@ -110,12 +161,10 @@ def tiny_bundle(device: str | torch.device = "cpu", dtype: torch.dtype = torch.f
                 select: Callable[[str], bool] | None = None, preset: str = "tiny") -> ModelBundle:
     """The embedded default: tiny DiT + tiny VAE + tiny umT5, random weights from fixed seeds (`preset` swaps in
     another DiT shape with random weights, for benchmarks)."""
-    cfg = get_preset(preset)
-    text = tiny_text_encoder(text_dim=cfg.text_dim, text_len=cfg.text_len, seed=seed + 2)
+    model = _random_model(preset)
+    text = tiny_text_encoder(text_dim=model.config.text_dim, text_len=model.config.text_len, seed=seed + 2)
     dit = tiny_dit(device, dtype, seed, select=select, preset=preset)
-    name = "tiny (untrained test model)" if preset == "tiny" else f"random {preset} (untrained benchmark model)"
-    return ModelBundle(name, dit, tiny_vae(device, dtype, seed),
-                       text, untrained=True, default_size=(256, 256), notice=TINY_NOTICE)
+    return ModelBundle(model, dit, tiny_vae(device, dtype, seed), text)
 
 
 def find_downloaded() -> tuple[Path, Path] | None:
@@ -138,39 +187,62 @@ def _find_base(path: Path) -> Path:
                       "run `sdv2 models download` or pass --base FOLDER")
 
 
-def load_bundle(spec: str = "auto", *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                base: str | None = None, text_device: str | torch.device = "cpu",
-                progress: Progress | None = None, select: Callable[[str], bool] | None = None) -> ModelBundle:
-    """Load the networks named by `spec`: "auto", "tiny", or a checkpoint file/folder (any layout
-    `engine.checkpoint` reads) with its Wan2.1 base folder found beside it, in the models dir, or at `base`.
-    `select(name)`: materialise only these DiT tensors (pipeline rank 0: embeddings + its blocks)."""
-    say = progress or (lambda msg, frac: None)
-    if random_preset(spec):
-        say("building the tiny test model", 0.0)
-        return tiny_bundle(device, dtype, select=select, preset=random_preset(spec))
+def _random_model(preset: str) -> ResolvedModel:
+    cfg = get_preset(preset)
+    name = "tiny (untrained test model)" if preset == "tiny" else f"random {preset} (untrained benchmark model)"
+    return ResolvedModel("tiny" if preset == "tiny" else f"random:{preset}", cfg, None, None, name, RANDOM_SIZE,
+                         "tiny", tiny_text_config(cfg.text_dim))
+
+
+def resolve_model(spec: str = "auto", base: str | os.PathLike | None = None) -> ResolvedModel:
+    """The model `spec` names, with its base folder and shapes, without loading weights: "auto" (the downloaded
+    StreamDiffusionV2 model, else "tiny"), "tiny", "random:PRESET", or a checkpoint file/folder (any layout
+    `engine.checkpoint` reads, inspected from its headers) whose Wan2.1 base folder is `base`, or found beside it
+    or in the models dir."""
     if spec == "auto":
         found = find_downloaded()
         if found is None:
-            say("no downloaded model found; using the tiny test model", 0.0)
-            return tiny_bundle(device, dtype, select=select)
-        ckpt, base_dir = found
-    else:
-        ckpt = Path(spec).expanduser()
-        if not ckpt.exists():
-            raise EngineError(f"model path {ckpt} does not exist; pass a checkpoint file or folder, 'tiny', or "
-                              "run `sdv2 models download`")
-        base_dir = Path(base).expanduser() if base else _find_base(ckpt)
+            return _random_model("tiny")
+        spec, base = str(found[0]), base or found[1]
+    preset = random_preset(spec)
+    if preset:
+        return _random_model(preset)
+    ckpt = Path(spec).expanduser()
+    if not ckpt.exists():
+        raise EngineError(f"model path {ckpt} does not exist; pass a checkpoint file or folder, 'tiny', or "
+                          "run `sdv2 models download`")
+    if base is not None and not Path(base).expanduser().is_dir():
+        raise EngineError(f"base folder {base} does not exist; pass the Wan2.1 diffusers folder (vae/, "
+                          "text_encoder/, tokenizer/) or leave --base out to find it")
+    from sdv2_studio.engine.checkpoint import inspect_checkpoint
+
+    info = inspect_checkpoint(ckpt)
+    base_dir = Path(base).expanduser() if base is not None else _find_base(ckpt)
+    return ResolvedModel(str(ckpt), info.config, ckpt, base_dir, f"{info.preset} ({info.layout}, {ckpt.name})",
+                         REAL_SIZE, "wan2.1", UMT5_XXL)
+
+
+def load_bundle(spec: str | ResolvedModel = "auto", *, device: str | torch.device = "cpu",
+                dtype: torch.dtype = torch.float32, base: str | None = None, text_device: str | torch.device = "cpu",
+                progress: Progress | None = None, select: Callable[[str], bool] | None = None) -> ModelBundle:
+    """Load the networks of `spec` (a spec for `resolve_model`, with `base`, or a model it resolved).
+    `select(name)`: materialise only these DiT tensors (pipeline rank 0: embeddings + its blocks)."""
+    say = progress or (lambda msg, frac: None)
+    model = spec if isinstance(spec, ResolvedModel) else resolve_model(spec, base)
+    if model.untrained:
+        say("no downloaded model found; using the tiny test model" if spec == "auto" else
+            "building the tiny test model", 0.0)
+        return tiny_bundle(device, dtype, select=select, preset=random_preset(model.spec))
     from sdv2_studio.engine.checkpoint import load_model
 
-    say(f"loading the DiT from {ckpt}", 0.05)
-    dit, info = load_model(ckpt, dtype=dtype, device=device, select=select)
+    say(f"loading the DiT from {model.checkpoint}", 0.05)
+    dit, _ = load_model(model.checkpoint, dtype=dtype, device=device, select=select)
     say("loading the VAE", 0.6)
-    vae = load_vae(base_dir / "vae", dtype=dtype, device=device)
+    vae = load_vae(model.base / "vae", dtype=dtype, device=device)
     say("loading the umT5 text encoder", 0.75)
-    text = load_text_encoder(base_dir, device=text_device,
+    text = load_text_encoder(model.base, device=text_device,
                              dtype=torch.float32 if torch.device(text_device).type == "cpu" else dtype,
                              text_len=dit.cfg.text_len)
     text.check_compatible(dit.cfg.text_dim, dit.cfg.text_len)
     say("models loaded", 1.0)
-    return ModelBundle(f"{info.preset} ({info.layout}, {ckpt.name})", dit, vae, text, untrained=False,
-                       default_size=(480, 832))
+    return ModelBundle(model, dit, vae, text)

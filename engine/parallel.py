@@ -1,11 +1,13 @@
 """Pipeline parallelism over N ranks (torch.distributed: NCCL on CUDA, gloo on CPU), applied from outside the model.
 
-Roles. Rank 0 lives in the engine's process: it owns the source side (motion controller, VAE encoder, umT5, the
-controls), the embeddings and the first range of blocks, and drives the stream. Every rank owns a contiguous
-range of transformer blocks, *only* their weights (read lazily from the mmap'd checkpoint; the rest of the model
-stays on the meta device) and the KV cache of those blocks. The last rank also runs the head, the flow -> x0
-step, the re-noising and the VAE decode, and sends results back to rank 0. Messages travel the ring
-0 -> 1 -> ... -> N-1 -> 0, so every rank sees jobs, prompt changes and control changes in the same order.
+Roles. Rank 0 lives in the engine's process: a StreamPipeline whose denoise executor is a `RingDenoiser`. It owns
+the source side (motion controller, VAE encoder, umT5, the controls), the embeddings and the first range of blocks,
+and drives the stream. Every rank owns a contiguous range of transformer blocks, *only* their weights (read lazily
+from the mmap'd checkpoint; the rest of the model stays on the meta device) and the KV cache of those blocks. The
+last rank also runs the head, the flow -> x0 step, the re-noising and the VAE decode, and sends results back to
+rank 0. Messages travel the ring 0 -> 1 -> ... -> N-1 -> 0, so every rank sees jobs, prompt changes and control
+changes in the same order. Each message is a typed `Header` (encoded as a fixed-size int64 tensor) and tensors
+whose shapes the receiver derives from it.
 
 Exact single-GPU semantics with step-and-layer pipelining. A Stream-Batch call k runs the n slots of the batch;
 slot j holds a chunk at denoising step j and its input is the re-noised output of slot j-1 of call k-1. Here each
@@ -18,13 +20,17 @@ slot inputs come from N calls earlier, which changes the output with the number 
 
 Transfers use isend with one message in flight per link (overlapping the next job's compute); rank 0 posts the
 receive for a job's result when it submits the job, so the ring cannot deadlock. A rank that dies or stops
-answering is detected within `timeout` seconds and reported as an EngineError naming it.
+answering is detected within `timeout` seconds and reported as an EngineError naming it. Block rebalancing moves
+weights (re-read by the new owner) and KV-cache layers (`KVCache.export_layers` / `import_layers`).
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
+import dataclasses
 import datetime
+import enum
 import os
 import queue
 import socket
@@ -39,16 +45,90 @@ import torch.distributed as dist
 from sdv2_studio.engine.config import CacheConfig, ModelConfig
 from sdv2_studio.engine.errors import EngineError
 from sdv2_studio.engine.kv_cache import KVCache
-from sdv2_studio.engine.pipeline import StreamPipeline, keyed_noise
+from sdv2_studio.engine.pipeline import RENOISE, DenoiseJob, StreamPipeline, decode_latent, keyed_noise
 from sdv2_studio.engine.schedule import FlowMatchGrid
 
 # -- messages -----------------------------------------------------------------------------------------------------
 
-JOB, RESULT, FRAMES, PROMPT, STEPS, RESIZE, REPLICATE, TIMES, REBALANCE, STOP = range(1, 11)
-HEADER = 24
-# header fields
-KIND, CALL, SLOT, SLOTS, START, NFRAMES, T, T_NEXT, ADVANCE, DECODE, SEED, NOISE_INDEX, ARG = range(13)
-BUSY = 16  # jobs carry each rank's cumulative busy time (microseconds) in fields BUSY + rank (up to 8 ranks)
+MAX_RANKS = 8
+
+
+class Kind(enum.IntEnum):
+    """What a message between ranks is."""
+
+    JOB = 1  # one micro-batch on its way through the blocks: tokens, e0, e, x_t (0 -> 1 -> ... -> N-1)
+    RESULT = 2  # a job's re-noised latent, the input of the chunk's next step (N-1 -> 0)
+    FRAMES = 3  # a job's decoded frames (N-1 -> 0)
+    PROMPT = 4  # the text-embedded prompt: new cross-attention K/V
+    STEPS = 5  # denoising steps per chunk (`arg`)
+    RESIZE = 6  # new Stream-Batch depth (`arg` slots)
+    REPLICATE = 7  # every slot becomes a copy of slot 0 (after the Stream-Batch prepare)
+    RESET = 8  # a new stream: empty caches with `arg` slots, fresh decoder state
+    TIMES = 9  # collect the ranks' stage times (`arg` 1: then reset the counters)
+    REBALANCE = 10  # move blocks to `ranges`
+    STOP = 11
+
+
+@dataclass(frozen=True)
+class Header:
+    """The header in front of every message; the payload's shapes follow from it and the geometry.
+
+    Wire format (`to_tensor` / `from_tensor`): HEADER_SIZE int64 values, the scalar fields in declaration order,
+    then `ranges` as MAX_RANKS (start, stop) pairs and `busy_us` as MAX_RANKS values, zero-padded.
+    """
+
+    kind: Kind
+    chunk: int = 0  # JOB: the stream chunk; with `seed` it keys the re-noising noise
+    slot: int = 0  # JOB: the Stream-Batch slot (cache slot) it runs in
+    start: int = 0  # JOB: temporal RoPE start frame
+    frames: int = 0  # JOB: latent frames
+    t: int = 0  # JOB: timestep
+    t_next: int = -1  # JOB: re-noise to this timestep and return the latent; -1: the chunk's last step
+    advance: bool = False  # JOB: the chunk's last write to the cache (ring pointer rule)
+    decode: bool = False  # JOB on its last step: decode and return the frames (else pipeline fill: dropped)
+    seed: int = 0
+    noise_index: int = 0  # JOB: which re-noising draw of the chunk (its step or slot)
+    arg: int = 0  # STEPS: steps; RESIZE, RESET: slots; TIMES: 1 = reset the counters
+    ranges: tuple[tuple[int, int], ...] = ()  # REBALANCE: the new [start, stop) of every rank
+    busy_us: tuple[int, ...] = ()  # JOB, RESULT, FRAMES: cumulative busy microseconds per rank (ranks passed)
+
+    def __post_init__(self) -> None:
+        if len(self.ranges) > MAX_RANKS or len(self.busy_us) > MAX_RANKS:
+            raise ValueError(f"a header carries at most {MAX_RANKS} ranks")
+        set_ = object.__setattr__  # frozen: normalise to the declared types
+        set_(self, "kind", Kind(self.kind))
+        set_(self, "advance", bool(self.advance))
+        set_(self, "decode", bool(self.decode))
+        set_(self, "ranges", tuple((int(a), int(b)) for a, b in self.ranges))
+        set_(self, "busy_us", tuple(int(u) for u in self.busy_us) + (0,) * (MAX_RANKS - len(self.busy_us)))
+
+    def with_busy(self, rank: int, seconds: float) -> Header:
+        """This header with rank `rank`'s cumulative busy time."""
+        busy = list(self.busy_us)
+        busy[rank] = int(seconds * 1e6)
+        return dataclasses.replace(self, busy_us=tuple(busy))
+
+    def to_tensor(self, device) -> torch.Tensor:
+        scalars = [int(getattr(self, name)) for name in _SCALARS]
+        ranges = [v for r in self.ranges for v in r] + [0] * (2 * (MAX_RANKS - len(self.ranges)))
+        return torch.tensor(scalars + ranges + list(self.busy_us), dtype=torch.long).to(device)
+
+    @classmethod
+    def from_tensor(cls, t: torch.Tensor) -> Header:
+        v = t.tolist()
+        n = len(_SCALARS)
+        pairs = v[n:n + 2 * MAX_RANKS]
+        ranges = tuple((a, b) for a, b in zip(pairs[::2], pairs[1::2]) if b > 0)  # every rank holds >= 1 block
+        return cls(**dict(zip(_SCALARS, v[:n])), ranges=ranges, busy_us=tuple(v[n + 2 * MAX_RANKS:]))
+
+    @staticmethod
+    def buffer(device) -> torch.Tensor:
+        """A receive buffer for one header."""
+        return torch.empty(HEADER_SIZE, dtype=torch.long, device=device)
+
+
+_SCALARS = tuple(f.name for f in dataclasses.fields(Header))[:-2]  # all but ranges and busy_us
+HEADER_SIZE = len(_SCALARS) + 3 * MAX_RANKS
 
 
 def free_port() -> int:
@@ -158,16 +238,11 @@ class Link:
         self._inflight: dict[int, list] = collections.defaultdict(list)
         self.waited_s = 0.0  # time spent blocked on peers (excluded from this rank's busy time)
 
-    def header(self, **fields) -> torch.Tensor:
-        h = torch.zeros(HEADER, dtype=torch.long)
-        for k, v in fields.items():
-            h[globals()[k.upper()]] = int(v)
-        return h.to(self.device)
-
-    def send(self, dst: int, header: torch.Tensor, tensors: list[torch.Tensor] = ()) -> None:
+    def send(self, dst: int, header: Header, tensors: list[torch.Tensor] = ()) -> None:
         """Non-blocking; waits for the previous message to `dst` first (one message in flight per link)."""
         self.wait_sent(dst)
-        self._inflight[dst] = [dist.isend(t.contiguous(), dst) for t in (header, *tensors)] + [header, *tensors]
+        sent = [t.contiguous() for t in (header.to_tensor(self.device), *tensors)]
+        self._inflight[dst] = [dist.isend(t, dst) for t in sent] + sent
 
     def wait_sent(self, dst: int) -> None:
         works = [w for w in self._inflight.get(dst, []) if isinstance(w, dist.Work)]
@@ -178,10 +253,10 @@ class Link:
     def post_recv(self, src: int, tensors: list[torch.Tensor]) -> list:
         return [dist.irecv(t, src) for t in tensors]
 
-    def recv_header(self, src: int) -> torch.Tensor:
-        h = torch.empty(HEADER, dtype=torch.long, device=self.device)
+    def recv_header(self, src: int) -> Header:
+        h = Header.buffer(self.device)
         self.wait(dist.irecv(h, src), f"rank {src} sent nothing")
-        return h.cpu()
+        return Header.from_tensor(h)
 
     def recv(self, src: int, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         for w in self.post_recv(src, tensors):
@@ -223,17 +298,17 @@ class Link:
 class Receiver:
     """Rank 0's inbox for results from the last rank, in submission order.
 
-    `expect(kind, buffers)` is called when a job is submitted; `poll()` returns what has arrived without blocking,
-    `get()` blocks for the next item. gloo: a thread posts and waits on the receives (gloo p2p work cannot be
-    polled); NCCL: receives are posted at once and polled from the caller's thread (NCCL p2p must stay on one
-    thread).
+    `expect(payload)` is called when a job is submitted (with empty tensors its payload is received into);
+    `poll()` returns the (header, payload) pairs that have arrived without blocking, `get()` blocks for the next
+    one. gloo: a thread posts and waits on the receives (gloo p2p work cannot be polled); NCCL: receives are posted
+    at once and polled from the caller's thread (NCCL p2p must stay on one thread).
     """
 
     def __init__(self, link: Link, src: int):
         self.link, self.src = link, src
         self.threaded = link.device.type != "cuda"
-        self._pending: collections.deque = collections.deque()  # (kind, buffers, works) not yet delivered
-        self._done: queue.Queue = queue.Queue()
+        self._pending: collections.deque = collections.deque()  # (buffers, works) not yet delivered (NCCL)
+        self._done: queue.Queue = queue.Queue()  # (buffers, error) (gloo)
         self.outstanding = 0
         if self.threaded:
             self._todo: queue.Queue = queue.Queue()
@@ -241,52 +316,51 @@ class Receiver:
             self._thread.start()
 
     def _run(self) -> None:
-        while (item := self._todo.get()) is not None:
-            kind, bufs = item
+        while (bufs := self._todo.get()) is not None:
             try:
                 works = self.link.post_recv(self.src, bufs)
                 for w in works:  # _wait: this thread's waiting is not rank 0's (main thread's) idle time
                     self.link._wait(w, f"rank {self.src} did not return its result", self.link.timeout)
-                self._done.put((kind, bufs))
+                self._done.put((bufs, None))
             except BaseException as e:  # handed to the engine thread
                 self._done.put((None, e))
                 return
 
-    def expect(self, kind: int, bufs: list[torch.Tensor]) -> None:
+    def expect(self, payload: list[torch.Tensor]) -> None:
+        bufs = [Header.buffer(self.link.device), *payload]
         self.outstanding += 1
         if self.threaded:
-            self._todo.put((kind, bufs))
+            self._todo.put(bufs)
         else:
-            self._pending.append((kind, bufs, self.link.post_recv(self.src, bufs)))
+            self._pending.append((bufs, self.link.post_recv(self.src, bufs)))
 
-    def _deliver(self, item):
-        kind, payload = item
-        if kind is None:
-            if isinstance(payload, EngineError):
-                raise payload
+    def _deliver(self, bufs: list[torch.Tensor] | None, error: BaseException | None = None):
+        if error is not None:
+            if isinstance(error, EngineError):
+                raise error
             time.sleep(0.2)  # let a dead rank's exit be reaped so it can be named
             dead = self.link.alive() if self.link.alive is not None else None
-            raise EngineError(dead or f"pipeline receive failed ({str(payload).splitlines()[0][:160]}); "
+            raise EngineError(dead or f"pipeline receive failed ({str(error).splitlines()[0][:160]}); "
                               "restart the engine")
         self.outstanding -= 1
-        return kind, payload
+        return Header.from_tensor(bufs[0]), bufs[1:]
 
-    def poll(self) -> list:
+    def poll(self) -> list[tuple[Header, list[torch.Tensor]]]:
         out = []
         if self.threaded:
             while True:
                 try:
-                    out.append(self._deliver(self._done.get_nowait()))
+                    out.append(self._deliver(*self._done.get_nowait()))
                 except queue.Empty:
                     return out
-        while self._pending and all(w.is_completed() for w in self._pending[0][2]):
-            kind, bufs, works = self._pending.popleft()
+        while self._pending and all(w.is_completed() for w in self._pending[0][1]):
+            bufs, works = self._pending.popleft()
             for w in works:
                 w.wait()
-            out.append(self._deliver((kind, bufs)))
+            out.append(self._deliver(bufs))
         return out
 
-    def get(self):
+    def get(self) -> tuple[Header, list[torch.Tensor]]:
         t0 = time.perf_counter()
         try:
             return self._get()
@@ -296,14 +370,15 @@ class Receiver:
     def _get(self):
         if self.threaded:
             try:
-                return self._deliver(self._done.get(timeout=self.link.timeout))
+                item = self._done.get(timeout=self.link.timeout)
             except queue.Empty:
                 raise EngineError(self.link.alive() or f"rank {self.src} returned nothing for "
                                   f"{self.link.timeout:.0f} s (a rank hung?); restart the engine") from None
-        kind, bufs, works = self._pending.popleft()
+            return self._deliver(*item)
+        bufs, works = self._pending.popleft()
         for w in works:
             self.link.wait(w, f"rank {self.src} did not return its result")
-        return self._deliver((kind, bufs))
+        return self._deliver(bufs)
 
     def close(self) -> None:
         if self.threaded:
@@ -387,39 +462,46 @@ class Stage:
 
     def __init__(self, dit, geo: Geometry, blocks: range, slots: int, steps: int, cache_cfg: CacheConfig,
                  device: torch.device):
-        self.dit, self.geo, self.device = dit, geo, device
-        self.cache = KVCache(dit.cfg, cache_cfg, slots, geo.frame_tokens, device=device, dtype=geo.dtype,
-                             blocks=blocks)
-        self.cache.set_steps(steps)
+        self.dit, self.geo, self.device, self.cache_cfg = dit, geo, device, cache_cfg
+        self.cache = self._new_cache(blocks, slots, steps)
         self.busy_s = 0.0  # compute time spent in blocks (for rebalancing)
         self.jobs = 0
 
-    def run_blocks(self, tokens, e0, h: torch.Tensor) -> torch.Tensor:
-        """h: header. tokens [1, N, C] -> [1, N, C] through this rank's blocks (writing their cache)."""
+    def _new_cache(self, blocks: range, slots: int, steps: int) -> KVCache:
+        cache = KVCache(self.dit.cfg, self.cache_cfg, slots, self.geo.frame_tokens, device=self.device,
+                        dtype=self.geo.dtype, blocks=blocks)
+        cache.set_steps(steps)
+        return cache
+
+    def run_blocks(self, tokens, e0, h: Header) -> torch.Tensor:
+        """tokens [1, N, C] -> [1, N, C] through this rank's blocks (writing their cache)."""
         lh, lw = self.geo.latent_hw
-        grid = (int(h[NFRAMES]), lh // self.dit.cfg.patch_size[1], lw // self.dit.cfg.patch_size[2])
-        out, spent = run_own_blocks(self.dit, self.cache, tokens, e0, start=int(h[START]), grid=grid,
-                                    advance=bool(h[ADVANCE]), slot=int(h[SLOT]))
+        grid = (h.frames, lh // self.dit.cfg.patch_size[1], lw // self.dit.cfg.patch_size[2])
+        out, spent = run_own_blocks(self.dit, self.cache, tokens, e0, start=h.start, grid=grid, advance=h.advance,
+                                    slot=h.slot)
         self.busy_s += spent
         self.jobs += 1
         return out
 
-    def apply(self, h: torch.Tensor, payload: list[torch.Tensor]) -> None:
+    def apply(self, h: Header, payload: list[torch.Tensor]) -> None:
         """Control messages (same order on every rank as on rank 0)."""
-        kind = int(h[KIND])
-        if kind == PROMPT:
+        if h.kind == Kind.PROMPT:
             self.cache.set_cross(self.dit, payload[0])
-        elif kind == STEPS:
-            self.cache.set_steps(int(h[ARG]))
-        elif kind == RESIZE:
-            self.cache = self.cache.resized(int(h[ARG]))
-        elif kind == REPLICATE:
+        elif h.kind == Kind.STEPS:
+            self.cache.set_steps(h.arg)
+        elif h.kind == Kind.RESIZE:
+            self.cache = self.cache.resized(h.arg)
+        elif h.kind == Kind.REPLICATE:
             for j in range(1, self.cache.B):
                 self.cache.copy_slot(0, j)
+        elif h.kind == Kind.RESET:
+            self.cache = self._new_cache(self.cache.blocks, h.arg, self.cache.total_steps)
+        else:
+            raise ValueError(f"not a control message: {h.kind!r}")
 
 
-def control_payload(kind: int, geo: Geometry, device) -> list[torch.Tensor]:
-    if kind == PROMPT:
+def control_payload(kind: Kind, geo: Geometry, device) -> list[torch.Tensor]:
+    if kind == Kind.PROMPT:
         return [torch.empty(1, geo.cfg.text_len, geo.cfg.dim, dtype=torch.float32, device=device)]
     return []
 
@@ -473,10 +555,10 @@ class _Tail:
 
             self.vae = tiny_vae(device, geo.dtype)
         else:
-            from sdv2_studio.engine.models import _find_base
+            from sdv2_studio.engine.models import resolve_model
             from sdv2_studio.engine.vae import load_vae
 
-            base = _find_base(Path(spec.model)) if spec.base is None else spec.base
+            base = resolve_model(spec.model, spec.base).base
             self.vae = load_vae(Path(base) / "vae", dtype=geo.dtype, device=device)
         self.decoder = self.vae
         if spec.taehv:
@@ -484,10 +566,15 @@ class _Tail:
 
             self.decoder = load_taehv(spec.taehv, dtype=torch.float16 if device.type == "cuda" else torch.float32,
                                       device=device)
+        self.busy_s = 0.0
 
-    busy_s = 0.0
+    def reset(self) -> None:
+        """A new stream: fresh decoder state."""
+        self.vae.reset_stream()
+        if self.decoder is not self.vae:
+            self.decoder.reset_stream()
 
-    def finish(self, dit, tokens, e, x_t, h) -> tuple[int, list[torch.Tensor]]:
+    def finish(self, dit, tokens, e, x_t, h: Header) -> tuple[Kind | None, list[torch.Tensor]]:
         t0 = time.perf_counter()
         try:
             return self._finish(dit, tokens, e, x_t, h)
@@ -496,70 +583,64 @@ class _Tail:
                 torch.cuda.synchronize(x_t.device)
             self.busy_s += time.perf_counter() - t0
 
-    def _finish(self, dit, tokens, e, x_t, h) -> tuple[int, list[torch.Tensor]]:
+    def _finish(self, dit, tokens, e, x_t, h: Header) -> tuple[Kind | None, list[torch.Tensor]]:
         """Head + flow -> x0; then either re-noise (RESULT) or decode (FRAMES) or drop (pipeline fill)."""
         lh, lw = x_t.shape[-2:]
-        grid = (int(h[NFRAMES]), lh // dit.cfg.patch_size[1], lw // dit.cfg.patch_size[2])
+        grid = (h.frames, lh // dit.cfg.patch_size[1], lw // dit.cfg.patch_size[2])
         flow = dit.unembed(tokens, e, grid)
-        t = torch.full((1, grid[0]), float(h[T]), device=x_t.device)
+        t = torch.full((1, grid[0]), float(h.t), device=x_t.device)
         x0 = self.grid.to_x0(flow, x_t, t)
-        if int(h[T_NEXT]) >= 0:
-            noise = keyed_noise(x0.shape, int(h[SEED]), int(h[CALL]), 1, int(h[NOISE_INDEX]), x0.device)
-            return RESULT, [self.grid.add_noise(x0, noise.to(x0.dtype), int(h[T_NEXT]))]
-        if not int(h[DECODE]):
-            return 0, []
-        z = self.vae.denormalize(x0.float())
-        px = self.decoder.decode_stream(z.to(self.decoder.dtype))
-        u8 = ((px[0].float().permute(1, 2, 3, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-        return FRAMES, [u8.contiguous()]
+        if h.t_next >= 0:
+            noise = keyed_noise(x0.shape, h.seed, h.chunk, RENOISE, h.noise_index, x0.device)
+            return Kind.RESULT, [self.grid.add_noise(x0, noise.to(x0.dtype), h.t_next)]
+        if not h.decode:
+            return None, []
+        return Kind.FRAMES, [decode_latent(self.vae, self.decoder, x0).contiguous()]
 
 
 def _serve(rank, world, link: Link, stage: Stage, tail: _Tail | None, geo: Geometry, device, spec, ranges) -> None:
     prev, nxt = rank - 1, (rank + 1) % world
     while True:
         h = link.recv_header(prev)
-        kind = int(h[KIND])
-        if kind == JOB:
-            tokens, e0, e, x_t = link.recv(prev, geo.job_payload(int(h[NFRAMES]), device))
+        if h.kind == Kind.JOB:
+            tokens, e0, e, x_t = link.recv(prev, geo.job_payload(h.frames, device))
             tokens = stage.run_blocks(tokens, e0, h)
             if tail is None:
-                h[BUSY + rank] = int(stage.busy_s * 1e6)
-                link.send(nxt, h.to(device), [tokens, e0, e, x_t])
+                link.send(nxt, h.with_busy(rank, stage.busy_s), [tokens, e0, e, x_t])
             else:
                 out_kind, out = tail.finish(stage.dit, tokens, e, x_t, h)
-                h[BUSY + rank] = int((stage.busy_s + tail.busy_s) * 1e6)
-                if out_kind:
-                    hh = h.clone()
-                    hh[KIND] = out_kind
-                    hh[ARG] = out[0].shape[0]
-                    link.send(0, hh.to(device), out)
-        elif kind == TIMES:
+                if out_kind is not None:
+                    done = dataclasses.replace(h, kind=out_kind).with_busy(rank, stage.busy_s + tail.busy_s)
+                    link.send(0, done, out)
+        elif h.kind == Kind.TIMES:
             times = link.recv(prev, [torch.empty(3 * world, dtype=torch.float64, device=device)])[0]
             extra = tail.busy_s if tail is not None else 0.0
             times[3 * rank:3 * rank + 3] = torch.tensor([stage.busy_s, extra, block_params(stage.dit)],
                                                         dtype=torch.float64)
-            if int(h[ARG]):  # reset the counters for the next measurement
+            if h.arg:  # reset the counters for the next measurement
                 stage.busy_s = 0.0
                 if tail is not None:
                     tail.busy_s = 0.0
-            link.send(nxt, h.to(device), [times])
-        elif kind == REBALANCE:
-            new = [range(int(h[ARG + 2 * r]), int(h[ARG + 2 * r + 1])) for r in range(world)]
+            link.send(nxt, h, [times])
+        elif h.kind == Kind.REBALANCE:
+            new = [range(a, b) for a, b in h.ranges]
             if tail is None:
-                link.send(nxt, h.to(device), [])
+                link.send(nxt, h, [])
             link.wait_sent(nxt)
             stage.cache = move_blocks(stage.dit, stage.cache, ranges, new, rank, spec.model, device, geo.dtype)
             ranges[:] = new
-        elif kind == STOP:
+        elif h.kind == Kind.STOP:
             if tail is None:
-                link.send(nxt, h.to(device), [])
+                link.send(nxt, h, [])
                 link.wait_sent(nxt)
             return
         else:
-            payload = link.recv(prev, control_payload(kind, geo, device))
+            payload = link.recv(prev, control_payload(h.kind, geo, device))
             stage.apply(h, payload)
             if tail is None:
-                link.send(nxt, h.to(device), payload)
+                link.send(nxt, h, payload)
+            elif h.kind == Kind.RESET:
+                tail.reset()
 
 
 def block_params(dit) -> int:
@@ -567,161 +648,155 @@ def block_params(dit) -> int:
     return sum(p.numel() for p in dit.blocks.parameters() if p.device.type != "meta")
 
 
+def block_transfers(old: list[range], new: list[range]) -> list[tuple[int, int, range]]:
+    """(from rank, to rank, blocks) for each run of consecutive blocks that changes owner, in block order."""
+    owner_old = {b: r for r, rg in enumerate(old) for b in rg}
+    owner_new = {b: r for r, rg in enumerate(new) for b in rg}
+    runs: list[tuple[int, int, range]] = []
+    for b in range(old[-1].stop):
+        src, dst = owner_old[b], owner_new[b]
+        if src == dst:
+            continue
+        if runs and runs[-1][:2] == (src, dst) and runs[-1][2].stop == b:
+            runs[-1] = (src, dst, range(runs[-1][2].start, b + 1))
+        else:
+            runs.append((src, dst, range(b, b + 1)))
+    return runs
+
+
 def move_blocks(dit, cache: KVCache, old: list[range], new: list[range], rank: int, model: str, device,
                 dtype: torch.dtype) -> KVCache:
     """Hand blocks (weights + KV cache layers) to their new owners; every rank runs the same transfer schedule, so
     the blocking send/recv pairs match (the pipeline is drained before a rebalance). Weights are not sent: the new
     owner reads them from the checkpoint (or the tiny model's seeds); the old owner frees them."""
-    owner_old = {b: r for r, rg in enumerate(old) for b in rg}
-    owner_new = {b: r for r, rg in enumerate(new) for b in rg}
-    mine_new = new[rank]
-    new_cache = KVCache(cache.cfg, cache.cc, cache.B, cache.L, device=device, dtype=cache.dtype, blocks=mine_new)
-    new_cache.set_steps(cache.total_steps)
-    new_cache.local_end, new_cache.global_end = list(cache.local_end), list(cache.global_end)
-    new_cache.sealed, new_cache.fifo = list(cache.sealed), [list(q) for q in cache.fifo]
-    new_cache.step_counter = cache.step_counter
-    new_cache.fifo_dev.copy_(cache.fifo_dev)
-    new_cache.fifo_len_dev.copy_(cache.fifo_len_dev)
-    names = ("k", "v", "cross_k", "cross_v", "stack", "stack_len", "ptr")
-    gained = []
-    for b in range(old[-1].stop):  # the same order on every rank
-        src, dst = owner_old[b], owner_new[b]
-        if src == rank and dst == rank:
-            for nm in names:
-                getattr(new_cache, nm)[b - mine_new.start].copy_(getattr(cache, nm)[b - old[rank].start])
-        elif src == rank:
-            for nm in names:
-                dist.send(getattr(cache, nm)[b - old[rank].start].contiguous(), dst)
+    moved = cache.for_blocks(new[rank])
+    gained: list[int] = []
+    for src, dst, blocks in block_transfers(old, new):
+        if src == rank:
+            for t in cache.export_layers(blocks):
+                dist.send(t.contiguous(), dst)
         elif dst == rank:
-            for nm in names:
-                buf = torch.empty_like(getattr(new_cache, nm)[b - mine_new.start])
-                dist.recv(buf, src)
-                getattr(new_cache, nm)[b - mine_new.start].copy_(buf)
-            gained.append(b)
+            state = [torch.empty_like(t) for t in moved.export_layers(blocks)]
+            for t in state:
+                dist.recv(t, src)
+            moved.import_layers(blocks, state)
+            gained += blocks
     materialise_blocks(dit, model, gained, device, dtype)
-    release_blocks(dit, [b for b in old[rank] if b not in mine_new])
-    return new_cache
+    release_blocks(dit, [b for b in old[rank] if b not in new[rank]])
+    return moved
 
 
-# -- rank 0: the driver -----------------------------------------------------------------------------------------------
+# -- rank 0: the ring executor ----------------------------------------------------------------------------------------
 
 
-class PipelinedStream(StreamPipeline):
-    """Rank 0 of a pipeline-parallel stream: the StreamPipeline logic with the DiT spread over ranks.
+class RingDenoiser:
+    """The denoise executor of rank 0 (engine.pipeline.DenoiseExecutor): the DiT spread over the ranks of a ring.
 
-    process() returns the styled frames that have come back so far (in order); flush() waits for all of them.
+    Each step (no-batch) or slot (Stream-Batch) of a chunk is a job: rank 0 embeds it, runs its own blocks and
+    passes it on; the last rank returns the re-noised latent (the input of the chunk's next step) or the decoded
+    frames, which `collect` hands out in order. `rebalance_after`: chunks of warm-up after which blocks are
+    rebalanced once from measured stage times (0: never).
     """
 
-    def __init__(self, dit, vae, prompts, *, ranges: list[range], link: Link, model_spec: str = "tiny",
-                 rebalance_after: int = 0, **kw):
-        """`rebalance_after`: chunks of warm-up after which blocks are rebalanced once from measured stage
-        times (0: never)."""
-        self.ranges, self.link = list(ranges), link
+    def __init__(self, dit, *, size: tuple[int, int], dtype: torch.dtype, ranges: list[range], link: Link,
+                 model_spec: str = "tiny", rebalance_after: int = 0):
+        self.dit, self.link = dit, link
+        self.geo = Geometry(dit.cfg, size, dtype)
+        self.ranges, self.world = list(ranges), len(ranges)
         self.model_spec, self.rebalance_after = model_spec, rebalance_after
         self.rebalances: list[list[tuple[int, int]]] = []
-        self._busy: collections.deque = collections.deque(maxlen=256)  # (time, cumulative busy us per rank)
-        self.busy_blocks_s = self.busy_other_s = 0.0
-        self.world = len(ranges)
+        self.cache: KVCache | None = None
         self.inbox = Receiver(link, self.world - 1)
-        self._arrived: list[np.ndarray] = []
-        self._returns: collections.deque[torch.Tensor] = collections.deque()
-        self._geo: Geometry | None = None
-        super().__init__(dit, vae, prompts, **kw)
+        self.busy_blocks_s = self.busy_other_s = 0.0
+        self._busy: collections.deque = collections.deque(maxlen=256)  # (time, cumulative busy us per rank)
+        self._arrived: list[np.ndarray] = []  # decoded frames not yet collected
+        self._returns: collections.deque[torch.Tensor] = collections.deque()  # re-noised results not yet used
+        self._chunks = 0  # chunks of the stream submitted
+        self._first_decode = True  # the stream's first decode gives 4 F - 3 frames
 
     @property
-    def geo(self) -> Geometry:
-        if self._geo is None:
-            self._geo = Geometry(self.dit.cfg, self.size, self.dtype)
-        return self._geo
+    def blocks(self) -> range:
+        return self.ranges[0]
 
-    # hooks of StreamPipeline ------------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.link.device
 
-    def _new_cache(self, slots: int) -> None:
-        self.cache = KVCache(self.dit.cfg, self.cache_cfg, slots, self.frame_tokens, device=self.device,
-                             dtype=self.dtype, blocks=self.ranges[0])
-        self.cache.set_steps(self.controls.steps)
+    # the executor interface ---------------------------------------------------------------------------------------
 
-    def _set_prompt(self, ctx: torch.Tensor) -> None:
+    def reset(self, cache: KVCache) -> None:
+        self.cache, self._chunks, self._first_decode = cache, 0, True
+        self._send(Header(Kind.RESET, arg=cache.B))
+
+    def set_prompt(self, ctx: torch.Tensor) -> None:
         emb = self.dit.embed_text(ctx.to(self.device)).float()
         self.cache.set_cross(self.dit, emb)
-        self._send(PROMPT, [emb])
+        self._send(Header(Kind.PROMPT), [emb])
 
-    def _set_steps(self, steps: int) -> None:
+    def set_steps(self, steps: int) -> None:
         self.cache.set_steps(steps)
-        self._send(STEPS, [], arg=steps)
+        self._send(Header(Kind.STEPS, arg=steps))
 
-    def _resize_slots(self, slots: int) -> None:
+    def resize(self, slots: int) -> None:
         self._drain()
-        super()._resize_slots(slots)
-        self._send(RESIZE, [], arg=slots)
+        self.cache = self.cache.resized(slots)
+        self._send(Header(Kind.RESIZE, arg=slots))
 
-    def _decode(self, x0) -> list[np.ndarray]:
-        raise AssertionError("decoding happens on the last rank")
+    def sequential(self, job: DenoiseJob, start: int, slots: int) -> None:
+        ts, x = job.timesteps, job.x
+        for i, t in enumerate(ts):
+            final = i == len(ts) - 1
+            self._submit(x, job, slot=0, start=start, t=t, t_next=-1 if final else ts[i + 1], advance=final,
+                         decode=final, noise_index=i)
+            if not final:
+                x = self._next_return()
+        if slots > 1:
+            self._send(Header(Kind.REPLICATE))
+            for j in range(1, slots):
+                self.cache.copy_slot(0, j)
+            self._returns.clear()
+        self._chunks = job.chunk + 1
 
-    def _failed(self, e: RuntimeError) -> EngineError:
-        """A communication error from torch.distributed, named for the user (which rank died, what to do)."""
-        time.sleep(0.2)  # let the dead rank's exit be reaped so it can be named
-        dead = self.link.alive() if self.link.alive is not None else None
-        return EngineError(dead or f"pipeline communication failed ({str(e).splitlines()[0][:160]}); "
-                           "restart the engine")
+    def batch_step(self, job: DenoiseJob, starts: list[int], *, fresh: bool, finish: bool) -> None:
+        """As LocalDenoiser.batch_step, one micro-batch per slot."""
+        ts, n = job.timesteps, len(starts)
+        if fresh:
+            self._returns.clear()
+        for j in range(n):
+            if j == 0:
+                x = job.x
+            elif fresh:
+                x = torch.zeros_like(job.x)
+            else:
+                x = self._next_return()
+            self._submit(x, job, slot=j, start=starts[j], t=ts[j], t_next=ts[j + 1] if j < n - 1 else -1,
+                         advance=True, decode=j == n - 1 and finish, noise_index=j)
+        self._chunks = job.chunk + 1
 
-    def process(self, frames: np.ndarray) -> list[np.ndarray]:
-        try:
-            return self._process(frames)
-        except RuntimeError as e:
-            raise self._failed(e) from None
-
-    def _process(self, frames: np.ndarray) -> list[np.ndarray]:
+    @contextlib.contextmanager
+    def chunk_scope(self):
+        """Accounts rank 0's own work besides its blocks (VAE encode, embeddings, text: wall time minus blocks and
+        waits), rebalances once after `rebalance_after` chunks, and names a failed rank."""
         t0, blocks0, waited0 = time.perf_counter(), self.busy_blocks_s, self.link.waited_s
-        out = super().process(frames)
-        # rank 0's own work besides its blocks (VAE encode, embeddings, text): wall time minus blocks and waits
-        self.busy_other_s += (time.perf_counter() - t0 - (self.busy_blocks_s - blocks0)
-                              - (self.link.waited_s - waited0))
-        if self.rebalance_after and self.chunks == self.rebalance_after and not self.rebalances:
-            self.rebalance()
-        return out + self._take(block=False)
-
-    def flush(self) -> list[np.ndarray]:
         try:
-            out = super().flush()
-            self._drain()
-            return out + self._take(block=False)
+            yield
+            self.busy_other_s += (time.perf_counter() - t0 - (self.busy_blocks_s - blocks0)
+                                  - (self.link.waited_s - waited0))
+            if self.rebalance_after and self._chunks == self.rebalance_after and not self.rebalances:
+                self.rebalance()
         except RuntimeError as e:
             raise self._failed(e) from None
 
-    # the DiT, distributed -------------------------------------------------------------------------------------------
-
-    def _send(self, kind: int, payload: list[torch.Tensor], **fields) -> None:
-        if self.world > 1:
-            self.link.send(1, self.link.header(kind=kind, **fields), payload)
-
-    def _submit(self, x: torch.Tensor, *, slot: int, slots: int, start: int, t: int, t_next: int, advance: bool,
-                decode: bool, noise_index: int) -> None:
-        """Run rank 0's part of job (chunk, slot) and pass it on; post the receive for its result."""
-        F = x.shape[2]
-        tt = torch.full((1, F), float(t), device=self.device)
-        tokens, e, e0, grid = self.dit.embed(x, tt)
-        tokens, spent = run_own_blocks(self.dit, self.cache, tokens, e0, start=start, grid=grid, advance=advance,
-                                       slot=slot)
-        self.busy_blocks_s += spent
-        h = self.link.header(kind=JOB, call=self.chunks, slot=slot, slots=slots, start=start, nframes=F, t=t,
-                             t_next=t_next, advance=advance, decode=decode, seed=self.controls.seed,
-                             noise_index=noise_index)
-        h[BUSY] = int((self.busy_blocks_s + self.busy_other_s) * 1e6)
-        self.link.send(1, h, [tokens, e0, e, x.to(self.dtype)])
-        if t_next >= 0:
-            bufs = [torch.empty(HEADER, dtype=torch.long, device=self.device), *self.geo.result_payload(F, self.device)]
-            self.inbox.expect(RESULT, bufs)
-        elif decode:
-            n = 4 * F - (3 if self.vae_first_decode else 0)
-            self.vae_first_decode = False
-            bufs = [torch.empty(HEADER, dtype=torch.long, device=self.device),
-                    *self.geo.frames_payload(n, self.device)]
-            self.inbox.expect(FRAMES, bufs)
-
-    def reset(self) -> None:
-        self.vae_first_decode = True
-        super().reset()
+    def collect(self, wait: bool = False) -> list[np.ndarray]:
+        try:
+            if wait:
+                self._drain()
+            for h, payload in self.inbox.poll():
+                self._sort(h, payload)
+        except RuntimeError as e:
+            raise self._failed(e) from None
+        out, self._arrived = self._arrived, []
+        return out
 
     def utilisation(self) -> list[float]:
         """Fraction of wall time each rank spent computing, over the last few seconds of results."""
@@ -730,16 +805,40 @@ class PipelinedStream(StreamPipeline):
         (t0, b0), (t1, b1) = self._busy[0], self._busy[-1]
         return [min(1.0, (y - x) / 1e6 / (t1 - t0)) if t1 > t0 else 0.0 for x, y in zip(b0, b1)]
 
-    def _sort(self, kind: int, bufs: list[torch.Tensor]) -> None:
+    # jobs and results -----------------------------------------------------------------------------------------------
+
+    def _send(self, header: Header, payload: list[torch.Tensor] = ()) -> None:
+        if self.world > 1:
+            self.link.send(1, header, payload)
+
+    def _submit(self, x: torch.Tensor, job: DenoiseJob, *, slot: int, start: int, t: int, t_next: int,
+                advance: bool, decode: bool, noise_index: int) -> None:
+        """Run rank 0's part of a job and pass it on; post the receive for its result."""
+        F = x.shape[2]
+        tt = torch.full((1, F), float(t), device=self.device)
+        tokens, e, e0, grid = self.dit.embed(x, tt)
+        tokens, spent = run_own_blocks(self.dit, self.cache, tokens, e0, start=start, grid=grid, advance=advance,
+                                       slot=slot)
+        self.busy_blocks_s += spent
+        h = Header(Kind.JOB, chunk=job.chunk, slot=slot, start=start, frames=F, t=t, t_next=t_next, advance=advance,
+                   decode=decode, seed=job.seed, noise_index=noise_index)
+        self.link.send(1, h.with_busy(0, self.busy_blocks_s + self.busy_other_s), [tokens, e0, e, x.to(self.geo.dtype)])
+        if t_next >= 0:
+            self.inbox.expect(self.geo.result_payload(F, self.device))
+        elif decode:
+            n = 4 * F - (3 if self._first_decode else 0)
+            self._first_decode = False
+            self.inbox.expect(self.geo.frames_payload(n, self.device))
+
+    def _sort(self, h: Header, payload: list[torch.Tensor]) -> None:
         now = time.perf_counter()
-        busy = bufs[0][BUSY:BUSY + self.world].cpu().tolist()
-        self._busy.append((now, busy))
+        self._busy.append((now, h.busy_us[:self.world]))
         while len(self._busy) > 2 and now - self._busy[0][0] > 3.0:
             self._busy.popleft()
-        if kind == FRAMES:
-            self._arrived += list(bufs[1].cpu().numpy())
+        if h.kind == Kind.FRAMES:
+            self._arrived += list(payload[0].cpu().numpy())
         else:
-            self._returns.append(bufs[1])
+            self._returns.append(payload[0])
 
     def _next_return(self) -> torch.Tensor:
         """The oldest re-noised result not yet used (waiting for it; frames arriving first are kept)."""
@@ -747,63 +846,17 @@ class PipelinedStream(StreamPipeline):
             self._sort(*self.inbox.get())
         return self._returns.popleft()
 
-    def _take(self, block: bool) -> list[np.ndarray]:
-        """Styled frames that have arrived, in order."""
-        for item in self.inbox.poll():
-            self._sort(*item)
-        out, self._arrived = self._arrived, []
-        return out
-
     def _drain(self) -> None:
-        """Wait until every submitted job has come back (results kept for the next call, frames for the caller)."""
+        """Wait until every submitted job has come back (results kept for the next call, frames for `collect`)."""
         while self.inbox.outstanding:
             self._sort(*self.inbox.get())
 
-    def _denoise_sequential(self, x: torch.Tensor, ts: list[int], slots: int):
-        F = x.shape[2]
-        start = self.clock.next(F)
-        for i, t in enumerate(ts):
-            final = i == len(ts) - 1
-            self._submit(x, slot=0, slots=slots, start=start, t=t, t_next=-1 if final else ts[i + 1],
-                         advance=final, decode=final, noise_index=i)
-            if not final:
-                x = self._next_return()
-        if slots > 1:
-            self._send(REPLICATE, [])
-            for j in range(1, slots):
-                self.cache.copy_slot(0, j)
-            self._hidden = "fill"
-            self._starts = [self.clock.next_frame] * slots
-            self._returns.clear()
-        return None
-
-    def _stream_batch_step(self, noisy: torch.Tensor, ts: list[int]):
-        """As StreamPipeline._stream_batch_step, one micro-batch per slot: slot j's input is the re-noised result
-        of slot j-1 of the previous call (zeros right after prepare or a depth change, as upstream)."""
-        n = self.slots
-        if self._hidden is None:  # after a depth change: restart the fill from empty slots
-            self._hidden = "fill"
-            self._starts = [self.clock.next_frame] * n
-            self._fill = n - 1
-        fresh = self._hidden == "fill"
-        if fresh:
-            self._returns.clear()
-        start = self.clock.next(noisy.shape[2])
-        self._starts = [start] + self._starts[:-1]
-        decode = self._fill == 0
-        for j in range(n):
-            if j == 0:
-                x = noisy
-            elif fresh:
-                x = torch.zeros_like(noisy)
-            else:
-                x = self._next_return()
-            self._submit(x, slot=j, slots=n, start=self._starts[j], t=ts[j], t_next=ts[j + 1] if j < n - 1 else -1,
-                         advance=True, decode=j == n - 1 and decode, noise_index=j)
-        self._hidden = "busy"
-        if self._fill > 0:
-            self._fill -= 1
-        return None
+    def _failed(self, e: RuntimeError) -> EngineError:
+        """A communication error from torch.distributed, named for the user (which rank died, what to do)."""
+        time.sleep(0.2)  # let the dead rank's exit be reaped so it can be named
+        dead = self.link.alive() if self.link.alive is not None else None
+        return EngineError(dead or f"pipeline communication failed ({str(e).splitlines()[0][:160]}); "
+                           "restart the engine")
 
     # -- block rebalancing -------------------------------------------------------------------------------------------
 
@@ -814,11 +867,10 @@ class PipelinedStream(StreamPipeline):
         buf[0:3] = torch.tensor([self.busy_blocks_s, self.busy_other_s, block_params(self.dit)], dtype=torch.float64)
         if reset:
             self.busy_blocks_s = self.busy_other_s = 0.0
-        self.inbox.expect(TIMES, [torch.empty(HEADER, dtype=torch.long, device=self.device),
-                                  torch.empty(3 * self.world, dtype=torch.float64, device=self.device)])
-        self._send(TIMES, [buf], arg=int(reset))
-        kind, bufs = self.inbox.get()
-        t = bufs[1].cpu().tolist()
+        self.inbox.expect([torch.empty(3 * self.world, dtype=torch.float64, device=self.device)])
+        self._send(Header(Kind.TIMES, arg=int(reset)), [buf])
+        _, (got,) = self.inbox.get()
+        t = got.cpu().tolist()
         return [(t[3 * r], t[3 * r + 1], int(t[3 * r + 2])) for r in range(self.world)]
 
     def rebalance(self, ranges: list[range] | None = None) -> list[range]:
@@ -830,13 +882,10 @@ class PipelinedStream(StreamPipeline):
             ranges = balanced_split(self.ranges, stage_s, block_s)
         if [tuple(r) for r in ranges] == [tuple(r) for r in self.ranges]:
             return self.ranges
-        h = self.link.header(kind=REBALANCE)
-        for r, rg in enumerate(ranges):
-            h[ARG + 2 * r], h[ARG + 2 * r + 1] = rg.start, rg.stop
-        self.link.send(1, h, [])
+        self.link.send(1, Header(Kind.REBALANCE, ranges=tuple((r.start, r.stop) for r in ranges)), [])
         self.link.wait_sent(1)
         self.cache = move_blocks(self.dit, self.cache, self.ranges, ranges, 0, self.model_spec, self.device,
-                                 self.dtype)
+                                 self.geo.dtype)
         self.ranges = list(ranges)
         self.rebalances.append([(r.start, r.stop) for r in ranges])
         return self.ranges
@@ -845,7 +894,7 @@ class PipelinedStream(StreamPipeline):
         """Stop every rank after the work in flight."""
         self._drain()
         self.inbox.close()
-        self._send(STOP, [])
+        self._send(Header(Kind.STOP))
         self.link.wait_sent(1)
 
 
@@ -915,11 +964,11 @@ class RankGroup:
         for p in self.procs:
             p.join(5)
 
-    def shutdown(self, pipeline: PipelinedStream | None) -> None:
-        """Stop the ranks cleanly when possible, by force otherwise."""
+    def shutdown(self, pipeline: StreamPipeline | None) -> None:
+        """Stop the ranks cleanly when possible (`pipeline` runs on this group's RingDenoiser), by force otherwise."""
         try:
             if pipeline is not None and self.dead_rank() is None:
-                pipeline.close()
+                pipeline.executor.close()
                 for p in self.procs:
                     p.join(self.timeout)
         except EngineError:

@@ -1,4 +1,4 @@
-"""StreamPipeline: pixel frames in, styled pixel frames out, one chunk at a time (single device).
+"""StreamPipeline: pixel frames in, styled pixel frames out, one chunk at a time.
 
 Per chunk (StreamDiffusionV2's v2v loop):
   1. motion-aware noise scale s and first timestep t0 from the frames (engine/schedule.py);
@@ -12,6 +12,11 @@ Per chunk (StreamDiffusionV2's v2v loop):
 Controls (prompt with optional smooth transition, steps, noise scale, seed) are queued and applied at the next
 chunk boundary; a prompt change only replaces the cross-attention K/V, never the stream's self-attention cache.
 
+Where the DiT runs is the pipeline's denoise executor, composed from outside: `LocalDenoiser` (the default) runs
+every block on this device; `engine.parallel.RingDenoiser` sends the work around pipeline ranks. The pipeline keeps
+the stream (positions, timesteps, noise keys, the Stream-Batch fill, controls, the VAE); the executor keeps the KV
+cache of the blocks it runs here and the contents of the Stream-Batch slots (`DenoiseExecutor` below).
+
 Frames are uint8 [T, H, W, 3] numpy arrays at the model resolution (engine/io/frames.py fits camera frames).
 """
 
@@ -22,10 +27,11 @@ import contextlib
 import dataclasses
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
-from sdv2_studio.engine.config import CacheConfig
+from sdv2_studio.engine.config import CacheConfig, Controls
 from sdv2_studio.engine.errors import EngineError
 from sdv2_studio.engine.kv_cache import KVCache, StreamClock
 from sdv2_studio.engine.model import CausalWanModel
@@ -39,46 +45,153 @@ from sdv2_studio.engine.schedule import (
 from sdv2_studio.engine.text import PromptCache
 from sdv2_studio.engine.vae import WanVAE
 
-
-@dataclass(frozen=True)
-class Controls:
-    """What a preset or the user changes live."""
-
-    prompt: str = "a high quality anime illustration, clean cel shading, vibrant colors"
-    steps: int = 2  # denoising steps 1-4
-    noise_scale: float = 0.8  # s0 of the motion-aware controller; more = stronger restyle
-    seed: int = 0
-    transition_chunks: int = 0  # >0: interpolate the prompt embedding over this many chunks
-
-    def validated(self) -> Controls:
-        denoising_steps(self.steps)
-        if not 0.0 < self.noise_scale <= 1.0:
-            raise EngineError(f"noise scale must be in (0, 1], not {self.noise_scale}")
-        if self.transition_chunks < 0:
-            raise EngineError("transition length must be >= 0 chunks")
-        if not self.prompt.strip():
-            raise EngineError("the prompt is empty; type what the stream should look like")
-        return self
+V2V_NOISE, RENOISE = 0, 1  # kinds of keyed noise
 
 
 def keyed_noise(shape, seed: int, chunk: int, kind: int, index: int, device) -> torch.Tensor:
-    """Standard normal noise determined by (seed, chunk, kind, index) alone (float32)."""
+    """Standard normal noise determined by (seed, chunk, kind, index) alone (float32), not by the order of draws,
+    so a pipeline split across ranks draws exactly the same noise as one process."""
     key = (seed * 1_000_003 + chunk) * 97 + kind * 31 + index
     gen = torch.Generator(device=device).manual_seed(key & 0x7FFF_FFFF_FFFF_FFFF)
     return torch.randn(shape, generator=gen, device=device, dtype=torch.float32)
 
 
+def decode_latent(vae: WanVAE, decoder: torch.nn.Module, x0: torch.Tensor) -> torch.Tensor:
+    """A clean latent [1, 16, F, h, w] -> uint8 frames [T, H, W, 3] on its device, through the streaming decoder."""
+    z = vae.denormalize(x0.float())  # upstream de-normalises before decoding
+    px = decoder.decode_stream(z.to(decoder.dtype))  # [1, 3, T, H, W] in [-1, 1]
+    return ((px[0].float().permute(1, 2, 3, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+@dataclass(frozen=True)
+class DenoiseJob:
+    """One chunk's denoising, as the pipeline hands it to its executor."""
+
+    x: torch.Tensor  # the v2v-noised latent [1, 16, F, h, w]
+    timesteps: list[int]  # t0, then the schedule: one per step (sequential) or per slot (Stream-Batch)
+    chunk: int  # the chunk's number in the stream; with `seed` it keys the re-noising noise
+    seed: int
+
+    def renoise(self, shape, index: int, device) -> torch.Tensor:
+        """The noise that re-noises the output of step (or slot) `index` (float32)."""
+        return keyed_noise(shape, self.seed, self.chunk, RENOISE, index, device)
+
+
+class DenoiseExecutor(Protocol):
+    """Where a StreamPipeline's DiT runs: `LocalDenoiser` (this device) or `engine.parallel.RingDenoiser` (pipeline
+    ranks over torch.distributed).
+
+    It holds the KV cache of the blocks it runs on this device (built by the pipeline for `blocks`) and the contents
+    of the Stream-Batch slots. `sequential` and `batch_step` return the clean latent of a finished chunk for the
+    pipeline to decode, or None when nothing finished here: the ring decodes on its last rank and hands the frames
+    back through `collect`.
+    """
+
+    blocks: range  # the DiT blocks run on this device
+    cache: KVCache
+
+    def reset(self, cache: KVCache) -> None:
+        """A new stream on `cache` (empty; its prompt follows through `set_prompt`)."""
+
+    def set_prompt(self, ctx: torch.Tensor) -> None:
+        """The prompt's cross-attention K/V from umT5 output `ctx` [1, Lt, text_dim] (never the self-attention)."""
+
+    def set_steps(self, steps: int) -> None:
+        """Denoising steps per chunk (the cache's step counter)."""
+
+    def resize(self, slots: int) -> None:
+        """New Stream-Batch depth: slot i continues from old slot min(i, n_old - 1); slot contents are dropped."""
+
+    def sequential(self, job: DenoiseJob, start: int, slots: int) -> torch.Tensor | None:
+        """All steps of `job` one after another at temporal position `start`. `slots` > 1: the Stream-Batch
+        prepare, after which every slot's cache holds this chunk."""
+
+    def batch_step(self, job: DenoiseJob, starts: list[int], *, fresh: bool, finish: bool) -> torch.Tensor | None:
+        """One Stream-Batch call over len(starts) slots: slot 0 takes `job.x`, slot j the re-noised output of slot
+        j - 1 of the previous call (zeros when `fresh`), each at its timestep and start. `finish`: the last slot
+        holds a real chunk (decode it); otherwise pipeline fill (drop it)."""
+
+    def chunk_scope(self) -> contextlib.AbstractContextManager:
+        """Context around each `process` call (the ring accounts its time and names failed ranks here)."""
+
+    def collect(self, wait: bool = False) -> list[np.ndarray]:
+        """Styled frames finished elsewhere since the last call, in order; `wait`: all that are in flight."""
+
+    def utilisation(self) -> list[float]:
+        """Busy fraction of wall time per device over the last seconds ([] when not measured)."""
+
+
+class LocalDenoiser:
+    """The DenoiseExecutor that runs every DiT block on this device."""
+
+    def __init__(self, dit: CausalWanModel):
+        self.dit = dit
+        self.blocks = range(dit.cfg.num_layers)
+        self.grid = FlowMatchGrid()
+        self.cache: KVCache | None = None
+        self._slots: torch.Tensor | None = None  # the last Stream-Batch call's re-noised outputs [n, 16, F, h, w]
+
+    def reset(self, cache: KVCache) -> None:
+        self.cache, self._slots = cache, None
+
+    def set_prompt(self, ctx: torch.Tensor) -> None:
+        self.cache.set_prompt(self.dit, ctx)
+
+    def set_steps(self, steps: int) -> None:
+        self.cache.set_steps(steps)
+
+    def resize(self, slots: int) -> None:
+        self.cache, self._slots = self.cache.resized(slots), None
+
+    def sequential(self, job: DenoiseJob, start: int, slots: int) -> torch.Tensor:
+        ts, dtype = job.timesteps, self.cache.dtype
+        x = job.x.expand(slots, -1, -1, -1, -1)
+        F = x.shape[2]
+        x0 = x
+        for i, t in enumerate(ts):
+            tt = torch.full((slots, F), float(t), device=x.device)
+            flow = self.dit.forward_chunk(x, tt, self.cache, [start] * slots, advance=i == len(ts) - 1)
+            x0 = self.grid.to_x0(flow, x, tt)
+            if i < len(ts) - 1:
+                x = self.grid.add_noise(x0, job.renoise(x0[:1].shape, i, x.device).to(dtype).expand_as(x0), ts[i + 1])
+        return x0[:1]
+
+    def batch_step(self, job: DenoiseJob, starts: list[int], *, fresh: bool, finish: bool) -> torch.Tensor | None:
+        ts, x, n = job.timesteps, job.x, len(starts)
+        prev = x.new_zeros(n - 1, *x.shape[1:]) if fresh else self._slots[:-1]
+        hidden = torch.cat([x, prev])  # slot i+1 continues slot i's chunk
+        tt = torch.tensor(ts, device=x.device, dtype=torch.float32)[:, None].expand(n, x.shape[2])
+        flow = self.dit.forward_chunk(hidden, tt, self.cache, starts)
+        x0 = self.grid.to_x0(flow, hidden, tt)
+        for i in range(n - 1):  # re-noise each unfinished chunk to its next timestep
+            noise = job.renoise(x0[i:i + 1].shape, i, x.device).to(self.cache.dtype)
+            x0[i:i + 1] = self.grid.add_noise(x0[i:i + 1], noise, ts[i + 1])
+        self._slots = x0
+        return x0[n - 1:] if finish else None
+
+    def chunk_scope(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+    def collect(self, wait: bool = False) -> list[np.ndarray]:
+        return []
+
+    def utilisation(self) -> list[float]:
+        return []
+
+
 class StreamPipeline:
-    """The streaming v2v loop for one stream on one device."""
+    """The streaming v2v loop for one stream; its DiT runs on `executor` (default: all blocks on `device`)."""
 
     def __init__(self, dit: CausalWanModel, vae: WanVAE, prompts: PromptCache, *, size: tuple[int, int],
                  controls: Controls = Controls(), batch: bool = True, cache_cfg: CacheConfig = CacheConfig(),
                  device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                 decoder: torch.nn.Module | None = None, profile: bool = False):
+                 decoder: torch.nn.Module | None = None, profile: bool = False,
+                 executor: DenoiseExecutor | None = None):
         """`decoder`: an alternative streaming decoder with the VAE's decode contract (TAEHV); `profile`:
         synchronise the device around each stage so `timings` are exact (costs a little on GPUs)."""
         self.dit, self.vae, self.prompts = dit, vae, prompts
         self.decoder = decoder or vae
+        self.executor = executor or LocalDenoiser(dit)
         self.profile = profile
         self.timings: dict[str, float] = collections.defaultdict(float)
         self.device, self.dtype = torch.device(device), dtype
@@ -91,14 +204,12 @@ class StreamPipeline:
         self.frame_tokens = (h // f) * (w // f)
         self.cache_cfg = cache_cfg
         self.batch = batch
-        self.controls = controls.validated()
-        self.grid = FlowMatchGrid()
+        self.controls = controls
         self.motion = MotionNoiseController(s0=self.controls.noise_scale)
         self.first_pixels = 1 + 4 * (cache_cfg.first_chunk_frames - 1)  # 5
         self.chunk_pixels = 4 * cache_cfg.chunk_frames  # 4
         self._pending: Controls | None = None
         self._pending_batch: bool | None = None
-        self.cache: KVCache | None = None
         self.reset()
 
     # -- state --------------------------------------------------------------------------------------------------------
@@ -107,6 +218,11 @@ class StreamPipeline:
     def slots(self) -> int:
         return self.controls.steps if self.batch else 1
 
+    @property
+    def cache(self) -> KVCache:
+        """The KV cache of the blocks that run on this device."""
+        return self.executor.cache
+
     def reset(self) -> None:
         """Start a new stream (new clip): caches, VAE streams, motion state, positions."""
         self.clock = StreamClock(self.cache_cfg)
@@ -114,19 +230,17 @@ class StreamPipeline:
         if self.decoder is not self.vae:
             self.decoder.reset_stream()
         self.motion.reset()
-        self._new_cache(self.slots)
+        cache = KVCache(self.dit.cfg, self.cache_cfg, self.slots, self.frame_tokens, device=self.device,
+                        dtype=self.dtype, blocks=self.executor.blocks)
+        cache.set_steps(self.controls.steps)
+        self.executor.reset(cache)
         self._ctx = self._encode_prompt(self.controls.prompt)
-        self._set_prompt(self._ctx)
+        self.executor.set_prompt(self._ctx)
         self._transition: tuple[torch.Tensor, torch.Tensor, int, int] | None = None
         self.chunks = 0
-        self._hidden: torch.Tensor | None = None  # Stream-Batch slots [n, 16, F, h, w]
-        self._starts: list[int] = []
+        self._starts: list[int] | None = None  # Stream-Batch slot positions; None: not prepared (or depth changed)
+        self._fresh = False  # the Stream-Batch slots hold zeros (just prepared), not the previous call's outputs
         self._fill = 0  # Stream-Batch calls whose output is pipeline fill, not a real chunk
-
-    def _new_cache(self, slots: int) -> None:
-        self.cache = KVCache(self.dit.cfg, self.cache_cfg, slots, self.frame_tokens, device=self.device,
-                             dtype=self.dtype)
-        self.cache.set_steps(self.controls.steps)
 
     @contextlib.contextmanager
     def _timed(self, stage: str):
@@ -159,12 +273,15 @@ class StreamPipeline:
 
     # -- controls -----------------------------------------------------------------------------------------------------
 
+    @property
+    def next_controls(self) -> Controls:
+        """The controls the next chunk runs with: the current ones with every queued change applied."""
+        return self._pending or self.controls
+
     def set_controls(self, **changes) -> Controls:
         """Queue control changes; they apply at the next chunk boundary. Returns the validated result."""
-        base = self._pending or self.controls
-        new = dataclasses.replace(base, **changes).validated()
-        self._pending = new
-        return new
+        self._pending = dataclasses.replace(self.next_controls, **changes)
+        return self._pending
 
     def set_mode(self, batch: bool) -> None:
         """Queue a switch between Stream-Batch (True) and no-batch (False), applied at the next chunk boundary.
@@ -193,10 +310,11 @@ class StreamPipeline:
             return []
         old, out = self.controls, []
         if new.steps != old.steps:
-            if self.batch and self.chunks > 0:
-                out = self.flush()  # finish the chunks in flight with the old steps
+            if self.batch:
+                if self.chunks > 0:
+                    out = self.flush()  # finish the chunks in flight with the old steps
                 self._resize_slots(new.steps)
-            self._set_steps(new.steps)
+            self.executor.set_steps(new.steps)
         if new.noise_scale != old.noise_scale:
             self.motion.set_s0(new.noise_scale)
         self.controls = new
@@ -207,7 +325,7 @@ class StreamPipeline:
             else:
                 self._transition = None
                 self._ctx = target
-                self._set_prompt(target)
+                self.executor.set_prompt(target)
         return out
 
     def _current_ctx(self) -> torch.Tensor:
@@ -223,26 +341,24 @@ class StreamPipeline:
         k += 1
         self._transition = None if k >= n else (a, b, k, n)
         self._ctx = b if k >= n else torch.lerp(a, b, k / n)
-        self._set_prompt(self._ctx)
+        self.executor.set_prompt(self._ctx)
 
     def _resize_slots(self, slots: int) -> None:
         """New Stream-Batch depth: slot i of the new cache continues from old slot min(i, n_old - 1)."""
-        self.cache = self.cache.resized(slots)
-        self._hidden = None
-
-    def _set_prompt(self, ctx: torch.Tensor) -> None:
-        """Replace the prompt's cross-attention K/V (never the self-attention cache)."""
-        self.cache.set_prompt(self.dit, ctx)
-
-    def _set_steps(self, steps: int) -> None:
-        self.cache.set_steps(steps)
+        self.executor.resize(slots)
+        self._starts = None
 
     # -- the chunk loop -----------------------------------------------------------------------------------------------
 
-    @torch.inference_mode()
     def process(self, frames: np.ndarray) -> list[np.ndarray]:
         """Run one chunk of exactly `frames_needed` uint8 frames [T, H, W, 3]; returns the styled frames finished
         by this call (Stream-Batch returns a chunk n - 1 calls later; the first chunks return nothing)."""
+        with self.executor.chunk_scope():
+            out = self._process(frames)
+        return out + self.executor.collect()
+
+    @torch.inference_mode()
+    def _process(self, frames: np.ndarray) -> list[np.ndarray]:
         out = []
         if self._pending is not None or self._pending_batch is not None:
             batch, self._pending_batch = self._pending_batch, None  # taken first: flushing re-enters process()
@@ -263,86 +379,57 @@ class StreamPipeline:
             s, t0 = self.motion.update(x)
         with self._timed("encode"):
             z = self.vae.encode_stream(x.to(self.vae.dtype)).to(self.dtype)  # raw means [1, 16, F, h, w]
-        noisy = v2v_noise(z, self._randn(z.shape, 0), s)
-        ts = [t0] + denoising_steps(self.controls.steps)[1:]
+        seed = self.controls.seed
+        noise = keyed_noise(z.shape, seed, self.chunks, V2V_NOISE, 0, self.device).to(self.dtype)
+        job = DenoiseJob(v2v_noise(z, noise, s), [t0] + denoising_steps(self.controls.steps)[1:], self.chunks, seed)
         with self._timed("dit"):
             if not self.batch:
-                x0 = self._denoise_sequential(noisy, ts, slots=1)
+                x0 = self._sequential(job, slots=1)
             elif first:
-                x0 = self._denoise_sequential(noisy, ts, slots=self.slots)  # prepare: every slot gets chunk 0
+                x0 = self._sequential(job, slots=self.slots)  # prepare: every slot gets chunk 0
                 self._fill = self.slots - 1
             else:
-                x0 = self._stream_batch_step(noisy, ts)
+                x0 = self._batch_step(job)
         self.chunks += 1
         self._step_transition()
         if x0 is not None:
             out += self._decode(x0)
         return out
 
-    def _randn(self, shape, kind: int, index: int = 0) -> torch.Tensor:
-        """Keyed noise: a function of (seed, chunk, kind, index) only, not of the order of draws, so a pipeline
-        split across ranks draws exactly the same noise as one process. kind 0 = v2v noise, 1 = re-noising."""
-        return keyed_noise(shape, self.controls.seed, self.chunks, kind, index, self.device).to(self.dtype)
-
-    def _denoise_sequential(self, x: torch.Tensor, ts: list[int], slots: int) -> torch.Tensor:
+    def _sequential(self, job: DenoiseJob, slots: int) -> torch.Tensor | None:
         """All steps one after another (no-batch, and the Stream-Batch prepare on identical slots)."""
-        F = x.shape[2]
-        start = self.clock.next(F)
-        x = x.expand(slots, -1, -1, -1, -1)
-        x0 = x
-        for i, t in enumerate(ts):
-            tt = torch.full((slots, F), float(t), device=self.device)
-            flow = self.dit.forward_chunk(x, tt, self.cache, [start] * slots, advance=i == len(ts) - 1)
-            x0 = self.grid.to_x0(flow, x, tt)
-            if i < len(ts) - 1:
-                x = self.grid.add_noise(x0, self._randn(x0[:1].shape, 1, i).expand_as(x0), ts[i + 1])
+        x0 = self.executor.sequential(job, self.clock.next(job.x.shape[2]), slots)
         if slots > 1:  # Stream-Batch after prepare: empty slots positioned after chunk 0 (as upstream)
-            h, w = x0.shape[-2:]
-            self._hidden = x0.new_zeros(slots, x0.shape[1], self.cache_cfg.chunk_frames, h, w)
-            self._starts = [self.clock.next_frame] * slots
-        return x0[:1]
+            self._starts, self._fresh = [self.clock.next_frame] * slots, True
+        return x0
 
-    def _stream_batch_step(self, noisy: torch.Tensor, ts: list[int]) -> torch.Tensor | None:
+    def _batch_step(self, job: DenoiseJob) -> torch.Tensor | None:
         n = self.slots
-        if self._hidden is None:  # after a depth change: restart the fill from empty slots
-            self._hidden = torch.zeros((n, *noisy.shape[1:]), device=self.device, dtype=self.dtype)
-            self._starts = [self.clock.next_frame] * n
-            self._fill = n - 1
-        start = self.clock.next(noisy.shape[2])
-        hidden = torch.cat([noisy, self._hidden[:-1]])  # slot i+1 continues slot i's chunk
-        self._starts = [start] + self._starts[:-1]
-        tt = torch.tensor(ts, device=self.device, dtype=torch.float32)[:, None].expand(n, noisy.shape[2])
-        flow = self.dit.forward_chunk(hidden, tt, self.cache, self._starts)
-        x0 = self.grid.to_x0(flow, hidden, tt)
-        for i in range(n - 1):  # re-noise each unfinished chunk to its next timestep
-            x0[i:i + 1] = self.grid.add_noise(x0[i:i + 1], self._randn(x0[i:i + 1].shape, 1, i), ts[i + 1])
-        self._hidden = x0
+        if self._starts is None:  # after a depth change: restart the fill from empty slots
+            self._starts, self._fresh, self._fill = [self.clock.next_frame] * n, True, n - 1
+        self._starts = [self.clock.next(job.x.shape[2])] + self._starts[:-1]
+        x0 = self.executor.batch_step(job, self._starts, fresh=self._fresh, finish=self._fill == 0)
+        self._fresh = False
         if self._fill > 0:
             self._fill -= 1
-            return None
-        return x0[n - 1:]
+        return x0
 
     def _decode(self, x0: torch.Tensor) -> list[np.ndarray]:
         with self._timed("decode"):
-            z = self.vae.denormalize(x0.float())  # upstream de-normalises before decoding
-            px = self.decoder.decode_stream(z.to(self.decoder.dtype))  # [1, 3, T, H, W] in [-1, 1]
-            u8 = ((px[0].float().permute(1, 2, 3, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-            return list(u8.cpu().numpy())
+            return list(decode_latent(self.vae, self.decoder, x0).cpu().numpy())
 
     def flush(self) -> list[np.ndarray]:
         """Finish every chunk still in the Stream-Batch pipeline (feeding repeats of the last frame, whose outputs
-        are discarded). No-op in no-batch mode.
+        are discarded) and every frame still on its way back from the executor.
 
         The newest real chunk needs `slots - 1` more calls to come out; outputs of the pipeline fill still ahead
         of it are discarded by the `_fill` count as usual.
         """
-        if not self.batch or self.chunks == 0 or self._hidden is None:
-            return []
-        if self.slots - 1 - self._fill <= 0:  # nothing real in flight
-            return []
         out: list[np.ndarray] = []
-        filler = np.repeat(self._last_input[None], self.chunk_pixels, axis=0)
-        for _ in range(self.slots - 1):
-            out += self.process(filler)
-        self._fill = self.slots - 1  # what is in the slots now is filler
-        return out
+        in_flight = self.slots - 1 - self._fill  # real chunks in the slots
+        if self.batch and self.chunks > 0 and self._starts is not None and in_flight > 0:
+            filler = np.repeat(self._last_input[None], self.chunk_pixels, axis=0)
+            for _ in range(self.slots - 1):
+                out += self.process(filler)
+            self._fill = self.slots - 1  # what is in the slots now is filler
+        return out + self.executor.collect(wait=True)

@@ -8,18 +8,19 @@ A preset file (`presets/*.toml` ships with the app; the user's own live in the u
     steps = 2                           # denoising steps 1-4 (more = better quality, slower)
     noise_scale = 0.75                  # (0, 1]: how strongly the picture is restyled
     seed = 7                            # >= 0
-    transition_chunks = 3               # >= 0: chunks over which a switch to this preset blends in
+    transition_chunks = 3               # 0-64: chunks over which a switch to this preset blends in
     thumbnail = "anime-cel.png"         # optional, relative to the preset file
     tags = ["anime", "bold"]            # optional
     description = "..."                 # optional, one line
     order = 10                          # optional: position in the gallery (default 1000, then by name)
 
-A preset's id is its file name without `.toml`; a later folder overrides an earlier one with the same id (so a
-user preset called `anime-cel.toml` replaces the shipped one). A bad file never stops the others loading: every
-problem becomes one `EngineError` line naming the file and the field. In folders the app writes to (the user's
-presets), a file that is not valid TOML at all is renamed to `<name>.corrupt-<timestamp>` and reported, never
-silently discarded. Writes go to a temp file in the same folder and are renamed over the target (`os.replace`), so
-a crash never leaves half a preset behind.
+prompt, steps, noise_scale, seed and transition_chunks are the preset's `Controls` (engine/config.py: their
+defaults and their one validation). A preset's id is its file name without `.toml`; a later folder overrides an
+earlier one with the same id (so a user preset called `anime-cel.toml` replaces the shipped one). A bad file never
+stops the others loading: every problem becomes one `EngineError` line naming the file and the field. In folders
+the app writes to (the user's presets), a file that is not valid TOML at all is renamed to
+`<name>.corrupt-<timestamp>` and reported, never silently discarded. Writes go to a temp file in the same folder
+and are renamed over the target (`os.replace`), so a crash never leaves half a preset behind.
 
 Only the standard library (+ platformdirs) is imported: the OBS script runs this inside OBS's own Python.
 """
@@ -39,6 +40,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from sdv2_studio.engine.config import CONTROL_FIELDS, Controls, InvalidControl
 from sdv2_studio.engine.errors import EngineError
 
 if sys.version_info >= (3, 11):
@@ -51,27 +53,18 @@ else:  # pragma: no cover - Python 3.10
 
 SCHEMA_VERSION = 1
 APP_NAME = "streamdiffusion-studio"
-MAX_STEPS = 4
-MAX_TRANSITION = 64
-_TEXT_LIMITS = {"name": 60, "prompt": 2000, "description": 300}
-_OPTIONAL = {"schema", "thumbnail", "tags", "description", "seed", "transition_chunks", "steps", "noise_scale",
-             "order"}
+_TEXT_LIMITS = {"name": 60, "description": 300}
 DEFAULT_ORDER = 1000
-_REQUIRED = ("name", "prompt")
-_KNOWN = set(_REQUIRED) | _OPTIONAL
+_KNOWN = {"schema", "name", "thumbnail", "tags", "description", "order", *CONTROL_FIELDS}
 
 
 @dataclass(frozen=True)
 class Preset:
-    """One style. `controls()` gives the keyword arguments of `Engine.set_controls` / `Controls`."""
+    """One style: its `controls` (what `Engine.set_controls` takes) and how the gallery shows it."""
 
     id: str
     name: str
-    prompt: str
-    steps: int = 2
-    noise_scale: float = 0.8
-    seed: int = 0
-    transition_chunks: int = 2
+    controls: Controls
     thumbnail: Path | None = None  # absolute once loaded
     tags: tuple[str, ...] = ()
     description: str = ""
@@ -79,27 +72,23 @@ class Preset:
     path: Path | None = None  # the file it was read from / written to
     builtin: bool = False  # shipped with the app (read-only)
 
-    def controls(self) -> dict:
-        return {"prompt": self.prompt, "steps": self.steps, "noise_scale": self.noise_scale, "seed": self.seed,
-                "transition_chunks": self.transition_chunks}
-
     def replace(self, **changes) -> Preset:
         return dataclasses.replace(self, **changes)
 
     def validated(self) -> Preset:
-        """Check every field (raises EngineError naming the file and field)."""
-        data = {f: getattr(self, f) for f in ("name", "prompt", "steps", "noise_scale", "seed", "transition_chunks",
-                                              "description", "order")}
-        data["tags"] = list(self.tags)
+        """Check the fields besides the (always valid) controls; raises EngineError naming the file and field."""
+        data = {"name": self.name, "prompt": self.controls.prompt, "description": self.description,
+                "order": self.order, "tags": list(self.tags)}
         parse_preset(data, self.path or Path(f"{self.id}.toml"), preset_id=self.id)
         return self
 
     def to_toml(self, thumbnail: str | None = None) -> str:
         """The file text; `thumbnail` is the path to write (default: the thumbnail's file name)."""
         thumb = thumbnail if thumbnail is not None else (self.thumbnail.name if self.thumbnail else None)
-        lines = [f"schema = {SCHEMA_VERSION}", f"name = {_toml_str(self.name)}", f"prompt = {_toml_str(self.prompt)}",
-                 f"steps = {self.steps}", f"noise_scale = {float(self.noise_scale)!r}", f"seed = {self.seed}",
-                 f"transition_chunks = {self.transition_chunks}"]
+        c = self.controls
+        lines = [f"schema = {SCHEMA_VERSION}", f"name = {_toml_str(self.name)}", f"prompt = {_toml_str(c.prompt)}",
+                 f"steps = {c.steps}", f"noise_scale = {c.noise_scale!r}", f"seed = {c.seed}",
+                 f"transition_chunks = {c.transition_chunks}"]
         if thumb:
             lines.append(f"thumbnail = {_toml_str(thumb)}")
         if self.tags:
@@ -157,15 +146,17 @@ def parse_preset(data: dict, path: Path, *, preset_id: str | None = None, builti
         if key not in _KNOWN:
             raise _bad(path, key, f"is not a preset field (known fields: {', '.join(sorted(_KNOWN))})")
     name = _text(data, "name", path, required=True)
-    prompt = _text(data, "prompt", path, required=True)
     description = _text(data, "description", path, required=False)
-    steps = _int(data, "steps", 2, 1, MAX_STEPS, path)
-    seed = _int(data, "seed", 0, 0, 2**63 - 1, path)
-    transition = _int(data, "transition_chunks", 2, 0, MAX_TRANSITION, path)
     order = _int(data, "order", DEFAULT_ORDER, -(10**6), 10**6, path)
-    noise = data.get("noise_scale", 0.8)
-    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not 0.0 < float(noise) <= 1.0:
-        raise _bad(path, "noise_scale", f"must be a number above 0 and at most 1, not {noise!r}")
+    if "prompt" not in data:
+        raise _bad(path, "prompt", "is missing")
+    values = {k: data[k] for k in CONTROL_FIELDS if k in data}  # missing ones take the Controls defaults
+    if isinstance(values["prompt"], str):
+        values["prompt"] = values["prompt"].strip()
+    try:
+        controls = Controls(**values)
+    except InvalidControl as e:
+        raise _bad(path, e.field, e.why) from None
     tags = data.get("tags", [])
     if not isinstance(tags, list) or not all(isinstance(t, str) and t.strip() for t in tags):
         raise _bad(path, "tags", f"must be a list of words in quotes, like [\"anime\"], not {tags!r}")
@@ -177,8 +168,7 @@ def parse_preset(data: dict, path: Path, *, preset_id: str | None = None, builti
         thumbnail = (path.parent / thumb).resolve()
         if not thumbnail.is_file():
             thumbnail = None  # a missing picture is cosmetic: the card shows a placeholder
-    return Preset(id=preset_id or path.stem, name=name, prompt=prompt, steps=steps, noise_scale=float(noise),
-                  seed=seed, transition_chunks=transition, thumbnail=thumbnail,
+    return Preset(id=preset_id or path.stem, name=name, controls=controls, thumbnail=thumbnail,
                   tags=tuple(t.strip() for t in tags), description=description, order=order, path=path,
                   builtin=builtin)
 
@@ -402,9 +392,9 @@ def find_preset(presets: Sequence[Preset], key: str) -> Preset:
 def _cmd_list(args: argparse.Namespace) -> int:
     presets, errors = load_library()
     for i, p in enumerate(presets, 1):
-        where = "shipped" if p.builtin else "user"
-        print(f"{i:>2}. {p.id:<20} {p.name:<22} steps {p.steps}  noise {p.noise_scale:.2f}  seed {p.seed:<6} "
-              f"transition {p.transition_chunks}  ({where})")
+        where, c = "shipped" if p.builtin else "user", p.controls
+        print(f"{i:>2}. {p.id:<20} {p.name:<22} steps {c.steps}  noise {c.noise_scale:.2f}  seed {c.seed:<6} "
+              f"transition {c.transition_chunks}  ({where})")
     for e in errors:
         print(f"warning: {e}", file=sys.stderr)
     print(f"user presets folder: {user_presets_dir()}")

@@ -23,10 +23,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from sdv2_studio.engine.config import DEFAULT_TIMESTEPS  # the step list (torch-free: Controls derives MAX_STEPS)
 from sdv2_studio.engine.errors import EngineError
-
-DEFAULT_TIMESTEPS: tuple[int, ...] = (700, 500, 400, 200)  # wan_causal_dmd_v2v.yaml denoising_step_list[:-1]
-
 
 # -- flow-matching grid --------------------------------------------------------------------------------------
 

@@ -62,7 +62,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from sdv2_studio.engine.errors import EngineError
-from sdv2_studio.engine.vae import WAN21_LATENTS_MEAN, WAN21_LATENTS_STD, first_keys, read_state_dict
+from sdv2_studio.engine.vae import WAN21_LATENTS_MEAN, WAN21_LATENTS_STD
+from sdv2_studio.engine.weights import TensorFile, read_tensors, some
 
 TAEW21_URL = "https://github.com/madebyollin/taehv/raw/main/taew2_1.pth"
 TAEW21_FILES = ("taew2_1.safetensors", "taew2_1.pth")  # looked for inside a folder, in this order
@@ -243,8 +244,20 @@ def _find_file(path: Path) -> Path:
     return path
 
 
-def _read_state_dict(file: Path) -> dict[str, torch.Tensor]:
-    return read_state_dict(file, "TAEHV", f"download taew2_1.pth from {TAEW21_URL}")
+def is_taehv(keys) -> bool:
+    """The tensor names of a TAEHV decoder (`decoder.N...` with MemBlocks), with or without its encoder."""
+    return "decoder.1.weight" in keys and "decoder.3.conv.0.weight" in keys
+
+
+def describe_taehv(tf: TensorFile) -> tuple[str, str] | None:
+    """(layout, what it is) for `engine.checkpoint.identify`, or None when the file is not TAEHV."""
+    if not is_taehv(tf.shapes):
+        return None
+    channels = tf.shapes["decoder.1.weight"][1]
+    other = _OTHER_MODELS.get(tf.path.stem.lower())
+    model = other or ("Wan2.1 (taew2_1)" if channels == LATENT_CHANNELS else f"{channels}-channel latents")
+    halves = "encoder + decoder" if any(k.startswith("encoder.") for k in tf.shapes) else "decoder only"
+    return "taehv", f"TAEHV tiny video autoencoder for {model}, {halves}"
 
 
 def _check_latent_space(file: Path, sd: dict[str, torch.Tensor]) -> None:
@@ -279,13 +292,14 @@ def decoder_state_dict(sd: dict[str, torch.Tensor], expected: dict[str, torch.Si
 
 def load_taehv(path: str | Path, dtype: torch.dtype = torch.float32,
                device: str | torch.device = "cpu") -> TAEHVDecoder:
-    """Load the TAEHV decoder from ``taew2_1.pth`` / ``.safetensors`` (or a folder holding one).
+    """Load the TAEHV decoder from ``taew2_1.pth`` / ``taew2_1.safetensors`` (or a folder holding one), in
+    any stored dtype.
 
     Every decoder key must be present with the expected shape and nothing else may be left over (strict);
     ``encoder.*`` keys are ignored. Each user-fixable problem raises EngineError with a single line.
     """
     file = _find_file(Path(path).expanduser())
-    sd = _read_state_dict(file)
+    sd = read_tensors(file).read_all()
     _check_latent_space(file, sd)
     with torch.device("meta"):
         model = TAEHVDecoder()
@@ -294,7 +308,7 @@ def load_taehv(path: str | Path, dtype: torch.dtype = torch.float32,
     missing, unexpected = expected.keys() - sd.keys(), sd.keys() - expected.keys()
     wrong = [k for k in expected.keys() & sd.keys() if sd[k].shape != expected[k]]
     if missing or unexpected or wrong:
-        problems = [f"{name} keys: {first_keys(keys, 3)}" for name, keys in
+        problems = [f"{name} keys: {some(keys)}" for name, keys in
                     (("missing", missing), ("unexpected", unexpected), ("wrong-shape", wrong)) if keys]
         raise EngineError(f"{file} is not a TAEHV Wan2.1 decoder ({'; '.join(problems)}); "
                           f"download taew2_1.pth from {TAEW21_URL}")

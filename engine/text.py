@@ -7,13 +7,24 @@ mask, and the hidden states at padding positions are set to zero. The DiT zero-p
 (`WanDiT.embed_text`), so a context trimmed to its valid tokens gives exactly the same result; the cache
 stores trimmed contexts and hands out padded ones.
 
-Weights come from a diffusers-format model folder (e.g. ``Wan-AI/Wan2.1-T2V-1.3B-Diffusers``)::
+`load_text_encoder` reads every umT5 release, the layout told by the key names and the size by the shapes, and
+maps it onto transformers' ``UMT5EncoderModel`` (built on the meta device, weights attached one at a time):
 
-    <root>/text_encoder/config.json + *.safetensors   (transformers UMT5EncoderModel)
-    <root>/tokenizer/tokenizer.json (+ tokenizer_config.json, spiece.model)
+* original Wan2.1 (``Wan-AI/Wan2.1-T2V-1.3B``): ``models_t5_umt5-xxl-enc-bf16.pth`` in Wan's ``T5Encoder`` names
+  (``token_embedding``, ``blocks.N.attn.q``, ``blocks.N.ffn.gate.0`` ...; table `_WAN_TO_HF`) with the tokenizer
+  folder ``google/umt5-xxl/`` beside it;
+* diffusers (``Wan-AI/Wan2.1-T2V-1.3B-Diffusers``): ``text_encoder/`` (config.json + safetensors shards, fp32) and
+  ``tokenizer/``;
+* Kijai (``umt5-xxl-enc-bf16.safetensors``, ``umt5-xxl-enc-fp8_e4m3fn.safetensors``): Wan names in one file;
+* ComfyUI (``umt5_xxl_fp16.safetensors``, ``umt5_xxl_fp8_e4m3fn_scaled.safetensors``): transformers names in one
+  file, scaled fp8 dequantised (`engine.weights`), and the sentencepiece model embedded as a ``spiece_model``
+  byte tensor, which serves as the tokenizer unless one is given (ComfyUI tokenises with it the same way).
 
-The encoder may live on another device than the DiT (CPU by default: umT5-XXL is ~11 GB in bf16); the caller
-moves the (small) context to the DiT's device. ``transformers`` is imported lazily (optional extra ``text``).
+Single files need a tokenizer: ``tokenizer=`` (a tokenizer folder or a ``spiece.model``), else one found beside
+the weights (``google/umt5-xxl/``, ``tokenizer/``), else the embedded one. Weights load in bf16 on the CPU by
+default (umT5-XXL: 5.7 G parameters, 11.4 GB; fp8 files are dequantised to it); the caller moves the (small)
+context to the DiT's device. ``transformers`` is imported lazily and only its model classes are used, which
+exist unchanged from the declared floor (4.45) on: no ``from_pretrained`` dtype argument is involved.
 
 `tiny_text_encoder` builds an UNTRAINED umT5-shaped encoder with fixed-seed random weights and a byte-level
 tokenizer of our own, for the embedded ``tiny`` demo model and tests; its outputs carry no meaning.
@@ -36,13 +47,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from sdv2_studio.engine.errors import EngineError
+from sdv2_studio.engine.weights import TensorFile, first_line, open_tensors, some
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TEXT_LEN = 512
 DOWNLOAD_HINT = "run `sdv2 models download`"
-LAYOUT_HINT = ("a diffusers-format Wan2.1 folder with text_encoder/ (config.json + *.safetensors) "
-               "and tokenizer/ (tokenizer.json)")
+WAN_T5_FILE = "models_t5_umt5-xxl-enc-bf16.pth"  # the original Wan2.1 release
+LAYOUT_HINT = (f"a Wan2.1 folder ({WAN_T5_FILE} + google/umt5-xxl/, or diffusers text_encoder/ + tokenizer/) "
+               "or a single umT5 file")
 
 Tokenize = Callable[[str], "tuple[torch.Tensor, torch.Tensor]"]  # prompt -> (ids, mask), each [1, text_len]
 
@@ -79,13 +92,30 @@ class ByteTokenizer:
             raise EngineError(f"text_len must be >= 1, not {text_len}")
         self.text_len = text_len
 
+    def encode(self, prompt: str) -> list[int]:
+        return [b + self.offset for b in prompt.encode("utf-8")]
+
     def __call__(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
-        body = [b + self.offset for b in prompt.encode("utf-8")][: self.text_len - 1]
-        ids = body + [self.eos_id]
+        ids = self.encode(prompt)[: self.text_len - 1] + [self.eos_id]
         n = len(ids)
         ids = ids + [self.pad_id] * (self.text_len - n)
         mask = [1] * n + [0] * (self.text_len - n)
         return torch.tensor([ids], dtype=torch.long), torch.tensor([mask], dtype=torch.long)
+
+
+class SentencePieceTokenizer(ByteTokenizer):
+    """A sentencepiece model used directly (ComfyUI's umT5 tokenisation): its pieces, then ``</s>``, padded."""
+
+    def __init__(self, model_proto: bytes, text_len: int):
+        super().__init__(text_len)
+        import sentencepiece
+
+        self.sp = sentencepiece.SentencePieceProcessor(model_proto=model_proto)
+        self.pad_id, self.eos_id = max(self.sp.pad_id(), 0), self.sp.eos_id()
+        self.vocab_size = self.sp.get_piece_size()
+
+    def encode(self, prompt: str) -> list[int]:
+        return self.sp.encode(prompt)
 
 
 def hf_tokenize(tokenizer, text_len: int) -> Tokenize:
@@ -180,73 +210,211 @@ def _transformers():
     return transformers
 
 
-def _find_folders(root: Path) -> tuple[Path, Path]:
-    """(text_encoder dir, tokenizer dir) for a model root, or for its text_encoder/ folder given directly."""
-    if not root.exists():
-        raise EngineError(f"text encoder folder not found: {root}; expected {LAYOUT_HINT}; {DOWNLOAD_HINT}")
-    if (root / "text_encoder").is_dir():
-        return root / "text_encoder", root / "tokenizer"
-    if (root / "config.json").is_file() and root.name == "text_encoder":
-        return root, root.parent / "tokenizer"
-    raise EngineError(f"no text_encoder/ folder in {root}; expected {LAYOUT_HINT}; {DOWNLOAD_HINT}")
+# Original Wan T5Encoder names -> transformers UMT5EncoderModel names (per block; from Wan's wan/modules/t5.py:
+# `ffn(x) = fc2(fc1(x) * gelu(gate(x)))` and transformers' `wo(wi_1(x) * gelu_new(wi_0(x)))`).
+_WAN_TO_HF_BLOCK = {
+    "norm1.weight": "layer.0.layer_norm.weight",
+    **{f"attn.{p}.weight": f"layer.0.SelfAttention.{p}.weight" for p in "qkvo"},
+    "pos_embedding.embedding.weight": "layer.0.SelfAttention.relative_attention_bias.weight",
+    "norm2.weight": "layer.1.layer_norm.weight",
+    "ffn.gate.0.weight": "layer.1.DenseReluDense.wi_0.weight",
+    "ffn.fc1.weight": "layer.1.DenseReluDense.wi_1.weight",
+    "ffn.fc2.weight": "layer.1.DenseReluDense.wo.weight",
+}
+_WAN_TO_HF_TOP = {"token_embedding.weight": "shared.weight", "norm.weight": "encoder.final_layer_norm.weight"}
+_WAN_BLOCK = re.compile(r"blocks\.(\d+)\.(.+)")
+_HF_BLOCK = re.compile(r"encoder\.block\.(\d+)\.")
+_SPIECE = "spiece_model"  # ComfyUI's embedded tokenizer (sentencepiece model bytes)
+_REL_BIAS = "layer.0.SelfAttention.relative_attention_bias.weight"
 
 
-def _fingerprint(te_dir: Path, tok_dir: Path) -> str:
-    """Cheap identity of the weights: config contents plus names and sizes of all model/tokenizer files."""
-    h = hashlib.sha256((te_dir / "config.json").read_bytes())
-    for d in (te_dir, tok_dir):
-        for f in sorted(d.iterdir()):
-            if f.is_file():
-                h.update(f"{d.name}/{f.name}:{f.stat().st_size}\n".encode())
+def text_encoder_layout(keys) -> str | None:
+    """"wan" (Wan's T5Encoder names: original .pth, Kijai) or "transformers" (diffusers, ComfyUI), else None."""
+    if "token_embedding.weight" in keys and "blocks.0.attn.q.weight" in keys:
+        return "wan"
+    if "encoder.block.0.layer.0.SelfAttention.q.weight" in keys:
+        return "transformers"
+    return None
+
+
+def _hf_name(key: str) -> str:
+    if key in _WAN_TO_HF_TOP:
+        return _WAN_TO_HF_TOP[key]
+    m = _WAN_BLOCK.fullmatch(key)
+    if m and m[2] in _WAN_TO_HF_BLOCK:
+        return f"encoder.block.{m[1]}.{_WAN_TO_HF_BLOCK[m[2]]}"
+    return key  # unknown: reported by the strict check
+
+
+def _hf_shapes(tf: TensorFile) -> dict[str, str]:
+    """{transformers name: stored name} for a umT5 file in either layout (tied / tokenizer tensors dropped)."""
+    layout = text_encoder_layout(tf.shapes)
+    names = {(_hf_name(k) if layout == "wan" else k): k for k in tf.shapes if k != _SPIECE}
+    if "shared.weight" not in names and "encoder.embed_tokens.weight" in names:
+        names["shared.weight"] = names["encoder.embed_tokens.weight"]
+    names.pop("encoder.embed_tokens.weight", None)  # transformers ties it to shared.weight
+    return names
+
+
+def _umt5_config(file: Path, shapes: dict[str, tuple[int, ...]], config: dict) -> dict:
+    """UMT5Config arguments from the tensor shapes (and config.json values the shapes cannot tell)."""
+    def shape(key: str) -> tuple[int, ...]:
+        if key not in shapes:
+            raise EngineError(f"{file}: tensor {key} is missing; the file is incomplete or not a umT5 encoder, "
+                              "download it again")
+        return shapes[key]
+
+    layers = {int(m[1]) for k in shapes if (m := _HF_BLOCK.match(k))}
+    if not layers:
+        raise EngineError(f"{file}: no encoder blocks; not a umT5 text encoder")
+    vocab, d_model = shape("shared.weight")
+    buckets, heads = shape(f"encoder.block.0.{_REL_BIAS}")
+    if len(layers) > 1 and f"encoder.block.1.{_REL_BIAS}" not in shapes:
+        raise EngineError(f"{file} is a T5 encoder (one shared position bias), not umT5; Wan2.1 needs "
+                          f"umT5-XXL ({WAN_T5_FILE} or a umt5-xxl file)")
+    return dict(vocab_size=vocab, d_model=d_model, num_layers=max(layers) + 1, num_heads=heads,
+                d_kv=shape("encoder.block.0.layer.0.SelfAttention.q.weight")[0] // heads,
+                d_ff=shape("encoder.block.0.layer.1.DenseReluDense.wi_0.weight")[0],
+                relative_attention_num_buckets=buckets,
+                relative_attention_max_distance=config.get("relative_attention_max_distance", 128),
+                layer_norm_epsilon=config.get("layer_norm_epsilon", 1e-6))
+
+
+def describe_text_encoder(tf: TensorFile) -> tuple[str, str] | None:
+    """(layout, what it is) for `engine.checkpoint.identify`, or None when the file is not a T5 encoder."""
+    layout = text_encoder_layout(tf.shapes)
+    if layout is None:
+        return None
+    names = _hf_shapes(tf)
+    try:
+        c = _umt5_config(tf.path, {k: tf.shapes[v] for k, v in names.items()}, {})
+    except EngineError as e:
+        return layout, str(e).removeprefix(f"{tf.path}").lstrip(": ")
+    tok = ", tokenizer embedded" if _SPIECE in tf.shapes else ""
+    layers = f"{c['num_layers']} layer{'s' if c['num_layers'] != 1 else ''}"
+    return layout, (f"umT5 text encoder (d_model {c['d_model']}, {layers}, {c['num_heads']} heads, "
+                    f"vocab {c['vocab_size']}{tok})")
+
+
+def _find_weights(path: Path) -> tuple[Path, list[Path], dict]:
+    """(weights file, where a tokenizer may be, config.json values) for a file or a release folder. The
+    weights file itself among the places stands for its embedded tokenizer."""
+    if not path.exists():
+        raise EngineError(f"text encoder not found: {path}; expected {LAYOUT_HINT}; {DOWNLOAD_HINT}")
+    if path.is_file():
+        return path, [path.parent / "google" / "umt5-xxl", path.parent / "tokenizer", path, path.parent], {}
+    if (path / WAN_T5_FILE).is_file():
+        return path / WAN_T5_FILE, [path / "google" / "umt5-xxl"], {}
+    te_dir = path / "text_encoder" if (path / "text_encoder").is_dir() else path
+    if not (te_dir / "config.json").is_file():
+        raise EngineError(f"no text encoder in folder {path}: expected {LAYOUT_HINT}; {DOWNLOAD_HINT}")
+    try:
+        config = json.loads((te_dir / "config.json").read_text(encoding="utf-8"))
+        if not isinstance(config, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as e:
+        raise EngineError(f"cannot read {te_dir / 'config.json'} ({type(e).__name__}: {e}); "
+                          f"download it again: {DOWNLOAD_HINT}") from None
+    if config.get("model_type") != "umt5":
+        raise EngineError(f"{te_dir} holds a {config.get('model_type')!r} model, not umT5 (model_type 'umt5'); "
+                          f"use the Wan2.1 text encoder: {DOWNLOAD_HINT}")
+    for pattern in ("*.safetensors.index.json", "*.safetensors", "*.bin.index.json", "*.bin"):
+        found = sorted(te_dir.glob(pattern))
+        if len(found) == 1 or (found and pattern.endswith(".index.json")):
+            return found[0], [te_dir.parent / "tokenizer", te_dir], config
+    raise EngineError(f"no weights (*.safetensors) in {te_dir}; the download is incomplete: {DOWNLOAD_HINT}")
+
+
+def _tokenizer(given: Path | None, candidates: list[Path], tf: TensorFile, text_len: int) -> tuple[Tokenize, Path]:
+    """The tokenizer and the path it came from (see the module docstring for the search order)."""
+    if given is not None and not given.exists():
+        raise EngineError(f"tokenizer not found: {given}; pass the google/umt5-xxl folder (Wan-AI/Wan2.1-T2V-1.3B) "
+                          "or a spiece.model file")
+    for where in [given] if given is not None else candidates:
+        if where == tf.path:
+            if _SPIECE in tf.shapes:
+                return SentencePieceTokenizer(tf.read(_SPIECE).numpy().tobytes(), text_len), where
+            continue
+        if where.is_file() and where.suffix == ".model":
+            return SentencePieceTokenizer(where.read_bytes(), text_len), where
+        if where.is_file():
+            where = where.parent
+        if any((where / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+            try:
+                tok = _transformers().AutoTokenizer.from_pretrained(where, local_files_only=True)
+            except Exception as e:  # transformers raises many types here; the message names the cause
+                raise EngineError(f"cannot load the tokenizer in {where} ({type(e).__name__}: "
+                                  f"{first_line(e)})") from None
+            return hf_tokenize(tok, text_len), where
+        if (where / "spiece.model").is_file():
+            return SentencePieceTokenizer((where / "spiece.model").read_bytes(), text_len), where / "spiece.model"
+    if given is not None:
+        raise EngineError(f"no tokenizer in {given} (need tokenizer.json, tokenizer_config.json or spiece.model)")
+    raise EngineError(f"no tokenizer found for {tf.path}; pass tokenizer= the google/umt5-xxl folder "
+                      "(Wan-AI/Wan2.1-T2V-1.3B) or the tokenizer/ folder of the diffusers release")
+
+
+def _fingerprint(files: list[Path]) -> str:
+    """Cheap identity of weights + tokenizer: names and sizes of their files (and a config.json's contents)."""
+    h = hashlib.sha256()
+    for f in files:
+        for g in sorted(f.iterdir()) if f.is_dir() else [f]:
+            if g.is_file():
+                h.update(f"{g.name}:{g.stat().st_size}\n".encode())
+                if g.name == "config.json":
+                    h.update(g.read_bytes())
     return h.hexdigest()[:16]
 
 
-def load_text_encoder(root: str | os.PathLike, *, device: str | torch.device = "cpu",
-                      dtype: torch.dtype = torch.bfloat16, text_len: int = DEFAULT_TEXT_LEN) -> TextEncoder:
-    """Load the umT5 encoder and tokenizer from a diffusers-format model folder (or its text_encoder/).
+def load_text_encoder(path: str | os.PathLike, *, tokenizer: str | os.PathLike | None = None,
+                      device: str | torch.device = "cpu", dtype: torch.dtype = torch.bfloat16,
+                      text_len: int = DEFAULT_TEXT_LEN) -> TextEncoder:
+    """Load the umT5 encoder (and its tokenizer) from any release in the module docstring: a file or a folder.
 
-    `dtype` is the weight / compute dtype (upstream runs umT5 in bf16); outputs come in that dtype.
+    `dtype` is the weight / compute dtype (bf16 by default, as upstream runs umT5); outputs come in that dtype.
     """
-    root = Path(root).expanduser()
-    te_dir, tok_dir = _find_folders(root)
-    cfg_file = te_dir / "config.json"
-    if not cfg_file.is_file():
-        raise EngineError(f"{cfg_file} is missing; expected {LAYOUT_HINT}; {DOWNLOAD_HINT}")
-    if not any(te_dir.glob("*.safetensors")):
-        raise EngineError(f"no *.safetensors weights in {te_dir}; expected {LAYOUT_HINT}; {DOWNLOAD_HINT}")
-    if not any((tok_dir / f).is_file() for f in ("tokenizer.json", "spiece.model")):
-        raise EngineError(f"tokenizer not found in {tok_dir} (need tokenizer.json); expected {LAYOUT_HINT}; "
-                          f"{DOWNLOAD_HINT}")
-    try:
-        model_type = json.loads(cfg_file.read_text(encoding="utf-8")).get("model_type")
-    except (OSError, ValueError) as e:
-        raise EngineError(f"cannot read {cfg_file} ({type(e).__name__}); "
-                          f"re-download it: {DOWNLOAD_HINT}") from None
-    if model_type != "umt5":
-        raise EngineError(f"{te_dir} holds a {model_type!r} model, not umT5 (model_type 'umt5'); "
-                          f"use the Wan2.1 text encoder: {DOWNLOAD_HINT}")
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
-        raise EngineError("text encoder device 'cuda' requested but no CUDA GPU is available; "
-                          "use device='cpu'")
-
-    tf = _transformers()
-    try:
-        model = tf.UMT5EncoderModel.from_pretrained(te_dir, dtype=dtype, local_files_only=True)
-    except Exception as e:  # any loader failure means a broken or partial download
-        first = str(e).splitlines()[0] if str(e) else ""
-        raise EngineError(f"cannot load the text encoder from {te_dir} ({type(e).__name__}: {first}); "
-                          f"re-download it: {DOWNLOAD_HINT}") from None
-    try:
-        tokenizer = tf.AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
-    except Exception as e:
-        raise EngineError(f"cannot load the tokenizer from {tok_dir} ({type(e).__name__}); it needs "
-                          f"tokenizer.json; re-download it: {DOWNLOAD_HINT}") from None
-    model.to(device)
-    model_id = f"umt5:{_fingerprint(te_dir, tok_dir)}"
-    return TextEncoder(model, hf_tokenize(tokenizer, text_len), text_len=text_len, model_id=model_id)
+        raise EngineError("text encoder device 'cuda' requested but no CUDA GPU is available; use device='cpu'")
+    file, candidates, config = _find_weights(Path(path).expanduser())
+    tfm = _transformers()
+    with open_tensors(file) as tf:
+        if text_encoder_layout(tf.shapes) is None:
+            raise EngineError(f"{file} is not a umT5 text encoder (no token_embedding / encoder.block weights, "
+                              f"e.g. {some(tf.shapes)}); expected {LAYOUT_HINT}")
+        names = _hf_shapes(tf)
+        shapes = {k: tf.shapes[v] for k, v in names.items()}
+        cfg = tfm.UMT5Config(**_umt5_config(file, shapes, config), feed_forward_proj="gated-gelu",
+                             dropout_rate=0.0, is_encoder_decoder=False, use_cache=False)
+        with torch.device("meta"):
+            model = tfm.UMT5EncoderModel(cfg)
+        expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if k != "encoder.embed_tokens.weight"}
+        missing, unexpected = expected.keys() - shapes.keys(), shapes.keys() - expected.keys()
+        wrong = [k for k in expected.keys() & shapes.keys() if shapes[k] != expected[k]]
+        if missing or unexpected or wrong:
+            problems = [f"{what} tensors: {some(keys)}" for what, keys in
+                        (("missing", missing), ("unexpected", unexpected), ("wrong-shape", wrong)) if keys]
+            raise EngineError(f"{file} is not a complete umT5 encoder ({'; '.join(problems)}); the file is "
+                              "incomplete or from another model, download it again")
+        tok, tok_path = _tokenizer(None if tokenizer is None else Path(tokenizer).expanduser(), candidates, tf,
+                                   text_len)
+        sd = {k: tf.read(v).to(device=device, dtype=dtype) for k, v in names.items()}
+        model.load_state_dict(sd | {"encoder.embed_tokens.weight": sd["shared.weight"]}, strict=True, assign=True)
+        model.encoder.embed_tokens.weight = model.shared.weight  # one tensor, as transformers ties them
+        files = [*tf.files, tok_path] + ([file.parent / "config.json"] if config else [])
+    return TextEncoder(model, tok, text_len=text_len, model_id=f"umt5:{_fingerprint(files)}")
 
 
 TINY_RECIPE = "tiny-umt5-v1"  # bump when the tiny encoder's construction changes (invalidates prompt caches)
+
+
+def tiny_text_config(text_dim: int = 64, num_layers: int = 2) -> dict:
+    """The tiny encoder's umT5 architecture, in the names of transformers' UMT5Config (and of config.json)."""
+    heads = max(1, text_dim // 16)
+    if text_dim % heads:
+        raise EngineError(f"tiny text encoder: text_dim {text_dim} must be a multiple of 16 (or below 16)")
+    return {"vocab_size": ByteTokenizer.vocab_size, "d_model": text_dim, "d_kv": text_dim // heads,
+            "d_ff": 2 * text_dim, "num_layers": num_layers, "num_heads": heads, "relative_attention_num_buckets": 32,
+            "feed_forward_proj": "gated-gelu"}
 
 
 def tiny_text_encoder(text_dim: int = 64, text_len: int = 32, seed: int = 0, *, num_layers: int = 2,
@@ -259,15 +427,11 @@ def tiny_text_encoder(text_dim: int = 64, text_len: int = 32, seed: int = 0, *, 
     they do not depend on transformers' initialisation scheme or the global RNG.
     """
     tf = _transformers()
-    heads = max(1, text_dim // 16)
-    if text_dim % heads:
-        raise EngineError(f"tiny text encoder: text_dim {text_dim} must be a multiple of 16 (or below 16)")
-    d_kv = text_dim // heads
-    cfg = tf.UMT5Config(vocab_size=ByteTokenizer.vocab_size, d_model=text_dim, d_kv=d_kv, d_ff=2 * text_dim,
-                        num_layers=num_layers, num_heads=heads, relative_attention_num_buckets=32,
-                        relative_attention_max_distance=128, dropout_rate=0.0, feed_forward_proj="gated-gelu",
-                        is_encoder_decoder=False, use_cache=False, pad_token_id=ByteTokenizer.pad_id,
-                        eos_token_id=ByteTokenizer.eos_id, decoder_start_token_id=0)
+    arch = tiny_text_config(text_dim, num_layers)
+    d_kv = arch["d_kv"]
+    cfg = tf.UMT5Config(**arch, relative_attention_max_distance=128, dropout_rate=0.0, is_encoder_decoder=False,
+                        use_cache=False, pad_token_id=ByteTokenizer.pad_id, eos_token_id=ByteTokenizer.eos_id,
+                        decoder_start_token_id=0)
     with torch.random.fork_rng(devices=[]):
         model = tf.UMT5EncoderModel(cfg)
     g = torch.Generator().manual_seed(seed)

@@ -26,6 +26,10 @@ are separate steps for the pipeline to apply as its checkpoint expects.
 
 Module names equal the keys of the original ``Wan2.1_VAE.pth`` (``encoder.downsamples.3.residual.2.weight``),
 so it loads with ``strict=True``; ``diffusers_to_wan`` renames an ``AutoencoderKLWan`` state dict to them.
+``load_vae`` reads every file users have, its layout told by the key names and its size by the shapes: the
+original ``Wan2.1_VAE.pth``; a diffusers ``vae/`` folder or its single ``.safetensors``; ComfyUI's
+``wan_2.1_vae.safetensors`` and Kijai's ``Wan2_1_VAE_{bf16,fp32}.safetensors`` (original names, bare or under
+``model.``). Nothing needs renaming or a config file.
 """
 from __future__ import annotations
 
@@ -38,6 +42,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from sdv2_studio.engine.errors import EngineError
+from sdv2_studio.engine.weights import TensorFile, read_tensors, some, strip_prefix
 
 # Per-channel statistics of Wan2.1 latents (diffusers' AutoencoderKLWan `latents_mean` / `latents_std`).
 WAN21_LATENTS_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
@@ -451,83 +456,70 @@ def config_from_diffusers(config: dict) -> VAEConfig:
 
 # --------------------------------------------------------------------------------------------------- loading
 
+VAE_FILES = ("vae/diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors", "Wan2.1_VAE.pth")
+_PREFIXES = ("model.", "first_stage_model.", "vae.")  # Kijai's wrapper module; full single-file checkpoints
+FIX = "pass Wan2.1_VAE.pth (Wan-AI/Wan2.1-T2V-1.3B), a diffusers Wan2.1 vae/ folder or ComfyUI's wan_2.1_vae"
+
+
+def vae_layout(keys) -> str | None:
+    """"wan" (original names: Wan2.1_VAE.pth, ComfyUI, Kijai) or "diffusers" (AutoencoderKLWan), else None."""
+    if "encoder.conv1.weight" in keys and "decoder.conv1.weight" in keys:
+        return "wan"
+    if "encoder.conv_in.weight" in keys and "decoder.conv_in.weight" in keys:
+        return "diffusers"
+    return None
+
+
+def describe_vae(tf: TensorFile) -> tuple[str, str] | None:
+    """(layout, what it is) for `engine.checkpoint.identify`, or None when the file is not a Wan VAE."""
+    shapes = {strip_prefix(k, _PREFIXES): s for k, s in tf.shapes.items()}
+    layout = vae_layout(shapes)
+    if layout is None:
+        return None
+    base = shapes["encoder.conv1.weight" if layout == "wan" else "encoder.conv_in.weight"][0]
+    z = shapes.get("conv2.weight" if layout == "wan" else "post_quant_conv.weight", (0,))[0]
+    return layout, f"{'Wan2.2' if z == 48 else 'Wan2.1'} video VAE (base_dim {base}, z_dim {z})"
+
 
 def _find_checkpoint(path: Path) -> Path:
     if path.is_dir():
-        for rel in ("vae/diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors",
-                    "Wan2.1_VAE.pth"):
+        for rel in VAE_FILES:
             if (path / rel).is_file():
                 return path / rel
-        raise EngineError(f"no VAE weights in folder {path}: expected Wan2.1_VAE.pth or "
-                          "vae/diffusion_pytorch_model.safetensors (download the Wan2.1-T2V-1.3B model)")
+        raise EngineError(f"no VAE weights in folder {path}: expected {' or '.join(VAE_FILES)}; {FIX}")
     if not path.is_file():
-        raise EngineError(f"VAE checkpoint not found: {path}; pass the path to Wan2.1_VAE.pth "
-                          "(from Wan-AI/Wan2.1-T2V-1.3B) or a diffusers Wan2.1 folder")
+        raise EngineError(f"VAE checkpoint not found: {path}; {FIX}")
     return path
-
-
-def read_state_dict(file: Path, what: str, fix: str) -> dict[str, torch.Tensor]:
-    """The tensors of a .safetensors or torch .pt/.pth file (memory-mapped where the format allows), unwrapping a
-    `state_dict`/`model` entry. Anything else is one EngineError line: "cannot read <what> ...; <fix>"."""
-    try:
-        if file.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            sd = load_file(str(file), device="cpu")
-        else:
-            try:
-                sd = torch.load(file, map_location="cpu", mmap=True, weights_only=True)
-            except RuntimeError as e:
-                if "mmap" not in str(e):  # legacy (non-zip) torch.save format cannot be memory-mapped
-                    raise
-                sd = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt, truncated or not a checkpoint at all
-        raise EngineError(f"cannot read {what} checkpoint {file} ({type(e).__name__}); {fix}") from None
-    for wrapper in ("state_dict", "model"):  # some trainers nest the weights
-        if isinstance(sd, dict) and isinstance(sd.get(wrapper), dict):
-            sd = sd[wrapper]
-    if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise EngineError(f"{file} is not a {what} state dict; {fix}")
-    return sd
-
-
-def _read_state_dict(file: Path) -> dict[str, torch.Tensor]:
-    return read_state_dict(file, "VAE", "pass Wan2.1_VAE.pth or a diffusers Wan2.1 VAE (re-download it)")
-
-
-def first_keys(keys, n: int = 4) -> str:
-    """The first `n` of `keys` (sorted) for an error message, with the total when there are more."""
-    keys = sorted(keys)
-    return ", ".join(keys[:n]) + (f", ... ({len(keys)} total)" if len(keys) > n else "")
 
 
 def load_vae(path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
              config: VAEConfig | None = None) -> WanVAE:
-    """Load Wan2.1_VAE.pth (original layout) or a diffusers AutoencoderKLWan (.safetensors file or folder).
+    """Load a Wan2.1 VAE from any file or folder in the module docstring (original or diffusers names).
 
     The layout is detected from the key names. `config` overrides the one read from config.json or inferred
     from the weights' shapes. Every user-fixable problem raises EngineError with a single line.
     """
     file = _find_checkpoint(Path(path).expanduser())
-    sd = _read_state_dict(file)
-    if "encoder.conv1.weight" in sd:  # original Wan layout
+    tf = read_tensors(file)
+    sd = {strip_prefix(k, _PREFIXES): tf.read(k) for k in tf.shapes}
+    layout = vae_layout(sd)
+    if layout is None:
+        raise EngineError(f"{file} is not a Wan VAE checkpoint (no encoder.conv1 / encoder.conv_in weights); {FIX}")
+    if layout == "wan":
         base = sd["encoder.conv1.weight"].shape[0]
         z_dim = sd["conv2.weight"].shape[0] if "conv2.weight" in sd else 0
-    elif "encoder.conv_in.weight" in sd:  # diffusers layout
+    else:
         json_file = file.parent / "config.json"
         if config is None and json_file.is_file():
             config = config_from_diffusers(json.loads(json_file.read_text()))
         base = sd["encoder.conv_in.weight"].shape[0]
         z_dim = sd["post_quant_conv.weight"].shape[0] if "post_quant_conv.weight" in sd else 0
-    else:
-        raise EngineError(f"{file} is not a Wan VAE checkpoint (no encoder.conv1 / encoder.conv_in weights); "
-                          "pass Wan2.1_VAE.pth from Wan-AI/Wan2.1-T2V-1.3B")
     if z_dim == 48:
         raise EngineError(f"{file} is a Wan2.2 VAE (z_dim 48); StreamDiffusionV2 needs the Wan2.1 VAE")
     if config is None:  # infer from shapes: a preset with this width, else the Wan2.1 structure at this width
         config = next((c for c in VAE_PRESETS.values() if c.base_dim == base),
                       VAE_PRESETS["wan2.1"].replace(name="custom", base_dim=base))
-    if "encoder.conv_in.weight" in sd:
+    if layout == "diffusers":
         sd = diffusers_to_wan(sd, config)
 
     with torch.device("meta"):
@@ -536,7 +528,7 @@ def load_vae(path: str | Path, dtype: torch.dtype = torch.float32, device: str |
     missing, unexpected = expected.keys() - sd.keys(), sd.keys() - expected.keys()
     wrong = [k for k in expected.keys() & sd.keys() if sd[k].shape != expected[k]]
     if missing or unexpected or wrong:
-        problems = [f"{name} keys: {first_keys(keys)}" for name, keys in
+        problems = [f"{name} keys: {some(keys, 4)}" for name, keys in
                     (("missing", missing), ("unexpected", unexpected), ("wrong-shape", wrong)) if keys]
         raise EngineError(f"{file} does not match the {config.name} VAE ({'; '.join(problems)}); "
                           "use the Wan2.1 VAE checkpoint or pass the matching VAEConfig")

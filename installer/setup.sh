@@ -51,14 +51,17 @@ case "$what" in
         exec "$VENV/bin/sdv2" run --out out/styled.mp4 "$@"
         ;;
     test)
-        if ! command -v obs >/dev/null 2>&1 || ! command -v Xvfb >/dev/null 2>&1; then
+        # the live OBS tests: OBS and Xvfb, and what builds the native plugin (tests/test_obs_plugin.py)
+        if ! command -v obs >/dev/null 2>&1 || ! command -v Xvfb >/dev/null 2>&1 || ! command -v cmake >/dev/null 2>&1 ||
+           ! command -v cc >/dev/null 2>&1 || [ ! -f /usr/include/obs/obs-module.h ]; then
             if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-                log "installing obs-studio and xvfb for the live OBS tests"
+                log "installing obs-studio, xvfb and the plugin build tools for the live OBS tests"
                 { DEBIAN_FRONTEND=noninteractive apt-get update -q &&
-                  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends obs-studio xvfb; } ||
-                    log "could not install obs-studio/xvfb: the live OBS tests will be skipped (no obs) or fail (no Xvfb)"
+                  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends obs-studio xvfb \
+                      libobs-dev cmake build-essential pkg-config; } ||
+                    log "could not install them: the live OBS tests will be skipped (no obs, no build tools) or fail (no Xvfb)"
             else
-                log "obs-studio/xvfb missing and not root with apt-get: the live OBS tests will be skipped"
+                log "obs-studio/xvfb/libobs-dev/cmake missing and not root with apt-get: the live OBS tests will be skipped"
             fi
         fi
         log "installing streamdiffusion-studio with test tools"

@@ -18,6 +18,7 @@ import threading
 from dataclasses import asdict, dataclass, field
 
 from sdv2_studio.engine.api import EngineConfig
+from sdv2_studio.engine.config import Controls
 from sdv2_studio.engine.errors import EngineError
 from sdv2_studio.engine.io.mpegts import open_mpegts_sink
 from sdv2_studio.engine.io.protocols import FrameSink, FrameSource
@@ -132,7 +133,7 @@ class ObsBridge:
             spec = f"test:{size[1]}x{size[0]}@{self.config.fps:g}"
         return open_source(spec, realtime=True, loop=True)
 
-    def _open_sinks(self, source: FrameSource) -> list[FrameSink]:
+    def _open_sinks(self, source: FrameSource) -> dict[str, FrameSink]:
         cfg = self.config
         fps = min(cfg.fps, source.fps) if source.fps else cfg.fps
         sink = cfg.sink.lower()
@@ -146,32 +147,31 @@ class ObsBridge:
                 out.close()
                 raise
             self.output_url = url
-            return [out]
+            return {"obs": out}
         kind = sink.split(":")[0]
         if kind in TEXSHARE_KINDS:
             out = open_texshare_sink(cfg.sink, fps=fps, size=source.size)
-            sender = getattr(out.inner, "name", "")
+            sender = getattr(out, "name", "")
             try:
                 self.attachment = attach_texture_share(self.client, cfg.scene, kind, sender, name=cfg.input_name)
             except BaseException:
                 out.close()
                 raise
             self.output_url = f"{kind}:{sender}"
-            return [out]
+            return {"obs": out}
         backend, _device = parse_vcam_spec(cfg.sink)
         check_vcam_backend(self.client, backend)
         out = open_vcam_sink(cfg.sink, fps=fps, size=source.size)
-        inner = out.inner
         try:
-            self.vcam_backend = getattr(inner, "backend", None)
+            self.vcam_backend = out.backend
             check_vcam_backend(self.client, self.vcam_backend)
-            self.attachment = attach_camera(self.client, cfg.scene, str(getattr(inner, "device", "")),
-                                            backend=self.vcam_backend, name=cfg.input_name)
+            self.attachment = attach_camera(self.client, cfg.scene, str(out.device), backend=self.vcam_backend,
+                                            name=cfg.input_name)
         except BaseException:
             out.close()
             raise
-        self.output_url = f"vcam:{getattr(inner, 'device', '')}"
-        return [out]
+        self.output_url = f"vcam:{out.device}"
+        return {"obs": out}
 
     def _reattach(self) -> None:
         cfg = self.config
@@ -268,10 +268,10 @@ class ObsBridge:
     def preset_names(self) -> list[str]:
         return self.session.preset_names()
 
-    def apply_preset(self, name: str) -> dict:
+    def apply_preset(self, name: str) -> Controls:
         return self.session.apply_preset(name)
 
-    def set_steps(self, steps: int) -> dict:
+    def set_steps(self, steps: int) -> Controls:
         return self.session.set_steps(steps)
 
     def read_health(self) -> ObsHealth:

@@ -6,6 +6,7 @@
     sdv2 obs detach                              remove the StreamDiffusionV2 input from OBS
     sdv2 obs set-password                        store the obs-websocket password (OS keyring when available)
     sdv2 obs script-path                         where obs_script.py is (OBS: Tools > Scripts > +)
+    sdv2 obs install-plugin                      build the native plugin (source + filter) into OBS (Linux)
     sdv2 obs app status|presets|preset NAME|steps N|start|stop     drive the running app (its control API)
 
 Connection: --host/--port override the saved settings; the password comes from $SDV2_OBS_PASSWORD, the OS
@@ -20,6 +21,7 @@ import os
 import sys
 import time
 
+from sdv2_studio.engine.config import MAX_STEPS, Controls
 from sdv2_studio.engine.errors import EngineError
 
 
@@ -123,7 +125,6 @@ def _presets(args: argparse.Namespace):
 def _cmd_attach(args: argparse.Namespace) -> int:
     _need_obsws()
     from sdv2_studio.engine.api import EngineConfig
-    from sdv2_studio.engine.pipeline import Controls
     from sdv2_studio.obs_bridge.bridge import BridgeConfig, ObsBridge
     from sdv2_studio.obs_bridge.control import ControlServer
     from sdv2_studio.obs_bridge.obs_script import format_status
@@ -137,7 +138,8 @@ def _cmd_attach(args: argparse.Namespace) -> int:
                           "into the input; capture a source or another scene")
     camera = None if args.input else (args.camera or "camera:0")
     presets = _presets(args)
-    controls = Controls(steps=args.steps, **({"prompt": args.prompt} if args.prompt else {})).validated()
+    given = {"steps": args.steps, "prompt": args.prompt or None}
+    controls = Controls(**{k: v for k, v in given.items() if v is not None})
     engine_cfg = EngineConfig(model=args.model, device=args.device, dtype=args.dtype, size=_parse_size(args.size),
                               controls=controls, queue_frames=8)
     cfg = BridgeConfig(scene=args.scene, capture=args.input, camera=camera, sink=args.sink, fps=args.fps,
@@ -218,7 +220,7 @@ def _cmd_app(args: argparse.Namespace) -> int:
             reply = client.apply_preset(args.value)
         elif args.action == "steps":
             if not args.value or not args.value.isdigit():
-                raise EngineError("give the number of steps: sdv2 obs app steps 1-4")
+                raise EngineError(f"give the number of steps: sdv2 obs app steps 1-{MAX_STEPS}")
             reply = client.set_steps(int(args.value))
         elif args.action == "start":
             reply = client.start()
@@ -227,6 +229,15 @@ def _cmd_app(args: argparse.Namespace) -> int:
     except ControlError as e:
         raise EngineError(str(e)) from None
     print(json.dumps(reply, indent=2))
+    return 0
+
+
+def _cmd_install_plugin(args: argparse.Namespace) -> int:
+    from sdv2_studio.obs_bridge.native_plugin import install_plugin
+
+    module = install_plugin(args.prefix, build_dir=args.build_dir, log=lambda line: print(line, file=sys.stderr))
+    print(f"installed {module}\nrestart OBS, then add Filters > StreamDiffusionV2 to a source (or the "
+          "StreamDiffusionV2 source) and run: sdv2 run --source obs-filter:main --out obs-source:main")
     return 0
 
 
@@ -269,7 +280,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--udp-port", type=int, default=None, help="stream port (default: reuse the input's, else free)")
     s.add_argument("--model", default="auto", help="auto, tiny, or a checkpoint path")
     s.add_argument("--size", default=None, help="model resolution WIDTHxHEIGHT (multiples of 16)")
-    s.add_argument("--steps", type=int, default=2, help="denoising steps 1-4")
+    s.add_argument("--steps", type=int, default=None, help=f"denoising steps 1-{MAX_STEPS} (default {Controls.steps})")
     s.add_argument("--prompt", default=None)
     s.add_argument("--preset", default=None, help="preset id to start with (see `sdv2 obs app presets`)")
     s.add_argument("--presets", default=None,
@@ -296,6 +307,11 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
 
     s = sub.add_parser("script-path", help="print the path of the OBS script (load it with Tools > Scripts)")
     s.set_defaults(fn=_cmd_script_path)
+
+    s = sub.add_parser("install-plugin", help="build the native OBS plugin (source + filter) into OBS's plugin folder")
+    s.add_argument("--prefix", default=None, help="plugin folder (default ~/.config/obs-studio/plugins)")
+    s.add_argument("--build-dir", default=None, help="build here and keep it (default: a temporary folder)")
+    s.set_defaults(fn=_cmd_install_plugin)
 
     s = sub.add_parser("app", help="drive the running app through its control API")
     s.add_argument("action", choices=["status", "presets", "preset", "steps", "start", "stop"])

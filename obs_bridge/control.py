@@ -14,6 +14,7 @@ standard library's ``http.server`` in one daemon thread per request; no Qt, no f
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import json
 import logging
@@ -22,8 +23,9 @@ import secrets
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
+from sdv2_studio.engine.config import Controls
 from sdv2_studio.engine.errors import EngineError
 from sdv2_studio.obs_bridge.control_client import API_PREFIX, TOKEN_HEADER, control_file
 from sdv2_studio.obs_bridge.paths import write_private
@@ -39,9 +41,9 @@ class ControlTarget(Protocol):
 
     def preset_names(self) -> list[str]: ...
 
-    def apply_preset(self, name: str) -> dict: ...
+    def apply_preset(self, name: str) -> Controls: ...
 
-    def set_steps(self, steps: int) -> dict: ...
+    def set_steps(self, steps: int) -> Controls: ...
 
     def start(self, wait: bool = True) -> None: ...
 
@@ -127,7 +129,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._dispatch("POST")
 
 
-def _require(body: dict, key: str, kind: type) -> object:
+T = TypeVar("T")
+
+
+def _require(body: dict, key: str, kind: type[T]) -> T:
     value = body.get(key)
     if isinstance(value, bool) or not isinstance(value, kind):
         raise _ApiError(400, f"the request needs {key!r} ({kind.__name__})")
@@ -140,11 +145,11 @@ def _presets(target: ControlTarget, body: dict) -> dict:
 
 
 def _apply_preset(target: ControlTarget, body: dict) -> dict:
-    return {"controls": target.apply_preset(str(_require(body, "name", str)))}
+    return {"controls": dataclasses.asdict(target.apply_preset(_require(body, "name", str)))}
 
 
 def _set_steps(target: ControlTarget, body: dict) -> dict:
-    return {"controls": target.set_steps(int(_require(body, "steps", int)))}  # type: ignore[call-overload]
+    return {"controls": dataclasses.asdict(target.set_steps(_require(body, "steps", int)))}
 
 
 def _start(target: ControlTarget, body: dict) -> dict:

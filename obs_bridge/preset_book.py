@@ -1,8 +1,8 @@
-"""Named styles the OBS script, hotkeys and scene mapping switch between: name -> changes to the engine Controls.
+"""Named styles the OBS script, hotkeys and scene mapping switch between: name -> the engine Controls fields it sets.
 
-Sources: the preset library of ``engine.presets`` (:meth:`PresetBook.from_library`: shipped + user presets, keyed
-by preset id), ``Preset``-like objects (:meth:`PresetBook.from_presets`), a JSON file or a plain mapping
-``name -> Controls kwargs`` (:meth:`PresetBook.load`, the constructor).
+Sources: the preset library of ``engine.presets`` (:meth:`PresetBook.from_library`, :meth:`PresetBook.from_presets`:
+shipped + user presets, keyed by preset id; they set every field), a JSON file or a plain mapping
+``name -> {field: value}`` (:meth:`PresetBook.load`, the constructor), which sets only the fields it names.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from sdv2_studio.engine.config import CONTROL_FIELDS, Controls
 from sdv2_studio.engine.errors import EngineError
-from sdv2_studio.engine.pipeline import Controls
+from sdv2_studio.engine.presets import Preset
 
-CONTROL_FIELDS = tuple(f.name for f in dataclasses.fields(Controls))
 ALIASES = {"transition": "transition_chunks"}
 
 
@@ -26,34 +26,20 @@ def _clean(name: str, kwargs: Mapping[str, object]) -> dict:
         if key not in CONTROL_FIELDS:
             raise EngineError(f"preset {name!r}: unknown setting {key!r}; use {', '.join(CONTROL_FIELDS)}")
         out[key] = value
-    dataclasses.replace(Controls(), **out).validated()  # fail at load time, not on stage
+    Controls(**out)  # fail at load time, not on stage
     return out
 
 
 class PresetBook:
-    """An ordered set of presets. ``controls(name)`` gives the Controls changes to apply."""
+    """An ordered set of presets. ``controls(name)`` gives the Controls fields to set."""
 
     def __init__(self, presets: Mapping[str, Mapping[str, object]]) -> None:
         self._presets = {str(name): _clean(str(name), kw) for name, kw in presets.items()}
 
     @classmethod
-    def from_presets(cls, presets: Iterable[object]) -> PresetBook:
-        """From ``Preset``-like objects, keyed by ``id`` (else ``name``); their ``controls()`` if they have one,
-        else any of the attributes prompt/steps/noise_scale/seed/transition(_chunks)."""
-        table = {}
-        for p in presets:
-            key = str(getattr(p, "id", None) or p.name)  # type: ignore[attr-defined]
-            controls = getattr(p, "controls", None)
-            if callable(controls):
-                table[key] = dict(controls())
-                continue
-            kw = {}
-            for attr in (*CONTROL_FIELDS, "transition"):
-                value = getattr(p, attr, None)
-                if value is not None:
-                    kw[attr] = value
-            table[key] = kw
-        return cls(table)
+    def from_presets(cls, presets: Iterable[Preset]) -> PresetBook:
+        """From presets of the library, keyed by id; each sets all of its controls."""
+        return cls({p.id: dataclasses.asdict(p.controls) for p in presets})
 
     @classmethod
     def from_library(cls) -> tuple[PresetBook, list[str]]:
@@ -88,7 +74,7 @@ class PresetBook:
         return len(self._presets)
 
     def controls(self, name: str) -> dict:
-        """The Controls changes for preset ``name``; EngineError naming the known presets otherwise."""
+        """The Controls fields preset ``name`` sets; EngineError naming the known presets otherwise."""
         try:
             return dict(self._presets[name])
         except KeyError:

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import torch
 from sdv2_studio.engine.api import Engine, EngineConfig
+from sdv2_studio.engine.config import Controls
 from sdv2_studio.engine.errors import EngineError
 from sdv2_studio.engine.io.pattern import TestPatternSource
 from sdv2_studio.engine.models import tiny_bundle
-from sdv2_studio.engine.pipeline import Controls
 from sdv2_studio.engine.slo import SLOConfig
 
 
@@ -61,20 +59,6 @@ def test_live_mode_drops_oldest_and_accounts_for_every_frame(bundle):
     assert not all(ok) and st.dropped_in > 0
     assert st.frames_in == 40
     assert len(out) == st.frames_out == 40 - st.dropped_in  # every frame is returned or counted as dropped
-
-
-def test_latest_drops_stale_results(bundle):
-    eng = Engine(EngineConfig(size=(64, 64), lossless=True, batch=False), bundle).start()
-    for f in frames(13):
-        eng.push(f)
-    eng.finish()
-    while eng.stats().frames_out < 13:
-        time.sleep(0.05)
-    newest = eng.latest()
-    st = eng.stats()
-    eng.stop()
-    assert newest is not None and eng.pull() is None
-    assert st.dropped_out == 12
 
 
 def test_controls_are_validated_immediately_and_applied_live(bundle):
@@ -154,16 +138,3 @@ def test_generous_target_keeps_the_plan(bundle):
     st = eng.stats()
     eng.stop()
     assert len(out) == 41 and st.slo.changes == 0 and st.slo.plan.batch and st.slo.plan.steps == 2
-
-
-def test_paced_output(bundle):
-    cfg = EngineConfig(size=(64, 64), controls=Controls(steps=1), pace_output=True, target_fps=16, queue_frames=64)
-    eng = Engine(cfg, bundle).start()
-    for f in frames(41):
-        eng.push(f, block=True)
-    out = drain(eng)
-    st = eng.stats()
-    eng.stop()
-    print(st.pacer)
-    assert st.pacer is not None and st.pacer.delivered == len(out) and len(out) + st.pacer.dropped == 41
-    assert len(out) >= 30 and st.pacer.input_fps < 200

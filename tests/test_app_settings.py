@@ -6,18 +6,46 @@ import dataclasses
 import json
 
 from sdv2_studio.app.settings import SETTINGS_VERSION, Settings, SettingsStore, config_dir
+from sdv2_studio.engine.config import Controls
 
 
 def test_round_trip(tmp_path):
     store = SettingsStore(tmp_path / "cfg" / "settings.json")
-    s = Settings(source="camera:0", model="tiny", width=832, height=480, steps=3, noise_scale=0.55, seed=9,
-                 output_record=True, recent_files=["/a.mp4"], latency_budget_ms=250, first_run_done=True)
+    s = Settings(source="camera:0", model="tiny", width=832, height=480, output_record=True, recent_files=["/a.mp4"],
+                 latency_budget_ms=250, first_run_done=True,
+                 controls=Controls(prompt="ink", steps=3, noise_scale=0.55, seed=9, transition_chunks=0))
     store.save(s)
     assert [p.name for p in store.path.parent.iterdir()] == ["settings.json"]  # no temp file left
     data = json.loads(store.path.read_text())
     assert data["version"] == SETTINGS_VERSION
+    assert data["controls"] == {"prompt": "ink", "steps": 3, "noise_scale": 0.55, "seed": 9, "transition_chunks": 0}
     back, notes = store.load()
     assert notes == [] and back == s
+    store.save(Settings())
+    assert store.load() == (Settings(), []) and Settings().controls is None  # None: the preset's controls
+
+
+def test_version_1_flat_controls_are_migrated(tmp_path):
+    path = tmp_path / "settings.json"
+    v1 = {"version": 1, "model": "tiny", "preset": "watercolor", "prompt": "my look", "steps": 3,
+          "noise_scale": 0.5, "seed": 4242, "transition_chunks": 4}
+    path.write_text(json.dumps(v1), encoding="utf-8")
+    s, notes = SettingsStore(path).load()
+    assert notes == [] and s.model == "tiny" and s.preset == "watercolor"
+    assert s.controls == Controls(prompt="my look", steps=3, noise_scale=0.5, seed=4242, transition_chunks=4)
+    SettingsStore(path).save(s)
+    data = json.loads(path.read_text())
+    assert data["version"] == SETTINGS_VERSION == 2 and "prompt" not in data and data["controls"]["seed"] == 4242
+    # version 1 wrote an empty prompt for "the preset's controls"
+    path.write_text(json.dumps({**v1, "prompt": ""}), encoding="utf-8")
+    assert SettingsStore(path).load() == (Settings(model="tiny", preset="watercolor"), [])
+    # a bad value (either version) is reported and the preset's controls are used
+    path.write_text(json.dumps({**v1, "steps": 9}), encoding="utf-8")
+    s, notes = SettingsStore(path).load()
+    assert s.controls is None and s.model == "tiny" and len(notes) == 1 and "steps" in notes[0]
+    path.write_text(json.dumps({"version": 2, "controls": {"prompt": "x", "colour": 1}}), encoding="utf-8")
+    s, notes = SettingsStore(path).load()
+    assert s.controls is None and "colour" in notes[0]
 
 
 def test_defaults_when_missing_and_default_location(tmp_path):

@@ -7,6 +7,7 @@ stays responsive while the engine runs.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -27,6 +28,7 @@ from sdv2_studio.app.services import GpuInfo, ModelItem, UnavailableObsService
 from sdv2_studio.app.settings import Settings, SettingsStore
 from sdv2_studio.app.theme import apply_theme
 from sdv2_studio.engine.api import Engine
+from sdv2_studio.engine.config import Controls
 from sdv2_studio.engine.io.pattern import TestPatternSource
 from sdv2_studio.engine.io.sinks import CallbackSink
 from sdv2_studio.engine.models import tiny_bundle
@@ -176,33 +178,44 @@ def test_clicking_a_preset_card_changes_the_engines_controls(window, qtbot):
     w = window
     start(qtbot, w)
     card = w.gallery.card("watercolor")
-    with qtbot.waitSignal(w.controller.controlsApplied, timeout=10_000,
-                          check_params_cb=lambda c: c.prompt == card.preset.prompt):
+    want = card.preset.controls
+    with qtbot.waitSignal(w.controller.controlsApplied, timeout=10_000, check_params_cb=lambda c: c == want):
         qtbot.mouseClick(card, Qt.LeftButton)
-    assert card.isChecked() and w.editor.title.text() == "Watercolor"
+    assert card.isChecked() and w.editor.title.text() == "Watercolor" and w.editor.controls() == want
     engine = w.controller.engine
-    want = card.preset
+    assert engine.config.controls == want  # the engine holds the preset's controls
     qtbot.waitUntil(lambda: engine.controls.prompt == want.prompt, timeout=30_000)  # applied at a chunk boundary
     c = engine.controls
-    assert (c.steps, c.noise_scale, c.seed, c.transition_chunks) == (want.steps, want.noise_scale, want.seed,
-                                                                     want.transition_chunks)
+    assert (c.noise_scale, c.seed, c.transition_chunks) == (want.noise_scale, want.seed, want.transition_chunks)
+    assert 1 <= c.steps <= want.steps  # the SLO plan may run fewer steps than the user's
+    assert w.settings.controls == want  # and the settings remember them
     # keys 1-9 pick cards too
     third = w.gallery.cards[2].preset
     with qtbot.waitSignal(w.controller.controlsApplied, timeout=10_000,
-                          check_params_cb=lambda c: c.prompt == third.prompt):
+                          check_params_cb=lambda c: c == third.controls):
         qtbot.keyClick(w, Qt.Key_3)
     assert w.presets.current.id == third.id
-    # editing a control in the editor goes to the engine as well
-    with qtbot.waitSignal(w.controller.controlsApplied, timeout=10_000, check_params_cb=lambda c: c.steps == 1):
+    # editing a control in the editor goes to the engine as well, on top of the preset's
+    with qtbot.waitSignal(w.controller.controlsApplied, timeout=10_000,
+                          check_params_cb=lambda c: c == dataclasses.replace(third.controls, steps=1)):
         w.editor.steps.setValue(1)
+    # a typed prompt joins the controls only when applied
+    w.editor.prompt.setPlainText("neon ink, glowing lines")
+    assert engine.config.controls.prompt == third.controls.prompt and w.editor.apply_prompt.isEnabled()
+    with qtbot.waitSignal(w.controller.controlsApplied, timeout=10_000,
+                          check_params_cb=lambda c: c.prompt == "neon ink, glowing lines" and c.steps == 1):
+        w.editor.apply_prompt.click()
     stop(qtbot, w)
 
 
 def test_preset_chosen_while_idle_is_used_at_start(window, qtbot):
     w = window
     qtbot.mouseClick(w.gallery.card("comic-ink"), Qt.LeftButton)
+    w.editor.seed.setValue(77)  # idle edits too: the start request carries the editor's controls
     start(qtbot, w)
-    assert w.controller.engine.controls.prompt == w.gallery.card("comic-ink").preset.prompt
+    want = w.gallery.card("comic-ink").preset.controls
+    assert w.controller.engine.config.controls == dataclasses.replace(want, seed=77)
+    assert w.controller.engine.controls.prompt == want.prompt
     stop(qtbot, w)
     assert w.settings.preset == "comic-ink"
 
@@ -218,12 +231,12 @@ def test_errors_surface_as_readable_messages(window, qtbot, tmp_path):
     qtbot.waitUntil(lambda: w.controller.state == IDLE, timeout=10_000)
     text = w.banner.text.text()
     assert "Traceback" not in text and "nope.mp4" in text and "\n" not in text
-    # an invalid control is refused with a message, never applied
+    # an empty prompt cannot be applied, saved or started: the message names the fix
     w.source_picker.choose("test")
-    w.controller.set_controls(noise_scale=1.5)
-    qtbot.waitUntil(lambda: "noise scale must be in (0, 1]" in w.banner.text.text().lower(), timeout=10_000)
-    # an empty prompt cannot be started
     w.editor.prompt.setPlainText("  ")
+    assert not w.editor.apply_prompt.isEnabled()
+    assert w.presets.save_as("Empty") is None and "prompt is empty; type what" in w.banner.text.text().lower()
+    w.banner.showMessage("", "info")
     w.toggle_stream(confirm=False)
     assert "prompt is empty" in w.banner.text.text().lower() and w.controller.state == IDLE
 
@@ -312,10 +325,10 @@ def test_preset_library_actions_round_trip_through_disk(window, qtbot, tmp_path)
     saved = pc.save_as("My Look")
     assert saved is not None and saved.path == tmp_path / "user-presets" / "my-look.toml"
     assert w.gallery.card("my-look").isChecked() and not saved.builtin
-    assert saved.prompt == "my own look, neon ink" and saved.thumbnail.is_file()  # thumbnail of the base preset
+    assert saved.controls.prompt == "my own look, neon ink" and saved.thumbnail.is_file()  # the base's thumbnail
     w.editor.steps.setValue(4)
     edited = pc.save()
-    assert edited.steps == 4
+    assert edited.controls == dataclasses.replace(saved.controls, steps=4)
     dup = pc.duplicate()
     assert dup.name == "My Look copy" and dup.id == "my-look-copy"
     exported = pc.export_to(str(tmp_path / "out" / "share.toml"))
@@ -350,17 +363,20 @@ def test_settings_persist_across_windows(qtbot, tmp_path, bundle):
     w.engine_panel._resolution_chosen()
     w.close()  # saves synchronously
     s, notes = SettingsStore(tmp_path / "settings.json").load()
-    assert notes == [] and s.preset == "pixel-art" and s.seed == 4242 and (s.width, s.height) == (128, 128)
-    w2 = make_window(qtbot, tmp_path, bundle, **{k: getattr(s, k) for k in ("preset", "prompt", "seed", "steps",
-                                                                          "noise_scale", "transition_chunks")})
+    assert notes == [] and s.preset == "pixel-art" and (s.width, s.height) == (128, 128)
+    assert s.controls == dataclasses.replace(w.library.get("pixel-art").controls, seed=4242)
+    w2 = make_window(qtbot, tmp_path, bundle, preset=s.preset, controls=s.controls)
     assert w2.presets.current.id == "pixel-art" and w2.editor.seed.value() == 4242 and w2.editor.modified.isVisible()
+    assert w2.editor.controls() == s.controls and w2.request().config.controls == s.controls
     w2.close()
 
 
 def test_engine_settings_warn_before_a_setting_that_will_not_fit(window, qtbot):
     panel = window.engine_panel
     panel.setGpus([GpuInfo(0, "Test GPU 8 GB", 8 * 1024**3)], 32 * 1024**3)
-    panel.setSettings(Settings(model="auto", device="cuda:0", width=832, height=480, steps=4))
+    # the shape of the 1.3B model with random weights: nothing is downloaded here, and "auto" would be the tiny model
+    panel.setSettings(Settings(model="random:wan2.1-1.3b", device="cuda:0", width=832, height=480,
+                               controls=Controls(steps=4)))
     assert panel.fit_level()[0] == "no"
     assert "will not fit" in panel.fit.text().lower() and panel.fit.property("level") == "no"
     panel._select(panel.resolution, "256x256")

@@ -16,7 +16,9 @@ from sdv2_studio.engine.checkpoint import (
     CheckpointInfo,
     detect_config,
     expected_shapes,
+    format_file_info,
     format_info,
+    identify,
     inspect_checkpoint,
     load_model,
     save_model,
@@ -242,6 +244,68 @@ def test_comfyui_prefix_and_fp8_file(tmp_path, sd):
     assert torch.equal(model.blocks[0].ffn[0].weight, want)
 
 
+FP8_MAX = 448.0  # largest float8_e4m3fn
+
+
+def comfy_fp8_scaled(sd: dict[str, torch.Tensor], prefix: str) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """ComfyUI's *_fp8_scaled layout (comfy/ops.py, model_detection.py): every linear weight stored as
+    fp8(w / s) with its scale s = amax / 448 in `scale_weight` (and an fp8-matmul `scale_input`), everything else in
+    bf16, and a `scaled_fp8` marker whose dtype names the format. Returns (file tensors, {weight: s})."""
+    out = {f"{prefix}scaled_fp8": torch.empty(2, dtype=torch.float8_e4m3fn)}
+    scales = {}
+    for k, v in sd.items():
+        if k.endswith(".weight") and v.dim() == 2:
+            s = float(v.abs().max()) / FP8_MAX
+            out[prefix + k] = (v / s).to(torch.float8_e4m3fn)
+            out[prefix + k.removesuffix("weight") + "scale_weight"] = torch.tensor(s)
+            out[prefix + k.removesuffix("weight") + "scale_input"] = torch.tensor(1.0)
+            scales[k] = s
+        else:
+            out[prefix + k] = v.bfloat16()
+    return out, scales
+
+
+@pytest.mark.parametrize("prefix", ["", "model.diffusion_model."], ids=["diffusion_models", "checkpoint"])
+def test_comfy_fp8_scaled(tmp_path, source, sd, prefix):
+    """Dequantised per tensor into bf16 at load. Each weight within the e4m3 bound (2^-4 of its magnitude, or
+    2^-10 * scale below the smallest normal) plus bf16 rounding; the output within 2^-4 (relative L2) of the bf16
+    reference run."""
+    tensors, scales = comfy_fp8_scaled(sd, prefix)
+    path = tmp_path / "wan2.1_t2v_1.3B_fp8_scaled.safetensors"
+    save_file(tensors, path)
+    model, info = load_model(path, dtype=torch.bfloat16)
+    assert (info.layout, info.preset, info.num_tensors) == ("wan", "tiny", len(sd))  # scales are not tensors
+    assert info.dtypes == ("bfloat16", "float8_e4m3fn") and any("scaled fp8" in n for n in info.notes)
+    got = model.state_dict()
+    for k, v in sd.items():
+        if k in scales:
+            bound = torch.maximum(v.abs() * 2 ** -4, torch.tensor(2 ** -10 * scales[k])) * (1 + 2 ** -8)
+            err = (got[k].float() - v).abs()
+            assert (err <= bound + v.abs() * 2 ** -8).all() and err.max() > 0, k  # + bf16 roundoff
+        else:  # stored in bf16: exactly the bf16 value
+            assert torch.equal(got[k].float(), v.bfloat16().float()), k
+    ref, _ = load_model(save_model(source, tmp_path / "ref.safetensors"), dtype=torch.bfloat16)
+    gen = torch.Generator().manual_seed(3)
+    x, ctx = torch.randn(1, TINY.in_dim, 2, 4, 4, generator=gen), torch.randn(1, 7, TINY.text_dim, generator=gen)
+    with torch.no_grad():
+        a, b = model(x, torch.tensor([700.0]), ctx).float(), ref(x, torch.tensor([700.0]), ctx).float()
+    assert 0 < (a - b).norm() / b.norm() < 2 ** -4
+
+
+def test_comfy_bf16_file_bitwise(tmp_path, source, sd):
+    """ComfyUI's repackaged bf16 DiT (bare Wan names): the same model as the reference cast to bf16, bit for bit."""
+    save_file({k: v.bfloat16() for k, v in sd.items()}, tmp_path / "wan2.1_t2v_1.3B_bf16.safetensors")
+    model, info = load_model(tmp_path / "wan2.1_t2v_1.3B_bf16.safetensors", dtype=torch.bfloat16)
+    ref, _ = load_model(save_model(source, tmp_path / "ref.safetensors"), dtype=torch.bfloat16)
+    for name, p in ref.state_dict().items():  # fp32 islands hold the bf16-rounded values, as the file does
+        assert torch.equal(model.state_dict()[name], p.bfloat16().to(p.dtype)), name
+    x, ctx = torch.randn(1, TINY.in_dim, 1, 4, 4), torch.randn(1, 5, TINY.text_dim)
+    with torch.no_grad():
+        islands_rounded = {k: v.bfloat16().to(v.dtype) for k, v in ref.state_dict().items()}
+        ref.load_state_dict(islands_rounded)
+        assert torch.equal(model(x, torch.tensor([500.0]), ctx), ref(x, torch.tensor([500.0]), ctx))
+
+
 # ----------------------------------------------------------------------------------------------------------
 # dtype and device
 
@@ -356,6 +420,88 @@ def test_inspect_real_size_headers(tmp_path):
     expected = ("wan2.1-1.3b", "1,418,996,800", "825 tensors", "bfloat16", "12 heads x 128", "layout:  wan")
     for words in expected:
         assert words in text, text
+
+
+# ----------------------------------------------------------------------------------------------------------
+# identify / sdv2 inspect: every kind of model file
+
+
+def _model_files(tmp: Path, source: CausalWanModel) -> dict[str, Path]:
+    """One small file of each kind, in the layouts users have."""
+    from sdv2_studio.engine.taehv import TAEHVDecoder
+    from sdv2_studio.engine.text import tiny_text_encoder
+    from sdv2_studio.engine.vae import VAEConfig, WanVAE, wan_to_diffusers_key
+
+    files = {"dit": save_model(source, tmp / "dit.safetensors")}
+    vae_cfg = VAEConfig(base_dim=8)
+    vae = {k: v.bfloat16() for k, v in WanVAE(vae_cfg).state_dict().items()}
+    save_file(vae, tmp / "wan_2.1_vae.safetensors")
+    save_file({wan_to_diffusers_key(k, vae_cfg): v for k, v in vae.items()}, tmp / "vae_diffusers.safetensors")
+    files |= {"vae-wan": tmp / "wan_2.1_vae.safetensors", "vae-diffusers": tmp / "vae_diffusers.safetensors"}
+    te = {k: v for k, v in tiny_text_encoder(text_dim=32, text_len=8).model.state_dict().items()
+          if k != "encoder.embed_tokens.weight"}
+    scaled = {"scaled_fp8": torch.empty(0, dtype=torch.float8_e4m3fn),
+              "spiece_model": torch.zeros(9, dtype=torch.uint8)}
+    for k, v in te.items():
+        scaled |= {k: v.to(torch.float8_e4m3fn), k.removesuffix("weight") + "scale_weight": torch.tensor(1.0)} \
+            if "DenseReluDense" in k else {k: v.half()}
+    save_file(scaled, tmp / "umt5_xxl_fp8_e4m3fn_scaled.safetensors")
+    wan_te = {"token_embedding.weight": (258, 32), "norm.weight": (32,), "blocks.0.norm1.weight": (32,),
+              **{f"blocks.0.attn.{p}.weight": (32, 32) for p in "qkvo"}, "blocks.0.norm2.weight": (32,),
+              "blocks.0.pos_embedding.embedding.weight": (32, 2), "blocks.0.ffn.gate.0.weight": (64, 32),
+              "blocks.0.ffn.fc1.weight": (64, 32), "blocks.0.ffn.fc2.weight": (32, 64)}  # Wan's T5Encoder names
+    torch.save({k: torch.zeros(s, dtype=torch.bfloat16) for k, s in wan_te.items()},
+               tmp / "models_t5_umt5-xxl-enc-bf16.pth")
+    files |= {"te-comfy": tmp / "umt5_xxl_fp8_e4m3fn_scaled.safetensors",
+              "te-wan": tmp / "models_t5_umt5-xxl-enc-bf16.pth"}
+    lora = {}
+    for m in ("blocks.0.self_attn.q", "blocks.1.ffn.0"):
+        w = source.state_dict()[f"{m}.weight"]
+        lora |= {f"diffusion_model.{m}.lora_down.weight": torch.zeros(4, w.shape[1]),
+                 f"diffusion_model.{m}.lora_up.weight": torch.zeros(w.shape[0], 4),
+                 f"diffusion_model.{m}.alpha": torch.tensor(4.0)}
+    save_file(lora, tmp / "style_lora.safetensors")
+    torch.save(TAEHVDecoder().state_dict(), tmp / "taew2_1.pth")
+    return files | {"lora": tmp / "style_lora.safetensors", "taehv": tmp / "taew2_1.pth"}
+
+
+IDENTIFIED = {  # file -> (kind, layout, words in the summary)
+    "dit": ("dit", "wan", "text-to-video DiT, tiny"),
+    "vae-wan": ("vae", "wan", "Wan2.1 video VAE (base_dim 8, z_dim 16)"),
+    "vae-diffusers": ("vae", "diffusers", "Wan2.1 video VAE (base_dim 8, z_dim 16)"),
+    "te-comfy": ("text-encoder", "transformers", "umT5 text encoder (d_model 32, 2 layers, 2 heads, vocab 258, "
+                                                 "tokenizer embedded)"),
+    "te-wan": ("text-encoder", "wan", "umT5 text encoder (d_model 32, 1 layer, 2 heads, vocab 258)"),
+    "lora": ("lora", "comfy", f"LoRA for a dim-{TINY.dim} DiT (tiny): 2 layers at rank 4"),
+    "taehv": ("taehv", "taehv", "TAEHV tiny video autoencoder for Wan2.1 (taew2_1), decoder only"),
+}
+
+
+def test_identify_every_kind(tmp_path, source):
+    files = _model_files(tmp_path, source)
+    for name, (kind, layout, words) in IDENTIFIED.items():
+        info = identify(files[name])
+        assert (info.kind, info.layout) == (kind, layout), name
+        assert words in info.summary, (name, info.summary)
+        text = format_file_info(info)
+        assert f"kind:    {dict(dit='DiT', vae='VAE', lora='LoRA', taehv='TAEHV').get(kind, 'text encoder')}" in text
+        assert f"{info.num_params:,} in {info.num_tensors} tensors" in text, text
+    dit = identify(files["dit"])
+    assert dit.checkpoint.config == TINY and dit.num_params == source.num_params()
+    assert "layout:  wan" in format_file_info(dit) and "preset:  tiny" in format_file_info(dit)
+    comfy = identify(files["te-comfy"])
+    assert "float8_e4m3fn" in comfy.dtypes and any("scaled fp8" in n for n in comfy.notes)
+    assert identify(tmp_path / "taew2_1.pth").num_params == sum(p.numel() for p in
+                                                                 torch.load(files["taehv"]).values())
+
+
+def test_identify_rejects_other_files(tmp_path, sd):
+    save_file({"foo.weight": torch.zeros(3)}, tmp_path / "w.safetensors")
+    with pytest.raises(EngineError, match="not a model file this app reads .* foo.weight"):
+        identify(tmp_path / "w.safetensors")
+    save_file(sd | {"img_emb.proj.0.weight": torch.zeros(2)}, tmp_path / "i2v.safetensors")
+    with pytest.raises(EngineError, match="image-to-video"):
+        identify(tmp_path / "i2v.safetensors")
 
 
 # ----------------------------------------------------------------------------------------------------------

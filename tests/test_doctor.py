@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import socket
 import sys
 import threading
+from types import SimpleNamespace
 
 from sdv2_studio.engine import doctor
 from sdv2_studio.engine.doctor import FAIL, OK, WARN, Check
@@ -26,6 +28,24 @@ def test_full_run_on_this_machine_prints_one_screen():
     assert len(report.splitlines()) < 40 and "→" in report or all(c.status == OK for c in checks)
     if not doctor.check_torch()[0].detail.startswith("cannot"):
         assert checks[0].status == OK
+
+
+def test_vram_advice_comes_from_the_memory_estimator(monkeypatch):
+    import torch
+    from sdv2_studio.engine.memory import GiB, reference
+
+    min_gb, recommended_gb = doctor.vram_needs()
+    assert recommended_gb == math.ceil(reference().total / GiB) and min_gb < recommended_gb
+    sizes = [min_gb - 1, (min_gb + recommended_gb) / 2, recommended_gb + 1]
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: len(sizes))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: SimpleNamespace(
+        name=f"GPU {sizes[i]} GB", total_memory=int(sizes[i] * GiB), major=8, minor=9))
+    checks = doctor.check_torch()
+    assert [c.status for c in checks[1:]] == [FAIL, WARN, OK]
+    assert f"{recommended_gb}+ GB" in checks[1].fix and "512x512" in checks[2].fix
 
 
 def test_models_missing_is_a_warning_naming_the_download_command():

@@ -1,13 +1,14 @@
-"""The analytic FLOP count equals what torch's FlopCounterMode sees for the matmuls of a real forward."""
+"""The analytic FLOP count (bench/flops.py) equals what FlopCounterMode sees for the matmuls of a real forward."""
 
 import torch
 import torch.nn.functional as F
+from sdv2_studio.engine.cli import load_bench
 from sdv2_studio.engine.config import PRESETS, CacheConfig
-from sdv2_studio.engine.flops import forward_flops
 from sdv2_studio.engine.kv_cache import KVCache, StreamClock
 from sdv2_studio.engine.model import CausalWanModel
 from torch.utils.flop_counter import FlopCounterMode
 
+forward_flops = load_bench("flops").forward_flops
 CFG = PRESETS["tiny"]
 
 

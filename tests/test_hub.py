@@ -1,17 +1,23 @@
 """`engine.hub` against a real local HTTP server that speaks the parts of the Hugging Face hub API that the
-installed huggingface_hub uses: `GET /api/models/{repo}/revision/{rev}?blobs=true`, `HEAD`/`GET`
-`/{repo}/resolve/{rev}/{path}` (git files served directly, LFS files as a 302 to a "CDN" host with `X-Linked-Etag`
-= sha256 and `X-Linked-Size`), and Range requests. Nothing here touches huggingface.co or the user's caches."""
+installed huggingface_hub uses: `GET /api/models/{repo}/revision/{rev}?blobs=true` (our listing; also
+snapshot_download's in huggingface_hub 1.x), `GET /api/models/{repo}/tree/{rev}?recursive=...` (snapshot_download's
+listing in 2.x), `HEAD`/`GET` `/{repo}/resolve/{rev}/{path}` (git files served directly, LFS files as a 302 to a
+"CDN" host with `X-Linked-Etag` = sha256 and `X-Linked-Size`), and Range requests. Nothing here touches
+huggingface.co or the user's caches."""
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import contextlib
 import hashlib
 import io
 import json
+import os
 import random
 import socket
+import subprocess
+import sys
 import threading
 from collections import namedtuple
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,7 +27,7 @@ from urllib.parse import unquote, urlsplit
 import pytest
 import sdv2_studio.engine.cli
 
-hf = pytest.importorskip("huggingface_hub")
+pytest.importorskip("huggingface_hub")
 hf_constants = pytest.importorskip("huggingface_hub.constants")
 hf_utils = pytest.importorskip("huggingface_hub.utils")
 
@@ -82,7 +88,13 @@ class FakeHub:
         self.log: list[dict] = []
         self.cut_once: set[str] = set()  # "repo/path": send half the body, then drop the connection (once)
         self.corrupt: set[str] = set()  # "repo/path": serve other bytes than the advertised sha256
+        self.stall: set[str] = set()  # "repo/path": send the headers of the body, then nothing
+        self.later_listings: dict[str, dict[str, bytes]] = {}  # repo -> files added to every listing after the first
+        self.listings = 0
+        self.tokens: dict[str, str] = {}  # repo -> the only token that may read it (else 401)
+        self.fail: dict[str, int] = {}  # repo -> HTTP status of its API answers
         self.lock = threading.Lock()
+        self.closing = threading.Event()
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -99,6 +111,7 @@ class FakeHub:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
+        self.server.handle_error = lambda request, address: None  # clients that give up (a stop, a cut) are normal
         self.port = self.server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
@@ -106,6 +119,7 @@ class FakeHub:
         self.thread.start()
 
     def close(self):
+        self.closing.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -172,18 +186,35 @@ class FakeHub:
         self.send(h, 404, [("X-Error-Code", "RepoNotFound")], head=head)
 
     def api(self, h, rest, head):
-        repo, _, rev = rest.partition("/revision/")
+        if "/tree/" in rest:
+            repo, _, rev = rest.partition("/tree/")
+        else:
+            repo, _, rev = rest.partition("/revision/")
         if repo not in self.repos:
             return self.send(h, 404, [("X-Error-Code", "RepoNotFound")], _json({"error": "Repository not found"}),
                              head)
-        siblings = []
-        for name, data in sorted(self.repos[repo].items()):
-            sib = {"rfilename": name, "size": len(data), "blobId": git_blob_id(data)}
-            if self.is_lfs(name):
-                sib["lfs"] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
-            siblings.append(sib)
-        body = _json({"id": repo, "modelId": repo, "sha": self.commit, "private": False, "siblings": siblings})
-        self.send(h, 200, [("Content-Type", "application/json")], body, head)
+        if repo in self.fail:
+            return self.send(h, self.fail[repo], [], _json({"error": "something broke"}), head)
+        if repo in self.tokens and h.headers.get("Authorization") != f"Bearer {self.tokens[repo]}":
+            return self.send(h, 401, [("X-Error-Code", "GatedRepo")], _json({"error": "Access restricted"}), head)
+        with self.lock:
+            self.listings += 1
+            files = dict(self.repos[repo])
+            if self.listings > 1:
+                files.update(self.later_listings.get(repo, {}))
+        entries = []
+        for name, data in sorted(files.items()):
+            lfs = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
+            entries.append((name, data, lfs if self.is_lfs(name) else None))
+        if "/tree/" in rest:
+            body = [{"type": "file", "path": name, "size": len(data), "oid": git_blob_id(data),
+                     **({"lfs": {"oid": lfs["sha256"], "size": lfs["size"], "pointerSize": 134}} if lfs else {})}
+                    for name, data, lfs in entries]
+        else:
+            body = {"id": repo, "modelId": repo, "sha": self.commit, "private": False,
+                    "siblings": [{"rfilename": name, "size": len(data), "blobId": git_blob_id(data),
+                                  **({"lfs": lfs} if lfs else {})} for name, data, lfs in entries]}
+        self.send(h, 200, [("Content-Type", "application/json")], _json(body), head)
 
     def serve(self, h, repo, name, head, headers):
         data = self.content(repo, name)
@@ -195,13 +226,17 @@ class FakeHub:
         if start:
             headers = [*headers, ("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")]
         headers = [*headers, ("Content-Length", str(len(data) - start)), ("Accept-Ranges", "bytes")]
-        if not head and not start and key in self.cut_once:
-            self.cut_once.discard(key)
-            h.send_response(200)
+        if not head and (key in self.cut_once or key in self.stall):
+            h.send_response(206 if start else 200)
             for k, v in headers:
                 h.send_header(k, v)
             h.end_headers()
-            h.wfile.write(data[: len(data) // 2])
+            if key in self.stall:  # hold the connection open, send nothing more
+                h.wfile.flush()
+                self.closing.wait(120)
+                return None
+            self.cut_once.discard(key)
+            h.wfile.write(data[start: start + (len(data) - start) // 2])
             h.wfile.flush()
             h.close_connection = True
             with contextlib.suppress(OSError):
@@ -210,19 +245,29 @@ class FakeHub:
         return self.send(h, 206 if start else 200, headers, data[start:], head)
 
 
-@pytest.fixture
-def fake_hub(monkeypatch, tmp_path):
-    server = FakeHub(fake_repos())
-    monkeypatch.setenv("HF_ENDPOINT", server.url)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+def clean_hub_env(monkeypatch, endpoint: str) -> None:
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
     for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN", "HF_HUB_CACHE", "HTTP_PROXY", "HTTPS_PROXY",
-                "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+                "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy", "HF_HUB_ETAG_TIMEOUT",
+                "HF_HUB_DOWNLOAD_TIMEOUT"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)  # read once at import by huggingface_hub
     hf_utils.close_session()  # a fresh client picks up this environment
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    server = FakeHub(fake_repos())
+    clean_hub_env(monkeypatch, server.url)
     yield server
     server.close()
+
+
+@pytest.fixture
+def deadline(monkeypatch):
+    """Every request to the hub may wait one second (huggingface_hub read HF_HUB_*_TIMEOUT at import)."""
+    monkeypatch.setattr(hf_constants, "HF_HUB_ETAG_TIMEOUT", 1)
+    monkeypatch.setattr(hf_constants, "HF_HUB_DOWNLOAD_TIMEOUT", 1)
 
 
 def sha256_file(path: Path) -> str:
@@ -232,6 +277,22 @@ def sha256_file(path: Path) -> str:
 def base_files_wanted(repos) -> list[str]:
     return sorted(n for n in repos[BASE] if n == "model_index.json" or n.split("/")[0] in ("text_encoder", "tokenizer",
                                                                                             "vae"))
+
+
+def run_cli(argv: list[str]) -> int:
+    return sdv2_studio.engine.cli.main(argv)
+
+
+def run_cli_process(argv: list[str], env: dict[str, str], prelude: str = "") -> subprocess.CompletedProcess:
+    """`sdv2 ...` in a fresh interpreter (huggingface_hub reads its settings from this environment at import)."""
+    code = f"{prelude}\nimport sys\nfrom sdv2_studio.engine.cli import main\nsys.exit(main({argv!r}))"
+    return subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True,
+                          timeout=300)
+
+
+def messages(stderr: str) -> list[str]:
+    """What the CLI wrote to stderr besides its progress lines ("[ 42%] ...")."""
+    return [ln for ln in stderr.splitlines() if not ln.startswith("[")]
 
 
 def test_catalogue_is_data_with_the_default_set():
@@ -270,7 +331,9 @@ def test_default_download_layout_find_downloaded_and_noop(fake_hub):
     assert len(fake_hub.body_gets()) == wanted == 12
     fractions = [f for _, f in calls]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0  # monotonic, ends at 100 %
-    assert any("downloading StreamDiffusionV2/wan_causal_dmd_v2v/model.pt" in m for m, _ in calls)
+    assert any(m.startswith("downloading sdv2-1.3b (300.0 kB)") for m, _ in calls)
+    assert any(m.startswith("downloading wan2.1-1.3b-base: ") for m, _ in calls)  # bytes from huggingface_hub's bar
+    assert any(m == "verifying StreamDiffusionV2/wan_causal_dmd_v2v/model.pt (sha256)" for m, _ in calls)
 
     # a second download transfers no file data: one metadata call per repo, no HEAD, no GET of a file
     n = len(fake_hub.log)
@@ -300,40 +363,77 @@ class Cancelled(Exception):
     pass
 
 
-def test_interrupted_run_is_completed_by_the_next_one(fake_hub, monkeypatch):
-    # stop in the middle of a file, as a GUI cancel (an exception from the progress callback) or Ctrl-C would
+STOP_AT = "text_encoder/model-00002-of-00002.safetensors"
+
+
+def stop_inside_the_second_shard(monkeypatch, stop):
+    """One file at a time, 16 kB pieces: `stop()` runs when the base's bytes reach the middle of STOP_AT."""
     monkeypatch.setattr(hf_constants, "DOWNLOAD_CHUNK_SIZE", 16384)
-    monkeypatch.setattr(hub._Reporter, "interval", 0.0)
-    stop_at = "text_encoder/model-00002-of-00002.safetensors"
+    monkeypatch.setattr(hub, "_WORKERS", 1)
+    monkeypatch.setattr(hub._Transfer, "interval", 0.0)
+    repos = fake_repos()
+    before = sum(len(repos[BASE][n]) for n in base_files_wanted(repos) if n < STOP_AT)
+    prefix = "downloading wan2.1-1.3b-base: "
     seen = []
 
-    def cancel(msg, frac):
+    def progress(msg, frac):
         seen.append(msg)
-        if msg.startswith(f"downloading Wan2.1-T2V-1.3B-Diffusers/{stop_at}: "):  # bytes of that file arrived
-            raise Cancelled
+        if msg.startswith(prefix) and "stopped" not in seen:
+            number, unit = msg[len(prefix):].split()[:2]
+            if float(number) * {"B": 1, "kB": 1000}[unit] > before + 16384:
+                seen.append("stopped")
+                stop()
 
-    with pytest.raises(Cancelled):
-        hub.download(progress=cancel)
-    assert seen[-1].endswith("16.4 kB of 80.0 kB")
+    return progress, seen
+
+
+def check_stopped_then_completed(fake_hub):
     root = models_dir()
     assert hub.status("sdv2-1.3b") == hub.DOWNLOADED
     assert hub.status("wan2.1-1.3b-base") == hub.PARTIAL
     assert find_downloaded() is None
-    assert not (root / BASE_DIR / stop_at).exists()  # huggingface_hub 2.x keeps no partial file across runs
-    first = [g["file"] for g in fake_hub.body_gets()]
-    assert stop_at in first and "text_encoder/model-00001-of-00002.safetensors" in first
+    repos = fake_repos()
+    present = {n for n in base_files_wanted(repos) if (root / BASE_DIR / n).is_file()}
+    assert present == {n for n in base_files_wanted(repos) if n < STOP_AT}  # files before the cut one, whole
+    assert all((root / BASE_DIR / n).read_bytes() == repos[BASE][n] for n in present)
     n = len(fake_hub.log)
 
     hub.download()
     again = [r for r in fake_hub.log[n:] if r["method"] == "GET" and r["file"]]
-    fetched = [r["file"] for r in again]
-    assert "wan_causal_dmd_v2v/model.pt" not in fetched  # finished files are not fetched again
-    assert "text_encoder/model-00001-of-00002.safetensors" not in fetched
-    assert [r["range"] for r in again if r["file"] == stop_at] == [None]  # the cut file starts over
-    assert set(fetched) == {stop_at, *base_files_wanted(fake_repos())} - set(first[:-1])
+    assert sorted(r["file"] for r in again) == sorted(set(base_files_wanted(repos)) - present)
+    assert [r["range"] for r in again if r["file"] == STOP_AT] == [None]  # the cut file starts over
     assert find_downloaded() == (root / CAUSAL_DIR, root / BASE_DIR)
-    for name in base_files_wanted(fake_repos()):
-        assert (root / BASE_DIR / name).read_bytes() == fake_repos()[BASE][name]
+    for name in base_files_wanted(repos):
+        assert (root / BASE_DIR / name).read_bytes() == repos[BASE][name]
+
+
+def test_cancel_from_progress_is_completed_by_the_next_run(fake_hub, monkeypatch):
+    # the app's cancel: an exception from the progress callback, raised in one of huggingface_hub's threads
+    def cancel():
+        raise Cancelled
+
+    progress, seen = stop_inside_the_second_shard(monkeypatch, cancel)
+    with pytest.raises(Cancelled):
+        hub.download(progress=progress)
+    assert seen.count("stopped") == 1 and seen[-1] == "stopped"  # nothing reported after the cancel
+    check_stopped_then_completed(fake_hub)
+
+
+def test_ctrl_c_stops_the_transfers(fake_hub, monkeypatch, capsys):
+    # Ctrl-C arrives in the main thread while huggingface_hub's threads download: they stop at their next piece
+    stopped = threading.Event()
+    stop = hub._Transfer.stop
+    monkeypatch.setattr(hub._Transfer, "stop", lambda self, e: (stop(self, e), stopped.set()))
+
+    def ctrl_c():
+        _thread.interrupt_main()
+        assert stopped.wait(60)  # the main thread has stopped the transfer; this piece is the last one
+
+    progress, _ = stop_inside_the_second_shard(monkeypatch, ctrl_c)
+    monkeypatch.setattr(hub, "_cli_progress", lambda: progress)
+    assert run_cli(["models", "download"]) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "sdv2: interrupted"
+    check_stopped_then_completed(fake_hub)
 
 
 def test_corrupted_download_is_rejected_and_deleted(fake_hub):
@@ -341,7 +441,7 @@ def test_corrupted_download_is_rejected_and_deleted(fake_hub):
     with pytest.raises(EngineError) as err:
         hub.download(["sdv2-1.3b"])
     msg = str(err.value)
-    assert "\n" not in msg and "corrupted (sha256" in msg and "sdv2 models download sdv2-1.3b" in msg
+    assert "\n" not in msg and "is corrupted (300000 bytes" in msg and "sdv2 models download sdv2-1.3b" in msg
     assert not (models_dir() / CAUSAL_DIR / "model.pt").exists()
     assert hub.status("sdv2-1.3b") != hub.DOWNLOADED
 
@@ -354,7 +454,8 @@ def test_damaged_file_on_disk_is_replaced(fake_hub):
     (folder,) = hub.download(["sdv2-1.3b"])
     data = (folder / "model.pt").read_bytes()
     (folder / "model.pt").write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # same size, one bit flipped
-    # the verified record no longer matches (mtime changed), so the content is hashed and re-downloaded
+    assert hub.status("sdv2-1.3b") == hub.PARTIAL  # no longer what was verified (its mtime changed)
+    # so its content is hashed, found wrong and downloaded again
     n = len(fake_hub.body_gets())
     hub.download(["sdv2-1.3b"])
     assert len(fake_hub.body_gets()) == n + 1
@@ -381,8 +482,10 @@ def test_files_copied_by_hand_are_checked_not_downloaded(fake_hub):
     model.parent.mkdir(parents=True)
     model.write_bytes(fake_repos()[SDV2]["wan_causal_dmd_v2v/model.pt"])
     assert hub.status("sdv2-1.3b") == hub.DOWNLOADED  # what the engine needs is there
-    hub.download(["sdv2-1.3b"])
+    msgs = []
+    hub.download(["sdv2-1.3b"], progress=lambda m, f: msgs.append(m))
     assert fake_hub.body_gets() == []  # its sha256 matched the hub's
+    assert "checking the existing StreamDiffusionV2/wan_causal_dmd_v2v/model.pt (sha256)" in msgs
 
 
 def free_port() -> int:
@@ -430,6 +533,19 @@ def test_not_enough_disk_space(fake_hub, monkeypatch):
     assert fake_hub.body_gets() == []
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="a POSIX file-size limit stands in for a full disk")
+def test_disk_full_while_writing_is_one_line(fake_hub):
+    # the OS refuses to write past 100 kB (RLIMIT_FSIZE: EFBIG, as a full disk refuses with ENOSPC)
+    limit = "import resource, signal\nsignal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n" \
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))"
+    res = run_cli_process(["models", "download", "sdv2-1.3b"], {"HF_ENDPOINT": fake_hub.url}, prelude=limit)
+    assert res.returncode == 2, res.stderr
+    err = messages(res.stderr)
+    assert len(err) == 1 and err[0].startswith(f"sdv2: error: cannot write sdv2-1.3b to {models_dir()} (File too "
+                                               "large): free some space or pass --dir FOLDER"), res.stderr
+    assert hub.status("sdv2-1.3b") != hub.DOWNLOADED
+
+
 def test_token_and_dir(fake_hub, monkeypatch, tmp_path):
     monkeypatch.setenv("HF_TOKEN", "hf_test_token")
     target = tmp_path / "elsewhere"
@@ -442,9 +558,127 @@ def test_token_and_dir(fake_hub, monkeypatch, tmp_path):
     assert all(r["auth"] is None for r in fake_hub.log if r["host"].startswith("localhost"))  # not sent to the CDN
 
 
-def test_unknown_repo_is_one_line(fake_hub):
-    with pytest.raises(EngineError, match=r"^the hub has no repository madebyollin/taehv \(HTTP 404\) \(UNVERIFIED"):
+@pytest.mark.parametrize("case, expected", [
+    ("unknown", r"the hub has no repository madebyollin/taehv \(HTTP 404\) \(UNVERIFIED"),
+    ("token", r"the hub refused access to madebyollin/taehv \(HTTP 401\): accept its terms on the hub and set "
+              r"HF_TOKEN"),
+    ("broken", r"the model hub failed with HTTP 500 while fetching taehv: try again later"),
+])
+def test_hub_refusals_are_one_line(fake_hub, capsys, case, expected):
+    if case != "unknown":
+        fake_hub.repos["madebyollin/taehv"] = {"taew2_1.pth": _bytes(8, 1000)}
+    if case == "token":
+        fake_hub.tokens["madebyollin/taehv"] = "secret"
+    if case == "broken":
+        fake_hub.fail["madebyollin/taehv"] = 500
+    with pytest.raises(EngineError, match="^" + expected) as err:
         hub.download(["taehv"])
+    capsys.readouterr()
+    assert run_cli(["models", "download", "taehv"]) == 2
+    assert messages(capsys.readouterr().err) == [f"sdv2: error: {err.value}"]
+
+
+def outside_target(name: str) -> Path:
+    """Where `name` would land if it were joined to the base folder without a check."""
+    return Path(os.path.normpath(models_dir() / BASE_DIR / name.replace("\\", "/")))
+
+
+@pytest.mark.parametrize("name, why", [
+    ("text_encoder/../../../victim.txt", "a '..', '.' or empty path segment"),
+    ("ABSOLUTE", "an absolute path"),
+    ("text_encoder\\..\\..\\..\\victim.txt", "a backslash, colon or control character"),
+])
+def test_unsafe_names_from_the_hub_touch_nothing(fake_hub, capsys, name, why):
+    victim = models_dir().parent / "victim.txt"
+    name = str(victim) if name == "ABSOLUTE" else name
+    assert outside_target(name) == victim
+    victim.parent.mkdir(parents=True, exist_ok=True)
+    victim.write_bytes(b"the user's file")
+    fake_hub.repos[BASE][name] = b"overwritten"
+
+    assert run_cli(["models", "download"]) == 2
+    assert messages(capsys.readouterr().err) == [
+        f"sdv2: error: the hub lists an unsafe file name {name!r} in {BASE} ({why}); nothing was downloaded: check "
+        "HF_ENDPOINT and any proxy in front of the hub"]
+    assert victim.read_bytes() == b"the user's file"
+    assert fake_hub.body_gets() == [] and not (models_dir() / BASE_DIR / "text_encoder").exists()
+
+
+def test_unsafe_commit_id_from_the_hub_is_refused(fake_hub):
+    fake_hub.commit = "../../../victim"  # huggingface_hub uses the commit in file paths
+    with pytest.raises(EngineError, match=r"^the hub's answer about jerryfeng/StreamDiffusionV2 has no valid commit"):
+        hub.download(["sdv2-1.3b"])
+    assert fake_hub.body_gets() == []
+
+
+def test_names_in_later_listings_are_never_fetched(fake_hub):
+    # a hub that answers our (checked) listing, then lists more in the one snapshot_download makes: only the exact
+    # names we checked are downloaded
+    victim = models_dir().parent / "victim.txt"
+    victim.parent.mkdir(parents=True, exist_ok=True)
+    victim.write_bytes(b"the user's file")
+    fake_hub.later_listings[SDV2] = {"wan_causal_dmd_v2v/../../../victim.txt": b"overwritten",
+                                     "wan_causal_dmd_v2v/extra.pt": b"more"}
+    (folder,) = hub.download(["sdv2-1.3b"])
+    assert fake_hub.listings >= 2  # snapshot_download listed the repo again and saw the extra names
+    assert victim.read_bytes() == b"the user's file"
+    assert [p.name for p in folder.iterdir()] == ["model.pt"]
+
+
+def test_a_damaged_record_is_ignored(fake_hub):
+    (folder,) = hub.download(["sdv2-1.3b"])
+    record = folder.parent / ".cache" / "sdv2" / "sdv2-1.3b.json"
+    data = json.loads(record.read_text())
+    data["files"]["../../victim.txt"] = {"size": 1, "digest": "0" * 64, "mtime_ns": 1}
+    record.write_text(json.dumps(data))
+    assert hub.status("sdv2-1.3b") == hub.DOWNLOADED  # from the files present, as if there were no record
+    record.write_text("{not json")
+    assert hub.status("sdv2-1.3b") == hub.DOWNLOADED
+    hub.download(["sdv2-1.3b"])  # hashes the file again, rewrites the record, fetches nothing
+    assert len(fake_hub.body_gets()) == 1 and json.loads(record.read_text())["files"].keys() == {
+        "wan_causal_dmd_v2v/model.pt"}
+
+
+class SilentHub:
+    """Accepts connections, reads nothing, answers nothing."""
+
+    def __init__(self):
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        with contextlib.suppress(OSError):
+            while True:
+                self.conns.append(self.sock.accept()[0])
+
+    def close(self):
+        for c in [*self.conns, self.sock]:
+            c.close()
+
+
+@pytest.mark.timeout(300)
+def test_silent_hub_is_one_line_after_the_deadline(tmp_path):
+    silent = SilentHub()
+    try:
+        res = run_cli_process(["models", "download", "--dir", str(tmp_path / "m")],
+                              {"HF_ENDPOINT": silent.url, "HF_HUB_ETAG_TIMEOUT": "1", "HF_HUB_DOWNLOAD_TIMEOUT": "1"})
+    finally:
+        silent.close()
+    assert res.returncode == 2
+    assert messages(res.stderr) == [
+        f"sdv2: error: the model hub ({silent.url}) did not answer within 1 s: check your connection or proxy "
+        f"(HF_HUB_DOWNLOAD_TIMEOUT sets the deadline), or copy the files to {tmp_path / 'm' / CAUSAL_DIR}"]
+
+
+@pytest.mark.timeout(300)
+def test_stalled_transfer_is_one_line_after_the_deadline(fake_hub, deadline):
+    # the hub lists the files, then the body of one never comes: huggingface_hub's bounded retries, then one line
+    fake_hub.stall.add(f"{SDV2}/wan_causal_dmd_v2v/model.pt")
+    with pytest.raises(EngineError, match=r"^the model hub \(.*\) did not answer within 1 s: check your connection"):
+        hub.download(["sdv2-1.3b"])
+    assert hub.status("sdv2-1.3b") != hub.DOWNLOADED
 
 
 def test_status_of_files_copied_by_hand(tmp_path):
@@ -459,16 +693,6 @@ def test_status_of_files_copied_by_hand(tmp_path):
         (base / name).write_bytes(b"{}")
     assert hub.status("wan2.1-1.3b-base", root) == hub.DOWNLOADED
     assert hub.local_size("wan2.1-1.3b-base", root) == 7
-
-
-def run_cli(argv: list[str]) -> int:
-    """`sdv2 ...` through engine.cli once it registers `models`, else through a parser built by register_cli."""
-
-    parser = sdv2_studio.engine.cli.build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    if "models" in sub.choices:
-        return sdv2_studio.engine.cli.main(argv)
-    return hub.main(argv)
 
 
 def test_register_cli_adds_models_command():
@@ -499,7 +723,7 @@ def test_cli_list_path_download(fake_hub, capsys, tmp_path):
     assert run_cli(["models", "download"]) == 0
     cap = capsys.readouterr()
     assert "sdv2-1.3b: downloaded in" in cap.out and "wan2.1-1.3b-base: downloaded in" in cap.out
-    assert "[100%]" in cap.err
+    assert "[100%]" in cap.err and "Traceback" not in cap.err
     assert run_cli(["models", "list"]) == 0
     row = {ln.split()[0]: ln.split() for ln in capsys.readouterr().out.splitlines()[1:5]}
     assert row["sdv2-1.3b"][1:4] == ["downloaded", "300.0", "kB"]

@@ -303,3 +303,48 @@ def test_per_slot_micro_batches_equal_the_batched_call():
     assert torch.allclose(caches[0].k, caches[1].k, atol=2e-5)
     assert torch.equal(caches[0].stack_len, caches[1].stack_len) and torch.equal(caches[0].ptr, caches[1].ptr)
     assert caches[0].local_end == caches[1].local_end and caches[0].fifo == caches[1].fifo
+
+
+def split_forward(model, x, t, caches, starts):
+    """forward_chunk with the blocks spread over several caches (consecutive ranges), as pipeline ranks run them."""
+    tokens, e, e0, grid = model.embed(x, t)
+    for cache in caches:
+        plan = cache.plan(starts, grid)
+        rope = model.rope.tables(grid, plan.start_frames_dev)
+        tokens = model.run_blocks(tokens, e0, rope, cache.cross_for(plan), blocks=cache.blocks, cache=cache, plan=plan)
+    return model.unembed(tokens, e, grid)
+
+
+@torch.no_grad()
+def test_layer_moves_continue_the_stream_exactly():
+    """Rebalancing: layers exported from one cache and imported into another carry the stream on bit for bit."""
+    model = random_model()
+    torch.manual_seed(6)
+    B, chunks = 2, [2, 1, 1, 1, 1, 1, 1, 1]  # past the first eviction, with sink refreshes
+    x = torch.randn(B, 16, sum(chunks), H, W)
+    t = torch.rand(B, sum(chunks)) * 900
+    ctx = torch.randn(1, 20, CFG.text_dim)
+    whole = KVCache(CFG, DEFAULT, B, L, device="cpu", dtype=torch.float32)
+    whole.set_prompt(model, ctx)
+    clock, f0 = StreamClock(DEFAULT), 0
+    for n in chunks[:4]:
+        s = clock.next(n)
+        model.forward_chunk(x[:, :, f0:f0 + n], t[:, f0:f0 + n], whole, [s] * B)
+        f0 += n
+    # two ranks hold blocks 0-1 and 2-3; then block 2 moves to the first
+    first, second = whole.for_blocks(range(0, 2)), whole.for_blocks(range(2, 4))
+    first, moved = first.for_blocks(range(0, 3)), second.export_layers(range(2, 3))
+    first.import_layers(range(2, 3), moved)
+    second = second.for_blocks(range(3, 4))
+    assert first.blocks == range(0, 3) and second.blocks == range(3, 4)
+    for n in chunks[4:]:
+        s = clock.next(n)
+        xs, ts = x[:, :, f0:f0 + n], t[:, f0:f0 + n]
+        assert torch.equal(model.forward_chunk(xs, ts, whole, [s] * B), split_forward(model, xs, ts, [first, second],
+                                                                                          [s] * B))
+        f0 += n
+    assert torch.equal(whole.k[:3], first.k) and torch.equal(whole.v[3:], second.v)
+    assert torch.equal(whole.stack_len[:3], first.stack_len) and torch.equal(whole.ptr[3:], second.ptr)
+    assert first.fifo == second.fifo == whole.fifo and first.local_end == whole.local_end
+    with pytest.raises(ValueError, match="not all in this cache"):
+        second.import_layers(range(2, 4), moved)

@@ -12,11 +12,11 @@ import os
 import numpy as np
 import pytest
 import torch
-from sdv2_studio.engine.config import CacheConfig
+from sdv2_studio.engine.config import CacheConfig, Controls
 from sdv2_studio.engine.io.pattern import TestPatternSource
 from sdv2_studio.engine.kv_cache import KVCache, StreamClock
 from sdv2_studio.engine.models import tiny_bundle
-from sdv2_studio.engine.pipeline import Controls, StreamPipeline
+from sdv2_studio.engine.pipeline import StreamPipeline
 from sdv2_studio.engine.schedule import FlowMatchGrid
 from sdv2_studio.engine.text import PromptCache
 

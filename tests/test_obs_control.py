@@ -13,11 +13,11 @@ import urllib.request
 import numpy as np
 import pytest
 from sdv2_studio.engine.api import EngineConfig
+from sdv2_studio.engine.config import Controls
 from sdv2_studio.engine.errors import EngineError
 from sdv2_studio.engine.io.pattern import TestPatternSource
 from sdv2_studio.engine.io.sinks import CallbackSink
 from sdv2_studio.engine.models import tiny_bundle
-from sdv2_studio.engine.pipeline import Controls
 from sdv2_studio.obs_bridge.cli import register_cli
 from sdv2_studio.obs_bridge.control import ControlServer
 from sdv2_studio.obs_bridge.control_client import TOKEN_HEADER, ControlClient, ControlError, read_control_file
@@ -25,7 +25,7 @@ from sdv2_studio.obs_bridge.obs_script import KNOWN_PRESETS_KEY, ScriptLogic, fo
 from sdv2_studio.obs_bridge.preset_book import PresetBook
 from sdv2_studio.obs_bridge.session import StreamSession
 
-PRESETS = {"anime": {"prompt": "anime, cel shading", "steps": 1}, "ink": {"prompt": "ink drawing", "transition": 2}}
+PRESETS = {"anime": {"prompt": "anime, cel shading", "steps": 1}, "ink": {"prompt": "ink drawing", "transition": 5}}
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def session(bundle):
     s = StreamSession(
         EngineConfig(model="tiny", size=(64, 64), queue_frames=8, prompt_cache_dir="", controls=Controls(steps=2)),
         open_source=lambda size: TestPatternSource(size, fps=30, realtime=True),
-        open_sinks=lambda source: [CallbackSink(lambda f, pts: received.append(f))],
+        open_sinks=lambda source: {"out": CallbackSink(lambda f, pts: received.append(f))},
         presets=PresetBook(PRESETS), bundle=bundle)
     s.received = received
     yield s
@@ -83,7 +83,7 @@ def test_control_api_drives_a_real_session(server, session):
     assert api.set_steps(3)["controls"]["steps"] == 3
     assert api.status()["preset"] == "anime"
     ink = api.apply_preset("ink")["controls"]
-    assert ink["transition_chunks"] == 2 and ink["steps"] == 3  # a preset changes only what it names
+    assert ink["transition_chunks"] == 5 and ink["steps"] == 3  # a preset changes only what it names
 
     with pytest.raises(ControlError, match="unknown preset 'nope'; known presets: anime, ink"):
         api.apply_preset("nope")
@@ -96,8 +96,11 @@ def test_control_api_drives_a_real_session(server, session):
     n = len(session.received)
     time.sleep(0.3)
     assert len(session.received) == n  # really stopped
+    assert api.set_steps(2)["controls"]["steps"] == 2  # stopped: the engine keeps it for the next start
     assert api.start()["state"] in ("starting", "running")  # restart reuses the loaded model
     assert wait_for(lambda: len(session.received) > n + 4, 30)
+    c = session.engine.controls  # the restarted stream runs with every control set before
+    assert (c.prompt, c.steps, c.transition_chunks) == ("ink drawing", 2, 5)
 
 
 def test_control_api_refuses_wrong_tokens_hosts_and_paths(server):
@@ -218,7 +221,7 @@ def test_script_logic_drives_the_app_and_remembers_presets_for_hotkeys(server, s
     settings["preset"] = "anime"
     settings["steps"] = 4
     logic.update(settings)
-    assert session.preset == "anime" and session.config.controls.steps == 4
+    assert session.preset == "anime" and session.engine.config.controls.steps == 4  # the engine keeps them
 
     props = logic.properties()
     assert props["preset"] == [("(choose a preset)", ""), ("retired", "retired"), ("anime", "anime"), ("ink", "ink")]

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from sdv2_studio.engine.api import EngineConfig
+from sdv2_studio.engine.config import Controls
 from sdv2_studio.engine.errors import EngineError
 from sdv2_studio.engine.io.mpegts import MpegTsSink
 from sdv2_studio.engine.io.pattern import TestPatternSource, read_counter
 from sdv2_studio.engine.models import tiny_bundle
-from sdv2_studio.engine.pipeline import Controls
 from sdv2_studio.obs_bridge.bridge import BridgeConfig, ObsBridge
 from sdv2_studio.obs_bridge.capture import JpegDecoder, ObsCaptureSource
 from sdv2_studio.obs_bridge.client import ObsClient
@@ -369,7 +369,7 @@ def test_bridge_attach_scene_presets_and_survives_an_obs_restart(obs, client, bu
         # scene awareness: switching the program scene applies the mapped preset
         client.call("SetCurrentProgramScene", {"sceneName": COLOUR_SCENE})
         assert wait_for(lambda: bridge.session.preset == "calm", 5) is not None
-        assert bridge.session.config.controls.steps == 1
+        assert bridge.session.engine.config.controls.steps == 1
         client.call("SetCurrentProgramScene", {"sceneName": "Scene"})
         assert wait_for(lambda: bridge.health is not None, 3) is not None
 

@@ -4,6 +4,7 @@ mapping, health, screenshot decoding and sizing, output settings."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import logging
 import stat
@@ -13,7 +14,9 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
+from sdv2_studio.engine.config import Controls
 from sdv2_studio.engine.errors import EngineError
+from sdv2_studio.engine.presets import Preset
 from sdv2_studio.obs_bridge import settings as settings_mod
 from sdv2_studio.obs_bridge.capture import JpegDecoder, covering_size
 from sdv2_studio.obs_bridge.client import Backoff, ObsClient, ObsInfo
@@ -191,20 +194,11 @@ def test_preset_book_validates_early(tmp_path):
     with pytest.raises(EngineError, match="must map preset names"):
         PresetBook.load(path)
 
-    class Preset:  # the shape engine/presets.py will provide
-        def __init__(self, name, prompt, steps, transition=None):
-            self.name, self.prompt, self.steps, self.transition = name, prompt, steps, transition
-
-    book = PresetBook.from_presets([Preset("w", "watercolor", 2, 4), Preset("o", "oil", 3)])
-    assert book.controls("w") == {"prompt": "watercolor", "steps": 2, "transition_chunks": 4}
-    assert book.controls("o") == {"prompt": "oil", "steps": 3}
-
 
 def test_preset_book_reads_the_engine_preset_library(tmp_path):
-    presets = pytest.importorskip("sdv2_studio.engine.presets", reason="engine/presets.py is not in this checkout")
-    p = presets.Preset(id="ink-wash", name="Ink Wash", prompt="ink wash painting", steps=3, noise_scale=0.6)
+    p = Preset(id="ink-wash", name="Ink Wash", controls=Controls(prompt="ink wash painting", steps=3, noise_scale=0.6))
     book = PresetBook.from_presets([p])
-    assert book.names() == ["ink-wash"] and book.controls("ink-wash") == p.controls()
+    assert book.names() == ["ink-wash"] and book.controls("ink-wash") == dataclasses.asdict(p.controls)
     library, problems = PresetBook.from_library()
     assert problems == [] and all(isinstance(library.controls(n), dict) for n in library.names())
 

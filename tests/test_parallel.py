@@ -7,11 +7,12 @@ import time
 import numpy as np
 import pytest
 import sdv2_studio.engine.parallel as par
+import torch
 from sdv2_studio.engine.api import Engine, EngineConfig
+from sdv2_studio.engine.config import Controls
 from sdv2_studio.engine.errors import EngineError
 from sdv2_studio.engine.io.pattern import TestPatternSource
 from sdv2_studio.engine.models import tiny_dit
-from sdv2_studio.engine.pipeline import Controls
 
 SIZE = (64, 64)
 FRAMES = 5 + 19 * 4  # 20 chunks
@@ -27,12 +28,15 @@ def wait_chunks(eng: Engine, n: int, out: list) -> None:
 
 
 def stream(ranks: int, *, steps: int = 2, batch: bool = True, rebalance_after: int = 0, changes=None,
-           timeout: float = 60.0) -> tuple[list[np.ndarray], Engine]:
-    """Run FRAMES test frames; `changes` maps a chunk index to set_controls kwargs applied before that chunk."""
+           timeout: float = 60.0, mode: bool | None = None) -> tuple[list[np.ndarray], Engine]:
+    """Run FRAMES test frames; `changes` maps a chunk index to set_controls kwargs applied before that chunk;
+    `mode`: switch to Stream-Batch (True) or no-batch (False) before the first chunk."""
     eng = Engine(EngineConfig(model="tiny", device="cpu", size=SIZE, lossless=True, ranks=ranks, batch=batch,
                               controls=Controls(steps=steps), rank_timeout=timeout, prompt_cache_dir="",
                               rebalance_after=rebalance_after, threads_per_rank=1))
     eng.start()
+    if mode is not None:  # the worker waits for the first frames, so this lands before chunk 0
+        eng.pipeline.set_mode(mode)
     src = TestPatternSource(size=SIZE, fps=16)
     out: list[np.ndarray] = []
     chunk_starts = {0: 0, **{c: 5 + 4 * (c - 1) for c in range(1, 21)}}
@@ -73,9 +77,9 @@ def test_ranks_reproduce_one_rank_across_rebalance_and_control_changes(single, r
     forced = [range(0, 1), range(1, 4)] if ranks == 2 else [range(0, 1), range(1, 3), range(3, 4)]
     monkeypatch.setattr(par, "balanced_split", lambda *a: forced)
     out, eng = stream(ranks, rebalance_after=4, changes=CHANGES)
-    pipe = eng.pipeline
-    assert pipe.rebalances == [[(r.start, r.stop) for r in forced]]
-    assert pipe.ranges[0] == forced[0] and pipe.cache.blocks == forced[0]
+    pipe, ring = eng.pipeline, eng.pipeline.executor
+    assert ring.rebalances == [[(r.start, r.stop) for r in forced]]
+    assert ring.ranges[0] == forced[0] and pipe.cache.blocks == forced[0]
     eng.stop()
     worst, mean = compare(single, out)
     # Batch-1 micro-batches vs one batch-n matmul differ only by float rounding: at most a couple of 8-bit levels.
@@ -89,12 +93,17 @@ def test_no_batch_mode_two_ranks_equal(single):
     e2.stop()
     worst, mean = compare(a, b)
     assert worst <= 2 and mean < 0.01, (worst, mean)
+    # Leaving Stream-Batch before the first chunk starts a new stream on every rank (one-slot caches everywhere).
+    c, e3 = stream(2, batch=True, mode=False)
+    assert e3.pipeline.cache.B == 1
+    e3.stop()
+    assert compare(b, c) == (0, 0.0)
 
 
 def test_each_rank_holds_only_its_blocks():
     _, eng = stream(2, rebalance_after=0)
     util = eng.stats().rank_utilisation
-    times = eng.pipeline.stage_times()
+    times = eng.pipeline.executor.stage_times()
     eng.stop()
     assert len(util) == 2 and all(0.0 < u <= 1.0 for u in util), util  # per-rank busy fraction, in stats
     total = sum(p.numel() for p in tiny_dit().blocks.parameters())
@@ -124,6 +133,29 @@ def test_killing_a_rank_is_a_clear_error_not_a_hang():
     out, again = stream(2)
     again.stop()
     assert len(out) == FRAMES
+
+
+def test_headers_round_trip_through_their_tensor():
+    job = par.Header(par.Kind.JOB, chunk=7, slot=2, start=49, frames=1, t=500, t_next=400, advance=True, seed=2**63 - 1,
+                     noise_index=2).with_busy(1, 0.25)
+    wire = job.to_tensor("cpu")
+    assert wire.dtype == torch.long and wire.shape == (par.HEADER_SIZE,)
+    back = par.Header.from_tensor(wire)
+    assert back == job and back.kind is par.Kind.JOB and back.decode is False
+    assert back.busy_us[:3] == (0, 250_000, 0) and len(back.busy_us) == par.MAX_RANKS
+    moves = par.Header(par.Kind.REBALANCE, ranges=((0, 1), (1, 3), (3, 4)))
+    assert par.Header.from_tensor(moves.to_tensor("cpu")).ranges == ((0, 1), (1, 3), (3, 4))
+    with pytest.raises(ValueError):  # kind 0 is no message: garbage is not read as one
+        par.Header.from_tensor(torch.zeros(par.HEADER_SIZE, dtype=torch.long))
+    with pytest.raises(ValueError, match="at most"):
+        par.Header(par.Kind.REBALANCE, ranges=((0, 1),) * (par.MAX_RANKS + 1))
+
+
+def test_block_transfers_move_runs_of_layers_in_block_order():
+    assert par.block_transfers([range(0, 2), range(2, 4)], [range(0, 1), range(1, 4)]) == [(0, 1, range(1, 2))]
+    old, new = [range(0, 4), range(4, 8), range(8, 12)], [range(0, 2), range(2, 9), range(9, 12)]
+    assert par.block_transfers(old, new) == [(0, 1, range(2, 4)), (2, 1, range(8, 9))]
+    assert par.block_transfers(old, old) == []
 
 
 def test_balanced_split_evens_stage_times():

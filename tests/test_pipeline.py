@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from sdv2_studio.engine.config import Controls
 from sdv2_studio.engine.errors import EngineError
 from sdv2_studio.engine.io.pattern import TestPatternSource
 from sdv2_studio.engine.models import tiny_bundle
-from sdv2_studio.engine.pipeline import Controls, StreamPipeline
+from sdv2_studio.engine.pipeline import LocalDenoiser, StreamPipeline
 from sdv2_studio.engine.text import PromptCache
 
 SIZE = (128, 128)
@@ -82,7 +83,7 @@ def test_prompt_switch_keeps_the_stream(bundle, clip):
         pipe.process(c)
     k_before = pipe.cache.k.clone()
     cross_before = pipe.cache.cross_k.clone()
-    pipe.set_controls(prompt="watercolor painting, soft paper texture")
+    pipe.set_controls(prompt="watercolor painting, soft paper texture", transition_chunks=0)  # at once
     assert torch.equal(pipe.cache.cross_k, cross_before)  # queued, not applied yet
     pipe._apply_controls()
     assert torch.equal(pipe.cache.k, k_before)  # the self-attention cache survives the prompt change
@@ -117,6 +118,48 @@ def test_step_change_mid_stream_loses_no_frames(bundle, clip):
     out = run(pipe, clip, on_chunk=change)
     assert len(out) == len(clip)
     assert pipe.controls.steps == 1 and pipe.cache.B == 1
+
+
+def test_step_change_before_the_first_chunk_starts_with_the_new_depth(bundle, clip):
+    pipe = make(bundle, batch=True, controls=Controls(steps=2))
+    pipe.set_controls(steps=3)
+    assert pipe.next_controls.steps == 3 and pipe.controls.steps == 2  # queued, not applied yet
+    out = run(pipe, clip[:13])
+    assert pipe.cache.B == 3
+    ref = run(make(bundle, batch=True, controls=Controls(steps=3)), clip[:13])
+    assert len(out) == 13 and all(np.array_equal(x, y) for x, y in zip(out, ref))
+
+
+class Recording(LocalDenoiser):
+    """The local executor, recording how the pipeline drives it."""
+
+    def __init__(self, dit):
+        super().__init__(dit)
+        self.calls: list[tuple] = []
+
+    def sequential(self, job, start, slots):
+        self.calls.append(("sequential", start, slots, job.chunk))
+        return super().sequential(job, start, slots)
+
+    def batch_step(self, job, starts, *, fresh, finish):
+        self.calls.append(("batch", starts, fresh, finish, job.chunk))
+        return super().batch_step(job, starts, fresh=fresh, finish=finish)
+
+
+def test_stream_batch_drives_its_executor_slot_by_slot(bundle, clip):
+    """The pipeline keeps positions and the fill; the executor gets slot starts, empty-slot and finish flags."""
+    rec = Recording(bundle.dit)
+    pipe = make(bundle, batch=True, controls=Controls(steps=3), executor=rec)
+    out = run(pipe, clip[:21])  # chunk 0 (5 frames) + 4 chunks, then two filler calls finish the last two
+    assert len(out) == 21 and pipe.cache is rec.cache
+    assert rec.calls == [("sequential", 0, 3, 0),  # prepare: every slot gets chunk 0 (latent frames 0-1)
+                         ("batch", [2, 2, 2], True, False, 1),  # empty slots after the prepare: pipeline fill
+                         ("batch", [3, 2, 2], False, False, 2),
+                         ("batch", [4, 3, 2], False, True, 3),  # chunk 1 leaves the last slot
+                         ("batch", [5, 4, 3], False, True, 4),
+                         ("batch", [6, 5, 4], False, True, 5), ("batch", [7, 6, 5], False, True, 6)]  # flush
+    default = run(make(bundle, batch=True, controls=Controls(steps=3)), clip[:21])
+    assert all(np.array_equal(x, y) for x, y in zip(out, default))
 
 
 def test_noise_scale_and_seed_apply_at_chunk_boundary(bundle, clip):

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from sdv2_studio.engine.config import MAX_STEPS, Controls
 from sdv2_studio.engine.errors import EngineError
 from sdv2_studio.engine.presets import (
     SCHEMA_VERSION,
@@ -59,19 +60,23 @@ def test_shipped_library_has_ten_plus_valid_styles_with_small_thumbnails():
         assert wanted in names
     assert presets[0].id == "anime-cel"  # gallery order comes from `order`
     for p in presets:
-        assert p.builtin and 1 <= p.steps <= 4 and 0 < p.noise_scale <= 1 and len(p.prompt) > 60
+        assert p.builtin and 1 <= p.controls.steps <= MAX_STEPS and len(p.controls.prompt) > 60
         assert p.thumbnail is not None and p.thumbnail.suffix == ".png"
         assert p.thumbnail.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert p.thumbnail.stat().st_size < 30_000
 
 
-def test_controls_are_valid_engine_controls():
-    from sdv2_studio.engine.pipeline import Controls
-
-    presets, _ = load_library()
-    for p in presets:
-        c = Controls(**p.controls()).validated()
-        assert c.prompt == p.prompt and c.steps == p.steps and c.transition_chunks == p.transition_chunks
+def test_toml_fields_are_the_presets_controls_and_round_trip(tmp_path):
+    path = write(tmp_path, "t.toml", GOOD)
+    p = read_preset(path)
+    assert p.controls == Controls(prompt="a test prompt", steps=3, noise_scale=0.6, seed=5, transition_chunks=1)
+    assert read_preset(write(tmp_path, "again.toml", p.to_toml())).controls == p.controls
+    # fields a file leaves out take the Controls defaults (one default for presets, settings, CLI and engine)
+    minimal = read_preset(write(tmp_path, "minimal.toml", 'name = "M"\nprompt = "m"\nnoise_scale = 1\n'))
+    assert minimal.controls == Controls(prompt="m", noise_scale=1.0)
+    assert isinstance(minimal.controls.noise_scale, float)
+    for shipped in load_library(tmp_path / "user")[0]:
+        assert tomllib.loads(shipped.to_toml())["steps"] == shipped.controls.steps
 
 
 @pytest.mark.parametrize("line, field", [
@@ -82,8 +87,11 @@ def test_controls_are_valid_engine_controls():
     ("noise_scale = 1.5", "noise_scale"),
     ("noise_scale = \"high\"", "noise_scale"),
     ("seed = -1", "seed"),
+    ("seed = 1.5", "seed"),
     ("transition_chunks = -2", "transition_chunks"),
+    ("transition_chunks = 65", "transition_chunks"),
     ("prompt = \"   \"", "prompt"),
+    ("prompt = 7", "prompt"),
     ("name = 3", "name"),
     ("tags = \"anime\"", "tags"),
     ("stpes = 2", "stpes"),
@@ -130,24 +138,23 @@ def test_corrupt_user_file_is_backed_up_and_reported_shipped_one_only_reported(t
 
 
 def test_round_trip_through_disk_keeps_every_field(tmp_path):
-    p = Preset(id="x", name='Quote "and" back\\slash ✨', prompt="line one\nline two\ttab \x7f del é",
-               steps=4, noise_scale=0.35, seed=2**40, transition_chunks=7, tags=("a", "b c"),
-               description="d", order=5)
+    p = Preset(id="x", name='Quote "and" back\\slash ✨', tags=("a", "b c"), description="d", order=5,
+               controls=Controls(prompt="line one\nline two\ttab \x7f del é", steps=4, noise_scale=0.35,
+                                 seed=2**40, transition_chunks=7))
     saved = save_preset(p, tmp_path)
     assert saved.path == tmp_path / "x.toml" and not saved.builtin
     assert [f.name for f in tmp_path.iterdir()] == ["x.toml"]  # no temp files left behind
     tomllib.loads(saved.path.read_text(encoding="utf-8"))  # valid TOML
     back = read_preset(saved.path)
-    for f in ("name", "prompt", "steps", "noise_scale", "seed", "transition_chunks", "tags", "description",
-              "order"):
+    for f in ("name", "controls", "tags", "description", "order"):
         assert getattr(back, f) == getattr(p, f), f
 
 
 def test_save_validates_and_copies_thumbnail(tmp_path):
     shipped, _ = load_presets([shipped_presets_dir()])
     base = shipped[0]
-    with pytest.raises(EngineError, match="steps"):
-        save_preset(base.replace(id="bad", steps=9), tmp_path)
+    with pytest.raises(EngineError, match="name"):
+        save_preset(base.replace(id="bad", name=""), tmp_path)
     with pytest.raises(EngineError, match="file name"):
         save_preset(base.replace(id="../escape"), tmp_path)
     saved = save_preset(base.replace(id="mine", name="Mine"), tmp_path)
@@ -157,7 +164,7 @@ def test_save_validates_and_copies_thumbnail(tmp_path):
 
 def test_user_preset_overrides_shipped_id_and_delete_rules(tmp_path):
     shipped = shipped_presets_dir()
-    override = save_preset(Preset(id="anime-cel", name="My Anime", prompt="mine"), tmp_path)
+    override = save_preset(Preset(id="anime-cel", name="My Anime", controls=Controls(prompt="mine")), tmp_path)
     presets, errors = load_presets([shipped, tmp_path], builtin_dirs=[shipped])
     assert not errors
     p = find_preset(presets, "anime-cel")
@@ -174,19 +181,20 @@ def test_user_preset_overrides_shipped_id_and_delete_rules(tmp_path):
 
 def test_export_then_import_under_a_fresh_id(tmp_path):
     src = find_preset(load_library(tmp_path / "user")[0], "pixel-art")
-    out = export_preset(src.replace(prompt="edited prompt"), tmp_path / "share" / "pixel")
+    out = export_preset(src.replace(controls=dataclasses.replace(src.controls, prompt="edited prompt")),
+                        tmp_path / "share" / "pixel")
     assert out.name == "pixel.toml" and (tmp_path / "share" / "pixel.png").is_file()
     user = tmp_path / "user"
     first = import_preset(out, user)
     second = import_preset(out, user)
     assert first.id == "pixel-art" and second.id == "pixel-art-2"
-    assert first.prompt == "edited prompt" and first.thumbnail.is_file()
+    assert first.controls.prompt == "edited prompt" and first.thumbnail.is_file()
     with pytest.raises(EngineError, match="not a valid TOML"):
         import_preset(write(tmp_path, "junk.toml", "not toml ["), user)
 
 
 def test_preset_dataclass_fields_cover_the_schema():
-    names = {f.name for f in dataclasses.fields(Preset)}
+    names = {f.name for f in dataclasses.fields(Preset)} | {f.name for f in dataclasses.fields(Controls)}
     assert {"name", "prompt", "steps", "noise_scale", "seed", "transition_chunks", "thumbnail", "tags"} <= names
 
 

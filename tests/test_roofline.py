@@ -1,4 +1,5 @@
-"""The roofline cost model: meta-device FLOP counting, agreement with engine/flops.py, sane predictions, memory."""
+"""The roofline cost model (bench/roofline.py): meta-device FLOP counting, agreement with bench/flops.py, sane
+predictions, and the traces that back the memory estimator's coefficients (engine/memory.py)."""
 
 import argparse
 import io
@@ -6,10 +7,14 @@ import json
 
 import pytest
 import torch
-from sdv2_studio.engine import roofline as R
+from sdv2_studio.engine import memory
+from sdv2_studio.engine.cli import load_bench
 from sdv2_studio.engine.config import CacheConfig, get_preset
-from sdv2_studio.engine.flops import forward_flops
+from sdv2_studio.engine.models import UMT5_XXL
 from torch.utils.flop_counter import FlopCounterMode
+
+R = load_bench("roofline")
+forward_flops = load_bench("flops").forward_flops
 
 
 def test_vae_flops_counted_on_meta_scale_with_pixels():
@@ -46,7 +51,7 @@ def test_streaming_vae_count_equals_whole_clip_difference():
 @pytest.mark.parametrize("model,size", [("1.3b", (480, 832)), ("14b", (512, 512))])
 def test_dit_flops_match_engine_flops(model, size):
     cfg = get_preset(R.MODELS[model])
-    L = R.tokens_per_frame(cfg, size)
+    L = R.frame_tokens(cfg, size)
     assert L == (size[0] // 16) * (size[1] // 16)
     S = CacheConfig().cache_frames * L
     # the traced real model (2 blocks, steady state, fused attention) == the analytic count for 2 blocks
@@ -73,10 +78,6 @@ def test_bytes_model():
     cross_kv = cfg.num_layers * 2 * (cfg.dim * cfg.dim + cfg.dim) * 2
     assert one.weight_bytes == pytest.approx(total_w - cross_kv - (cfg.text_dim * cfg.dim + cfg.dim * cfg.dim) * 2,
                                              rel=0.01)
-    # KV cache per slot: 1.61 GiB at 480p for 1.3B (reference notes), plus the prompt's cross K/V
-    kv = R.kv_bytes_per_slot("1.3b", (480, 832))
-    self_kv = cfg.num_layers * 2 * 6 * 1560 * cfg.dim * 2
-    assert abs(self_kv / R.GiB - 1.61) < 0.01 and kv > self_kv
     # per block the KV reads (6 frames) are in the GEMM/attention bytes; elementwise traffic is ~100-300
     # passes over the [L, dim] bf16 activations (fp32 norms, modulation, gates, casts of our eager model)
     assert d.block.io_bytes > 2 * 6 * 1560 * cfg.dim * 2
@@ -129,13 +130,14 @@ def test_memory_feasibility():
     assert not oom.fits and oom.vram_gb > 24
     # our default keeps umT5 on the CPU: the same run fits
     ok = R.predict("1.3b", "480p", 2, "4090", 1)
-    assert ok.fits and oom.vram_gb - ok.vram_gb == pytest.approx(R.T5_BYTES / 1e9, rel=1e-6)
+    umt5 = memory.t5_encoder_params(UMT5_XXL) * 2
+    assert ok.fits and oom.vram_gb - ok.vram_gb == pytest.approx(umt5 / 1e9, rel=1e-6)
     # the 14B does not fit one 4090 at all; over 4 ranks each holds ~1/4 of the blocks
     assert not R.predict("14b", "512", 1, "4090", 1).fits
     p4 = R.predict("14b", "512", 1, "4090", 4)
     blk, _ = R.dit_param_bytes("14b")
     assert max(p4.blocks) < 40 / 2 and p4.fits
-    assert p4.detail["memory_gb"]["dit_weights"] * 1e9 < blk * 40 / 2
+    assert p4.detail["memory_gb"]["dit"] * 1e9 < blk * 40 / 2
     # Stream-Batch multiplies the KV cache by the steps
     m1, m4 = R.predict("1.3b", "480p", 1, "h100", 1), R.predict("1.3b", "480p", 4, "h100", 1)
     assert m4.detail["memory_gb"]["kv_cache"] == pytest.approx(4 * m1.detail["memory_gb"]["kv_cache"], abs=0.02)
@@ -165,3 +167,32 @@ def test_report_writes_json(tmp_path):
     out2 = tmp_path / "cli.json"
     assert R.main_roofline(argparse.Namespace(out=str(out2))) == 0
     assert json.loads(out2.read_text())["comparisons"]
+
+
+@pytest.mark.parametrize("size", [(480, 832), (512, 512)])
+def test_memory_estimator_coefficients_agree_with_the_traced_modules(size):
+    """engine/memory.py's VAE state and working set and its DiT temporaries, against the live tensors counted while
+    the real Wan2.1 VAE and the 1.3B / 14B DiTs run on the meta device (bf16)."""
+    for kind in ("encode", "decode"):
+        t = R.vae_trace(size, kind)
+        state = memory.vae_state_bytes("wan2.1", size, torch.bfloat16, encode=kind == "encode",
+                                       decode=kind == "decode")
+        assert t.state_bytes == state  # exact: the last frames of every causal conv
+        assert state + memory.vae_work_bytes("wan2.1", size, torch.bfloat16) == pytest.approx(t.peak_bytes, rel=0.02)
+    cc = CacheConfig()
+    for model in ("1.3b", "14b"):
+        cfg = R.resolve_model(model)
+        first = R.dit_trace(model, size, first=True)  # the widest chunk: first_chunk_frames latent frames
+        tokens = cc.first_chunk_frames * R.frame_tokens(cfg, size)
+        assert memory.dit_work_bytes(cfg, tokens, torch.bfloat16) == pytest.approx(first.peak_bytes, rel=0.10)
+
+
+def test_bench_tools_load_from_a_source_checkout_only(monkeypatch, tmp_path, capsys):
+    """`sdv2 bench` imports bench/ from the checkout it runs from; an install without one gets one line."""
+    from sdv2_studio.engine import cli
+
+    assert cli.load_bench("roofline") is R and R.__name__ == "sdv2_bench.roofline"
+    monkeypatch.setattr(cli, "__file__", str(tmp_path / "sdv2_studio" / "engine" / "cli.py"))  # a wheel install
+    assert cli.main(["bench", "roofline"]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "needs a source checkout" in line

@@ -1,13 +1,12 @@
-"""SLO scheduler and output pacer against simulated engines (fake clocks, seeded noise, no sleeps, no torch)."""
+"""SLO scheduler against simulated engines (fake clocks, seeded noise, no sleeps, no torch)."""
 
 from __future__ import annotations
 
-import math
 import random
 
 import pytest
 from sdv2_studio.engine.errors import EngineError
-from sdv2_studio.engine.slo import CostModel, OutputPacer, Plan, SLOConfig, SLOScheduler, size_ladder
+from sdv2_studio.engine.slo import CostModel, Plan, SLOConfig, SLOScheduler, size_ladder
 
 USER = (512, 512)
 
@@ -316,142 +315,3 @@ def test_throughput_only_without_budget():
     p = plans[-1]
     assert paper_cost(p) / (p.pixel_frames / 30) < 1.0
     assert sched.stats().latency_misses == 0 and sched.stats().throughput_misses > 0
-
-
-# -- the output pacer -------------------------------------------------------------------------------------------------
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
-
-    def sleep(self, dt: float) -> None:
-        self.t += max(dt, 1e-4)
-
-
-def drive(pacer: OutputPacer, clock: FakeClock, arrivals: list[float], burst: int, until: float,
-          poll: float = 0.001, stall: tuple[float, float] | None = None):
-    """Producer: `burst` frames at each arrival time; consumer: polls `get` every `poll` seconds except during
-    `stall`. Returns the (time, frame id) deliveries and the highest buffer level seen."""
-    out, k, fid, top = [], 0, 0, 0
-    while clock.t < until:
-        while k < len(arrivals) and arrivals[k] <= clock.t:
-            pacer.put_many(list(range(fid, fid + burst)), arrivals[k])
-            fid, k = fid + burst, k + 1
-        top = max(top, pacer.stats().level)
-        if not (stall and stall[0] <= clock.t < stall[1]):
-            frame = pacer.get(clock.t)
-            if frame is not None:
-                out.append((clock.t, frame))
-        clock.t += poll
-    return out, top
-
-
-def gaps(out):
-    return [b[0] - a[0] for a, b in zip(out, out[1:])]
-
-
-def std(xs):
-    m = sum(xs) / len(xs)
-    return math.sqrt(sum((x - m) ** 2 for x in xs) / len(xs))
-
-
-@pytest.mark.parametrize("fps", [16, 24])
-def test_pacer_steady_output_from_bursty_chunks(fps):
-    rng = random.Random(fps)
-    clock = FakeClock()
-    pacer = OutputPacer(depth=2, fps=fps, clock=clock)  # fps is only the initial guess
-    period = 4 / fps
-    arrivals = [k * period + abs(rng.gauss(0, 0.015)) for k in range(int(20 / period))]  # 4 frames at once, jittered
-    out, top = drive(pacer, clock, arrivals, burst=4, until=20.0)
-    g = gaps(out)[8:]  # after the start-up
-    assert std(g) < 0.002 and max(g) - min(g) < 0.01  # steady, to ~the 1 ms polling resolution
-    s = pacer.stats()
-    assert s.output_fps == pytest.approx(fps, rel=0.01) and s.input_fps == pytest.approx(fps, rel=0.02)
-    assert s.jitter < 0.002 and s.underruns == 0 and s.dropped == 0
-    assert [f for _, f in out] == list(range(len(out)))  # in order, none lost
-    assert top <= s.capacity == 4 + 2 * 2
-    assert s.delay < (4 + 2) / fps  # a burst plus the jitter allowance, at most
-
-
-def test_pacer_follows_the_input_rate():
-    clock = FakeClock()
-    pacer = OutputPacer(depth=2, fps=30, clock=clock)  # the guess is wrong: the engine makes 16 fps
-    arrivals = [k * 0.25 for k in range(80)]
-    out, _ = drive(pacer, clock, arrivals, burst=4, until=20.0)
-    assert pacer.stats().output_fps == pytest.approx(16, rel=0.01)
-    later = [(t, f) for t, f in out if t > 10]
-    assert 1 / (sum(gaps(later)) / len(gaps(later))) == pytest.approx(16, rel=0.01)
-    clock2 = FakeClock()  # the engine slows from 24 to 12 fps mid-stream
-    pacer2 = OutputPacer(depth=2, clock=clock2)
-    arr = [k * 4 / 24 for k in range(60)]
-    arr += [arr[-1] + (k + 1) * 4 / 12 for k in range(60)]
-    out2, _ = drive(pacer2, clock2, arr, burst=4, until=arr[-1])
-    tail = [x for x in out2 if x[0] > arr[-1] - 6]
-    assert 1 / (sum(gaps(tail)) / len(gaps(tail))) == pytest.approx(12, rel=0.03)
-
-
-def test_pacer_drops_stale_frames_when_the_consumer_stalls():
-    clock = FakeClock()
-    pacer = OutputPacer(depth=2, fps=16, clock=clock)
-    arrivals = [k * 0.25 for k in range(60)]
-    out, top = drive(pacer, clock, arrivals, burst=4, until=15.0, stall=(5.0, 8.0))
-    s = pacer.stats()
-    assert top <= s.capacity == 8  # bounded through the stall
-    assert s.dropped >= 3 * 16 - 8  # what arrived during the stall beyond the buffer
-    after = [(t, f) for t, f in out if t >= 8.0]
-    newest_at_resume = max(f for t, f in out if t < 5.0)
-    assert after[0][1] > newest_at_resume + 30  # it skipped ahead instead of replaying 3 s of old frames
-    assert all(b[1] > a[1] for a, b in zip(out, out[1:]))
-    assert std(gaps(after)[10:]) < 0.002  # and is steady again
-
-
-def test_pacer_bounded_without_consumer_and_max_age():
-    clock = FakeClock()
-    pacer = OutputPacer(depth=3, fps=16, max_frames=10, clock=clock)
-    for i in range(1000):
-        pacer.put_many([i] * 8, i / 4)  # 8-frame chunks: burst + 2 * depth = 14, capped at max_frames
-    s = pacer.stats()
-    assert s.level == s.capacity == 10 and s.dropped == 7990
-    aged = OutputPacer(depth=1, fps=10, max_age=0.2, clock=clock)
-    clock.t = 0.0
-    aged.put_many(["a", "b"], 0.0)
-    assert aged.get(1.0) is None and aged.stats().dropped == 2  # too old to show
-
-
-def test_pacer_next_blocks_on_a_fake_clock():
-    clock = FakeClock()
-    pacer = OutputPacer(depth=1, fps=10, clock=clock, sleep=clock.sleep)
-    assert pacer.next(timeout=0.5) is None and clock.t == pytest.approx(0.5, abs=1e-3)  # empty: times out
-    pacer.put_many(["a", "b", "c"], clock.t)
-    t0 = clock.t
-    assert pacer.next(timeout=1.0) == "a" and clock.t - t0 == pytest.approx(0.1, abs=2e-3)  # after `depth` periods
-    assert pacer.next(timeout=1.0) == "b" and clock.t - t0 == pytest.approx(0.2, abs=2e-3)
-    assert pacer.due_in() == pytest.approx(0.1, abs=2e-3)
-    pacer.close()
-    assert pacer.next(timeout=1.0) == "c"  # closing drains what is there without pacing
-    assert pacer.next(timeout=None) is None
-
-
-def test_pacer_latest_skips_to_the_newest():
-    clock = FakeClock()
-    pacer = OutputPacer(depth=2, fps=16, clock=clock)
-    pacer.put_many(list("abcd"), 0.0)
-    assert pacer.latest() == "d" and pacer.latest() is None
-    s = pacer.stats()
-    assert s.delivered == 1 and s.dropped == 3 and s.level == 0
-
-
-def test_pacer_underrun_restarts_buffering():
-    clock = FakeClock()
-    pacer = OutputPacer(depth=2, fps=16, clock=clock)
-    arrivals = [k * 0.25 for k in range(20)] + [6.0 + k * 0.25 for k in range(20)]  # the engine pauses for 1.25 s
-    out, _ = drive(pacer, clock, arrivals, burst=4, until=12.0)
-    s = pacer.stats()
-    assert s.underruns == 2 and s.dropped == 0 and len(out) == 160  # the pause, then the end of the input
-    assert s.input_fps == pytest.approx(16)  # the pause is not taken for a slower engine
-    g = gaps([x for x in out if x[0] > 6.5])
-    assert std(g) < 0.001 and sum(g) / len(g) == pytest.approx(1 / 16, rel=0.01)

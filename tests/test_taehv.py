@@ -208,6 +208,11 @@ def test_state_dict_round_trip(model, tmp_path):
     save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "taew2_1.safetensors"))
     st = load_taehv(tmp_path / "taew2_1.safetensors", dtype=torch.bfloat16)
     assert st.dtype == torch.bfloat16
+    (tmp_path / "fp16").mkdir()  # a half-precision .safetensors in a folder, loaded in fp32
+    save_file({k: v.half() for k, v in sd.items()}, str(tmp_path / "fp16" / "taew2_1.safetensors"))
+    half = TAEHVDecoder()
+    half.load_state_dict({k: v.half().float() for k, v in sd.items()})
+    torch.testing.assert_close(load_taehv(tmp_path / "fp16").decode(raw), half.eval().decode(raw), atol=0, rtol=0)
     folder = tmp_path / "ckpts"
     folder.mkdir()
     _save(sd, folder / "taew2_1.pth")
@@ -240,7 +245,7 @@ def test_bad_files(model, tmp_path):
     assert "cannot read" in _error(tmp_path / "garbage.pth")
     (tmp_path / "garbage.safetensors").write_bytes(b"\x00" * 32)
     assert "cannot read" in _error(tmp_path / "garbage.safetensors")
-    assert "not a TAEHV state dict" in _error(_save([1, 2, 3], tmp_path / "list.pth"))
+    assert "not a state dict" in _error(_save([1, 2, 3], tmp_path / "list.pth"))
 
     wan_vae = {"encoder.conv1.weight": torch.zeros(96, 3, 3, 3, 3), "conv2.weight": torch.zeros(16, 16, 1, 1, 1)}
     msg = _error(_save(wan_vae, tmp_path / "vae.pth"))

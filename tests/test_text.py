@@ -1,23 +1,30 @@
-"""engine.text: loading a diffusers-format umT5 folder, padding, the prompt cache, the tiny encoder, errors.
+"""engine.text: loading umT5 from every release layout, padding, the prompt cache, the tiny encoder, errors.
 
 The model folder is built on the spot: a small UMT5EncoderModel saved with `save_pretrained`, and a umT5-style
 (Unigram) tokenizer trained with the sentencepiece package on a few sentences, wrapped as transformers'
-`T5Tokenizer` and saved as tokenizer.json (no download; no protobuf needed).
+`T5Tokenizer` and saved as tokenizer.json (no download; no protobuf needed). The same weights are then written
+in the original Wan, Kijai and ComfyUI layouts (names from Wan2.1's wan/modules/t5.py, ComfyUI's scaled fp8).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
+import shutil
 
 import pytest
 import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
 from sdv2_studio.engine.errors import EngineError
 from sdv2_studio.engine.text import (
     ByteTokenizer,
     PromptCache,
+    SentencePieceTokenizer,
     TextEncoder,
     clean_prompt,
+    hf_tokenize,
     load_text_encoder,
     tiny_text_encoder,
 )
@@ -124,12 +131,215 @@ def test_clean_prompt():
     assert clean_prompt("fish &amp;amp; chips") == "fish & chips"
 
 
+# -- every release layout ----------------------------------------------------------------------------------------
+
+
+def wan_names(hf: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """transformers UMT5EncoderModel tensors under Wan's T5Encoder names, written out as a table (not the loader's)."""
+    out = {"token_embedding.weight": hf["shared.weight"], "norm.weight": hf["encoder.final_layer_norm.weight"]}
+    n = 0
+    while f"encoder.block.{n}.layer.0.layer_norm.weight" in hf:
+        src, dst = f"encoder.block.{n}.layer.", f"blocks.{n}."
+        out[dst + "norm1.weight"] = hf[src + "0.layer_norm.weight"]
+        for p in "qkvo":
+            out[dst + f"attn.{p}.weight"] = hf[src + f"0.SelfAttention.{p}.weight"]
+        out[dst + "pos_embedding.embedding.weight"] = hf[src + "0.SelfAttention.relative_attention_bias.weight"]
+        out[dst + "norm2.weight"] = hf[src + "1.layer_norm.weight"]
+        out[dst + "ffn.gate.0.weight"] = hf[src + "1.DenseReluDense.wi_0.weight"]
+        out[dst + "ffn.fc1.weight"] = hf[src + "1.DenseReluDense.wi_1.weight"]
+        out[dst + "ffn.fc2.weight"] = hf[src + "1.DenseReluDense.wo.weight"]
+        n += 1
+    return out
+
+
+def wan_t5_forward(sd: dict[str, torch.Tensor], ids: torch.Tensor, heads: int, eps: float = 1e-6,
+                   buckets: int = 32, max_dist: int = 128) -> torch.Tensor:
+    """Wan's T5Encoder math on Wan-named weights (per-block relative position bias, T5 RMS norm, no attention
+    scaling, ffn = fc2(fc1(x) * gelu_tanh(gate(x)))) for unpadded ids [1, L]: an independent check of the table."""
+    L = ids.shape[1]
+    rel = torch.arange(L)[None, :] - torch.arange(L)[:, None]  # key position - query position
+    half = buckets // 2
+    exact = half // 2
+    far = exact + (torch.log(rel.abs().clamp(min=1).float() / exact) / math.log(max_dist / exact)
+                   * (half - exact)).long()
+    bucket = (rel > 0).long() * half + torch.where(rel.abs() < exact, rel.abs(), far.clamp(max=half - 1))
+
+    def norm(x, w):
+        return w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+
+    x = sd["token_embedding.weight"][ids]
+    n = 0
+    while f"blocks.{n}.norm1.weight" in sd:
+        p = f"blocks.{n}."
+        h = norm(x, sd[p + "norm1.weight"])
+        q, k, v = ((h @ sd[p + f"attn.{c}.weight"].T).view(1, L, heads, -1) for c in "qkv")
+        bias = sd[p + "pos_embedding.embedding.weight"][bucket].permute(2, 0, 1)[None]
+        attn = (torch.einsum("binc,bjnc->bnij", q, k) + bias).softmax(-1)
+        x = x + torch.einsum("bnij,bjnc->binc", attn, v).reshape(1, L, -1) @ sd[p + "attn.o.weight"].T
+        h = norm(x, sd[p + "norm2.weight"])
+        gate = F.gelu(h @ sd[p + "ffn.gate.0.weight"].T, approximate="tanh")
+        x = x + ((h @ sd[p + "ffn.fc1.weight"].T) * gate) @ sd[p + "ffn.fc2.weight"].T
+        n += 1
+    return norm(x, sd["norm.weight"])
+
+
+def test_wan_name_table_follows_wans_math(model_root):
+    _, sp, model = model_root
+    sd = wan_names(model.state_dict())
+    for prompt in SENTENCES[:3]:
+        ids = torch.tensor([sp.encode(prompt) + [1]])
+        with torch.no_grad():
+            ref = model(input_ids=ids).last_hidden_state
+        torch.testing.assert_close(wan_t5_forward(sd, ids, heads=4), ref, atol=1e-5, rtol=1e-5)
+
+
+FP8_MAX = 448.0  # largest float8_e4m3fn
+
+
+def _is_linear(name: str) -> bool:
+    return name.endswith(("q.weight", "k.weight", "v.weight", "o.weight", "wi_0.weight", "wi_1.weight",
+                          "wo.weight", "gate.0.weight", "fc1.weight", "fc2.weight"))
+
+
+def comfy_scaled_fp8(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """ComfyUI scaled fp8: each linear stored as fp8(w / s) with s = amax / 448 in `scale_weight`, the rest fp16,
+    a `scaled_fp8` marker. Returns (file tensors, {weight: s})."""
+    out, scales = {"scaled_fp8": torch.empty(0, dtype=torch.float8_e4m3fn)}, {}
+    for k, v in sd.items():
+        if _is_linear(k):
+            s = v.abs().max().float() / FP8_MAX
+            out[k] = (v.float() / s).to(torch.float8_e4m3fn)
+            out[k.removesuffix("weight") + "scale_weight"] = s.reshape(())
+            scales[k] = s
+        else:
+            out[k] = v.half()
+    return out, scales
+
+
+def fp8_bound(w: torch.Tensor, scale) -> torch.Tensor:
+    """Stated error of an fp8 e4m3 weight (round to nearest, 3 mantissa bits): 2^-4 relative above the smallest
+    normal 2^-6 * scale, 2^-10 * scale (half a subnormal step) below it."""
+    return torch.maximum(w.abs() * 2 ** -4, torch.as_tensor(2 ** -10 * scale))
+
+
+@pytest.fixture(scope="module")
+def layouts(model_root, tmp_path_factory):
+    """The reference weights written as each release lays them out: name -> (path, load kwargs)."""
+    root, sp, model = model_root
+    base = tmp_path_factory.mktemp("umt5_layouts")
+    hf = {k: v.clone() for k, v in model.state_dict().items() if k != "encoder.embed_tokens.weight"}
+    wan = wan_names(hf)
+    spiece = torch.tensor(list(sp.serialized_model_proto()), dtype=torch.uint8)
+    out = {"diffusers": (root, {})}
+    original = base / "Wan2.1-T2V-1.3B"  # the original release folder
+    (original / "google").mkdir(parents=True)
+    torch.save({k: v.bfloat16() for k, v in wan.items()}, original / "models_t5_umt5-xxl-enc-bf16.pth")
+    shutil.copytree(root / "tokenizer", original / "google" / "umt5-xxl")
+    out["wan-original"] = (original, {})
+    kijai = base / "kijai"
+    kijai.mkdir()
+    save_file({k: v.bfloat16() for k, v in wan.items()}, kijai / "umt5-xxl-enc-bf16.safetensors")
+    save_file({k: v.to(torch.float8_e4m3fn) if _is_linear(k) else v.bfloat16() for k, v in wan.items()},
+              kijai / "umt5-xxl-enc-fp8_e4m3fn.safetensors")
+    out["kijai-bf16"] = (kijai / "umt5-xxl-enc-bf16.safetensors", {"tokenizer": root / "tokenizer"})
+    out["kijai-fp8"] = (kijai / "umt5-xxl-enc-fp8_e4m3fn.safetensors",
+                        {"tokenizer": root / "tokenizer" / "spiece.model"})
+    comfy = base / "comfy"
+    comfy.mkdir()
+    save_file({k: v.half() for k, v in hf.items()} | {"spiece_model": spiece}, comfy / "umt5_xxl_fp16.safetensors")
+    save_file(comfy_scaled_fp8(hf)[0] | {"spiece_model": spiece}, comfy / "umt5_xxl_fp8_e4m3fn_scaled.safetensors")
+    out["comfy-fp16"] = (comfy / "umt5_xxl_fp16.safetensors", {})
+    out["comfy-fp8-scaled"] = (comfy / "umt5_xxl_fp8_e4m3fn_scaled.safetensors", {})
+    return out
+
+
+def _reference(model, cast, dtype) -> transformers.UMT5EncoderModel:
+    """The reference module with its weights cast as a file's storage casts them, run in `dtype`."""
+    ref = transformers.UMT5EncoderModel(model.config)
+    ref.load_state_dict({k: cast(v) for k, v in model.state_dict().items()})
+    return ref.to(dtype).eval()
+
+
+# layout -> (load dtype, the cast the file's storage applies to the reference weights)
+EXACT = {"diffusers": (torch.float32, lambda v: v), "wan-original": (torch.bfloat16, lambda v: v.bfloat16()),
+         "kijai-bf16": (torch.float32, lambda v: v.bfloat16().float()),
+         "comfy-fp16": (torch.float32, lambda v: v.half().float())}
+
+
+@pytest.mark.parametrize("layout", list(EXACT))
+def test_layouts_give_the_reference_output_bitwise(model_root, layouts, layout):
+    _, sp, model = model_root
+    path, kw = layouts[layout]
+    dtype, cast = EXACT[layout]
+    enc = load_text_encoder(path, dtype=dtype, text_len=TEXT_LEN, **kw)
+    assert (enc.text_dim, enc.dtype, enc.device.type) == (D_MODEL, dtype, "cpu")
+    assert enc.model.encoder.embed_tokens.weight is enc.model.shared.weight  # tied: one copy
+    ref = _reference(model, cast, dtype)
+    for prompt in SENTENCES[:3]:
+        ids, mask = enc.tokenize(prompt)
+        n = int(mask.sum())
+        assert ids[0, : n - 1].tolist() == sp.encode(prompt)[: n - 1]  # every layout's tokenizer: the same ids
+        with torch.no_grad():
+            want = ref(input_ids=ids, attention_mask=mask).last_hidden_state[:, :n]
+        assert torch.equal(enc.encode_trimmed(prompt), want), (layout, prompt)
+
+
+@pytest.mark.parametrize("layout", ["kijai-fp8", "comfy-fp8-scaled"])
+def test_fp8_layouts_within_quantisation_error(model_root, layouts, layout):
+    """Weights within the stated e4m3 bound of the reference (scale 1 for Kijai's plain fp8 cast); outputs within
+    2^-4 (relative L2) of the fp32 reference: the worst per-weight error, while the RMS rounding error is
+    2^-4 / sqrt(3) ~ 3.6% per weight (measured here: ~4.3% after two layers)."""
+    _, _, model = model_root
+    path, kw = layouts[layout]
+    enc = load_text_encoder(path, dtype=torch.float32, text_len=TEXT_LEN, **kw)
+    theirs = enc.model.state_dict()
+    scales = comfy_scaled_fp8(model.state_dict())[1] if layout == "comfy-fp8-scaled" else {}
+    for k, v in model.state_dict().items():
+        if _is_linear(k):
+            err = (theirs[k] - v).abs()
+            assert (err <= fp8_bound(v, scales.get(k, 1.0))).all() and err.max() > 0, k
+    for prompt in SENTENCES[:3]:
+        ids, mask = enc.tokenize(prompt)
+        n = int(mask.sum())
+        with torch.no_grad():
+            want = model(input_ids=ids[:, :n]).last_hidden_state
+        got = enc.encode_trimmed(prompt)
+        assert (got - want).norm() / want.norm() < 2 ** -4, (layout, prompt)
+
+
+def test_default_is_bf16_on_cpu(layouts):
+    enc = load_text_encoder(layouts["wan-original"][0], text_len=TEXT_LEN)
+    assert enc.dtype == torch.bfloat16 and enc.device.type == "cpu"
+    assert all(p.dtype == torch.bfloat16 for p in enc.model.parameters())
+
+
+def test_embedded_sentencepiece_tokenizes_like_transformers(model_root):
+    root, sp, _ = model_root
+    ours = SentencePieceTokenizer(sp.serialized_model_proto(), TEXT_LEN)
+    hf = hf_tokenize(transformers.AutoTokenizer.from_pretrained(root / "tokenizer"), TEXT_LEN)
+    for prompt in [*SENTENCES, " ".join(SENTENCES), "a", "UPPER case, punctuation!"]:
+        a, b = ours(prompt), hf(prompt)
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]), prompt
+
+
+def test_tokenizer_is_found_beside_the_weights(layouts, tmp_path, model_root):
+    path, _ = layouts["kijai-bf16"]
+    shutil.copy(path, tmp_path / path.name)
+    with pytest.raises(EngineError, match=r"no tokenizer found for .*tokenizer= the google/umt5-xxl folder"):
+        load_text_encoder(tmp_path / path.name, text_len=TEXT_LEN)
+    shutil.copytree(model_root[0] / "tokenizer", tmp_path / "google" / "umt5-xxl")
+    assert load_text_encoder(tmp_path / path.name, text_len=TEXT_LEN).text_dim == D_MODEL
+    # ComfyUI's embedded sentencepiece model serves as the tokenizer, unless one is passed
+    comfy, _ = layouts["comfy-fp16"]
+    assert isinstance(load_text_encoder(comfy, text_len=TEXT_LEN).tokenize_fn, SentencePieceTokenizer)
+    enc = load_text_encoder(comfy, tokenizer=model_root[0] / "tokenizer", text_len=TEXT_LEN)
+    assert not isinstance(enc.tokenize_fn, SentencePieceTokenizer)
+
+
 # -- errors ------------------------------------------------------------------------------------------------------
 
 
 def _copy_root(src, dst, skip=()):
-    import shutil
-
     for sub in ("text_encoder", "tokenizer"):
         for f in (src / sub).iterdir():
             if f"{sub}/{f.name}" not in skip and sub not in skip:
@@ -138,28 +348,43 @@ def _copy_root(src, dst, skip=()):
     return dst
 
 
-def test_missing_folder_errors(model_root, tmp_path):
+def _error(*args, **kw) -> str:
+    with pytest.raises(EngineError) as e:
+        load_text_encoder(*args, **kw)
+    msg = str(e.value)
+    assert "\n" not in msg and len(msg) < 400, msg
+    return msg
+
+
+def test_cannot_load_messages_name_the_cause(model_root, layouts, tmp_path):
     src = model_root[0]
-    with pytest.raises(EngineError, match=r"not found.*text_encoder/.*sdv2 models download"):
-        load_text_encoder(tmp_path / "nope")
-    with pytest.raises(EngineError, match=r"no text_encoder/ folder.*sdv2 models download"):
-        load_text_encoder(tmp_path)
+    assert "not found" in _error(tmp_path / "nope")
+    assert "no text encoder in folder" in _error(tmp_path)
     r = _copy_root(src, tmp_path / "noweights", skip=("text_encoder/model.safetensors",))
-    with pytest.raises(EngineError, match=r"no \*\.safetensors.*sdv2 models download"):
-        load_text_encoder(r)
+    assert "no weights (*.safetensors)" in _error(r)
     r = _copy_root(src, tmp_path / "notok", skip=("tokenizer",))
-    with pytest.raises(EngineError, match=r"tokenizer not found.*sdv2 models download"):
-        load_text_encoder(r)
-    r = _copy_root(src, tmp_path / "t5", skip=())
+    assert "no tokenizer found" in _error(r)
+    r = _copy_root(src, tmp_path / "t5")
     cfg = json.loads((r / "text_encoder" / "config.json").read_text())
-    cfg["model_type"] = "t5"
-    (r / "text_encoder" / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(EngineError, match="not umT5"):
-        load_text_encoder(r)
+    (r / "text_encoder" / "config.json").write_text(json.dumps(cfg | {"model_type": "t5"}))
+    assert "not umT5" in _error(r)
     r = _copy_root(src, tmp_path / "broken")
     (r / "text_encoder" / "model.safetensors").write_bytes(b"\x00garbage")
-    with pytest.raises(EngineError, match=r"cannot load the text encoder.*re-download"):
-        load_text_encoder(r)
+    msg = _error(r)
+    assert "corrupt or truncated" in msg and "download it again" in msg
+    # a plain T5 (one relative position bias, in block 0) is named as such
+    hf = {k: v for k, v in model_root[2].state_dict().items()
+          if "block.1.layer.0.SelfAttention.relative" not in k and k != "encoder.embed_tokens.weight"}
+    save_file(hf, tmp_path / "t5.safetensors")
+    assert "is a T5 encoder" in _error(tmp_path / "t5.safetensors", tokenizer=src / "tokenizer")
+    # tensors missing, or not a text encoder at all
+    wan = torch.load(layouts["wan-original"][0] / "models_t5_umt5-xxl-enc-bf16.pth")
+    save_file({k: v for k, v in wan.items() if k != "blocks.1.ffn.fc2.weight"}, tmp_path / "short.safetensors")
+    msg = _error(tmp_path / "short.safetensors", tokenizer=src / "tokenizer")
+    assert "missing tensors: encoder.block.1.layer.1.DenseReluDense.wo.weight" in msg
+    save_file({"blocks.0.self_attn.q.weight": torch.zeros(2, 2)}, tmp_path / "dit.safetensors")
+    assert "not a umT5 text encoder" in _error(tmp_path / "dit.safetensors")
+    assert "tokenizer not found" in _error(layouts["kijai-bf16"][0], tokenizer=tmp_path / "none")
 
 
 # -- prompt cache ------------------------------------------------------------------------------------------------

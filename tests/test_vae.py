@@ -202,6 +202,33 @@ def test_diffusers_folder_loads(tmp_path, ref):
     assert (vae.decode(z) - expected).abs().max() < 1e-4
 
 
+# file name -> (how the file stores the reference weights, the dtype to load in). Original names: Wan2.1_VAE.pth,
+# ComfyUI's wan_2.1_vae.safetensors (bf16 here), Kijai's Wan2_1_VAE_fp32 (its loader accepts a `model.` prefix);
+# diffusers names: the vae/ folder's safetensors as a single file, without its config.json.
+LAYOUTS = {
+    "Wan2.1_VAE.pth": ("wan", lambda k, v: (k, v), torch.float32),
+    "wan_2.1_vae.safetensors": ("wan", lambda k, v: (k, v.bfloat16()), torch.bfloat16),
+    "Wan2_1_VAE_fp32.safetensors": ("wan", lambda k, v: (f"model.{k}", v), torch.float32),
+    "diffusion_pytorch_model.safetensors": ("diffusers", lambda k, v: (k, v), torch.float32),
+}
+
+
+@pytest.mark.parametrize("name", list(LAYOUTS))
+def test_every_layout_decodes_like_the_reference(tmp_path, ref, sd, name):
+    """Shapes decide the size and names the layout: no config, no renaming; output bitwise the reference's."""
+    from safetensors.torch import save_file
+
+    layout, store, dtype = LAYOUTS[name]
+    weights = sd if layout == "wan" else ref.state_dict()
+    stored = dict(store(k, v.contiguous()) for k, v in weights.items())
+    (torch.save if name.endswith(".pth") else save_file)(stored, tmp_path / name)
+    vae = load_vae(tmp_path / name, dtype=dtype)
+    assert (vae.cfg.base_dim, vae.dtype, vae.cfg.name) == (8, dtype, "custom")
+    want = _ours(sd, CFG.replace(name="custom"), dtype)
+    z = _latents(2).to(dtype)
+    assert torch.equal(vae.decode(z), want.decode(z)), name
+
+
 def test_meta_build_and_assign_load(sd):
     with torch.device("meta"):
         vae = WanVAE(CFG)

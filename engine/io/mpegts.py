@@ -6,8 +6,8 @@ mid-stream shows a picture within a second, SPS/PPS repeated in-band, packets fl
 UDP is connectionless: the sink keeps sending while nobody listens, so OBS can be restarted under it.
 
 Timestamps follow the wall clock (seconds since the first frame) unless the caller passes them, because the
-receiver plays them in real time. Feed bursty producers through :class:`~engine.io.paced.PacedSink`
-(:func:`open_mpegts_sink` does) so frames are spaced evenly.
+receiver plays them in real time. Bursty producers go through a paced ``engine.session.Session`` (as ``sdv2 run``
+and the OBS bridge do) so frames are spaced evenly.
 
 SRT needs a PyAV/FFmpeg build with libsrt; the PyPI wheels have none, so :func:`srt_available` is checked
 first and the error names the UDP alternative.
@@ -24,7 +24,6 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import av
 from sdv2_studio.engine.errors import EngineError
 from sdv2_studio.engine.io.frames import check_frame
-from sdv2_studio.engine.io.paced import PacedSink
 from sdv2_studio.engine.io.protocols import Frame, FrameSink
 from sdv2_studio.engine.io.sinks import add_video_stream, conform_frame, default_codec, encode_rgb
 
@@ -159,5 +158,5 @@ class MpegTsSink(FrameSink):
 
 
 def open_mpegts_sink(spec: str, *, fps: float, size: tuple[int, int] | None = None) -> FrameSink:
-    """The :func:`~engine.io.sinks.register_sink` opener for ``udp://`` and ``srt://``: a paced MPEG-TS sink."""
-    return PacedSink(MpegTsSink(spec, fps, size), fps, name=f"send {spec}")
+    """The :func:`~engine.io.sinks.register_sink` opener for ``udp://`` and ``srt://``: an MPEG-TS sink."""
+    return MpegTsSink(spec, fps, size)

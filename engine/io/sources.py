@@ -4,6 +4,7 @@
 
     test | test:WxH | test:WxH@FPS | test@FPS        built-in animated pattern (default 512x512 @ 16)
     camera:NAME | /dev/videoN                       a camera (see engine.io.cameras for NAME per OS)
+    obs-filter | obs-filter:CHANNEL                 frames of an OBS source with the StreamDiffusionV2 filter (shm)
     rtmp:// rtmps:// srt:// udp:// rtp:// rtsp:// tcp:// http(s)://   a network stream
     anything else                                   a video file path (file:// also accepted)
 
@@ -40,7 +41,8 @@ __all__ = [
 
 STREAM_SCHEMES = ("rtmp", "rtmps", "srt", "udp", "rtp", "rtsp", "rtsps", "tcp", "http", "https")
 SOURCE_HELP = (
-    "use a video file path, test, test:WxH@FPS, camera:NAME, /dev/videoN, or an rtmp:// srt:// udp:// rtsp:// URL"
+    "use a video file path, test, test:WxH@FPS, camera:NAME, /dev/videoN, obs-filter:CHANNEL, or an rtmp:// srt:// "
+    "udp:// rtsp:// URL"
 )
 _DEFAULT_FPS = 30.0  # when a stream does not say
 
@@ -267,6 +269,10 @@ def open_source(
         return _test_source(spec, realtime)
     if low.startswith("camera:"):
         return camera_source(spec[len("camera:") :].strip())
+    if low == "obs-filter" or low.startswith("obs-filter:"):
+        from sdv2_studio.engine.io.shm import open_shm_source
+
+        return open_shm_source(spec)
     if re.fullmatch(r"/dev/video\d+", spec):
         return camera_source(spec)
     scheme = _scheme(spec)

@@ -18,7 +18,6 @@ import sys
 import numpy as np
 from sdv2_studio.engine.errors import EngineError
 from sdv2_studio.engine.io.frames import check_frame, fit_frame
-from sdv2_studio.engine.io.paced import PacedSink
 from sdv2_studio.engine.io.protocols import Frame, FrameSink
 
 __all__ = ["SpoutSink", "SyphonSink", "open_texshare_sink", "texshare_available"]
@@ -124,9 +123,9 @@ class SyphonSink(FrameSink):
 
 
 def open_texshare_sink(spec: str, *, fps: float, size: tuple[int, int] | None = None) -> FrameSink:
-    """The :func:`~engine.io.sinks.register_sink` opener for ``spout[:NAME]`` and ``syphon[:NAME]`` (paced)."""
+    """The :func:`~engine.io.sinks.register_sink` opener for ``spout[:NAME]`` and ``syphon[:NAME]``."""
     kind, _, name = spec.strip().partition(":")
     cls = {"spout": SpoutSink, "syphon": SyphonSink}.get(kind.lower())
     if cls is None:
         raise EngineError(f"unsupported output {spec!r}: use spout[:NAME] or syphon[:NAME]")
-    return PacedSink(cls(name or DEFAULT_NAME, size), fps, name=f"{kind} {name or DEFAULT_NAME}")
+    return cls(name or DEFAULT_NAME, size)

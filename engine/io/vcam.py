@@ -17,7 +17,6 @@ import sys
 import numpy as np
 from sdv2_studio.engine.errors import EngineError
 from sdv2_studio.engine.io.frames import check_frame, fit_frame
-from sdv2_studio.engine.io.paced import PacedSink
 from sdv2_studio.engine.io.protocols import Frame, FrameSink
 
 __all__ = ["VirtualCameraSink", "open_vcam_sink", "parse_vcam_spec", "vcam_help"]
@@ -51,7 +50,7 @@ class VirtualCameraSink(FrameSink):
 
     Frames of another size are fitted (scaled to cover, centre-cropped). The size is fixed when the camera opens
     (from ``size``, else the first frame), as virtual cameras cannot change size while open. The sink sends
-    immediately; wrap it in :class:`~engine.io.paced.PacedSink` (as :func:`open_vcam_sink` does) for even pacing.
+    immediately; a paced ``engine.session.Session`` spaces the frames evenly.
     """
 
     def __init__(self, fps: float, size: tuple[int, int] | None = None, *, backend: str | None = None,
@@ -122,10 +121,9 @@ class VirtualCameraSink(FrameSink):
             self._cam.close()
 
 
-def open_vcam_sink(spec: str, *, fps: float, size: tuple[int, int] | None = None) -> PacedSink:
-    """The :func:`~engine.io.sinks.register_sink` opener for ``vcam``: a paced :class:`VirtualCameraSink`.
+def open_vcam_sink(spec: str, *, fps: float, size: tuple[int, int] | None = None) -> VirtualCameraSink:
+    """The :func:`~engine.io.sinks.register_sink` opener for ``vcam``: a :class:`VirtualCameraSink`.
 
     The camera opens now (at ``size``, default 832x480), so a missing driver is reported before streaming."""
     backend, device = parse_vcam_spec(spec)
-    sink = VirtualCameraSink(fps, size or DEFAULT_SIZE, backend=backend, device=device)
-    return PacedSink(sink, fps, name=f"vcam {sink.device}")
+    return VirtualCameraSink(fps, size or DEFAULT_SIZE, backend=backend, device=device)

@@ -109,7 +109,7 @@ def round_trips() -> dict:
     assert not errors, errors
     out = {"presets": {}}
     for p in presets:
-        c = p.controls()
+        c = p.controls() if callable(p.controls) else p.controls  # a method before issue 9, a Controls after
         c = c if isinstance(c, dict) else dataclasses.asdict(c)
         out["presets"][p.id] = {k: c[k] for k in ("prompt", "steps", "noise_scale", "seed", "transition_chunks")
                                 if k in c}

@@ -3,7 +3,7 @@
 1. Flat cost over a long stream: per-chunk latency and memory at chunk 10, 1,000 and 10,000 (ratios ~1.0).
 2. The streaming forward (one new latent frame against the rolling cache, prompt K/V cached) vs recomputing the
    whole 6-frame window without a cache, diffusers-style (text embedding, prompt K/V and all 6 frames every call).
-3. Achieved FLOP/s of the streaming forward (engine/flops.py) vs this machine's dense GEMM FLOP/s, measured in the
+3. Achieved FLOP/s of the streaming forward (flops.py) vs this machine's dense GEMM FLOP/s, measured in the
    same run with the same threads and dtype.
 Timings are medians of repeated runs; nothing here is asserted (benchmarks are not tests).
 """
@@ -21,9 +21,10 @@ from pathlib import Path
 
 import torch
 from sdv2_studio.engine.config import CacheConfig, get_preset
-from sdv2_studio.engine.flops import forward_flops
 from sdv2_studio.engine.kv_cache import KVCache, StreamClock
 from sdv2_studio.engine.model import CausalWanModel, cast_model
+
+from .flops import forward_flops
 
 
 def _sync(device: torch.device) -> None:
@@ -152,9 +153,10 @@ def bench_pipeline(model: str = "tiny", size: tuple[int, int] = (256, 256), chun
     leave) plus the time to capture a chunk's frames at the source rate (4 frames at 16 fps = 0.25 s)."""
     import numpy as np
     from sdv2_studio.engine.api import resolve_device, resolve_dtype
+    from sdv2_studio.engine.config import Controls
     from sdv2_studio.engine.io.pattern import TestPatternSource
     from sdv2_studio.engine.models import load_bundle
-    from sdv2_studio.engine.pipeline import Controls, StreamPipeline
+    from sdv2_studio.engine.pipeline import StreamPipeline
     from sdv2_studio.engine.text import PromptCache
 
     dev = resolve_device(device)
@@ -249,8 +251,8 @@ def bench_parallel(model: str = "random:small", size: tuple[int, int] = (256, 25
     the engine takes them, after warm-up and the one-off block rebalance (first 6 chunks excluded); latency: a
     second run paced at 90% of that throughput (so queueing does not dominate)."""
     from sdv2_studio.engine.api import EngineConfig
+    from sdv2_studio.engine.config import Controls
     from sdv2_studio.engine.io.pattern import TestPatternSource
-    from sdv2_studio.engine.pipeline import Controls
 
     h, w = size
     src = TestPatternSource(size=(h, w), fps=16)

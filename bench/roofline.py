@@ -5,8 +5,8 @@ can size hardware: the 1.3B and 14B presets at 480x832 and 512x512, 1-4 denoisin
 on H100 SXM and RTX 4090, over 1-4 GPUs.
 
 Work per chunk (4 pixel frames -> 1 latent frame -> L = (H/16)(W/16) tokens; 6-frame KV cache):
-  * DiT FLOPs: `engine.flops.forward_flops` per slot forward (matmuls + attention; verified against torch's
-    FlopCounterMode in tests/test_flops.py and here by tracing).
+  * DiT FLOPs: `flops.forward_flops` (bench/flops.py) per slot forward (matmuls + attention; verified against
+    torch's FlopCounterMode in tests/test_flops.py and here by tracing).
   * DiT bytes: weights (read once per forward, whatever the batch), per slot the KV-cache reads (2 x layers x
     6L x dim x 2 bytes), the new K/V writes, the prompt's cross K/V, the GEMM inputs/outputs, and the memory-bound
     elementwise traffic of our eager implementation (norms and modulation in fp32, RoPE, gates, GELU, casts).
@@ -47,8 +47,10 @@ empty: attention over 2 frames), then its decode; on N GPUs every step is a roun
 capture wait for those frames is added for a given source fps (the paper's TTFF includes it: 0.47 s at 16 fps,
 0.37 s at 30 fps). Text encoding (umT5, once per prompt; on the CPU by default) is excluded.
 
-Memory per GPU (`memory_per_rank`): resident weights, umT5 if kept on the GPU, KV cache x slots, the VAE's
-causal-conv state, the traced peak of live activations (x allocator slack) and a reserve for the CUDA context.
+Memory per GPU (`memory_per_rank`) is the engine's own estimate (engine/memory.py: weights, umT5 if kept on the
+GPU, KV cache x slots, the VAE's causal-conv state, activations, the CUDA reserve) for each rank's share. The
+traces here are what its activation and state coefficients were measured with (tests/test_roofline.py checks that
+they still agree): a trace's `peak_bytes` is the peak of the live tensors, the VAE's state included.
 
 Not modelled: frame upload/download and colour conversion (< 1 ms), the motion controller and scheduler step
 (elementwise on a 16 x h x w latent), clock boost/throttling, NCCL protocol details, kernel-level overlap.
@@ -67,16 +69,17 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from sdv2_studio.engine.config import CacheConfig, ModelConfig, get_preset
+from sdv2_studio.engine.config import MAX_STEPS, CacheConfig, ModelConfig, get_preset
 from sdv2_studio.engine.errors import EngineError
-from sdv2_studio.engine.flops import forward_flops
+from sdv2_studio.engine.memory import RESERVE, SLACK, GiB, MemoryEstimate, device_memory, frame_tokens
+from sdv2_studio.engine.models import UMT5_XXL
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
-GiB = 2**30
+from .flops import forward_flops
 
 # ------------------------------------------------------------------------------------------------- hardware
 
@@ -128,17 +131,12 @@ class Efficiency:
     # modern server CPU; a view op only runs the dispatcher (~1 us). Our engine uses no CUDA graphs.
     host_op_s: float = 5e-6
     host_view_s: float = 1e-6
-    # Memory: CUDA context + cuBLAS/cuDNN workspaces, and the allocator's slack on dynamic tensors. Upstream's
-    # demo uses the same rule to decide on Stream-Batch: free >= 1.15 x (extra KV + buffers) + 1 GiB.
-    reserve_gib: float = 1.0
-    dynamic_slack: float = 1.15
 
 
 DEFAULT_EFF = Efficiency()
 
 MODELS = {"1.3b": "wan2.1-1.3b", "14b": "wan2.1-14b"}
 SIZES = {"480p": (480, 832), "512": (512, 512)}  # (H, W); paper names: 480P (832x480) and 512x512
-T5_BYTES = 5.68e9 * 2  # umT5-XXL encoder in bf16 (~11.4 GB): only when it is kept on the GPU (upstream does)
 CHUNK_FRAMES = 4  # pixel frames per chunk (one latent frame)
 FIRST_FRAMES = 5  # the first chunk: 5 pixel frames -> 2 latent frames
 
@@ -257,13 +255,14 @@ class _Trace(TorchDispatchMode):
     """Adds up, per bucket, the bytes every aten op reads and writes, the ops launched and the peak of live
     tensors made during the trace. Views move nothing; weights are told apart by their storage."""
 
-    def __init__(self, weights: set[int]):
+    def __init__(self, weights: set[int], live: tuple[torch.Tensor, ...] = ()):
         super().__init__()
         self.weights = weights
         self.bucket = "all"
         self.data: dict[str, dict[str, float]] = {}
         self.live: list[tuple[StorageWeakRef, int]] = []
         self.peak = 0
+        self._track(list(live))  # tensors made before (a streaming state) count while they are alive
 
     def _acc(self, key: str, v: float) -> None:
         d = self.data.setdefault(self.bucket, {})
@@ -340,7 +339,7 @@ class Traced:
     work: Work  # everything in the traced call
     blocks: Work  # the part inside DiT blocks (per block), else zeros
     counted_flops: float  # what FlopCounterMode saw (matmuls/convs) + the fused-attention FLOPs
-    peak_bytes: int  # live tensors made during the call, at their peak
+    peak_bytes: int  # live tensors at their peak: those made during the call and the state it started with
     state_bytes: int = 0  # persistent streaming state (VAE causal cache)
 
 
@@ -348,8 +347,9 @@ def _weight_storages(module: nn.Module) -> set[int]:
     return {p.untyped_storage()._cdata for p in module.parameters()}
 
 
-def _run_traced(module: nn.Module, fn, eta: str, blocks: list[nn.Module] | None = None) -> Traced:
-    tr = _Trace(_weight_storages(module))
+def _run_traced(module: nn.Module, fn, eta: str, blocks: list[nn.Module] | None = None, live=None) -> Traced:
+    """Trace `fn()`; `live()` gives the tensors alive before it (a streaming state: no reference is kept to them)."""
+    tr = _Trace(_weight_storages(module), tuple(live()) if live else ())
     hooks = []
     for b in blocks or []:
         hooks.append(b.register_forward_pre_hook(lambda *_: setattr(tr, "bucket", "block")))
@@ -368,7 +368,7 @@ def _run_traced(module: nn.Module, fn, eta: str, blocks: list[nn.Module] | None 
     counted = fc.get_total_flops() + attn
     whole = replace(whole, flops=counted)
     n_blocks = max(1, len(blocks or []))
-    blk = replace(blk, flops=0.0).times(1 / n_blocks)  # FLOPs of blocks come from engine/flops.py
+    blk = replace(blk, flops=0.0).times(1 / n_blocks)  # FLOPs of blocks come from flops.py
     return Traced(whole, blk, counted, tr.peak)
 
 
@@ -401,25 +401,12 @@ def vae_trace(size: tuple[int, int], kind: str, first: bool = False, preset: str
         return _run_traced(vae, lambda: call(first_in, cache), "vae")
     with torch.no_grad():
         call(first_in, cache)  # the stream's first call fills the causal cache
-    t = _run_traced(vae, lambda: call(steady_in, cache), "vae")
+    t = _run_traced(vae, lambda: call(steady_in, cache), "vae", live=cache.frames.values)
     state = sum(v.numel() * v.element_size() for v in cache.frames.values())
     return replace(t, state_bytes=state)
 
 
-@functools.cache
-def vae_param_bytes(preset: str = "wan2.1") -> int:
-    from sdv2_studio.engine.vae import WanVAE, get_vae_preset
-
-    with torch.device("meta"):
-        return sum(p.numel() for p in WanVAE(get_vae_preset(preset)).parameters()) * 2  # bf16
-
-
 # ------------------------------------------------------------------------------------------------------- DiT
-
-
-def tokens_per_frame(cfg: ModelConfig, size: tuple[int, int]) -> int:
-    H, W = size
-    return (H // 8 // cfg.patch_size[1]) * (W // 8 // cfg.patch_size[2])
 
 
 @functools.cache
@@ -432,7 +419,7 @@ def dit_trace(model: str, size: tuple[int, int], first: bool = False, blocks: in
 
     cfg = resolve_model(model).replace(num_layers=blocks)
     cc = CacheConfig()
-    L = tokens_per_frame(cfg, size)
+    L = frame_tokens(cfg, size)
     h, w = size[0] // 8, size[1] // 8
     with torch.device("meta"):
         m = cast_model(CausalWanModel(cfg), torch.bfloat16).eval()
@@ -455,7 +442,7 @@ def dit_trace(model: str, size: tuple[int, int], first: bool = False, blocks: in
 
 
 def _layer_flops(cfg: ModelConfig, L: int, frames: int, kv_tokens: int) -> tuple[float, float]:
-    """(per block, outside blocks) FLOPs of one batch-1 forward, from engine/flops.py."""
+    """(per block, outside blocks) FLOPs of one batch-1 forward, from flops.py."""
     one = forward_flops(cfg.replace(num_layers=1), frames * L, kv_tokens, frames=frames).total
     two = forward_flops(cfg.replace(num_layers=2), frames * L, kv_tokens, frames=frames).total
     return two - one, one - (two - one)
@@ -490,7 +477,7 @@ class DiTWork:
 def dit_work(model: str, size: tuple[int, int], first: bool = False) -> DiTWork:
     cfg = resolve_model(model)
     cc = CacheConfig()
-    L = tokens_per_frame(cfg, size)
+    L = frame_tokens(cfg, size)
     frames = cc.first_chunk_frames if first else cc.chunk_frames
     kv = (cc.first_chunk_frames if first else cc.cache_frames) * L
     per_block_flops, outside_flops = _layer_flops(cfg, L, frames, kv)
@@ -504,18 +491,10 @@ def dit_work(model: str, size: tuple[int, int], first: bool = False) -> DiTWork:
 
 
 def dit_forward_flops(model: str, size, batch: int = 1) -> int:
-    """engine/flops.py for one steady-state forward over the batch (what the model uses)."""
+    """flops.py for one steady-state forward over the batch (what the model uses)."""
     cfg = resolve_model(model)
-    L = tokens_per_frame(cfg, resolve_size(size))
+    L = frame_tokens(cfg, resolve_size(size))
     return forward_flops(cfg, L, CacheConfig().cache_frames * L, batch=batch).total
-
-
-def kv_bytes_per_slot(model: str, size, layers: int | None = None) -> int:
-    """Self-attention K/V (6-frame cache) + prompt cross K/V of `layers` blocks, one Stream-Batch slot (bf16)."""
-    cfg = resolve_model(model)
-    L = tokens_per_frame(cfg, resolve_size(size))
-    n = cfg.num_layers if layers is None else layers
-    return n * 2 * (CacheConfig().cache_frames * L + cfg.text_len) * cfg.dim * 2
 
 
 # ------------------------------------------------------------------------------------------------ prediction
@@ -559,36 +538,23 @@ def _balance(layers: int, ngpus: int, fixed: list[float], per_block: float) -> l
 
 
 def memory_per_rank(model: str, size, slots: int, blocks: list[int], *, scheme: str = "ours",
-                    t5_on_gpu: bool = False, eff: Efficiency = DEFAULT_EFF) -> list[dict[str, float]]:
-    """Bytes each rank needs, by item. Static: DiT weights (bf16 + fp32 islands), umT5 if kept on the GPU, the VAE
-    (rank 0 encodes, the last rank decodes; our engine loads the whole VAE on both). Allocated once: the KV cache
-    of the rank's blocks x slots, and the VAE's causal-conv state. Transient (x `dynamic_slack` for allocator
-    slack): the larger of the DiT forward's and the VAE call's peak live activations, both traced on meta.
-    Plus `reserve_gib` for the CUDA context and library workspaces."""
-    cfg = resolve_model(model)
-    hw = resolve_size(size)
-    blk_bytes, out_bytes = dit_param_bytes(model)
-    d = dit_work(model, hw)
-    enc, dec = vae_trace(hw, "encode"), vae_trace(hw, "decode")
-    vae_w = vae_param_bytes()
-    N = len(blocks)
+                    t5_on_gpu: bool = False) -> list[MemoryEstimate]:
+    """Bytes each rank needs, by item, from the engine's estimator (engine/memory.py), in bf16. Ours: rank 0 holds
+    the embeddings, encodes (the VAE) and runs umT5 when it is on the GPU, the last rank holds the head and decodes,
+    and over several ranks every job is a batch-1 micro-batch. Upstream: every rank loads the whole pipeline (all
+    DiT weights, the VAE, umT5 when on the GPU) and runs batch-n forwards over its blocks."""
+    cfg, hw = resolve_model(model), resolve_size(size)
+    N, up = len(blocks), scheme == "upstream"
     out = []
     for r, nb in enumerate(blocks):
         first, last = r == 0, r == N - 1
-        if scheme == "upstream":  # every rank loads the whole pipeline: all DiT weights, T5 and the VAE
-            weights, vae, t5 = blk_bytes * cfg.num_layers + out_bytes, vae_w, T5_BYTES if t5_on_gpu else 0
-        else:
-            weights = blk_bytes * nb + (out_bytes if first or last else 0)
-            vae = vae_w if first or last else 0
-            t5 = T5_BYTES if (t5_on_gpu and first) else 0
-        dit_act = d.peak_bytes * (1 if scheme == "ours" and N > 1 else slots)  # micro-batches are batch 1
-        vae_act = max(enc.peak_bytes if first else 0, dec.peak_bytes if last else 0)
-        item = {"dit_weights": weights, "t5": t5, "vae_weights": vae,
-                "kv_cache": slots * kv_bytes_per_slot(model, hw, nb),
-                "vae_state": (enc.state_bytes if first else 0) + (dec.state_bytes if last else 0),
-                "activations": eff.dynamic_slack * max(dit_act, vae_act), "reserve": eff.reserve_gib * GiB}
-        item["total"] = sum(item.values())
-        out.append(item)
+        m = device_memory(cfg, hw, dtype=torch.bfloat16, slots=slots, blocks=nb,
+                          micro_batch=slots if up or N == 1 else 1, embed=first, head=last, encode=first,
+                          decode=last, text=UMT5_XXL if t5_on_gpu and (first or up) else None)
+        if up:
+            whole = device_memory(cfg, hw, dtype=torch.bfloat16, slots=slots, blocks=cfg.num_layers)
+            m = replace(m, dit=whole.dit, vae=whole.vae)
+        out.append(m)
     return out
 
 
@@ -599,8 +565,8 @@ def predict(model: str = "1.3b", size="480p", steps: int = 1, gpu: str | GPU = "
     GPU both are the single-GPU pipeline. batch=False runs the steps one after another (no Stream-Batch, 1 GPU).
     t5_on_gpu: keep umT5-XXL (~11.4 GB) on the GPU as upstream does (default: only for scheme "upstream" on
     several GPUs; our engine keeps it on the CPU)."""
-    if not 1 <= steps <= 4:
-        raise EngineError("steps must be 1-4")
+    if not 1 <= steps <= MAX_STEPS:
+        raise EngineError(f"steps must be 1-{MAX_STEPS}")
     if scheme not in ("ours", "upstream"):
         raise EngineError("scheme must be 'ours' or 'upstream'")
     g = resolve_gpu(gpu)
@@ -613,7 +579,7 @@ def predict(model: str = "1.3b", size="480p", steps: int = 1, gpu: str | GPU = "
     enc, dec = cost(vae_trace(hw, "encode").work, g, eff), cost(vae_trace(hw, "decode").work, g, eff)
     enc0, dec0 = (cost(vae_trace(hw, "encode", True).work, g, eff),
                   cost(vae_trace(hw, "decode", True).work, g, eff))
-    L = tokens_per_frame(cfg, hw)
+    L = frame_tokens(cfg, hw)
     h, w = hw[0] // 8, hw[1] // 8
     job_bytes = L * cfg.dim * 2 + 7 * cfg.dim * 4 + cfg.in_dim * h * w * 2 + 24 * 8  # tokens, e0, e, x_t, header
     result_bytes = cfg.in_dim * h * w * 2 + 24 * 8
@@ -692,11 +658,11 @@ def predict(model: str = "1.3b", size="480p", steps: int = 1, gpu: str | GPU = "
         ttff = enc0.s + n * trip + dec0.s + _comm_s(5 * hw[0] * hw[1] * 3, g, eff, 2)
     fps = CHUNK_FRAMES / chunk
     t5 = (scheme == "upstream" and N > 1) if t5_on_gpu is None else t5_on_gpu
-    mem = memory_per_rank(model, hw, slots, blocks, scheme=scheme if N > 1 else "ours", t5_on_gpu=t5, eff=eff)
-    worst = max(mem, key=lambda m: m["total"])
-    detail["memory_gb"] = {k: round(v / 1e9, 2) for k, v in worst.items()}
+    mem = memory_per_rank(model, hw, slots, blocks, scheme=scheme if N > 1 else "ours", t5_on_gpu=t5)
+    worst = max(mem, key=lambda m: m.total)
+    detail["memory_gb"] = {k: round(v / 1e9, 2) for k, v in worst.items().items()} | {"total": worst.total / 1e9}
     detail["t5_on_gpu"] = t5
-    vram = worst["total"]
+    vram = worst.total
     return Prediction(model=model, size=_size_name(hw), steps=n, gpu=g.key, ngpus=N, scheme=scheme if N > 1 else
                       "single", batch=batch, fps=fps, chunk_ms=chunk * 1e3, ttff_s=ttff,
                       stage_ms=[s * 1e3 for s in stage], bound=bound, fits=vram <= g.vram_gb * 1e9,
@@ -829,8 +795,8 @@ def report(out: str | Path | None = "bench/results/roofline.json", eff: Efficien
     p("Predictions are for OUR engine (per-slot micro-batches over N ranks, engine/parallel.py); 'up' = the same "
       "model of the paper's scheme (batch-n forwards per rank).")
     p(f"Constants (not fitted): eta_dit {eff.eta_dit}, eta_vae {eff.eta_vae}, eta_mem {eff.eta_mem}, "
-      f"eta_link {eff.eta_link}, host {eff.host_op_s * 1e6:.0f} us/op + {eff.host_view_s * 1e6:.0f} us/view, "
-      f"memory reserve {eff.reserve_gib} GiB + {eff.dynamic_slack}x transient activations.")
+      f"eta_link {eff.eta_link}, host {eff.host_op_s * 1e6:.0f} us/op + {eff.host_view_s * 1e6:.0f} us/view; "
+      f"memory (engine/memory.py): reserve {RESERVE / GiB:.0f} GiB + {SLACK}x transient activations.")
     p("GPUs: " + "; ".join(f"{g.name} {g.bf16_flops / 1e12:.1f} TFLOP/s bf16 dense, {g.hbm_bw / 1e12:.2f} TB/s, "
                            f"{g.vram_gb:.0f} GB, {g.link} {g.link_bw / 1e9:.0f} GB/s" for g in GPUS.values()))
     head = f"{'config':<30}" + "".join(f"| {f'{n} step' + ('s' if n > 1 else ''):<24}" for n in range(1, 5)) \
@@ -931,17 +897,9 @@ def main_roofline(args: argparse.Namespace) -> int:
     return 0
 
 
-def register_cli(subparsers) -> argparse.ArgumentParser:
-    """Add a `roofline` command to an argparse subparsers object (e.g. under `sdv2 bench`)."""
-    p = subparsers.add_parser("roofline", help="predicted fps / TTFF / VRAM on H100 and RTX 4090 vs the paper")
-    add_arguments(p)
-    p.set_defaults(fn=main_roofline)
-    return p
-
-
 def main(argv: list[str] | None = None) -> int:
-    """`python -m sdv2_studio.engine.roofline [--out PATH] [--eta-...]`."""
-    p = argparse.ArgumentParser(prog="python -m sdv2_studio.engine.roofline", description=__doc__.splitlines()[0])
+    """`python -m bench.roofline [--out PATH] [--eta-...]` from the checkout root."""
+    p = argparse.ArgumentParser(prog="python -m bench.roofline", description=__doc__.splitlines()[0])
     add_arguments(p)
     return main_roofline(p.parse_args(argv))
 

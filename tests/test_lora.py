@@ -1,0 +1,250 @@
+"""engine/lora.py: every LoRA key style gives the reference weights with the LoRA merged by an independent
+computation (float64, here, with module names from a table written out in this file); several LoRAs with
+strengths; exact switching and removal without the base weights; one-line errors for LoRAs that do not fit."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from sdv2_studio.engine.checkpoint import identify, load_model
+from sdv2_studio.engine.config import PRESETS
+from sdv2_studio.engine.errors import EngineError
+from sdv2_studio.engine.lora import LoRAMerger, check_lora, load_loras, parse_lora_spec, read_lora
+from sdv2_studio.engine.model import CausalWanModel
+
+TINY = PRESETS["tiny"]
+RANK = 4
+# Our module -> its diffusers WanTransformer3DModel name (a table, not the loader's code). time_projection.1 is an
+# fp32 island; head.head and the embeddings sit outside the blocks.
+DIFFUSERS = {"blocks.0.self_attn.q": "blocks.0.attn1.to_q", "blocks.0.cross_attn.o": "blocks.0.attn2.to_out.0",
+             "blocks.1.ffn.0": "blocks.1.ffn.net.0.proj", "blocks.1.ffn.2": "blocks.1.ffn.net.2",
+             "text_embedding.0": "condition_embedder.text_embedder.linear_1", "head.head": "proj_out",
+             "time_projection.1": "condition_embedder.time_proj"}
+
+
+@pytest.fixture(scope="module")
+def base() -> dict[str, torch.Tensor]:
+    """Reference weights of a tiny DiT, every tensor random."""
+    torch.manual_seed(0)
+    model = CausalWanModel(TINY)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.1)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def fresh(base, dtype=torch.float32) -> CausalWanModel:
+    with torch.device("meta"):
+        model = CausalWanModel(TINY)
+    model.load_state_dict({k: v.clone() for k, v in base.items()}, assign=True)
+    from sdv2_studio.engine.model import cast_model
+
+    return cast_model(model, dtype).eval().requires_grad_(False)
+
+
+def random_pairs(base, seed: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    pairs = {}
+    for m in DIFFUSERS:
+        out, inp = base[f"{m}.weight"].shape
+        pairs[m] = (torch.randn(RANK, inp, generator=g) / inp ** 0.5, 0.1 * torch.randn(out, RANK, generator=g))
+    return pairs
+
+
+def write(path: Path, style: str, pairs, alpha: float | None, extras: dict | None = None) -> Path:
+    """A LoRA file in one key style. alpha None: no alpha (PEFT without metadata: scale 1)."""
+    t, meta = {}, {"format": "pt"}
+    for m, (down, up) in pairs.items():
+        if style == "comfy":
+            key, d, u = f"diffusion_model.{m}", "lora_down.weight", "lora_up.weight"
+        elif style == "musubi":
+            key, d, u = "lora_unet_" + m.replace(".", "_"), "lora_down.weight", "lora_up.weight"
+        elif style == "peft-diffusers":
+            key, d, u = f"transformer.{DIFFUSERS[m]}", "lora_A.weight", "lora_B.weight"
+        else:  # peft with Wan names
+            key, d, u = f"diffusion_model.{m}", "lora_A.weight", "lora_B.weight"
+        t[f"{key}.{d}"], t[f"{key}.{u}"] = down.clone(), up.clone()
+        if alpha is not None and style in ("comfy", "musubi"):
+            t[f"{key}.alpha"] = torch.tensor(alpha)
+    if alpha is not None and style.startswith("peft"):
+        meta["lora_adapter_metadata"] = json.dumps({"transformer.r": RANK, "transformer.lora_alpha": alpha})
+    save_file(t | (extras or {}), path, metadata=meta)
+    return path
+
+
+def merged64(base, loras) -> dict[str, torch.Tensor]:
+    """The reference: base + sum of strength * scale * up @ down (+ strength * diffs), in float64, cast to fp32."""
+    out = {k: v.double() for k, v in base.items()}
+    for pairs, scale, strength, diffs in loras:
+        for m, (down, up) in pairs.items():
+            out[f"{m}.weight"] += strength * scale * (up.double() @ down.double())
+        for k, d in diffs.items():
+            out[k] += strength * d.double()
+    return {k: v.float() for k, v in out.items()}
+
+
+def assert_weights(model, want, exact=False):
+    got = model.state_dict()
+    for k, v in want.items():
+        if exact:
+            assert torch.equal(got[k], v), k
+        else:
+            torch.testing.assert_close(got[k], v, rtol=2e-6, atol=1e-7, msg=k)
+
+
+def output(model) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(3)
+    x, ctx = torch.randn(1, TINY.in_dim, 2, 4, 4, generator=gen), torch.randn(1, 7, TINY.text_dim, generator=gen)
+    with torch.no_grad():
+        return model(x, torch.tensor([700.0]), ctx)
+
+
+STYLES = {"comfy": 8.0, "musubi": 2.0, "peft-diffusers": 16.0, "peft-wan": None}  # style -> alpha
+
+
+@pytest.mark.parametrize("style", list(STYLES))
+def test_each_style_equals_the_reference_merge(tmp_path, base, style):
+    pairs = random_pairs(base, seed=1)
+    alpha = STYLES[style]
+    diffs = {}
+    extras = {}
+    if style == "comfy":  # Kijai-style direct deltas: a norm weight and a bias
+        diffs = {"blocks.0.norm3.weight": 0.01 * torch.randn(TINY.dim),
+                 "blocks.1.ffn.2.bias": 0.01 * torch.randn(TINY.dim)}
+        extras = {"diffusion_model.blocks.0.norm3.diff": diffs["blocks.0.norm3.weight"],
+                  "diffusion_model.blocks.1.ffn.2.diff_b": diffs["blocks.1.ffn.2.bias"]}
+    path = write(tmp_path / f"{style}.safetensors", style, pairs, alpha, extras)
+    (lora, strength), = load_loras([f"{path}:0.7"], TINY)
+    assert (lora.style, lora.rank, strength) == (style.split("-")[0], RANK, 0.7)
+    model = fresh(base)
+    LoRAMerger(model).set([(lora, strength)])
+    want = merged64(base, [(pairs, (alpha or RANK) / RANK, 0.7, diffs)])
+    assert_weights(model, want)
+    reference = fresh(want)
+    torch.testing.assert_close(output(model), output(reference), rtol=1e-5, atol=1e-6)
+    assert identify(path).layout == lora.style
+
+
+def test_several_loras_switch_and_clear_exactly(tmp_path, base):
+    a = write(tmp_path / "a.safetensors", "comfy", random_pairs(base, 1), 4.0)
+    b = write(tmp_path / "b.safetensors", "peft-diffusers", dict(list(random_pairs(base, 2).items())[:3]), 8.0)
+    (la, _), (lb, _) = load_loras([a, (b, -0.5)], TINY)
+    model = fresh(base)
+    merger = LoRAMerger(model)
+    stats = merger.set([(la, 1.0), (lb, -0.5)])
+    want = merged64(base, [(random_pairs(base, 1), 1.0, 1.0, {}),
+                           (dict(list(random_pairs(base, 2).items())[:3]), 2.0, -0.5, {})])
+    assert_weights(model, want)
+    touched = {f"{m}.weight" for m in DIFFUSERS}
+    assert (stats.merged, stats.restored) == (len(touched), 0)
+    assert stats.backup_bytes == sum(base[k].numel() * 4 for k in touched)
+    assert stats.flops == 2 * RANK * sum(base[k].numel() for k in touched) + \
+        2 * RANK * sum(base[f"{m}.weight"].numel() for m in list(DIFFUSERS)[:3])
+
+    # switch to b alone: the weights only a touched are restored, bit for bit the same as a fresh merge of b
+    stats = merger.set([(lb, 1.0)])
+    alone = fresh(base)
+    LoRAMerger(alone).set([(lb, 1.0)])
+    assert_weights(model, alone.state_dict(), exact=True)
+    assert (stats.merged, stats.restored) == (3, len(touched) - 3)
+    # and off: the base weights, bit for bit, and no backup left
+    stats = merger.clear()
+    assert_weights(model, base, exact=True)
+    assert (stats.merged, stats.restored, stats.backup_bytes, merger.active) == (0, 3, 0, [])
+    # strength 0 changes nothing
+    assert merger.set([(la, 0.0)]).merged == 0
+    assert_weights(model, base, exact=True)
+
+
+def test_bf16_model_with_fp32_islands(tmp_path, base):
+    """Merged in float32 from the base value, then rounded once to the parameter's dtype; islands stay fp32."""
+    pairs = random_pairs(base, 1)
+    (lora, _), = load_loras([write(tmp_path / "a.safetensors", "comfy", pairs, 4.0)], TINY)
+    model = fresh(base, torch.bfloat16)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ids = {k: id(p) for k, p in model.named_parameters()}
+    merger = LoRAMerger(model)
+    merger.set([(lora, 1.0)])
+    want = merged64({k: v.float() for k, v in before.items()}, [(pairs, 1.0, 1.0, {})])
+    got = model.state_dict()
+    for m in DIFFUSERS:
+        k = f"{m}.weight"
+        island = m == "time_projection.1"
+        assert got[k].dtype == (torch.float32 if island else torch.bfloat16), k
+        rounding = 2e-6 if island else 2 ** -8  # unit roundoff of the parameter's dtype (bf16: 2^-8)
+        # round to nearest: |rounded - exact| <= u * |rounded|; 1e-7 covers the float32 sum before rounding
+        assert ((got[k].float() - want[k]).abs() <= got[k].float().abs() * rounding + 1e-7).all(), k
+    assert {k: id(p) for k, p in model.named_parameters()} == ids  # merged in place
+    merger.clear()
+    assert_weights(model, before, exact=True)
+
+
+def test_pipeline_rank_skips_meta_blocks(tmp_path, base):
+    """A rank that holds only some blocks merges what it holds and leaves the rest on the meta device."""
+    path = write(tmp_path / "a.safetensors", "comfy", random_pairs(base, 1), 4.0)
+    from safetensors.torch import save_file as save
+
+    save(base, tmp_path / "dit.safetensors")
+    model, _ = load_model(tmp_path / "dit.safetensors", dtype=torch.float32,
+                          select=lambda n: not n.startswith("blocks.1."))
+    (lora, _), = load_loras([path], TINY)
+    stats = LoRAMerger(model).set([(lora, 1.0)])
+    assert stats.merged == len(DIFFUSERS) - 2 and model.blocks[1].ffn[0].weight.is_meta
+    want = merged64(base, [(random_pairs(base, 1), 1.0, 1.0, {})])
+    assert torch.allclose(model.blocks[0].self_attn.q.weight, want["blocks.0.self_attn.q.weight"], atol=1e-7)
+
+
+# -- LoRAs that do not fit: one line naming what is wrong ---------------------------------------------------------
+
+
+def _error(fn, *args) -> str:
+    with pytest.raises(EngineError) as e:
+        fn(*args)
+    msg = str(e.value)
+    assert "\n" not in msg and len(msg) < 400, msg
+    return msg
+
+
+def test_mismatched_loras(tmp_path, base):
+    big = PRESETS["wan2.1-14b"].dim
+    wide = {"blocks.0.self_attn.q": (torch.zeros(RANK, big), torch.zeros(big, RANK))}
+    msg = _error(load_loras, [write(tmp_path / "14b.safetensors", "comfy", wide, 4.0)], TINY)
+    assert f"is a LoRA for a dim-{big} DiT (wan2.1-14b)" in msg and "use one trained for tiny" in msg
+    deep = {f"blocks.{TINY.num_layers + 5}.ffn.0": random_pairs(base, 1)["blocks.1.ffn.0"]}
+    msg = _error(load_loras, [write(tmp_path / "deep.safetensors", "comfy", deep, 4.0)], TINY)
+    assert f"more than {TINY.num_layers} blocks" in msg and "layers the loaded tiny DiT does not have" in msg
+    i2v = {"blocks.0.cross_attn.k_img": random_pairs(base, 1)["blocks.0.self_attn.q"]}
+    assert "image-to-video" in _error(load_loras, [write(tmp_path / "i2v.safetensors", "comfy", i2v, 4.0)], TINY)
+    other = {"transformer_blocks.0.attn.to_q": random_pairs(base, 1)["blocks.0.self_attn.q"]}
+    assert "another model" in _error(load_loras, [write(tmp_path / "flux.safetensors", "peft-wan", other, None)],
+                                     TINY)
+    pairs = random_pairs(base, 1)
+    extras = {"diffusion_model.blocks.0.self_attn.q.dora_scale": torch.ones(1, TINY.dim)}
+    assert "DoRA" in _error(read_lora, write(tmp_path / "dora.safetensors", "comfy", pairs, 4.0, extras))
+    extras = {"diffusion_model.blocks.0.self_attn.q.lokr_w1": torch.ones(2, 2)}
+    assert "LoKr" in _error(read_lora, write(tmp_path / "lokr.safetensors", "comfy", pairs, 4.0, extras))
+    save_file(base, tmp_path / "dit.safetensors")
+    assert "is not a LoRA" in _error(read_lora, tmp_path / "dit.safetensors")
+    save_file({"diffusion_model.blocks.0.self_attn.q.lora_down.weight": torch.zeros(RANK, TINY.dim)},
+              tmp_path / "half.safetensors")
+    assert "without its partner" in _error(read_lora, tmp_path / "half.safetensors")
+    assert "not found" in _error(read_lora, tmp_path / "missing.safetensors")
+    # checking happens before anything is merged
+    lora = read_lora(tmp_path / "14b.safetensors")
+    model = fresh(base)
+    _error(LoRAMerger(model).set, [(lora, 1.0)])
+    assert_weights(model, base, exact=True)
+    _error(check_lora, lora, TINY)
+
+
+def test_parse_lora_spec():
+    assert parse_lora_spec("style.safetensors:0.6") == (Path("style.safetensors"), 0.6)
+    assert parse_lora_spec("style.safetensors") == (Path("style.safetensors"), 1.0)
+    assert parse_lora_spec(r"C:\loras\style.safetensors") == (Path(r"C:\loras\style.safetensors"), 1.0)
+    assert parse_lora_spec(r"C:\loras\style.safetensors:-1.5") == (Path(r"C:\loras\style.safetensors"), -1.5)
+    assert math.isclose(parse_lora_spec("a:1e-1")[1], 0.1)

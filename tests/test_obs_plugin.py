@@ -1,0 +1,389 @@
+"""The native OBS plugin (obs_bridge/plugin/), built from source and loaded by a real OBS 29 under Xvfb.
+
+The live tests skip (with the reason) when the `obs` binary, cmake, a C compiler or libobs-dev are missing; CI
+installs them (installer/setup.sh test). One OBS serves the module; every test uses its own channel names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import dataclasses
+import io
+import itertools
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import av
+import numpy as np
+import pytest
+from sdv2_studio.engine.errors import EngineError
+from sdv2_studio.engine.io.mpegts import MpegTsSink
+from sdv2_studio.engine.io.pattern import TestPatternSource, read_counter
+from sdv2_studio.engine.io.shm import ShmFrameReader, ShmFrameSink, open_shm_source, segment_name
+from sdv2_studio.obs_bridge import native_plugin
+from sdv2_studio.obs_bridge.client import ObsClient
+from sdv2_studio.obs_bridge.errors import ObsRequestError
+from sdv2_studio.obs_bridge.headless import HeadlessObs, obs_binary
+from sdv2_studio.obs_bridge.native_plugin import check_tools, install_plugin, installed_module
+from sdv2_studio.obs_bridge.output import attach_stream, free_udp_port
+
+CARD = (24, 24, 32)  # the "not running" card's background (frame-feed.c)
+_names = itertools.count()
+
+
+def new_channel() -> str:
+    return f"p{os.getpid() % 100000}x{next(_names)}"
+
+
+@pytest.fixture(scope="module")
+def obs(tmp_path_factory):
+    if obs_binary() is None:
+        pytest.skip("the `obs` binary is not installed (apt-get install obs-studio xvfb)")
+    try:
+        check_tools()
+    except EngineError as e:
+        pytest.skip(str(e))
+    root = tmp_path_factory.mktemp("obs-plugin")
+    instance = HeadlessObs(root)
+    instance.seed_config()
+    t0 = time.monotonic()
+    module = install_plugin(instance.config_dir / "plugins", build_dir=root / "build")
+    built = time.monotonic() - t0
+    instance.start()
+    print(f"\nplugin built in {built:.1f} s ({module.stat().st_size // 1024} KiB); OBS up on port {instance.port}")
+    yield instance
+    instance.stop()
+
+
+@pytest.fixture
+def client(obs):
+    c = ObsClient(dataclasses.replace(obs.settings, timeout=30.0))  # a busy CI machine renders slowly
+    c.connect()
+    yield c
+    c.close()
+
+
+def screenshot(client: ObsClient, source: str, fmt: str = "png") -> np.ndarray:
+    """The source as OBS renders it (png: lossless, for exact comparisons; jpg: fast)."""
+    data = client.call("GetSourceScreenshot", {"sourceName": source, "imageFormat": fmt,
+                                               "imageCompressionQuality": 90})["imageData"]
+    with av.open(io.BytesIO(base64.b64decode(data.split(",", 1)[1]))) as f:
+        return next(f.decode(video=0)).to_ndarray(format="rgb24")
+
+
+def stamp(client: ObsClient, source: str, size: tuple[int, int]) -> int:
+    """The frame number a test-pattern frame in ``source`` shows; -1 while OBS has nothing to render yet (size 0)."""
+    try:
+        return read_counter(screenshot(client, source, "jpg"), size)
+    except ObsRequestError as e:
+        if e.code == 702:
+            return -1
+        raise
+
+
+def wait_for(predicate, timeout: float = 15.0, poll: float = 0.05) -> float | None:
+    """Seconds until ``predicate()`` held, or None on timeout."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if predicate():
+            return time.monotonic() - t0
+        time.sleep(poll)
+    return None
+
+
+def median_rgb(frame: np.ndarray) -> np.ndarray:
+    return np.median(frame.reshape(-1, 3), axis=0)
+
+
+def is_card(img: np.ndarray) -> bool:
+    return bool(np.abs(median_rgb(img) - CARD).max() <= 3)
+
+
+def colour_input(client: ObsClient, name: str, rgb: tuple[int, int, int], size=(320, 240)) -> None:
+    r, g, b = rgb
+    settings = {"color": 0xFF000000 | (b << 16) | (g << 8) | r, "width": size[0], "height": size[1]}
+    if name in [n for n, _ in client.input_names()]:
+        client.call("SetInputSettings", {"inputName": name, "inputSettings": settings, "overlay": True})
+    else:
+        client.call("CreateInput", {"sceneName": "Scene", "inputName": name, "inputKind": "color_source_v3",
+                                    "inputSettings": settings})
+
+
+def styled_input(client: ObsClient, name: str, settings: dict) -> None:
+    client.call("CreateInput", {"sceneName": "Scene", "inputName": name, "inputKind": "streamdiffusionv2_source",
+                                "inputSettings": settings})
+
+
+def add_filter(client: ObsClient, source: str, channel: str, mode: str) -> None:
+    client.call("CreateSourceFilter", {"sourceName": source, "filterName": "StreamDiffusionV2",
+                                       "filterKind": "streamdiffusionv2_filter",
+                                       "filterSettings": {"channel": channel, "mode": mode}})
+
+
+# -- building and loading --------------------------------------------------------------------------------------------
+
+
+def test_missing_build_tools_are_named_with_their_apt_packages(monkeypatch):
+    monkeypatch.setattr(native_plugin.shutil, "which", lambda name: None)
+    with pytest.raises(EngineError, match="cmake is not installed: sudo apt install cmake build-essential "
+                                          "pkg-config libobs-dev"):
+        install_plugin()
+    monkeypatch.setattr(native_plugin.shutil, "which", lambda name: f"/usr/bin/{name}" if name == "cmake" else None)
+    with pytest.raises(EngineError, match="no C compiler found: sudo apt install"):
+        install_plugin()
+    monkeypatch.setattr(native_plugin.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(native_plugin, "LIBOBS_HEADER", native_plugin.Path("/nonexistent/obs-module.h"))
+    monkeypatch.setattr(native_plugin, "_version", lambda cmd: None)
+    with pytest.raises(EngineError, match=r"OBS's development files \(libobs-dev\) are not installed: sudo apt"):
+        install_plugin()
+
+
+def test_cli_install_plugin_builds_into_the_users_obs_plugin_folder(tmp_path, capsys):
+    try:
+        check_tools()
+    except EngineError as e:
+        pytest.skip(str(e))
+    from sdv2_studio.obs_bridge.cli import register_cli
+
+    p = argparse.ArgumentParser(prog="sdv2")
+    register_cli(p.add_subparsers(dest="command", required=True))
+    args = p.parse_args(["obs", "install-plugin", "--build-dir", str(tmp_path / "build")])
+    assert args.fn(args) == 0
+    prefix = native_plugin.user_plugin_dir()  # $XDG_CONFIG_HOME/obs-studio/plugins (isolated by conftest)
+    assert prefix.parent.parent == native_plugin.Path(os.environ["XDG_CONFIG_HOME"])
+    module = installed_module(prefix)
+    assert module.is_file() and (prefix / "streamdiffusionv2" / "data" / "locale" / "en-US.ini").is_file()
+    assert f"installed {module}" in capsys.readouterr().out
+
+
+def test_obs_loads_the_plugin_and_offers_its_source_and_filter(obs, client):
+    kinds = client.call("GetInputKindList", {"unversioned": False})["inputKinds"]
+    assert "streamdiffusionv2_source" in kinds
+    assert "[streamdiffusionv2] loaded (frame protocol v1)" in obs.log_path.read_text(errors="replace")
+    colour_input(client, "plugin-kinds", (10, 20, 30))
+    add_filter(client, "plugin-kinds", new_channel(), "send")
+    filters = client.call("GetSourceFilterList", {"sourceName": "plugin-kinds"})["filters"]
+    assert [(f["filterName"], f["filterKind"]) for f in filters] == [("StreamDiffusionV2",
+                                                                       "streamdiffusionv2_filter")]
+    held = client.call("GetSourceFilter", {"sourceName": "plugin-kinds", "filterName": "StreamDiffusionV2"})
+    assert held["filterSettings"]["mode"] == "send"
+
+
+# -- engine -> OBS: the source ---------------------------------------------------------------------------------------
+
+
+def test_engine_frames_show_in_the_source_and_the_card_replaces_them_when_the_engine_stops(client):
+    channel = new_channel()
+    styled_input(client, "styled-a", {"channel": channel})
+    assert wait_for(lambda: is_card(screenshot(client, "styled-a"))) is not None, "no 'not running' card"
+    assert screenshot(client, "styled-a").shape == (360, 640, 3)  # the card's size before any frame
+
+    pattern = TestPatternSource((120, 160), fps=30)
+    sink = ShmFrameSink(segment_name(channel, "sty"), fps=30)
+    for i in (3, 4):
+        sink.write(pattern.frame(i))
+        shown = wait_for(lambda i=i: np.array_equal(screenshot(client, "styled-a"), pattern.frame(i)))
+        assert shown is not None, f"frame {i} never showed exactly as written"
+
+    sink.close()  # the engine stops: a clean close is seen at the next tick
+    t_card = wait_for(lambda: is_card(screenshot(client, "styled-a")))
+    assert t_card is not None and screenshot(client, "styled-a").shape == (120, 160, 3)  # keeps the layout
+
+    code = textwrap.dedent(f"""
+        import time
+        from sdv2_studio.engine.io.pattern import TestPatternSource
+        from sdv2_studio.engine.io.shm import ShmFrameSink
+        sink, pattern = ShmFrameSink({segment_name(channel, 'sty')!r}, fps=30), TestPatternSource((120, 160))
+        for i in range(10**9):
+            sink.write(pattern.frame(i))
+            time.sleep(1 / 30)
+    """)
+    engine = subprocess.Popen([sys.executable, "-c", code])  # an engine that will crash
+    try:
+        assert wait_for(lambda: not is_card(screenshot(client, "styled-a")), 120) is not None
+        engine.send_signal(signal.SIGKILL)
+        engine.wait()
+        t_crash = wait_for(lambda: is_card(screenshot(client, "styled-a")), 10)
+    finally:
+        engine.kill()
+        engine.wait()
+    assert t_crash is not None, "the source kept showing a dead engine's frame"
+    print(f"\n'not running' card {t_card * 1e3:.0f} ms after the engine closed, {t_crash * 1e3:.0f} ms after it "
+          "was killed (heartbeat timeout 1 s)")
+
+    with ShmFrameSink(segment_name(channel, "sty"), fps=30) as back:  # the engine comes back
+        back.write(pattern.frame(9))
+        assert wait_for(lambda: np.array_equal(screenshot(client, "styled-a"), pattern.frame(9))) is not None
+
+
+def test_a_fallback_source_stands_in_while_no_engine_runs(client):
+    colour_input(client, "plugin-fallback", (200, 60, 20), size=(200, 100))
+    channel = new_channel()
+    styled_input(client, "styled-b", {"channel": channel, "fallback": "plugin-fallback"})
+    assert wait_for(lambda: np.abs(median_rgb(screenshot(client, "styled-b")) - (200, 60, 20)).max() <= 2) is not None
+    assert screenshot(client, "styled-b").shape == (100, 200, 3)
+    with ShmFrameSink(segment_name(channel, "sty")) as sink:
+        sink.write(np.full((50, 60, 3), 250, np.uint8))
+        assert wait_for(lambda: screenshot(client, "styled-b").shape == (50, 60, 3)) is not None
+
+
+# -- OBS -> engine: the filter ---------------------------------------------------------------------------------------
+
+
+def test_the_filter_sends_its_sources_frames_to_the_engine(client):
+    channel = new_channel()
+    colour_input(client, "plugin-camera", (224, 160, 32))
+    add_filter(client, "plugin-camera", channel, "send")
+    source = open_shm_source(f"obs-filter:{channel}", timeout=60)
+    try:
+        assert source.size == (240, 320) and source.fps == pytest.approx(30, rel=0.01)  # OBS's frame rate
+        frames = iter(source)
+        frame, _ = next(frames)
+        assert np.abs(median_rgb(frame) - (224, 160, 32)).max() <= 1
+        colour_input(client, "plugin-camera", (20, 90, 200))
+        assert wait_for(lambda: np.abs(median_rgb(next(frames)[0]) - (20, 90, 200)).max() <= 1, 10) is not None
+        with ShmFrameSink(segment_name(channel, "sty")) as sink:  # "send" mode: styled frames are not shown
+            sink.write(np.full((24, 32, 3), 250, np.uint8))
+            time.sleep(0.5)
+            assert np.abs(median_rgb(screenshot(client, "plugin-camera")) - (20, 90, 200)).max() <= 1
+    finally:
+        source.close()
+
+
+def test_replace_mode_shows_the_styled_frames_in_place_of_the_source(client):
+    channel = new_channel()
+    colour_input(client, "plugin-styled-camera", (30, 200, 60))
+    add_filter(client, "plugin-styled-camera", channel, "replace")
+    camera = (30, 200, 60)
+    assert wait_for(lambda: np.abs(median_rgb(screenshot(client, "plugin-styled-camera")) - camera).max() <= 1)
+    sink = ShmFrameSink(segment_name(channel, "sty"))
+    styled = np.zeros((120, 160, 3), np.uint8)
+    styled[:, :80], styled[:, 80:] = (250, 220, 10), (120, 10, 200)
+    sink.write(styled)
+
+    def shows_styled() -> bool:
+        shot = screenshot(client, "plugin-styled-camera")
+        left, right = median_rgb(shot[:, :150]), median_rgb(shot[:, 170:])
+        return np.abs(left - (250, 220, 10)).max() <= 2 and np.abs(right - (120, 10, 200)).max() <= 2
+
+    assert wait_for(shows_styled) is not None, "replace mode did not show the styled frame"
+    assert screenshot(client, "plugin-styled-camera").shape == (240, 320, 3)  # scaled to the source's size
+    sink.close()
+    assert wait_for(lambda: np.abs(median_rgb(screenshot(client, "plugin-styled-camera")) - camera).max() <= 1)
+
+
+# -- transport latency: plugin vs the UDP stream, side by side -------------------------------------------------------
+
+
+def _one_way_latency(client: ObsClient, source: str, write, samples: int = 40, timeout: float = 120.0):
+    """Frame-stamped test frames at 30 fps through ``write``; screenshots of ``source`` read the stamp back until
+    ``samples`` frames were recognised (or ``timeout`` s passed). Returns the (screenshot time - send time) of each
+    and the median mean-absolute pixel error."""
+    size, fps = (360, 640), 30
+    pattern = TestPatternSource(size, fps=fps)
+    sent: dict[int, int] = {}
+    stop = threading.Event()
+
+    def send() -> None:
+        t0 = time.monotonic()
+        for i in itertools.count():
+            if stop.is_set():
+                return
+            sent[i] = time.perf_counter_ns()
+            write(pattern.frame(i))
+            stop.wait(max(0.0, t0 + (i + 1) / fps - time.monotonic()))
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    latencies, errors = [], []
+    try:
+        assert wait_for(lambda: stamp(client, source, size) > 2, 60) is not None
+        end = time.monotonic() + timeout
+        while time.monotonic() < end and len(latencies) < samples:
+            t_call = time.perf_counter_ns()
+            shot = screenshot(client, source, "jpg")
+            t_back = time.perf_counter_ns()
+            k = read_counter(shot, size)
+            if k in sent and shot.shape[:2] == size:
+                latencies.append(((t_call + t_back) / 2 - sent[k]) / 1e6)
+                errors.append(float(np.abs(shot.astype(int) - pattern.frame(k).astype(int)).mean()))
+    finally:
+        stop.set()
+        sender.join()
+    return latencies, statistics.median(errors) if errors else None
+
+
+def _percentiles(ms: list[float]) -> str:
+    s = sorted(ms)
+    return f"p50 {statistics.median(s):.0f} ms, p99 {s[min(len(s) - 1, int(0.99 * len(s)))]:.0f} ms (n={len(s)})"
+
+
+def test_transport_latency_plugin_vs_udp_stream(client):
+    channel = new_channel()
+    styled_input(client, "latency-shm", {"channel": channel})
+    with ShmFrameSink(segment_name(channel, "sty"), fps=30) as sink:
+        shm_ms, shm_err = _one_way_latency(client, "latency-shm", sink.write)
+    url = f"udp://127.0.0.1:{free_udp_port()}"
+    udp_input = attach_stream(client, "Scene", url).input_name
+    udp = MpegTsSink(url, 30)
+    try:
+        udp_ms, udp_err = _one_way_latency(client, udp_input, udp.write)
+    finally:
+        udp.close()
+
+    # round trip without screenshots: engine -> plugin source -> plugin filter on it -> engine
+    back = new_channel()
+    add_filter(client, "latency-shm", back, "send")
+    pattern = TestPatternSource((360, 640), fps=30)
+    reader = ShmFrameReader(segment_name(back, "cap"))
+    round_ms, sent = [], {}
+    with ShmFrameSink(segment_name(channel, "sty"), fps=30) as sink:
+        t0 = time.monotonic()
+        for i in itertools.count():
+            if time.monotonic() - t0 > 120 or len(round_ms) >= 100:
+                break
+            sent[i] = time.perf_counter_ns()
+            sink.write(pattern.frame(i))
+            while time.monotonic() < t0 + (i + 1) / 30:
+                got = reader.poll()
+                if got is not None and (k := read_counter(got[0])) in sent and k > 0:
+                    round_ms.append((time.perf_counter_ns() - sent[k]) / 1e6)
+                    assert np.array_equal(got[0], pattern.frame(k))  # lossless both ways
+                time.sleep(0.001)
+    print(f"\ntransport latency at 30 fps, 640x360 (screenshot polling; includes up to one OBS frame of waiting):\n"
+          f"  plugin (shared memory): {_percentiles(shm_ms)}, mean pixel error {shm_err:.2f}\n"
+          f"  UDP MPEG-TS stream:     {_percentiles(udp_ms)}, mean pixel error {udp_err:.2f}\n"
+          f"  plugin round trip engine -> OBS source -> OBS filter -> engine: {_percentiles(round_ms)}")
+    assert len(shm_ms) >= 10 and len(udp_ms) >= 10 and len(round_ms) >= 10
+    assert shm_err < 3 and udp_err < 20  # the plugin path is lossless up to JPEG screenshots
+
+
+# -- the whole engine through OBS ------------------------------------------------------------------------------------
+
+
+def test_sdv2_run_styles_an_obs_source_through_the_plugin(client):
+    channel = new_channel()
+    camera = (40, 120, 220)
+    colour_input(client, "plugin-e2e-camera", camera, size=(128, 96))
+    add_filter(client, "plugin-e2e-camera", channel, "replace")
+    run = subprocess.Popen([sys.executable, "-m", "sdv2_studio.engine.cli", "run", "--model", "tiny", "--size",
+                            "64x64", "--source", f"obs-filter:{channel}", "--out", f"obs-source:{channel}",
+                            "--frames", "100000"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        styled = wait_for(lambda: np.abs(median_rgb(screenshot(client, "plugin-e2e-camera")) - camera).max() > 10,
+                          240, poll=0.5)
+        assert styled is not None, "the engine's output never replaced the camera in OBS"
+        assert screenshot(client, "plugin-e2e-camera").shape == (96, 128, 3)
+    finally:
+        run.send_signal(signal.SIGINT)  # Ctrl-C: the CLI stops and closes its output
+        out = run.communicate(timeout=120)[0]
+    assert "frames in" in out, out
+    assert wait_for(lambda: np.abs(median_rgb(screenshot(client, "plugin-e2e-camera")) - camera).max() <= 1), \
+        "the camera did not come back after the engine stopped"
