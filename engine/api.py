@@ -220,10 +220,14 @@ class Engine:
             progress("running", 1.0)
         return self
 
-    def finish(self) -> None:
+    def finish(self, drop_waiting: bool = False) -> None:
         """No more input: the worker processes what was pushed (padding the last partial chunk), flushes the
-        Stream-Batch pipeline and exits. Keep pulling until `done()`."""
+        Stream-Batch pipeline and exits. Keep pulling until `done()`. `drop_waiting`: input frames still waiting
+        for a chunk are dropped instead (counted in stats; a live stream that stops)."""
         with self._lock:
+            if drop_waiting:
+                self._stats.dropped_in += len(self._inq)
+                self._inq.clear()
             self._stopping = True
             self._lock.notify_all()
 

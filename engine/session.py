@@ -17,9 +17,10 @@ output pump pulls styled frames and writes each to every output. With ``paced=Tr
 OBS, a preview) frames go through one :class:`~engine.io.paced.OutputPacer` first, which turns the engine's 4-frame
 bursts into a steady rate. An output that raises is closed and reported in the status; the others go on.
 
-When the source ends or fails, or on ``stop()``, the engine finishes every frame pushed so far and the outputs get
-them before they close. A source failing mid-stream leaves the session in state ``error`` with the reason; what was
-made is kept. An engine failure ends the stream at once. The model is loaded once and reused by later starts.
+When the source ends or fails, or on ``stop()``, the engine finishes the frames pushed so far (a live stream that is
+stopped drops those still waiting and finishes the chunks in flight) and the outputs get them before they close. A
+source failing mid-stream leaves the session in state ``error`` with the reason; what was made is kept. An engine
+failure ends the stream at once. The model is loaded once and reused by later starts.
 """
 
 from __future__ import annotations
@@ -202,9 +203,9 @@ class Session:
             log.warning("the stream failed to start: %s", self._error)
 
     def stop(self) -> None:
-        """Stop reading the source; the engine finishes what was pushed, the outputs get it and close. Returns when
-        all is closed (also when another thread is stopping it). Safe in any state; a start in progress gives up at
-        its next step, and this returns at once."""
+        """Stop reading the source; the engine finishes what it has (see the module docstring), the outputs get it
+        and close. Returns when all is closed (also when another thread is stopping it). Safe in any state; a start
+        in progress gives up at its next step, and this returns at once."""
         with self._lock:
             if self._state == STARTING:
                 self._cancel.set()
@@ -253,8 +254,8 @@ class Session:
                     self._frames_in += 1
         except BaseException as e:  # the engine failed (the output pump sees it too) or refused the frame
             self._failure = self._failure or e
-        finally:
-            engine.finish()  # the engine flushes what was pushed, then its worker ends
+        finally:  # the engine flushes what was pushed (a live stream that is stopped: what it started), then ends
+            engine.finish(drop_waiting=live and self._halt.is_set())
 
     def _pump_out(self, engine: Engine, pacer: OutputPacer | None) -> None:
         try:

@@ -206,14 +206,11 @@ class ShmFrameSink(FrameSink):
             header = read_header(other.buf, self.segment)
         except EngineError:
             header = None  # unreadable: not a live writer of ours
-        finally:
-            other.close()
+        other.close()
         if header is not None and header.alive(now_ns()):
             raise EngineError(f"another program (pid {header.writer_pid}) already writes {self.segment!r}; stop it or "
                               "pick another channel name")
-        if (stale := _attach(self.segment)) is not None:  # POSIX: unlink the name; Windows: wait for it to vanish
-            stale.close()
-            _unlink(stale)
+        _unlink(other)  # POSIX: frees the name; on Windows the mapping vanishes once its readers let go
 
     def _release(self, flag: int) -> None:
         if self._shm is None:
