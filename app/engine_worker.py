@@ -160,7 +160,7 @@ class EngineWorker(QObject):
             self._timer.stop()
         session, self.session = self.session, None
         if session is not None:
-            session.stop()  # what was pushed still reaches the outputs (a recording gets its end)
+            session.stop()  # the chunks in flight still reach the outputs (a recording gets its end)
             st = session.status()
             self._report_failed_outputs(session, st)
             if st.error:

@@ -11,7 +11,7 @@ stores trimmed contexts and hands out padded ones.
 maps it onto transformers' ``UMT5EncoderModel`` (built on the meta device, weights attached one at a time):
 
 * original Wan2.1 (``Wan-AI/Wan2.1-T2V-1.3B``): ``models_t5_umt5-xxl-enc-bf16.pth`` in Wan's ``T5Encoder`` names
-  (``token_embedding``, ``blocks.N.attn.q``, ``blocks.N.ffn.gate.0`` ...; table `_WAN_TO_HF`) with the tokenizer
+  (``token_embedding``, ``blocks.N.attn.q``, ``blocks.N.ffn.gate.0`` ...; tables `_WAN_TO_HF_*`) with the tokenizer
   folder ``google/umt5-xxl/`` beside it;
 * diffusers (``Wan-AI/Wan2.1-T2V-1.3B-Diffusers``): ``text_encoder/`` (config.json + safetensors shards, fp32) and
   ``tokenizer/``;
@@ -23,8 +23,9 @@ maps it onto transformers' ``UMT5EncoderModel`` (built on the meta device, weigh
 Single files need a tokenizer: ``tokenizer=`` (a tokenizer folder or a ``spiece.model``), else one found beside
 the weights (``google/umt5-xxl/``, ``tokenizer/``), else the embedded one. Weights load in bf16 on the CPU by
 default (umT5-XXL: 5.7 G parameters, 11.4 GB; fp8 files are dequantised to it); the caller moves the (small)
-context to the DiT's device. ``transformers`` is imported lazily and only its model classes are used, which
-exist unchanged from the declared floor (4.45) on: no ``from_pretrained`` dtype argument is involved.
+context to the DiT's device. ``transformers`` is imported lazily; only ``UMT5Config``/``UMT5EncoderModel`` and, for
+tokenizer folders, ``AutoTokenizer`` are used, which behave the same from the declared floor (4.45, checked) on:
+no ``from_pretrained`` dtype argument is involved.
 
 `tiny_text_encoder` builds an UNTRAINED umT5-shaped encoder with fixed-seed random weights and a byte-level
 tokenizer of our own, for the embedded ``tiny`` demo model and tests; its outputs carry no meaning.

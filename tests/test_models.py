@@ -79,3 +79,19 @@ def test_load_bundle_takes_a_resolved_model():
     bundle = load_bundle(m)
     assert bundle.model == m and bundle.untrained and bundle.name == m.name and bundle.default_size == (256, 256)
     assert bundle.dit.cfg == m.config and bundle.text.text_dim == m.config.text_dim
+
+
+def test_a_torchrun_stage_resolves_the_model_like_the_engine(monkeypatch):
+    """`sdv2 run` under torchrun, rank >= 1: the stage it serves comes from the same resolution as rank 0's."""
+    from sdv2_studio.engine import cli, parallel
+
+    served = []
+    monkeypatch.setattr(parallel, "stage_main", served.append)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    args = cli.build_parser().parse_args(["run", "--model", "random:small", "--steps", "3", "--device", "cpu"])
+    assert cli._run_torchrun_stage(args) == 0
+    [spec] = served
+    model = resolve_model("random:small")
+    assert (spec.model, spec.base, spec.size) == (model.spec, None, model.default_size)
+    assert spec.blocks == [(0, 2), (2, 4)] and spec.slots == 3 and spec.dtype == "float32"

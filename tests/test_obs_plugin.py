@@ -24,6 +24,7 @@ import av
 import numpy as np
 import pytest
 from sdv2_studio.engine.errors import EngineError
+from sdv2_studio.engine.io import shm
 from sdv2_studio.engine.io.mpegts import MpegTsSink
 from sdv2_studio.engine.io.pattern import TestPatternSource, read_counter
 from sdv2_studio.engine.io.shm import ShmFrameReader, ShmFrameSink, open_shm_source, segment_name
@@ -36,10 +37,12 @@ from sdv2_studio.obs_bridge.output import attach_stream, free_udp_port
 
 CARD = (24, 24, 32)  # the "not running" card's background (frame-feed.c)
 _names = itertools.count()
+_channels: list[str] = []
 
 
 def new_channel() -> str:
-    return f"p{os.getpid() % 100000}x{next(_names)}"
+    _channels.append(f"p{os.getpid() % 100000}x{next(_names)}")
+    return _channels[-1]
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +63,11 @@ def obs(tmp_path_factory):
     print(f"\nplugin built in {built:.1f} s ({module.stat().st_size // 1024} KiB); OBS up on port {instance.port}")
     yield instance
     instance.stop()
+    for channel in _channels:  # an OBS that is stopped by a signal leaves its filters' segments behind
+        for direction in ("cap", "sty"):
+            if (leftover := shm._attach(segment_name(channel, direction))) is not None:
+                leftover.close()
+                shm._unlink(leftover)
 
 
 @pytest.fixture
