@@ -186,6 +186,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise EngineError(output_error(st))
     if st.state == ERROR and st.failed != "source":
         raise EngineError(st.error)
+    _print_summary(st, wall, args)
+    if st.state == ERROR:  # the source failed mid-stream
+        written = st.frames_out
+        kept = f"; the {written} styled frames made before it are in {args.out}" if args.out and written else ""
+        raise EngineError(f"{st.error}{kept}")
+    if bundle.untrained:
+        print("(untrained tiny test model: the output is noise-like by design; "
+              "`sdv2 models download` gets the real model)")
+    return 0
+
+
+def _print_summary(st, wall: float, args: argparse.Namespace) -> None:
+    """The lines `sdv2 run` ends with, from the session's final status."""
     es, written = st.engine, st.frames_out
     ttff = f"{es.ttff:.2f} s" if es.ttff is not None else "-"
     print(f"frames in {es.frames_in}, out {written} (dropped {es.dropped_in} in / {es.dropped_out} out) "
@@ -201,13 +214,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
               "add --realtime to measure live latency)")
     if args.out:
         print(f"wrote {args.out}")
-    if st.state == ERROR:  # the source failed mid-stream
-        kept = f"; the {written} styled frames made before it are in {args.out}" if args.out and written else ""
-        raise EngineError(f"{st.error}{kept}")
-    if bundle.untrained:
-        print("(untrained tiny test model: the output is noise-like by design; "
-              "`sdv2 models download` gets the real model)")
-    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:

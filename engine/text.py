@@ -7,8 +7,9 @@ mask, and the hidden states at padding positions are set to zero. The DiT zero-p
 (`WanDiT.embed_text`), so a context trimmed to its valid tokens gives exactly the same result; the cache
 stores trimmed contexts and hands out padded ones.
 
-`load_text_encoder` reads every umT5 release, the layout told by the key names and the size by the shapes, and
-maps it onto transformers' ``UMT5EncoderModel`` (built on the meta device, weights attached one at a time):
+`load_text_encoder` reads every umT5 release, the layout told by the key names and the size by the shapes, into
+our umT5 encoder (`engine.umt5`, module names = transformers' checkpoint names; built on the meta device, weights
+attached one at a time):
 
 * original Wan2.1 (``Wan-AI/Wan2.1-T2V-1.3B``): ``models_t5_umt5-xxl-enc-bf16.pth`` in Wan's ``T5Encoder`` names
   (``token_embedding``, ``blocks.N.attn.q``, ``blocks.N.ffn.gate.0`` ...; tables `_WAN_TO_HF_*`) with the tokenizer
@@ -23,9 +24,8 @@ maps it onto transformers' ``UMT5EncoderModel`` (built on the meta device, weigh
 Single files need a tokenizer: ``tokenizer=`` (a tokenizer folder or a ``spiece.model``), else one found beside
 the weights (``google/umt5-xxl/``, ``tokenizer/``), else the embedded one. Weights load in bf16 on the CPU by
 default (umT5-XXL: 5.7 G parameters, 11.4 GB; fp8 files are dequantised to it); the caller moves the (small)
-context to the DiT's device. ``transformers`` is imported lazily; only ``UMT5Config``/``UMT5EncoderModel`` and, for
-tokenizer folders, ``AutoTokenizer`` are used, which behave the same from the declared floor (4.45, checked) on:
-no ``from_pretrained`` dtype argument is involved.
+context to the DiT's device. Only the real tokens are encoded (see `TextEncoder.encode_trimmed`). ``transformers``
+is imported only for tokenizer folders (``AutoTokenizer``; any version from the declared floor on).
 
 `tiny_text_encoder` builds an UNTRAINED umT5-shaped encoder with fixed-seed random weights and a byte-level
 tokenizer of our own, for the embedded ``tiny`` demo model and tests; its outputs carry no meaning.
@@ -48,6 +48,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from sdv2_studio.engine.errors import EngineError
+from sdv2_studio.engine.umt5 import UMT5Config, UMT5Encoder
 from sdv2_studio.engine.weights import TensorFile, first_line, open_tensors, some
 
 log = logging.getLogger(__name__)
@@ -184,11 +185,12 @@ class TextEncoder:
     def encode_trimmed(self, prompt: str) -> torch.Tensor:
         """[1, n, text_dim] in the encoder's dtype and device: the n valid (unpadded) token states."""
         ids, mask = self.tokenize(prompt)
-        dev = self.device
-        out = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).last_hidden_state
-        self.calls += 1
         n = int(mask.sum())  # mask is on the host: no device sync
-        return out[:, :n].contiguous()
+        # Only the n real tokens run: at those positions this equals upstream's run on the padded ids with the
+        # mask (tests/test_text.py proves it), for n/text_len of the compute (512 -> ~20 tokens for a preset).
+        out = self.model(ids[:, :n].to(self.device))
+        self.calls += 1
+        return out
 
     def encode(self, prompt: str, *, dtype: torch.dtype | None = None, device=None) -> torch.Tensor:
         """[1, text_len, text_dim]; padding positions are zero. `dtype`/`device` default to the encoder's."""
@@ -377,18 +379,15 @@ def load_text_encoder(path: str | os.PathLike, *, tokenizer: str | os.PathLike |
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
         raise EngineError("text encoder device 'cuda' requested but no CUDA GPU is available; use device='cpu'")
     file, candidates, config = _find_weights(Path(path).expanduser())
-    tfm = _transformers()
     with open_tensors(file) as tf:
         if text_encoder_layout(tf.shapes) is None:
             raise EngineError(f"{file} is not a umT5 text encoder (no token_embedding / encoder.block weights, "
                               f"e.g. {some(tf.shapes)}); expected {LAYOUT_HINT}")
         names = _hf_shapes(tf)
         shapes = {k: tf.shapes[v] for k, v in names.items()}
-        cfg = tfm.UMT5Config(**_umt5_config(file, shapes, config), feed_forward_proj="gated-gelu",
-                             dropout_rate=0.0, is_encoder_decoder=False, use_cache=False)
         with torch.device("meta"):
-            model = tfm.UMT5EncoderModel(cfg)
-        expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if k != "encoder.embed_tokens.weight"}
+            model = UMT5Encoder(UMT5Config.from_fields(_umt5_config(file, shapes, config)))
+        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         missing, unexpected = expected.keys() - shapes.keys(), shapes.keys() - expected.keys()
         wrong = [k for k in expected.keys() & shapes.keys() if shapes[k] != expected[k]]
         if missing or unexpected or wrong:
@@ -399,8 +398,7 @@ def load_text_encoder(path: str | os.PathLike, *, tokenizer: str | os.PathLike |
         tok, tok_path = _tokenizer(None if tokenizer is None else Path(tokenizer).expanduser(), candidates, tf,
                                    text_len)
         sd = {k: tf.read(v).to(device=device, dtype=dtype) for k, v in names.items()}
-        model.load_state_dict(sd | {"encoder.embed_tokens.weight": sd["shared.weight"]}, strict=True, assign=True)
-        model.encoder.embed_tokens.weight = model.shared.weight  # one tensor, as transformers ties them
+        model.load_state_dict(sd, strict=True, assign=True)
         files = [*tf.files, tok_path] + ([file.parent / "config.json"] if config else [])
     return TextEncoder(model, tok, text_len=text_len, model_id=f"umt5:{_fingerprint(files)}")
 
@@ -427,14 +425,11 @@ def tiny_text_encoder(text_dim: int = 64, text_len: int = 32, seed: int = 0, *, 
     N(0, 1/fan_in) with the query further scaled by 1/d_kv, norms 1, relative-position biases N(0, 0.1)), so
     they do not depend on transformers' initialisation scheme or the global RNG.
     """
-    tf = _transformers()
     arch = tiny_text_config(text_dim, num_layers)
     d_kv = arch["d_kv"]
-    cfg = tf.UMT5Config(**arch, relative_attention_max_distance=128, dropout_rate=0.0, is_encoder_decoder=False,
-                        use_cache=False, pad_token_id=ByteTokenizer.pad_id, eos_token_id=ByteTokenizer.eos_id,
-                        decoder_start_token_id=0)
-    with torch.random.fork_rng(devices=[]):
-        model = tf.UMT5EncoderModel(cfg)
+    with torch.device("meta"):
+        model = UMT5Encoder(UMT5Config.from_fields(arch))
+    model.to_empty(device="cpu")
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():

@@ -8,6 +8,7 @@ in the original Wan, Kijai and ComfyUI layouts (names from Wan2.1's wan/modules/
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import math
@@ -28,6 +29,7 @@ from sdv2_studio.engine.text import (
     load_text_encoder,
     tiny_text_encoder,
 )
+from sdv2_studio.engine.umt5 import UMT5Config, UMT5Encoder
 
 transformers = pytest.importorskip("transformers")
 spm = pytest.importorskip("sentencepiece")
@@ -253,10 +255,12 @@ def layouts(model_root, tmp_path_factory):
     return out
 
 
-def _reference(model, cast, dtype) -> transformers.UMT5EncoderModel:
-    """The reference module with its weights cast as a file's storage casts them, run in `dtype`."""
-    ref = transformers.UMT5EncoderModel(model.config)
-    ref.load_state_dict({k: cast(v) for k, v in model.state_dict().items()})
+def _reference(model, cast, dtype) -> UMT5Encoder:
+    """Our encoder with the reference weights cast as a file's storage casts them, run in `dtype` (the loaders are
+    checked bitwise against it; it is checked against transformers in test_umt5_matches_transformers)."""
+    ref = UMT5Encoder(UMT5Config.from_fields(model.config.to_dict()))
+    sd = {k: cast(v) for k, v in model.state_dict().items() if k != "encoder.embed_tokens.weight"}
+    ref.load_state_dict(sd)
     return ref.to(dtype).eval()
 
 
@@ -273,15 +277,36 @@ def test_layouts_give_the_reference_output_bitwise(model_root, layouts, layout):
     dtype, cast = EXACT[layout]
     enc = load_text_encoder(path, dtype=dtype, text_len=TEXT_LEN, **kw)
     assert (enc.text_dim, enc.dtype, enc.device.type) == (D_MODEL, dtype, "cpu")
-    assert enc.model.encoder.embed_tokens.weight is enc.model.shared.weight  # tied: one copy
     ref = _reference(model, cast, dtype)
     for prompt in SENTENCES[:3]:
         ids, mask = enc.tokenize(prompt)
         n = int(mask.sum())
         assert ids[0, : n - 1].tolist() == sp.encode(prompt)[: n - 1]  # every layout's tokenizer: the same ids
         with torch.no_grad():
-            want = ref(input_ids=ids, attention_mask=mask).last_hidden_state[:, :n]
+            want = ref(ids[:, :n])
         assert torch.equal(enc.encode_trimmed(prompt), want), (layout, prompt)
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 2e-5), (torch.bfloat16, 0.05)])
+def test_umt5_matches_transformers_and_real_tokens_equal_padded(model_root, encoder, dtype, tol):
+    """engine/umt5.py against transformers' UMT5EncoderModel (same weights): upstream's run on ids padded to
+    text_len with the mask equals, at the valid positions, ours on the real tokens only; the padded run of ours
+    equals its real-token run too. `tol` is relative to the largest activation (bf16: ~2^-7 per op, a few ops)."""
+    _, _, model = model_root
+    hf = copy.deepcopy(model).to(dtype).eval()
+    ours = _reference(model, lambda v: v, dtype)
+    for prompt in ("a red fox", "a cat", "a dog"):
+        ids, mask = encoder.tokenize(prompt)
+        n = int(mask.sum())
+        assert n < TEXT_LEN  # there is padding to skip
+        with torch.no_grad():
+            upstream = hf(input_ids=ids, attention_mask=mask).last_hidden_state[:, :n].float()
+            padded = ours(ids, mask)[:, :n].float()
+            real = ours(ids[:, :n]).float()
+        scale = upstream.abs().max()
+        assert (real - upstream).abs().max() <= tol * scale, (dtype, prompt)
+        assert (padded - upstream).abs().max() <= tol * scale, (dtype, prompt)
+        assert (real - padded).abs().max() <= tol * scale, (dtype, prompt)
 
 
 @pytest.mark.parametrize("layout", ["kijai-fp8", "comfy-fp8-scaled"])
