@@ -202,6 +202,10 @@ class Engine:
 
     def _launch(self, progress: Progress | None) -> Engine:
         cfg, bundle = self.config, self.bundle
+        need = max(self.pipeline.frames_needed, self.pipeline.chunk_pixels)  # the first chunk takes the most
+        if isinstance(cfg.queue_frames, bool) or not isinstance(cfg.queue_frames, int) or cfg.queue_frames < need:
+            raise EngineError(f"queue_frames {cfg.queue_frames!r} is too small: a chunk needs {need} input frames "
+                              f"waiting together; use queue_frames >= {need}")
         ranks = getattr(self, "_group", None)
         mode = "stream-batch" if cfg.batch else "no-batch"
         if ranks is not None:

@@ -218,6 +218,13 @@ class CrossAttention(nn.Module):
 # Block, head, model
 
 
+def _normal(*shape: int, std: float) -> torch.Tensor:
+    """N(0, std^2) init; left empty on the meta device (weights are loaded there, and a random op on meta would pull
+    in torch's compiler stack, seconds of import)."""
+    t = torch.empty(shape)
+    return t if t.is_meta else t.normal_(0.0, std)
+
+
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -228,7 +235,7 @@ class Block(nn.Module):
         self.norm2 = LayerNorm(cfg.dim, cfg.eps)
         self.ffn = nn.Sequential(nn.Linear(cfg.dim, cfg.ffn_dim), nn.GELU(approximate="tanh"),
                                  nn.Linear(cfg.ffn_dim, cfg.dim))
-        self.modulation = nn.Parameter(torch.randn(1, 6, cfg.dim) / cfg.dim**0.5)  # fp32 island
+        self.modulation = nn.Parameter(_normal(1, 6, cfg.dim, std=cfg.dim**-0.5))  # fp32 island
 
     def forward(self, x, e0, rope, ctx_kv, *, mask=None, cache=None, layer=0, plan=None) -> torch.Tensor:
         """x [B, N, C]; e0 [B, F, 6, C] fp32; ctx_kv = (k, v) [B, H, Lt, D]."""
@@ -250,7 +257,7 @@ class Head(nn.Module):
         super().__init__()
         self.norm = LayerNorm(cfg.dim, cfg.eps)
         self.head = nn.Linear(cfg.dim, math.prod(cfg.patch_size) * cfg.out_dim)
-        self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim) / cfg.dim**0.5)  # fp32 island
+        self.modulation = nn.Parameter(_normal(1, 2, cfg.dim, std=cfg.dim**-0.5))  # fp32 island
 
     def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         """x [B, N, C], e [B, F, 1, C] fp32 -> [B, N, p*out]."""

@@ -210,6 +210,7 @@ class StreamPipeline:
         self.chunk_pixels = 4 * cache_cfg.chunk_frames  # 4
         self._pending: Controls | None = None
         self._pending_batch: bool | None = None
+        self._flushing = False  # controls that arrive during a flush wait for the next real chunk
         self.reset()
 
     # -- state --------------------------------------------------------------------------------------------------------
@@ -360,7 +361,7 @@ class StreamPipeline:
     @torch.inference_mode()
     def _process(self, frames: np.ndarray) -> list[np.ndarray]:
         out = []
-        if self._pending is not None or self._pending_batch is not None:
+        if not self._flushing and (self._pending is not None or self._pending_batch is not None):
             batch, self._pending_batch = self._pending_batch, None  # taken first: flushing re-enters process()
             out = self._apply_controls() if self._pending is not None else []
             out += self._apply_mode(batch)
@@ -429,7 +430,13 @@ class StreamPipeline:
         in_flight = self.slots - 1 - self._fill  # real chunks in the slots
         if self.batch and self.chunks > 0 and self._starts is not None and in_flight > 0:
             filler = np.repeat(self._last_input[None], self.chunk_pixels, axis=0)
-            for _ in range(self.slots - 1):
-                out += self.process(filler)
+            # Controls set meanwhile (another thread may call set_controls/set_mode at any time) must not change the
+            # depth in the middle of the drain: they stay queued for the next real chunk.
+            self._flushing, outer = True, self._flushing
+            try:
+                for _ in range(self.slots - 1):
+                    out += self.process(filler)
+            finally:
+                self._flushing = outer
             self._fill = self.slots - 1  # what is in the slots now is filler
         return out + self.executor.collect(wait=True)

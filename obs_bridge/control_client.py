@@ -50,6 +50,9 @@ def read_control_file(path: Path | None = None) -> tuple[str, str]:
         raise ControlError(f"cannot read {path} ({type(e).__name__}); restart the app") from None
 
 
+STOP_TIMEOUT = 30.0  # seconds a stop may take (Session.stop's own bounds: 2 s + 10 s joins, 10 s engine stop)
+
+
 class ControlClient:
     """Calls the control API at ``url`` with ``token``; every failure is a :class:`ControlError`."""
 
@@ -63,14 +66,14 @@ class ControlClient:
         url, token = read_control_file(path)
         return cls(url, token, timeout)
 
-    def request(self, method: str, path: str, body: dict | None = None) -> dict:
+    def request(self, method: str, path: str, body: dict | None = None, timeout: float | None = None) -> dict:
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(f"{self.url}{API_PREFIX}{path}", data=data, method=method)
         req.add_header(TOKEN_HEADER, self._token)
         if data is not None:
             req.add_header("Content-Type", "application/json")
         try:
-            with self._opener.open(req, timeout=self.timeout) as resp:
+            with self._opener.open(req, timeout=timeout or self.timeout) as resp:
                 return json.loads(resp.read() or b"{}")
         except urllib.error.HTTPError as e:
             try:
@@ -99,4 +102,6 @@ class ControlClient:
         return self.request("POST", "/start", {})
 
     def stop(self) -> dict:
-        return self.request("POST", "/stop", {})
+        """Returns when the stream has stopped: the chunks in flight finish and the outputs close first, which on a
+        busy CPU takes seconds, so this waits up to STOP_TIMEOUT."""
+        return self.request("POST", "/stop", {}, timeout=max(self.timeout, STOP_TIMEOUT))

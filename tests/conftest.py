@@ -1,7 +1,18 @@
-"""Test isolation: no test reads or writes the user's real config, cache, data or model folders."""
+"""Test isolation: no test reads or writes the user's real config, cache, data or model folders; torch threads
+pinned so that the suite keeps its pace on a busy 2-core machine."""
+
+import os
 
 import pytest
 import torch
+
+# One intra-op thread per process (tests and the `sdv2` processes they start), unless SDV2_TEST_THREADS says
+# otherwise: torch's default (one per core) oversubscribes a 2-core runner as soon as anything else runs (the UI
+# thread of the app tests, a second pipeline rank, another job), and the tiny model's ops are too small to gain from
+# a second thread anyway.
+THREADS = int(os.environ.get("SDV2_TEST_THREADS", "1"))
+os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(THREADS)
+torch.set_num_threads(THREADS)
 
 
 @pytest.fixture(autouse=True)

@@ -103,6 +103,8 @@ def test_bad_config_is_one_clear_line():
         Engine(EngineConfig(model="/nonexistent/model.pt", device="cpu")).start()
     with pytest.raises(EngineError, match="multiple of 16"):
         Engine(EngineConfig(model="tiny", device="cpu", size=(100, 100))).start()
+    with pytest.raises(EngineError, match="queue_frames >= 5"):  # lossless pushes would wait for each other forever
+        Engine(EngineConfig(model="tiny", device="cpu", size=(64, 64), queue_frames=4, lossless=True)).start()
 
 
 # -- SLO scheduler and output pacer ----------------------------------------------------------------------
@@ -138,3 +140,38 @@ def test_generous_target_keeps_the_plan(bundle):
     st = eng.stats()
     eng.stop()
     assert len(out) == 41 and st.slo.changes == 0 and st.slo.plan.batch and st.slo.plan.steps == 2
+
+
+def test_controls_changed_from_another_thread_during_a_drain_lose_no_frame(bundle):
+    """Steps changes race the engine thread (a preset click while a Stream-Batch drain is under way): every frame
+    still comes out once, and the stream ends with the last steps set."""
+    import threading
+
+    eng = Engine(EngineConfig(size=(64, 64), lossless=True, queue_frames=8, controls=Controls(steps=3)), bundle)
+    eng.start()
+    done = threading.Event()
+
+    def clicker():
+        k = 0
+        while not done.is_set():
+            eng.set_controls(steps=1 + k % 4)
+            k += 1
+            done.wait(0.003)
+
+    t = threading.Thread(target=clicker)
+    t.start()
+    out = []
+    try:
+        for f in frames(61, size=(64, 64)):
+            eng.push(f)
+            while (g := eng.pull()) is not None:
+                out.append(g)
+    finally:
+        done.set()
+        t.join()
+    eng.set_controls(steps=2)
+    out += drain(eng)
+    st = eng.stats()
+    eng.stop()
+    assert st.error is None and len(out) == 61 and st.frames_out == 61 and st.dropped_out == 0
+    assert eng.controls.steps == 2
