@@ -23,6 +23,19 @@ def frames(n: int, size=(90, 160)) -> list[np.ndarray]:
     return [src.frame(i) for i in range(n)]
 
 
+def stream(engine: Engine, inputs: list[np.ndarray]) -> tuple[list[np.ndarray], object]:
+    """Push every frame (pulling what is ready meanwhile), then finish: (all styled frames, final stats); stopped."""
+    out = []
+    for f in inputs:
+        engine.push(f)
+        while (g := engine.pull()) is not None:
+            out.append(g)
+    out += drain(engine)
+    st = engine.stats()
+    engine.stop()
+    return out, st
+
+
 def drain(engine: Engine) -> list[np.ndarray]:
     out = []
     engine.finish()
@@ -35,15 +48,7 @@ def drain(engine: Engine) -> list[np.ndarray]:
 
 def test_lossless_run_returns_every_frame_at_input_size(bundle):
     eng = Engine(EngineConfig(size=(64, 64), lossless=True, queue_frames=6, controls=Controls(steps=2)), bundle)
-    eng.start()
-    out = []
-    for f in frames(23):  # 16:9 input, square model: fitted in, restored out
-        eng.push(f)
-        while (g := eng.pull()) is not None:
-            out.append(g)
-    out += drain(eng)
-    st = eng.stats()
-    eng.stop()
+    out, st = stream(eng.start(), frames(23))  # 16:9 input, square model: fitted in, restored out
     assert len(out) == 23 and all(g.shape == (90, 160, 3) and g.dtype == np.uint8 for g in out)
     assert st.frames_in == st.frames_out == 23 and st.dropped_in == st.dropped_out == 0
     assert st.chunks == 6 and st.ttff is not None and st.latency_p50 > 0 and st.fps > 0
@@ -114,15 +119,8 @@ def test_impossible_target_degrades_without_losing_frames(bundle):
     slo = SLOConfig(chunk_frames=(1,), window=4, min_samples=2, recover_after=1000)
     cfg = EngineConfig(size=(128, 128), lossless=True, queue_frames=32, controls=Controls(steps=3), target_fps=1000,
                        latency_budget=0.001, slo=slo)
-    eng = Engine(cfg, bundle).start()
-    out = []
-    for f in frames(81):
-        eng.push(f)
-        while (g := eng.pull()) is not None:
-            out.append(g)
-    out += drain(eng)
-    st = eng.stats()
-    eng.stop()
+    eng = Engine(cfg, bundle)
+    out, st = stream(eng.start(), frames(81))
     assert len(out) == 81 and all(g.shape == (90, 160, 3) for g in out)  # across mode, steps and size changes
     kinds = [d.kind for d in eng.scheduler.decisions]
     print([(d.kind, str(d.to_plan)) for d in eng.scheduler.decisions])

@@ -12,6 +12,7 @@ import urllib.request
 
 import numpy as np
 import pytest
+from helpers import wait_for
 from sdv2_studio.engine.api import EngineConfig
 from sdv2_studio.engine.config import Controls
 from sdv2_studio.engine.errors import EngineError
@@ -51,15 +52,6 @@ def server(session, tmp_path):
     srv = ControlServer(session, control_path=tmp_path / "control.json").start()
     yield srv
     srv.stop()
-
-
-def wait_for(predicate, timeout: float) -> bool:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_control_api_drives_a_real_session(server, session):

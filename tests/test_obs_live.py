@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import median_rgb, wait_for
 from sdv2_studio.engine.api import EngineConfig
 from sdv2_studio.engine.config import Controls
 from sdv2_studio.engine.errors import EngineError
@@ -120,20 +121,6 @@ def screenshot(client: ObsClient, source: str, size: tuple[int, int] | None = No
     if size:
         data.update(imageWidth=size[1], imageHeight=size[0])
     return JpegDecoder().decode(client.call("GetSourceScreenshot", data)["imageData"])
-
-
-def median_rgb(frame: np.ndarray) -> np.ndarray:
-    return np.median(frame.reshape(-1, 3), axis=0)
-
-
-def wait_for(predicate, timeout: float, poll: float = 0.05) -> float | None:
-    """Seconds until ``predicate()`` was true, or None on timeout."""
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if predicate():
-            return time.monotonic() - t0
-        time.sleep(poll)
-    return None
 
 
 # -- connection ------------------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ import time
 import av
 import numpy as np
 import pytest
+from helpers import median_rgb, wait_for
 from sdv2_studio.engine.errors import EngineError
 from sdv2_studio.engine.io import shm
 from sdv2_studio.engine.io.mpegts import MpegTsSink
@@ -94,20 +95,6 @@ def stamp(client: ObsClient, source: str, size: tuple[int, int]) -> int:
         if e.code == 702:
             return -1
         raise
-
-
-def wait_for(predicate, timeout: float = 15.0, poll: float = 0.05) -> float | None:
-    """Seconds until ``predicate()`` held, or None on timeout."""
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if predicate():
-            return time.monotonic() - t0
-        time.sleep(poll)
-    return None
-
-
-def median_rgb(frame: np.ndarray) -> np.ndarray:
-    return np.median(frame.reshape(-1, 3), axis=0)
 
 
 def is_card(img: np.ndarray) -> bool:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 import random
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import wait_for
 from sdv2_studio.engine.api import EngineConfig
 from sdv2_studio.engine.config import Controls
 from sdv2_studio.engine.errors import EngineError
@@ -47,15 +47,6 @@ class Sink(FrameSink):
 
     def close(self) -> None:
         self.closed_in = self.session.state if self.session is not None else "closed"
-
-
-def wait_for(predicate, timeout: float = 60.0) -> bool:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def live_session(bundle, **kw) -> Session:

@@ -6,9 +6,6 @@ head is scaled so that decoded pixels stay mostly inside (0, 1) and a wrong laye
 
 from __future__ import annotations
 
-import os
-import time
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -261,28 +258,3 @@ def test_bad_files(model, tmp_path):
     bad = {**sd, "decoder.23.weight": torch.zeros(3)}
     assert "unexpected keys: decoder.23.weight" in _error(_save(bad, tmp_path / "extra.pth"))
     assert "Hunyuan Video" in _error(_save(sd, tmp_path / "taehv.pth"))  # same shapes, other latent space
-
-
-# ------------------------------------------------------------------------------------------------ speed
-
-
-def _time_decode(decode, z: torch.Tensor) -> tuple[float, float]:
-    t0 = time.perf_counter()
-    decode(z)
-    t1 = time.perf_counter()
-    decode(z)
-    return t1 - t0, time.perf_counter() - t1
-
-
-def test_speed_sanity_printed():
-    """Printed with `pytest -s`, not asserted: one 256x256 latent, fp32 CPU, first call (1 frame) and later (4)."""
-    z = torch.randn(1, 16, 1, 32, 32)
-    taehv = TAEHVDecoder().eval()
-    rows = [("taehv", *_time_decode(taehv.decode_stream, z))]
-    presets = ["tiny"] + (["wan2.1"] if os.environ.get("SDV2_BENCH_WAN21") else [])  # wan2.1: ~35 s on 2 cores
-    for name in presets:
-        vae = WanVAE(get_vae_preset(name)).eval()
-        rows.append((f"WanVAE {name}", *_time_decode(vae.decode_stream, z)))
-    print(f"\n[taehv speed] 1 latent -> 256x256, {torch.get_num_threads()} threads")
-    for name, first, later in rows:
-        print(f"  {name:14s} first latent {first * 1e3:7.0f} ms   later latent {later * 1e3:7.0f} ms")

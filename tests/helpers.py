@@ -1,0 +1,22 @@
+"""Small helpers shared by the test modules (tests/ is on sys.path under pytest's default import mode)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+
+def wait_for(predicate, timeout: float = 60.0, poll: float = 0.05) -> float | None:
+    """Seconds until ``predicate()`` held (never 0, so ``assert wait_for(...)`` works), or None on timeout. The
+    default timeout is generous: a loaded 2-core CI runner is several times slower than a desktop."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if predicate():
+            return max(time.monotonic() - t0, 1e-6)
+        time.sleep(poll)
+    return None
+
+
+def median_rgb(frame: np.ndarray) -> np.ndarray:
+    return np.median(frame.reshape(-1, 3), axis=0)
