@@ -35,7 +35,7 @@ def test_pyinstaller_bundle_builds_and_starts(tmp_path):
     assert build.returncode == 0, build.stderr[-3000:]
     exe = tmp_path / "dist" / "StreamDiffusionV2Studio" / "sdv2-studio"
     assert exe.is_file()
-    assert (exe.parent / "_internal" / "presets" / "anime-cel.toml").is_file()
+    assert (exe.parent / "_internal" / "sdv2_studio" / "presets" / "anime-cel.toml").is_file()  # package data
     shot = tmp_path / "shot.png"
     env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
     t1 = time.monotonic()

