@@ -155,7 +155,7 @@ class Engine:
         def make(size, controls, batch) -> StreamPipeline:
             return StreamPipeline(bundle.dit, bundle.vae, prompts, size=size, controls=controls, batch=batch,
                                   cache_cfg=cfg.cache, device=device, dtype=dtype, decoder=decoder,
-                                  profile=cfg.profile)
+                                  profile=cfg.profile, background_prompts=not cfg.lossless)
 
         self.pipeline = make((h, w), cfg.controls, cfg.batch)
         self._rebuild = make
@@ -194,7 +194,8 @@ class Engine:
                                 link=self._group.link, model_spec=model.spec, rebalance_after=after)
             self.pipeline = StreamPipeline(bundle.dit, bundle.vae, PromptCache(bundle.text, folder), size=(h, w),
                                            controls=cfg.controls, batch=cfg.batch, cache_cfg=cfg.cache,
-                                           device=devices[0], dtype=dtype, profile=cfg.profile, executor=ring)
+                                           device=devices[0], dtype=dtype, profile=cfg.profile, executor=ring,
+                                           background_prompts=not cfg.lossless)
         except BaseException:
             self._group.shutdown(None)
             raise

@@ -23,6 +23,7 @@ Frames are uint8 [T, H, W, 3] numpy arrays at the model resolution (engine/io/fr
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import contextlib
 import dataclasses
 import time
@@ -186,9 +187,13 @@ class StreamPipeline:
                  controls: Controls = Controls(), batch: bool = True, cache_cfg: CacheConfig = CacheConfig(),
                  device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                  decoder: torch.nn.Module | None = None, profile: bool = False,
-                 executor: DenoiseExecutor | None = None):
+                 executor: DenoiseExecutor | None = None, background_prompts: bool = False):
         """`decoder`: an alternative streaming decoder with the VAE's decode contract (TAEHV); `profile`:
-        synchronise the device around each stage so `timings` are exact (costs a little on GPUs)."""
+        synchronise the device around each stage so `timings` are exact (costs a little on GPUs);
+        `background_prompts` (live streams): a new prompt that is not cached yet is encoded on a background thread
+        while the stream keeps the current one, and blends in (its transition) from the first chunk after it is
+        ready, so a preset click never stalls the stream. Off (files), the switch happens at the next chunk, which
+        keeps a file run deterministic."""
         self.dit, self.vae, self.prompts = dit, vae, prompts
         self.decoder = decoder or vae
         self.executor = executor or LocalDenoiser(dit)
@@ -211,6 +216,9 @@ class StreamPipeline:
         self._pending: Controls | None = None
         self._pending_batch: bool | None = None
         self._flushing = False  # controls that arrive during a flush wait for the next real chunk
+        self.background_prompts = background_prompts
+        self._text_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._encoding: tuple[concurrent.futures.Future, int] | None = None  # (context, transition) on its way
         self.reset()
 
     # -- state --------------------------------------------------------------------------------------------------------
@@ -235,6 +243,7 @@ class StreamPipeline:
                         dtype=self.dtype, blocks=self.executor.blocks)
         cache.set_steps(self.controls.steps)
         self.executor.reset(cache)
+        self._encoding = None  # a new stream starts with its own prompt, encoded now
         self._ctx = self._encode_prompt(self.controls.prompt)
         self.executor.set_prompt(self._ctx)
         self._transition: tuple[torch.Tensor, torch.Tensor, int, int] | None = None
@@ -320,14 +329,35 @@ class StreamPipeline:
             self.motion.set_s0(new.noise_scale)
         self.controls = new
         if new.prompt != old.prompt:
-            target = self._encode_prompt(new.prompt)
-            if new.transition_chunks > 0 and self.chunks > 0:
-                self._transition = (self._current_ctx(), target, 0, new.transition_chunks)
+            if self.background_prompts and self.chunks > 0 and new.prompt not in self.prompts:
+                if self._text_pool is None:
+                    self._text_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sdv2-text")
+                # a newer prompt replaces one still on its way (that one is cached when done, nothing more)
+                self._encoding = (self._text_pool.submit(self._encode_prompt, new.prompt), new.transition_chunks)
             else:
-                self._transition = None
-                self._ctx = target
-                self.executor.set_prompt(target)
+                self._encoding = None
+                self._switch_prompt(self._encode_prompt(new.prompt), new.transition_chunks)
         return out
+
+    def _switch_prompt(self, target: torch.Tensor, transition_chunks: int) -> None:
+        if transition_chunks > 0 and self.chunks > 0:
+            self._transition = (self._current_ctx(), target, 0, transition_chunks)
+        else:
+            self._transition = None
+            self._ctx = target
+            self.executor.set_prompt(target)
+
+    def _take_encoded_prompt(self) -> None:
+        """At a chunk boundary: switch to a prompt encoded in the background once it is ready (its error, e.g. a
+        text encoder that does not fit the model, surfaces here, on the engine thread)."""
+        if self._encoding is not None and self._encoding[0].done():
+            (future, transition), self._encoding = self._encoding, None
+            self._switch_prompt(future.result(), transition)
+
+    @property
+    def prompt_pending(self) -> bool:
+        """A new prompt is being encoded in the background; the stream still runs with the previous one."""
+        return self._encoding is not None
 
     def _current_ctx(self) -> torch.Tensor:
         if self._transition is None:
@@ -365,6 +395,7 @@ class StreamPipeline:
             batch, self._pending_batch = self._pending_batch, None  # taken first: flushing re-enters process()
             out = self._apply_controls() if self._pending is not None else []
             out += self._apply_mode(batch)
+        self._take_encoded_prompt()
         if len(frames) != self.frames_needed:
             raise ValueError(f"chunk needs {self.frames_needed} frames, got {len(frames)}")
         if tuple(frames.shape[1:3]) != self.size:

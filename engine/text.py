@@ -483,7 +483,8 @@ class PromptCache:
         self.folder = Path(folder).expanduser() if folder is not None else None
         self.max_memory = max_memory
         self._mem: OrderedDict[str, torch.Tensor] = OrderedDict()
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # the memory and disk entries
+        self._encode_lock = threading.Lock()  # one encoder forward at a time
         self.stats = {"memory": 0, "disk": 0, "computed": 0, "bad_files": 0}
 
     def key(self, prompt: str) -> str:
@@ -514,12 +515,17 @@ class PromptCache:
             ctx = self._load(key)
             if ctx is not None:
                 self.stats["disk"] += 1
-            else:
-                ctx = self.encoder.encode_trimmed(prompt).to("cpu")
-                self.stats["computed"] += 1
-                self._save(key, clean_prompt(prompt), ctx)
+                self._remember(key, ctx)
+                return ctx
+        # The encoder runs outside the lock: lookups of other prompts (a preset click on the engine thread) never
+        # wait for an encode in the background. Two threads encoding the same prompt at once both compute it.
+        with self._encode_lock:
+            ctx = self.encoder.encode_trimmed(prompt).to("cpu")
+        with self._lock:
+            self.stats["computed"] += 1
+            self._save(key, clean_prompt(prompt), ctx)
             self._remember(key, ctx)
-            return ctx
+        return ctx
 
     def __contains__(self, prompt: str) -> bool:
         key = self.key(prompt)

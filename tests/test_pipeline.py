@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -241,3 +243,45 @@ def test_set_mode_same_mode_is_a_no_op(bundle, clip):
     a = run_switching(make(bundle, batch=True), clip[:13])
     b = run_switching(make(bundle, batch=True), clip[:13], switch={1: True, 2: True})
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+class GatedText:
+    """The tiny text encoder, except that prompts containing "slow" wait for `gate` (a big encoder, on demand)."""
+
+    def __init__(self, text, gate: threading.Event):
+        self.text, self.gate, self.started = text, gate, threading.Event()
+
+    def __getattr__(self, name):
+        return getattr(self.text, name)
+
+    def encode_trimmed(self, prompt: str) -> torch.Tensor:
+        if "slow" in prompt:
+            self.started.set()
+            assert self.gate.wait(120), "the gate was never opened"
+        return self.text.encode_trimmed(prompt)
+
+
+def test_uncached_prompt_is_encoded_in_the_background_while_the_stream_goes_on(bundle, clip):
+    """Live streams: a new prompt's encode does not hold up the chunks (they run while it is blocked), the
+    stream keeps the previous prompt meanwhile, then blends into the new one once it is ready."""
+    gate = threading.Event()
+    text = GatedText(bundle.text, gate)
+    pipe = StreamPipeline(bundle.dit, bundle.vae, PromptCache(text), size=SIZE, background_prompts=True,
+                          controls=Controls(steps=2, transition_chunks=2))
+    chunks = iter([clip[:5], *(clip[i:i + 4] for i in range(5, 41, 4))])
+    for _ in range(2):
+        pipe.process(next(chunks))
+    before = pipe._ctx.clone()
+    pipe.set_controls(prompt="a slow new style")
+    for _ in range(3):  # with the encode on the engine thread, the first of these would wait for the gate
+        pipe.process(next(chunks))
+    assert text.started.is_set() and pipe.prompt_pending and pipe.controls.prompt == "a slow new style"
+    assert torch.equal(pipe._ctx, before)  # still the previous prompt
+    gate.set()
+    pipe._encoding[0].result(timeout=120)
+    pipe.process(next(chunks))
+    assert not pipe.prompt_pending and pipe._transition is not None  # blending in over 2 chunks
+    for _ in range(2):
+        pipe.process(next(chunks))
+    want = PromptCache(bundle.text).encode("a slow new style", dtype=torch.float32)
+    assert pipe._transition is None and torch.equal(pipe._ctx, want)
