@@ -55,6 +55,9 @@ class EngineConfig:
     target_fps: float | None = None  # SLO scheduling towards this output rate (None: off, the plan stays fixed)
     slo: SLOConfig = field(default_factory=lambda: SLOConfig(chunk_frames=(1,)))  # the pipeline has 4-frame chunks
     prompt_cache_dir: str | None = None  # default: the user cache dir; "" disables the disk cache
+    # Prompts encoded in the background once the stream runs (the presets a user may click), so that switching to
+    # one is a cache hit; prompts set live go first.
+    warm_prompts: tuple[str, ...] = ()
     taehv: str | None = None  # path to taew2_1.pth: decode with the TAEHV tiny decoder (lower latency)
     ranks: int = 1  # pipeline-parallel stages (1-4 GPUs; CPU processes over gloo without GPUs)
     rank_timeout: float = 60.0  # seconds before a silent rank is declared hung
@@ -207,6 +210,7 @@ class Engine:
         if isinstance(cfg.queue_frames, bool) or not isinstance(cfg.queue_frames, int) or cfg.queue_frames < need:
             raise EngineError(f"queue_frames {cfg.queue_frames!r} is too small: a chunk needs {need} input frames "
                               f"waiting together; use queue_frames >= {need}")
+        self.pipeline.warm_prompts(cfg.warm_prompts)
         ranks = getattr(self, "_group", None)
         mode = "stream-batch" if cfg.batch else "no-batch"
         if ranks is not None:

@@ -219,6 +219,7 @@ class StreamPipeline:
         self.background_prompts = background_prompts
         self._text_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._encoding: tuple[concurrent.futures.Future, int] | None = None  # (context, transition) on its way
+        self._warming: dict[str, concurrent.futures.Future] = {}  # warm_prompts not encoded yet
         self.reset()
 
     # -- state --------------------------------------------------------------------------------------------------------
@@ -330,14 +331,28 @@ class StreamPipeline:
         self.controls = new
         if new.prompt != old.prompt:
             if self.background_prompts and self.chunks > 0 and new.prompt not in self.prompts:
-                if self._text_pool is None:
-                    self._text_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sdv2-text")
-                # a newer prompt replaces one still on its way (that one is cached when done, nothing more)
-                self._encoding = (self._text_pool.submit(self._encode_prompt, new.prompt), new.transition_chunks)
+                # a newer prompt replaces one still on its way (that one is cached when done, nothing more); it
+                # goes before the warm-up prompts still waiting
+                waiting = [p for p, f in self._warming.items() if f.cancel()]
+                self._encoding = (self._pool().submit(self._encode_prompt, new.prompt), new.transition_chunks)
+                self.warm_prompts(waiting)
             else:
                 self._encoding = None
                 self._switch_prompt(self._encode_prompt(new.prompt), new.transition_chunks)
         return out
+
+    def _pool(self) -> concurrent.futures.ThreadPoolExecutor:
+        if self._text_pool is None:
+            self._text_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sdv2-text")
+        return self._text_pool
+
+    def warm_prompts(self, prompts) -> None:
+        """Encode these prompts into the cache on the background thread, one after another (live streams: so a
+        preset click is a cache hit). Prompts already cached or on their way are skipped."""
+        self._warming = {p: f for p, f in self._warming.items() if not f.done()}
+        for prompt in prompts:
+            if prompt not in self._warming and prompt not in self.prompts:
+                self._warming[prompt] = self._pool().submit(self.prompts.encode_trimmed, prompt)
 
     def _switch_prompt(self, target: torch.Tensor, transition_chunks: int) -> None:
         if transition_chunks > 0 and self.chunks > 0:

@@ -28,8 +28,10 @@ class StreamSession:
 
     def __init__(self, config: EngineConfig, open_source: SourceFactory, open_sinks: SinkFactory,
                  presets: PresetBook | None = None, *, bundle: ModelBundle | None = None) -> None:
-        self.session = Session(config, open_source, open_sinks, live=True, paced=True, bundle=bundle)
         self.presets = presets or PresetBook({})
+        prompts = [p for name in self.presets.names() if (p := self.presets.controls(name).get("prompt"))]
+        config = dataclasses.replace(config, warm_prompts=tuple(dict.fromkeys([*config.warm_prompts, *prompts])))
+        self.session = Session(config, open_source, open_sinks, live=True, paced=True, bundle=bundle)
         self.status_extra: dict[str, Callable[[], object]] = {}
         self.preset: str | None = None
 

@@ -285,3 +285,17 @@ def test_uncached_prompt_is_encoded_in_the_background_while_the_stream_goes_on(b
         pipe.process(next(chunks))
     want = PromptCache(bundle.text).encode("a slow new style", dtype=torch.float32)
     assert pipe._transition is None and torch.equal(pipe._ctx, want)
+
+
+def test_warm_prompts_are_encoded_in_the_background_and_a_click_on_one_is_a_cache_hit(bundle, clip):
+    cache = PromptCache(bundle.text)
+    pipe = StreamPipeline(bundle.dit, bundle.vae, cache, size=SIZE, background_prompts=True)
+    presets = ["watercolor, soft edges", "ink drawing", "pixel art"]
+    pipe.warm_prompts(presets)
+    for future in pipe._warming.values():
+        future.result(timeout=120)
+    assert all(p in cache for p in presets) and cache.stats["computed"] == 1 + len(presets)  # + the start prompt
+    pipe.process(clip[:5])
+    pipe.set_controls(prompt="ink drawing")
+    pipe.process(clip[5:9])
+    assert not pipe.prompt_pending and cache.stats["computed"] == 1 + len(presets)  # switched at once, no encode
