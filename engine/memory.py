@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 
@@ -191,6 +192,22 @@ def reference(steps: int = 2, batch: bool = True, size: tuple[int, int] = REAL_S
     """One GPU streaming the default download (StreamDiffusionV2 1.3B) in bfloat16 with umT5 on the CPU, by default
     at the size it was trained at."""
     return estimate(get_preset(DOWNLOAD_PRESET), size, dtype="bfloat16", steps=steps, batch=batch)
+
+
+def available_host_memory() -> int | None:
+    """Bytes of RAM the OS can give this process now without swapping (Linux MemAvailable; elsewhere the free
+    physical pages), None when the OS does not say."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 def check_fit(est: MemoryEstimate, capacity: int | None) -> tuple[str, str]:

@@ -37,6 +37,7 @@ import hashlib
 import html
 import json
 import logging
+import math
 import os
 import re
 import tempfile
@@ -369,6 +370,21 @@ def _fingerprint(files: list[Path]) -> str:
     return h.hexdigest()[:16]
 
 
+def _check_host_memory(file: Path, shapes: dict[str, tuple[int, ...]], dtype: torch.dtype, device) -> None:
+    """One line before loading when the encoder's weights will not fit in the RAM available now (CPU encoders;
+    the file is read lazily, so the weights in `dtype` are what the load adds)."""
+    if torch.device(device).type != "cpu":
+        return
+    from sdv2_studio.engine import memory  # memory -> models -> text
+
+    need = sum(math.prod(s) for s in shapes.values()) * torch.empty((), dtype=dtype).element_size()
+    have = memory.available_host_memory()
+    if have is not None and need > have:
+        raise EngineError(f"the text encoder {file.name} needs {memory.gib(need)} of RAM in "
+                          f"{str(dtype).removeprefix('torch.')} and {memory.gib(have)} is available; close other "
+                          "programs, or run it on the GPU (text_device='cuda', the app's 'text encoder on GPU')")
+
+
 def load_text_encoder(path: str | os.PathLike, *, tokenizer: str | os.PathLike | None = None,
                       device: str | torch.device = "cpu", dtype: torch.dtype = torch.bfloat16,
                       text_len: int = DEFAULT_TEXT_LEN) -> TextEncoder:
@@ -395,6 +411,7 @@ def load_text_encoder(path: str | os.PathLike, *, tokenizer: str | os.PathLike |
                         (("missing", missing), ("unexpected", unexpected), ("wrong-shape", wrong)) if keys]
             raise EngineError(f"{file} is not a complete umT5 encoder ({'; '.join(problems)}); the file is "
                               "incomplete or from another model, download it again")
+        _check_host_memory(file, shapes, dtype, device)
         tok, tok_path = _tokenizer(None if tokenizer is None else Path(tokenizer).expanduser(), candidates, tf,
                                    text_len)
         sd = {k: tf.read(v).to(device=device, dtype=dtype) for k, v in names.items()}

@@ -536,3 +536,13 @@ def test_tiny_text_encoder_deterministic_and_fits_tiny_dit():
     dit = CausalWanModel(cfg).eval()
     with torch.no_grad():
         assert torch.equal(dit.embed_text(enc.encode_trimmed("a watercolor fox")), dit.embed_text(out))
+
+
+def test_not_enough_ram_is_one_line_before_loading(model_root, monkeypatch):
+    from sdv2_studio.engine import memory
+
+    monkeypatch.setattr(memory, "available_host_memory", lambda: 1000)
+    with pytest.raises(EngineError, match=r"needs .* of RAM in bfloat16 and .* is available; close other programs"):
+        load_text_encoder(model_root[0], text_len=TEXT_LEN)
+    monkeypatch.setattr(memory, "available_host_memory", lambda: None)  # the OS does not say: load
+    assert load_text_encoder(model_root[0], text_len=TEXT_LEN).dtype == torch.bfloat16
