@@ -245,7 +245,7 @@ class EngineSettingsPanel(QWidget):
         steps = (s.controls or Controls()).steps
         return estimate(model.config, (s.height, s.width), dtype=dtype, steps=steps, batch=s.batch,
                         ranks=s.gpus if on_gpu else 1, gpu=on_gpu, text_here=s.text_on_gpu or not on_gpu,
-                        text=model.text_config, vae=model.vae)
+                        text=model.text_config, vae=model.vae, text_dtype=None if on_gpu else model.text_dtype_cpu)
 
     def fit_level(self) -> tuple[str, str]:
         cap, _kind = self.capacity()

@@ -4,7 +4,7 @@
 What one device holds (`device_memory`), in bytes:
     dit           the DiT parameters on the device (embeddings, its blocks, the head) in the model dtype with the
                   fp32 islands, counted on the meta device from engine/model.py
-    text_encoder  umT5 (`t5_encoder_params` of its architecture) when it runs on this device; fp32 on a CPU
+    text_encoder  umT5 (`t5_encoder_params` of its architecture) when it runs on this device; bf16 on a CPU
     vae           the VAE parameters, in the model dtype, where it encodes or decodes
     kv_cache      `KVCache.buffer_bytes`: per block and Stream-Batch slot the self-attention K/V of cache_frames x
                   tokens per frame and the prompt's cross-attention K/V
@@ -149,11 +149,14 @@ def vae_work_bytes(vae: str, size: tuple[int, int], dtype: str | torch.dtype) ->
 def device_memory(cfg: ModelConfig, size: tuple[int, int], *, dtype: str | torch.dtype, slots: int, blocks: int,
                   micro_batch: int | None = None, embed: bool = True, head: bool = True, encode: bool = True,
                   decode: bool = True, text: Mapping | None = None, vae: str = "wan2.1",
-                  cache: CacheConfig = CacheConfig(), gpu: bool = True) -> MemoryEstimate:
+                  cache: CacheConfig = CacheConfig(), gpu: bool = True,
+                  text_dtype: str | torch.dtype | None = None) -> MemoryEstimate:
     """What one device holds: `blocks` DiT blocks with their KV cache for `slots` Stream-Batch slots, the embeddings
     (`embed`) and the head (`head`), the VAE when it encodes or decodes here, and umT5 of architecture `text` when
-    it runs here. `micro_batch`: samples per DiT forward (default `slots`; 1 between pipeline ranks)."""
+    it runs here, in `text_dtype` (default: `dtype` on a GPU, bf16 on a CPU; `ResolvedModel.text_dtype_cpu`).
+    `micro_batch`: samples per DiT forward (default `slots`; 1 between pipeline ranks)."""
     dt = as_dtype(dtype)
+    text_dt = as_dtype(text_dtype) if text_dtype is not None else (dt if gpu else torch.bfloat16)
     emb_b, blk_b, head_b = dit_bytes(cfg, dt)
     tokens = frame_tokens(cfg, size)
     widest = max(cache.first_chunk_frames, cache.chunk_frames) * tokens * (micro_batch or slots)
@@ -161,7 +164,7 @@ def device_memory(cfg: ModelConfig, size: tuple[int, int], *, dtype: str | torch
     work = max(dit_work_bytes(cfg, widest, dt) if blocks else 0, vae_work_bytes(vae, size, dt) if vae_here else 0)
     return MemoryEstimate(
         dit=blk_b * blocks + (emb_b if embed else 0) + (head_b if head else 0),
-        text_encoder=t5_encoder_params(text) * (dt.itemsize if gpu else 4) if text is not None else 0,  # fp32 on CPUs
+        text_encoder=t5_encoder_params(text) * text_dt.itemsize if text is not None else 0,
         vae=vae_params(vae) * dt.itemsize if vae_here else 0,
         kv_cache=KVCache.buffer_bytes(cfg, cache, slots, tokens, blocks, dt),
         vae_state=vae_state_bytes(vae, size, dt, encode=encode, decode=decode),
@@ -171,13 +174,14 @@ def device_memory(cfg: ModelConfig, size: tuple[int, int], *, dtype: str | torch
 
 def estimate(cfg: ModelConfig, size: tuple[int, int], *, dtype: str | torch.dtype = "bfloat16", steps: int = 2,
              batch: bool = True, ranks: int = 1, gpu: bool = True, text_here: bool = False,
-             text: Mapping = UMT5_XXL, vae: str = "wan2.1", cache: CacheConfig = CacheConfig()) -> MemoryEstimate:
+             text: Mapping = UMT5_XXL, vae: str = "wan2.1", cache: CacheConfig = CacheConfig(),
+             text_dtype: str | torch.dtype | None = None) -> MemoryEstimate:
     """The fullest device of a stream of model `cfg` at (h, w) `size` with `steps` denoising steps (one slot each
     with Stream-Batch), split over `ranks` pipeline ranks (GPUs when `gpu`), umT5 (architecture `text`) on the
     first device when `text_here`, the VAE preset `vae` (see the module docstring for the layout)."""
     if not 1 <= ranks <= cfg.num_layers:
         raise EngineError(f"cannot split {cfg.num_layers} blocks over {ranks} ranks; use 1 to {cfg.num_layers}")
-    share = dict(dtype=dtype, slots=steps if batch else 1, vae=vae, cache=cache, gpu=gpu)
+    share = dict(dtype=dtype, slots=steps if batch else 1, vae=vae, cache=cache, gpu=gpu, text_dtype=text_dtype)
     here = text if text_here else None
     if ranks == 1:
         return device_memory(cfg, size, blocks=cfg.num_layers, text=here, **share)

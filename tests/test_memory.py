@@ -86,7 +86,7 @@ def test_estimate_matches_the_real_allocation_on_the_cpu(spec, size):
     [cache] = [o for o in gc.get_objects() if type(o) is KVCache and o.k.data_ptr() not in before]
 
     est = estimate(model.config, size, dtype=torch.float32, steps=2, batch=True, gpu=False, text_here=True,
-                   text=model.text_config, vae=model.vae)
+                   text=model.text_config, vae=model.vae, text_dtype=model.text_dtype_cpu)
     assert est.dit == _bytes(bundle.dit.parameters())
     assert est.vae == _bytes(bundle.vae.parameters())
     assert est.text_encoder == _bytes(bundle.text.model.parameters())
