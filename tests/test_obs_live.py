@@ -377,11 +377,11 @@ def test_bridge_attach_scene_presets_and_survives_an_obs_restart(obs, client, bu
         obs.start()
         t_ready = time.monotonic() - t0
         captured = bridge._capture.captured
-        t_capture = wait_for(lambda: bridge._capture.captured > captured + 2, 20)
+        t_capture = wait_for(lambda: bridge._capture.captured > captured + 2, 90)
         c2 = ObsClient(obs.settings)
         c2.connect()
         try:
-            t_output = wait_for(lambda: _visible(c2), 20)
+            t_output = wait_for(lambda: _visible(c2), 90)
         finally:
             c2.close()
         assert t_capture is not None, "capture did not resume after OBS came back"
