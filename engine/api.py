@@ -137,6 +137,11 @@ class Engine:
     def start(self, progress: Progress | None = None) -> Engine:
         """Load the models (in the calling thread; report through `progress`) and start the worker."""
         cfg = self.config
+        # checked before anything loads: a chunk's input frames must fit in the queue together
+        need = max(1 + 4 * (cfg.cache.first_chunk_frames - 1), 4 * cfg.cache.chunk_frames)
+        if isinstance(cfg.queue_frames, bool) or not isinstance(cfg.queue_frames, int) or cfg.queue_frames < need:
+            raise EngineError(f"queue_frames {cfg.queue_frames!r} is too small: a chunk needs {need} input frames "
+                              f"waiting together; use queue_frames >= {need}")
         if cfg.ranks > 1 or "," in cfg.device:
             return self._start_parallel(progress)
         device = resolve_device(cfg.device)
@@ -206,10 +211,6 @@ class Engine:
 
     def _launch(self, progress: Progress | None) -> Engine:
         cfg, bundle = self.config, self.bundle
-        need = max(self.pipeline.frames_needed, self.pipeline.chunk_pixels)  # the first chunk takes the most
-        if isinstance(cfg.queue_frames, bool) or not isinstance(cfg.queue_frames, int) or cfg.queue_frames < need:
-            raise EngineError(f"queue_frames {cfg.queue_frames!r} is too small: a chunk needs {need} input frames "
-                              f"waiting together; use queue_frames >= {need}")
         self.pipeline.warm_prompts(cfg.warm_prompts)
         ranks = getattr(self, "_group", None)
         mode = "stream-batch" if cfg.batch else "no-batch"
@@ -249,6 +250,8 @@ class Engine:
             self._lock.notify_all()
         if self._thread is not None:
             self._thread.join(timeout)
+        if self.pipeline is not None:
+            self.pipeline.close()
         self._stats.running = False
         group = getattr(self, "_group", None)
         if group is not None:
@@ -443,6 +446,7 @@ class Engine:
             with self._lock:
                 controls = dataclasses.replace(pipe.next_controls, steps=plan.steps)
                 self.pipeline = self._rebuild(plan.size, controls, plan.batch)
+            pipe.close()
             return out
         with self._lock:
             if plan.steps != pipe.next_controls.steps:

@@ -334,12 +334,21 @@ class StreamPipeline:
                 # a newer prompt replaces one still on its way (that one is cached when done, nothing more); it
                 # goes before the warm-up prompts still waiting
                 waiting = [p for p, f in self._warming.items() if f.cancel()]
+                if self._encoding is not None:
+                    self._encoding[0].cancel()  # superseded: dropped unless it already started
                 self._encoding = (self._pool().submit(self._encode_prompt, new.prompt), new.transition_chunks)
                 self.warm_prompts(waiting)
             else:
                 self._encoding = None
                 self._switch_prompt(self._encode_prompt(new.prompt), new.transition_chunks)
         return out
+
+    def close(self) -> None:
+        """Drop the background prompt work still queued (an encode under way finishes on its own)."""
+        pool, self._text_pool = self._text_pool, None
+        self._warming, self._encoding = {}, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def _pool(self) -> concurrent.futures.ThreadPoolExecutor:
         if self._text_pool is None:
@@ -410,7 +419,8 @@ class StreamPipeline:
             batch, self._pending_batch = self._pending_batch, None  # taken first: flushing re-enters process()
             out = self._apply_controls() if self._pending is not None else []
             out += self._apply_mode(batch)
-        self._take_encoded_prompt()
+        if not self._flushing:  # a blend starts on a real chunk, not on a drain's discarded fillers
+            self._take_encoded_prompt()
         if len(frames) != self.frames_needed:
             raise ValueError(f"chunk needs {self.frames_needed} frames, got {len(frames)}")
         if tuple(frames.shape[1:3]) != self.size:

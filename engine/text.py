@@ -537,6 +537,10 @@ class PromptCache:
         # The encoder runs outside the lock: lookups of other prompts (a preset click on the engine thread) never
         # wait for an encode in the background. Two threads encoding the same prompt at once both compute it.
         with self._encode_lock:
+            with self._lock:  # another thread may have encoded it while this one waited
+                ctx = self._mem.get(key)
+            if ctx is not None:
+                return ctx
             ctx = self.encoder.encode_trimmed(prompt).to("cpu")
         with self._lock:
             self.stats["computed"] += 1
