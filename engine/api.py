@@ -138,7 +138,7 @@ class Engine:
         """Load the models (in the calling thread; report through `progress`) and start the worker."""
         cfg = self.config
         # checked before anything loads: a chunk's input frames must fit in the queue together
-        need = max(1 + 4 * (cfg.cache.first_chunk_frames - 1), 4 * cfg.cache.chunk_frames)
+        need = max(cfg.cache.first_pixels, cfg.cache.chunk_pixels)
         if isinstance(cfg.queue_frames, bool) or not isinstance(cfg.queue_frames, int) or cfg.queue_frames < need:
             raise EngineError(f"queue_frames {cfg.queue_frames!r} is too small: a chunk needs {need} input frames "
                               f"waiting together; use queue_frames >= {need}")

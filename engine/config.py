@@ -143,6 +143,16 @@ class CacheConfig:
     #  "last_step": the pointer advances after the last denoising step of every chunk (the intended rule).
     ring_advance: str = "upstream"
 
+    @property
+    def first_pixels(self) -> int:
+        """Pixel frames of the first chunk (the VAE encodes the stream's first frame alone, then 4 per latent): 5."""
+        return 1 + 4 * (self.first_chunk_frames - 1)
+
+    @property
+    def chunk_pixels(self) -> int:
+        """Pixel frames of every later chunk: 4."""
+        return 4 * self.chunk_frames
+
     def __post_init__(self) -> None:
         if not 0 <= self.sink_frames < self.cache_frames:
             raise EngineError(

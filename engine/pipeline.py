@@ -211,8 +211,7 @@ class StreamPipeline:
         self.batch = batch
         self.controls = controls
         self.motion = MotionNoiseController(s0=self.controls.noise_scale)
-        self.first_pixels = 1 + 4 * (cache_cfg.first_chunk_frames - 1)  # 5
-        self.chunk_pixels = 4 * cache_cfg.chunk_frames  # 4
+        self.first_pixels, self.chunk_pixels = cache_cfg.first_pixels, cache_cfg.chunk_pixels  # 5, 4
         self._pending: Controls | None = None
         self._pending_batch: bool | None = None
         self._flushing = False  # controls that arrive during a flush wait for the next real chunk
