@@ -19,11 +19,13 @@ Slot rule (upstream's behaviour, reproduced exactly by default; see README "Stre
     replaces it (and it leaves the rotation). Each layer decides for itself.
   * The chunk attends to every valid slot including the one just written (no mask inside the cache).
 
-Host/device split (no `.item()` in the hot path): everything that depends only on chunk positions (phase, fill
-offsets, queue appends, attention lengths) is host bookkeeping in `plan()`, done once per forward. The only
-data-dependent state, the sink-refresh decisions, lives on the device: per layer and slot a small stack of pending
-sink refreshes (the queue's front part) and a pointer into the rolling FIFO (its back part). Targets are chosen
-with `torch.where`, writes are `scatter_`.
+Host/device split (no host sync and no host-to-device copy in the hot path; engine/sync_check.py proves it on a
+fake CUDA device): everything that depends only on chunk positions (phase, fill offsets, queue appends, attention
+lengths) is host bookkeeping in `plan()`, done once per forward. Its results live in preallocated device tensors
+(`DeviceInts`) updated in place with scalar fills, only where a value changed: no `torch.tensor(list, device=...)`.
+The only data-dependent state, the sink-refresh decisions, lives on the device: per layer and slot a small stack of
+pending sink refreshes (the queue's front part) and a pointer into the rolling FIFO (its back part). Targets are
+chosen with `torch.where`, writes are `scatter_`.
 
 `StreamClock` hands out chunk positions with the periodic RoPE refresh: once a chunk would start at temporal
 frame >= rope_refresh (50), it starts at cache_frames - 1 instead and counting continues from there, so positions
@@ -41,6 +43,34 @@ from sdv2_studio.engine.errors import EngineError
 
 # Per-layer state tensors [layers, B, ...]: what a layer (block) and a slot of the cache consist of on the device.
 _LAYER_STATE = ("k", "v", "cross_k", "cross_v", "stack", "stack_len", "ptr")
+
+
+class DeviceInts:
+    """A small preallocated device tensor of host-known integers (or bools), with a host mirror: `set` writes only
+    the entries that changed, each with a scalar fill (a kernel argument, not a copy), so the device never waits for
+    the host and the tensor's address never changes (CUDA-graph friendly)."""
+
+    def __init__(self, shape: tuple[int, ...], *, device, dtype: torch.dtype = torch.long, fill: int = 0):
+        self.t = torch.full(shape, fill, dtype=dtype, device=device)
+        self._host = [[fill] * shape[-1] for _ in range(shape[0])] if len(shape) == 2 else [fill] * shape[0]
+
+    def set(self, index: int, values: list[int] | int) -> None:
+        """Row `index` (2-D) or element `index` (1-D) becomes `values`."""
+        if isinstance(self._host[index], list):
+            row, t = self._host[index], self.t[index]
+            for j, v in enumerate(values):
+                if row[j] != v:
+                    row[j] = v
+                    t[j].fill_(v)
+        elif self._host[index] != values:
+            self._host[index] = values
+            self.t[index].fill_(values)
+
+    def fill(self, value: int) -> None:
+        """Every entry becomes `value` (a reset)."""
+        self.t.fill_(value)
+        self._host = [[value] * len(r) for r in self._host] if isinstance(self._host[0], list) \
+            else [value] * len(self._host)
 
 
 class StreamClock:
@@ -105,8 +135,14 @@ class KVCache:
         self.stack = torch.zeros(nl, batch, cap, dtype=torch.long, device=device)  # pending sink refreshes
         self.stack_len = torch.zeros(nl, batch, dtype=torch.long, device=device)
         self.ptr = torch.zeros(nl, batch, dtype=torch.long, device=device)  # head of the rolling FIFO
-        self.fifo_dev = torch.zeros(batch, R, dtype=torch.long, device=device)
-        self.fifo_len_dev = torch.ones(batch, dtype=torch.long, device=device)
+        self._fifo = DeviceInts((batch, R), device=device)  # the rolling FIFO's slot end offsets per slot
+        self._fifo_len = DeviceInts((batch,), device=device, fill=1)
+        # per-call plan values, one entry per slot (see `plan`)
+        self._plan_start = DeviceInts((batch,), device=device)
+        self._plan_fill_end = DeviceInts((batch,), device=device)
+        self._plan_full = DeviceInts((batch,), device=device, dtype=torch.bool, fill=False)
+        self._plan_pop = DeviceInts((batch,), device=device, dtype=torch.bool, fill=False)
+        self._plan_length = DeviceInts((batch,), device=device)
         self._arange = torch.arange(self.S, device=device)
         self.total_steps = 1
         self.reset()
@@ -120,8 +156,8 @@ class KVCache:
         self.stack.zero_()
         self.stack_len.zero_()
         self.ptr.zero_()
-        self.fifo_dev.zero_()
-        self.fifo_len_dev.fill_(1)
+        self._fifo.fill(0)
+        self._fifo_len.fill(1)
         self.local_end = [0] * self.B
         self.global_end = [0] * self.B
         self.fifo: list[list[int]] = [[] for _ in range(self.B)]
@@ -165,8 +201,8 @@ class KVCache:
         """Slot `dst` of this cache becomes a copy of slot `src` of `other` (same blocks)."""
         for name in _LAYER_STATE:
             getattr(self, name)[:, dst].copy_(getattr(other, name)[:, src])
-        self.fifo_dev[dst].copy_(other.fifo_dev[src])
-        self.fifo_len_dev[dst].copy_(other.fifo_len_dev[src])
+        self._fifo.set(dst, other._fifo._host[src])
+        self._fifo_len.set(dst, other._fifo_len._host[src])
         self.local_end[dst], self.global_end[dst] = other.local_end[src], other.global_end[src]
         self.sealed[dst], self.fifo[dst] = other.sealed[src], list(other.fifo[src])
 
@@ -180,8 +216,9 @@ class KVCache:
         new.step_counter = self.step_counter
         new.local_end, new.global_end = list(self.local_end), list(self.global_end)
         new.sealed, new.fifo = list(self.sealed), [list(q) for q in self.fifo]
-        new.fifo_dev.copy_(self.fifo_dev)
-        new.fifo_len_dev.copy_(self.fifo_len_dev)
+        for b in range(self.B):
+            new._fifo.set(b, self._fifo._host[b])
+            new._fifo_len.set(b, self._fifo_len._host[b])
         both = range(max(blocks.start, self.blocks.start), min(blocks.stop, self.blocks.stop))
         if len(both):
             new.import_layers(both, self.export_layers(both))
@@ -224,7 +261,7 @@ class KVCache:
         n = f * self.L
         if n > self.S:
             raise EngineError(f"a chunk of {f} latent frames does not fit a {self.cc.cache_frames}-frame cache")
-        fill_end, full, fifo_changed = [], [], False
+        fill_end, full = [], []
         upstream = self.cc.ring_advance == "upstream"
         for b, sf in zip(slots, start_frames):
             start = sf * self.L
@@ -242,25 +279,23 @@ class KVCache:
                 rolling_end = end + n
                 if self.sink_tokens < rolling_end <= self.S and (not self.fifo[b] or self.fifo[b][-1] != rolling_end):
                     self.fifo[b].append(rolling_end)
-                    fifo_changed = True
+                    R = self._fifo.t.shape[1]
+                    self._fifo.set(b, self.fifo[b] + [0] * (R - len(self.fifo[b])))
+                    self._fifo_len.set(b, max(1, len(self.fifo[b])))
                 full.append(False)
                 fill_end.append(self.local_end[b])
             self.global_end[b] = end
             if advance and self.local_end[b] >= self.S:
                 self.sealed[b] = True  # "last_step": the cache is full once a whole chunk has been written
-        if fifo_changed:
-            R = self.fifo_dev.shape[1]
-            rows = [q + [0] * (R - len(q)) for q in self.fifo]
-            self.fifo_dev.copy_(torch.tensor(rows, dtype=torch.long), non_blocking=True)
-            self.fifo_len_dev.copy_(torch.tensor([max(1, len(q)) for q in self.fifo]), non_blocking=True)
         lengths = [self.local_end[b] for b in slots]
         length = max(lengths)
+        sl = slice(None) if slot is None else slice(slot, slot + 1)
         mask = None
         if min(lengths) != length:
-            valid = torch.tensor(lengths, device=self.device)[:, None] > self._arange[:length]  # [B, length]
+            for b, n_valid in zip(slots, lengths):
+                self._plan_length.set(b, n_valid)
+            valid = self._plan_length.t[sl, None] > self._arange[:length]  # [B, length]
             mask = valid[:, None, None, :]
-        dev = self.device
-        full_t = torch.tensor(full, device=dev)
         if self.cc.ring_advance == "last_step":
             pop = [fl and advance for fl in full]
         elif self.B > 1:  # Stream-Batch: every slot advances on every call
@@ -272,14 +307,16 @@ class KVCache:
                     self.step_counter -= 1
                 else:
                     pop, self.step_counter = [True], self.total_steps
+        for b, sf, fe, fl, p in zip(slots, start_frames, fill_end, full, pop):
+            self._plan_start.set(b, sf)
+            self._plan_fill_end.set(b, fe)
+            self._plan_full.set(b, fl)
+            self._plan_pop.set(b, p)
         return StepPlan(
-            n=n,
-            start_frames_dev=torch.tensor(start_frames, dtype=torch.long, device=dev),
-            fill_end=torch.tensor(fill_end, dtype=torch.long, device=dev),
-            full=full_t, any_full=any(full),
-            pop=torch.tensor(pop, device=dev), any_pop=any(pop),
+            n=n, start_frames_dev=self._plan_start.t[sl], fill_end=self._plan_fill_end.t[sl],
+            full=self._plan_full.t[sl], any_full=any(full), pop=self._plan_pop.t[sl], any_pop=any(pop),
             sink_check=(self.cc.sink_frames > 0 and self.cc.sink_tau > -1 and n <= self.L),
-            length=length, mask=mask, sl=slice(None) if slot is None else slice(slot, slot + 1),
+            length=length, mask=mask, sl=sl,
         )
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, plan: StepPlan):
@@ -305,14 +342,14 @@ class KVCache:
         """End offset [B] at the queue's front: the newest pending sink refresh, else the rolling FIFO head."""
         st, ln = self.stack[layer, sl], self.stack_len[layer, sl]
         top = st.gather(1, (ln - 1).clamp(min=0)[:, None])[:, 0]
-        head = self.fifo_dev[sl].gather(1, self.ptr[layer, sl][:, None])[:, 0]
+        head = self._fifo.t[sl].gather(1, self.ptr[layer, sl][:, None])[:, 0]
         return torch.where(ln > 0, top, head)
 
     def _pop(self, layer: int, pop: torch.Tensor, sl: slice = slice(None)) -> None:
         ln, ptr = self.stack_len[layer, sl], self.ptr[layer, sl]
         has = ln > 0
         ln.sub_((pop & has).long())  # a refreshed sink leaves the rotation
-        ptr.copy_(torch.where(pop & ~has, (ptr + 1) % self.fifo_len_dev[sl], ptr))  # rolling slot to the back
+        ptr.copy_(torch.where(pop & ~has, (ptr + 1) % self._fifo_len.t[sl], ptr))  # rolling slot to the back
 
     def _sink_check(self, layer: int, k: torch.Tensor, v: torch.Tensor, sl: slice = slice(None)) -> None:
         m, L = self.cc.sink_frames, self.L

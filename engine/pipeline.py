@@ -44,6 +44,7 @@ from sdv2_studio.engine.schedule import (
     v2v_noise,
 )
 from sdv2_studio.engine.text import PromptCache
+from sdv2_studio.engine.transfer import FrameUploader
 from sdv2_studio.engine.vae import WanVAE
 
 V2V_NOISE, RENOISE = 0, 1  # kinds of keyed noise
@@ -161,7 +162,9 @@ class LocalDenoiser:
         ts, x, n = job.timesteps, job.x, len(starts)
         prev = x.new_zeros(n - 1, *x.shape[1:]) if fresh else self._slots[:-1]
         hidden = torch.cat([x, prev])  # slot i+1 continues slot i's chunk
-        tt = torch.tensor(ts, device=x.device, dtype=torch.float32)[:, None].expand(n, x.shape[2])
+        tt = x.new_empty(n, x.shape[2], dtype=torch.float32)  # [n, F]: scalar fills, no upload
+        for i, t in enumerate(ts):
+            tt[i].fill_(float(t))
         flow = self.dit.forward_chunk(hidden, tt, self.cache, starts)
         x0 = self.grid.to_x0(flow, hidden, tt)
         for i in range(n - 1):  # re-noise each unfinished chunk to its next timestep
@@ -212,6 +215,7 @@ class StreamPipeline:
         self.controls = controls
         self.motion = MotionNoiseController(s0=self.controls.noise_scale)
         self.first_pixels, self.chunk_pixels = cache_cfg.first_pixels, cache_cfg.chunk_pixels  # 5, 4
+        self._upload = FrameUploader(self.device)
         self._pending: Controls | None = None
         self._pending_batch: bool | None = None
         self._flushing = False  # controls that arrive during a flush wait for the next real chunk
@@ -426,13 +430,16 @@ class StreamPipeline:
             raise EngineError(f"frames are {frames.shape[2]}x{frames.shape[1]} but the engine runs at "
                               f"{self.size[1]}x{self.size[0]}; fit frames with engine.io.frames.fit_frame")
         self._last_input = frames[-1]
-        x = frames_from_uint8(frames).to(self.device)  # [1, 3, T, H, W] in [-1, 1]
+        # The motion statistic is read on the host from the host's frames (reading it from the device would make
+        # the host wait for the GPU every chunk); the frames reach the device in one non_blocking upload.
+        x_host = frames_from_uint8(frames)  # [1, 3, T, H, W] in [-1, 1]
+        x = x_host if self.device.type == "cpu" else self._upload(frames)
         first = self.chunks == 0
         if first:
-            self.motion.update(x[:, :, -1:])  # remember the last frame; the first chunk uses s0 as is
+            self.motion.update(x_host[:, :, -1:])  # remember the last frame; the first chunk uses s0 as is
             s, t0 = self.motion.s_prev, self.motion.first_t
         else:
-            s, t0 = self.motion.update(x)
+            s, t0 = self.motion.update(x_host)
         with self._timed("encode"):
             z = self.vae.encode_stream(x.to(self.vae.dtype)).to(self.dtype)  # raw means [1, 16, F, h, w]
         seed = self.controls.seed

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from sdv2_studio.engine.config import DEFAULT_TIMESTEPS  # the step list (torch-free: Controls derives MAX_STEPS)
 from sdv2_studio.engine.errors import EngineError
+from sdv2_studio.engine.transfer import unit_range
 
 # -- flow-matching grid --------------------------------------------------------------------------------------
 
@@ -95,6 +96,8 @@ class FlowMatchGrid:
         0..train_steps are clamped, which selects the same grid point as the nearest-neighbour rule. Floating
         `t` is matched against the grid directly (argmin in float64), as upstream does for arbitrary values.
         """
+        if isinstance(t, (int, np.integer)) and not isinstance(t, (bool, np.bool_)):  # a view: no upload
+            return self._tables(device or "cpu")["sigma_for_t"][min(max(int(t), 0), self.train_steps)]
         t = _as_tensor(t, device)
         tabs = self._tables(t.device)
         if not t.is_floating_point():
@@ -187,8 +190,7 @@ def frames_from_uint8(frames) -> torch.Tensor:
         raise EngineError(f"frames must be H x W x 3 (RGB) images, got an array of shape {arr.shape}")
     if arr.dtype != np.uint8:
         raise EngineError(f"frames must be uint8 RGB images, got dtype {arr.dtype}")
-    x = torch.from_numpy(np.ascontiguousarray(arr)).permute(3, 0, 1, 2).unsqueeze(0)  # [1, 3, T, H, W]
-    return x.to(torch.float32) / 127.5 - 1.0
+    return unit_range(torch.from_numpy(np.ascontiguousarray(arr)))
 
 
 @dataclass(eq=False)  # holds a tensor; identity comparison

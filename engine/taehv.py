@@ -62,6 +62,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from sdv2_studio.engine.errors import EngineError
+from sdv2_studio.engine.transfer import device_constant
 from sdv2_studio.engine.vae import WAN21_LATENTS_MEAN, WAN21_LATENTS_STD
 from sdv2_studio.engine.weights import TensorFile, read_tensors, some
 
@@ -176,9 +177,8 @@ class TAEHVDecoder(nn.Module):
 
     def normalize(self, z: torch.Tensor) -> torch.Tensor:
         """Raw Wan2.1 latents [B, 16, T, h, w] -> TAEHV's input space, (z - mean) / std, in fp32."""
-        kw = dict(device=z.device, dtype=torch.float32)
-        mean = torch.tensor(self.latents_mean, **kw).view(1, -1, 1, 1, 1)
-        std = torch.tensor(self.latents_std, **kw).view(1, -1, 1, 1, 1)
+        mean = device_constant(self.latents_mean, z.device).view(1, -1, 1, 1, 1)
+        std = device_constant(self.latents_std, z.device).view(1, -1, 1, 1, 1)
         return (z.float() - mean) / std
 
     def _run(self, x: torch.Tensor, batch: int, state: TAEHVState) -> torch.Tensor:

@@ -42,6 +42,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from sdv2_studio.engine.errors import EngineError
+from sdv2_studio.engine.transfer import device_constant
 from sdv2_studio.engine.weights import TensorFile, read_tensors, some, strip_prefix
 
 # Per-channel statistics of Wan2.1 latents (diffusers' AutoencoderKLWan `latents_mean` / `latents_std`).
@@ -365,10 +366,9 @@ class WanVAE(nn.Module):
         return self.decode_stream(latents, CausalCache())
 
     def _stats(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        kw = dict(device=z.device, dtype=torch.float32)
         shape = (1, -1) + (1,) * (z.dim() - 2)  # broadcast over [B, C, ...]
-        return (torch.tensor(self.cfg.latents_mean, **kw).view(shape),
-                torch.tensor(self.cfg.latents_std, **kw).view(shape))
+        return (device_constant(self.cfg.latents_mean, z.device).view(shape),
+                device_constant(self.cfg.latents_std, z.device).view(shape))
 
     def normalize(self, z: torch.Tensor) -> torch.Tensor:
         """Raw latents -> unit-scale latents, (z - mean) / std (what Wan's own pipelines feed the DiT)."""
