@@ -349,12 +349,26 @@ class CausalWanModel(nn.Module):
         the temporal RoPE positions after any refresh). The chunk attends to the cache plus itself; its K/V are
         written to the cache. `advance=False` keeps the ring pointer (no-batch multi-step: only the last step of a
         chunk advances). `slot`: x holds that one cache slot (a pipeline micro-batch). Returns flow
-        [B, out, F, H, W] (fp32)."""
-        tokens, e, e0, grid = self.embed(x, t)
+        [B, out, F, H, W] (fp32).
+
+        The host bookkeeping (`cache.plan`) runs here; the device work is `chunk_step`, the function a compiled
+        engine replaces (`self.step`, engine/compiled.py)."""
+        pt, ph, pw = self.cfg.patch_size
+        grid = (x.shape[2] // pt, x.shape[3] // ph, x.shape[4] // pw)
         plan = cache.plan(start_frames, grid, advance, slot=slot)
+        return self.step(x, t, cache, plan)
+
+    def chunk_step(self, x: torch.Tensor, t: torch.Tensor, cache: KVCache, plan: StepPlan) -> torch.Tensor:
+        """The device work of one streaming call (no host reads; static shapes once the cache is full)."""
+        tokens, e, e0, grid = self.embed(x, t)
         rope = self.rope.tables(grid, plan.start_frames_dev)
         out = self.run_blocks(tokens, e0, rope, cache.cross_for(plan), blocks=cache.blocks, cache=cache, plan=plan)
         return self.unembed(out, e, grid)
+
+    @property
+    def step(self):
+        """What `forward_chunk` runs on the device: `chunk_step`, or its compiled form once one is attached."""
+        return self.__dict__.get("_compiled_step") or self.chunk_step
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -116,6 +116,10 @@ class CausalCache:
 
 
 _MKLDNN = torch.backends.mkldnn.is_available() and hasattr(torch, "mkldnn_convolution")
+# oneDNN's bf16 convolution needs AVX512 (BW/VL/DQ) or AVX-NE-CONVERT; without them (e.g. AVX2-only AMD EPYC) it
+# raises, while torch's own choice of kernel works: dtypes we may send to oneDNN ourselves
+_MKLDNN_DTYPES = (torch.float32, torch.bfloat16) if getattr(torch.cpu, "_is_avx512_supported", lambda: False)() \
+    else (torch.float32,)
 
 
 class CausalConv3d(nn.Conv3d):
@@ -138,7 +142,7 @@ class CausalConv3d(nn.Conv3d):
                 cache.frames[self] = x[:, :, -self.context:].clone()  # clone: don't pin the whole chunk
             missing = self.context - (0 if past is None else past.shape[2])  # only at the start of a stream
             x = F.pad(x, (0, 0, 0, 0, missing, 0))
-        if _MKLDNN and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16):
+        if _MKLDNN and x.device.type == "cpu" and x.dtype in _MKLDNN_DTYPES:
             # torch's CPU heuristic sends short clips (T <= 4) to slow_conv3d, 3-5x slower than oneDNN.
             return torch.mkldnn_convolution(x, self.weight, self.bias, self.padding, self.stride, self.dilation,
                                             self.groups)
