@@ -358,6 +358,19 @@ def _tokenizer(given: Path | None, candidates: list[Path], tf: TensorFile, text_
                       "(Wan-AI/Wan2.1-T2V-1.3B) or the tokenizer/ folder of the diffusers release")
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "spiece.model")  # what makes a folder a tokenizer
+
+
+def describe_tokenizer(path: str | os.PathLike) -> str | None:
+    """What makes `path` a tokenizer `load_text_encoder(tokenizer=)` reads (a spiece.model file, or the file of a
+    folder that `_tokenizer` loads), or None when it is not one."""
+    path = Path(path).expanduser()
+    if path.is_file():
+        return "sentencepiece model" if path.suffix == ".model" else None
+    found = next((f for f in TOKENIZER_FILES if (path / f).is_file()), None)
+    return f"tokenizer folder ({found})" if found else None
+
+
 def _fingerprint(files: list[Path]) -> str:
     """Cheap identity of weights + tokenizer: names and sizes of their files (and a config.json's contents)."""
     h = hashlib.sha256()
