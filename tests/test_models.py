@@ -135,8 +135,9 @@ def model_files(tmp_path_factory, model_root):  # noqa: F811 - the fixture impor
          "te": files / "umt5-xxl-enc-bf16.safetensors", "tokenizer": tokenizer}
     torch.save(vae, f["vae"])
     save_file(wan_te, f["te"])
-    pairs = random_pairs(dit.state_dict(), seed=1)
-    f["lora"] = write(files / "style_lora.safetensors", "peft-diffusers", pairs, alpha=16.0)
+    f["lora"] = write(files / "style_lora.safetensors", "peft-diffusers", random_pairs(dit.state_dict(), seed=1),
+                      alpha=16.0)
+    f["lora2"] = write(files / "comfy_lora.safetensors", "comfy", random_pairs(dit.state_dict(), seed=2), alpha=2.0)
     from sdv2_studio.engine.config import get_preset
     from sdv2_studio.engine.model import CausalWanModel
 
@@ -191,10 +192,13 @@ def test_run_with_each_part_named_and_a_lora(model_files, tmp_path, capsys):
     assert "wan2.1_t2v_tiny" in capsys.readouterr().err
     styled = run_frames(tmp_path, *parts, "--lora", f"{f['lora']}:0.5")
     assert "LoRA style_lora x0.5" in capsys.readouterr().err
+    both = run_frames(tmp_path, *parts, "--lora", f"{f['lora']}:0.5", "--lora", str(f["lora2"]))
+    assert "LoRA style_lora x0.5 + LoRA comfy_lora |" in capsys.readouterr().err  # strength 1 unless given
     folder = run_frames(tmp_path, "--model", str(f["original"]))  # one folder provides every part
     assert plain.shape == (9, 64, 64, 3)
     assert np.array_equal(plain, folder)
     assert np.abs(styled.astype(int) - plain.astype(int)).mean() > 1.0
+    assert np.abs(both.astype(int) - styled.astype(int)).mean() > 1.0
 
 
 @pytest.mark.parametrize("layout", ["original", "diffusers"])
