@@ -1,5 +1,7 @@
-"""EngineSettingsPanel: model (and its download status), device and GPUs, resolution, dtype, Stream-Batch, target
-fps / latency budget, with a live memory estimate that warns before a setting that will not fit.
+"""EngineSettingsPanel: model (and its download status), the model files (DiT, VAE, text encoder, tokenizer and
+LoRAs with strengths, each picked file shown with what `sdv2 inspect` says about it: app/model_pickers.py), device
+and GPUs, resolution, dtype, Stream-Batch, target fps / latency budget, with a live memory estimate that warns before
+a setting that will not fit.
 
 Emits `settingsChanged(dict)` (Settings field -> value), `downloadRequested()`, `browseModelRequested()` and
 `openModelsFolderRequested()`; `setSettings`, `setGpus`, `setModelItems`, `setMemory` set its state."""
@@ -20,10 +22,11 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
+from sdv2_studio.app.model_pickers import FilePicker, LoraList
 from sdv2_studio.app.services import GpuInfo, ModelItem
 from sdv2_studio.app.settings import Settings
 from sdv2_studio.app.theme import repolish
-from sdv2_studio.engine.config import Controls
+from sdv2_studio.engine.config import SEEDED_MODELS, Controls
 from sdv2_studio.engine.errors import EngineError
 from sdv2_studio.engine.memory import GiB, MemoryEstimate, check_fit, estimate, t5_encoder_params
 from sdv2_studio.engine.models import UMT5_XXL, ResolvedModel, resolve_model
@@ -34,6 +37,11 @@ DTYPES = [("auto", "Auto (bf16 GPU, fp32 CPU)"), ("bfloat16", "bfloat16"), ("flo
           ("float32", "float32")]
 _STATUS = {"downloaded": "✓ downloaded", "partial": "◐ partial", "missing": "○ not downloaded"}
 UMT5_GB = round(t5_encoder_params(UMT5_XXL) * 2 / GiB)  # umT5-XXL in bf16
+
+
+def _checkpoint(spec: str) -> str:
+    """The DiT path a model setting names, or "" for the built-in choices (auto, tiny, random:PRESET)."""
+    return "" if spec in SEEDED_MODELS or spec.startswith("random:") else spec
 
 
 def _section(text: str) -> QLabel:
@@ -54,7 +62,7 @@ class EngineSettingsPanel(QWidget):
         self._gpus: list[GpuInfo] = []
         self._ram: int | None = None
         self._loading = False
-        self._model: tuple[str, ResolvedModel | str] | None = None  # (spec, what it resolves to or why not)
+        self._model: tuple[tuple, ResolvedModel | str] | None = None  # (model files, what they resolve to or why not)
 
         self.model = QComboBox()
         self.model.addItem("Auto (downloaded, else tiny demo)", "auto")
@@ -67,6 +75,18 @@ class EngineSettingsPanel(QWidget):
         self.download = QPushButton("Download model…")
         self.open_folder = QPushButton("Open folder")
         self.open_folder.setProperty("kind", "flat")
+        self.dit_file = FilePicker("dit", "the model chosen above")
+        self.vae_file = FilePicker("vae", "the model folder's VAE")
+        self.text_file = FilePicker("text-encoder", "the model folder's umT5")
+        self.tokenizer_file = FilePicker("tokenizer", "beside the text encoder", folder=True)
+        self.lora_list = LoraList()
+        files = QFormLayout()
+        files.setLabelAlignment(Qt.AlignLeft)
+        files.setHorizontalSpacing(12)
+        files.setVerticalSpacing(6)
+        for label, picker in (("DiT", self.dit_file), ("VAE", self.vae_file), ("Text encoder", self.text_file),
+                              ("Tokenizer", self.tokenizer_file), ("LoRAs", self.lora_list)):
+            files.addRow(label, picker)
 
         self.device = QComboBox()
         self.gpus = QSpinBox()
@@ -126,6 +146,9 @@ class EngineSettingsPanel(QWidget):
         lay.addWidget(self.model_files)
         lay.addLayout(files_row)
         lay.addSpacing(6)
+        lay.addWidget(_section("MODEL FILES"))
+        lay.addLayout(files)
+        lay.addSpacing(6)
         lay.addWidget(_section("HARDWARE & STREAM"))
         lay.addLayout(form)
         lay.addWidget(self.batch)
@@ -146,6 +169,11 @@ class EngineSettingsPanel(QWidget):
         self.fps.valueChanged.connect(lambda v: self._emit(target_fps=float(v)))
         self.budget.valueChanged.connect(lambda v: self._emit(latency_budget_ms=int(v)))
         self.download.clicked.connect(self.downloadRequested.emit)
+        self.dit_file.pathChanged.connect(self._dit_picked)
+        self.vae_file.pathChanged.connect(lambda p: self._emit(vae=p))
+        self.text_file.pathChanged.connect(lambda p: self._emit(text_encoder=p))
+        self.tokenizer_file.pathChanged.connect(lambda p: self._emit(tokenizer=p))
+        self.lora_list.lorasChanged.connect(lambda specs: self._emit(loras=list(specs)))
         self.open_folder.clicked.connect(self.openModelsFolderRequested.emit)
         self.setGpus([], None)
 
@@ -160,6 +188,11 @@ class EngineSettingsPanel(QWidget):
                 self.model.insertItem(2, f"Checkpoint: {s.model}", s.model)
                 idx = 2
             self.model.setCurrentIndex(idx)
+            self.dit_file.setPath(_checkpoint(s.model), emit=False)
+            self.vae_file.setPath(s.vae, emit=False)
+            self.text_file.setPath(s.text_encoder, emit=False)
+            self.tokenizer_file.setPath(s.tokenizer, emit=False)
+            self.lora_list.setLoras(s.loras)
             self._select(self.device, s.device)
             self.gpus.setValue(max(1, min(4, s.gpus)))
             key = f"{s.height}x{s.width}"
@@ -224,10 +257,11 @@ class EngineSettingsPanel(QWidget):
     def resolved_model(self) -> ResolvedModel:
         """The model the settings name (engine.models.resolve_model, remembered until the setting or the downloads
         change); EngineError when it names no usable model."""
-        spec = self._settings.model
-        if self._model is None or self._model[0] != spec:
+        spec, files = self._settings.model, self._settings.model_files()
+        key = (spec, *files.values())
+        if self._model is None or self._model[0] != key:
             try:
-                self._model = (spec, resolve_model(spec))
+                self._model = (key, resolve_model(spec, **files))
             except EngineError as e:
                 self._model = (spec, str(e))
         found = self._model[1]
@@ -291,6 +325,7 @@ class EngineSettingsPanel(QWidget):
             self._select(self.model, self._settings.model)
             self.browseModelRequested.emit()
             return
+        self.dit_file.setPath(_checkpoint(data), emit=False)
         self._emit(model=data)
 
     def _resolution_chosen(self) -> None:
@@ -298,12 +333,21 @@ class EngineSettingsPanel(QWidget):
         self._emit(height=h, width=w)
 
     def setModelPath(self, path: str) -> None:
+        if not self.dit_file.setPath(path, emit=False):
+            return  # not a DiT: the picker shows why
         idx = self.model.findData(path)
         if idx < 0:
             self.model.insertItem(2, f"Checkpoint: {path}", path)
             idx = 2
         self.model.setCurrentIndex(idx)
         self._emit(model=path)
+
+    def _dit_picked(self, path: str) -> None:
+        if path:
+            self.setModelPath(path)
+        else:  # cleared: back to the downloaded model (else the tiny demo)
+            self._select(self.model, "auto")
+            self._emit(model="auto")
 
     def refreshEstimate(self, controls: Controls | None = None) -> None:
         if controls is not None:

@@ -39,6 +39,11 @@ class Settings:
     target_fps: float = 16.0
     latency_budget_ms: int = 1000
     text_on_gpu: bool = False
+    # model files picked in the Engine tab ("": the model folder's / base folder's own); checked by EngineConfig
+    vae: str = ""
+    text_encoder: str = ""
+    tokenizer: str = ""
+    loras: list[str] = field(default_factory=list)  # "FILE:STRENGTH" each, merged into the DiT at load
     # style
     preset: str = "anime-cel"
     controls: Controls | None = None  # the controls last in use (None: the preset's)
@@ -53,6 +58,11 @@ class Settings:
     @property
     def size(self) -> tuple[int, int]:
         return self.height, self.width
+
+    def model_files(self) -> dict:
+        """The EngineConfig fields of the picked model files (EngineConfig checks them)."""
+        return {"vae": self.vae or None, "text_encoder": self.text_encoder or None,
+                "tokenizer": self.tokenizer or None, "loras": tuple(self.loras)}
 
 
 def config_dir() -> Path:

@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from sdv2_studio.engine.config import CONTROL_FIELDS, CacheConfig, Controls
+from sdv2_studio.engine.config import CONTROL_FIELDS, CacheConfig, Controls, check_model_files
 from sdv2_studio.engine.errors import EngineError
 from sdv2_studio.engine.io.frames import check_size, fit_frame, restore_frame
-from sdv2_studio.engine.models import ModelBundle, Progress, load_bundle, resolve_model
+from sdv2_studio.engine.models import ModelBundle, Progress, ResolvedModel, load_bundle, resolve_model
 from sdv2_studio.engine.pipeline import StreamPipeline
 from sdv2_studio.engine.slo import Plan, SLOConfig, SLOScheduler, SLOStats
 from sdv2_studio.engine.text import PromptCache, default_prompt_cache_dir
@@ -40,8 +40,12 @@ from sdv2_studio.engine.text import PromptCache, default_prompt_cache_dir
 
 @dataclass
 class EngineConfig:
-    model: str = "auto"  # "auto" (downloaded 1.3B, else tiny), "tiny", or a checkpoint path
-    base: str | None = None  # Wan2.1 diffusers base folder (VAE, umT5); found automatically when None
+    model: str = "auto"  # "auto" (downloaded 1.3B, else tiny), "tiny", or a DiT checkpoint file/folder
+    base: str | None = None  # Wan2.1 base folder (original or diffusers: VAE, umT5); found automatically when None
+    vae: str | None = None  # a VAE file/folder (any layout); None: the base folder's
+    text_encoder: str | None = None  # a umT5 file/folder (any layout); None: the base folder's
+    tokenizer: str | None = None  # its tokenizer folder or spiece.model; None: beside the weights, or embedded
+    loras: tuple = ()  # "FILE[:STRENGTH]" or (path, strength) each; normalised to ((path, strength), ...)
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1"
     dtype: str = "auto"  # "auto" (bfloat16 on CUDA, float32 on CPU), "bfloat16", "float16", "float32"
     text_device: str = "cpu"  # umT5 runs here (CPU saves ~11 GB of VRAM; prompts are cached anyway)
@@ -64,6 +68,14 @@ class EngineConfig:
     threads_per_rank: int = 0  # CPU ranks: torch threads each (0: cores // ranks)
     rebalance_after: int | None = None  # chunks before blocks are rebalanced once (None: 2 * (ranks + steps); 0: never)
     profile: bool = False  # synchronise around each stage for exact per-stage timings
+
+    def __post_init__(self) -> None:
+        """Model files checked here, at the boundary (engine.config.check_model_files: one line naming the fix)."""
+        self.loras = check_model_files(self.model, self.base, self.vae, self.text_encoder, self.tokenizer, self.loras)
+
+    def resolve_model(self) -> ResolvedModel:
+        return resolve_model(self.model, self.base, vae=self.vae, text_encoder=self.text_encoder,
+                             tokenizer=self.tokenizer, loras=self.loras)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -146,7 +158,7 @@ class Engine:
             return self._start_parallel(progress)
         device = resolve_device(cfg.device)
         dtype = resolve_dtype(cfg.dtype, device)
-        bundle = self._bundle or load_bundle(cfg.model, device=device, dtype=dtype, base=cfg.base,
+        bundle = self._bundle or load_bundle(cfg.resolve_model(), device=device, dtype=dtype,
                                              text_device=cfg.text_device, progress=progress)
         self.bundle = bundle
         h, w = check_size(*(cfg.size or bundle.default_size))
@@ -178,7 +190,10 @@ class Engine:
         cfg = self.config
         devices = rank_devices(cfg.device, cfg.ranks)
         dtype = resolve_dtype(cfg.dtype, devices[0])
-        model = resolve_model(cfg.model, cfg.base)
+        model = cfg.resolve_model()
+        if model.loras or cfg.vae:
+            raise EngineError("--lora and --vae are not supported with pipeline ranks yet (the other ranks would "
+                              "load the base folder's parts): use one device, or put the VAE in the --base folder")
         h, w = check_size(*(cfg.size or model.default_size))
         threads = cfg.threads_per_rank or max(1, (os.cpu_count() or 1) // len(devices))
         if devices[0].type == "cpu":

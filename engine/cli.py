@@ -93,7 +93,8 @@ def _run_torchrun_stage(args: argparse.Namespace) -> int:
     local = int(os.environ.get("LOCAL_RANK", rank))
     devices = rank_devices(args.device if "," in args.device else "auto", world)
     device = devices[local] if len(devices) > local else devices[-1]
-    model = resolve_model(args.model, args.base)
+    model = resolve_model(args.model, args.base, vae=args.vae, text_encoder=args.text_encoder,
+                          tokenizer=args.tokenizer, loras=tuple(args.lora))
     spec = StageSpec(rank=rank, world=world, port=0, device=str(device),
                      dtype=str(resolve_dtype(args.dtype, device)).removeprefix("torch."), model=model.spec,
                      base=str(model.base) if model.base else None,
@@ -126,8 +127,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     spec = args.source
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) > 0:
         return _run_torchrun_stage(args)  # launched by torchrun: ranks >= 1 serve their blocks
-    cfg = EngineConfig(model=args.model, base=args.base, device=args.device, dtype=args.dtype, ranks=args.ranks,
-                       size=_parse_size(args.size), batch=not args.no_batch, controls=controls,
+    cfg = EngineConfig(model=args.model, base=args.base, vae=args.vae, text_encoder=args.text_encoder,
+                       tokenizer=args.tokenizer, loras=tuple(args.lora), device=args.device, dtype=args.dtype,
+                       ranks=args.ranks, size=_parse_size(args.size), batch=not args.no_batch, controls=controls,
                        latency_budget=args.latency_budget, taehv=args.taehv, target_fps=args.target_fps)
     file_out = args.out and "://" not in args.out and args.out.lower() != "vcam" and not args.out.lower().startswith(
         ("vcam:", "vcam/", "spout:", "syphon:", "obs-source"))
@@ -227,8 +229,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seconds", type=float, default=None,
                    help="stop after this much source time (default: 3 s for the test source, else the whole input)")
     s.add_argument("--frames", type=int, default=None, help="stop after this many input frames")
-    s.add_argument("--model", default="auto", help="auto (downloaded model, else tiny), tiny, or a checkpoint path")
-    s.add_argument("--base", default=None, help="Wan2.1 diffusers base folder (VAE, text encoder)")
+    s.add_argument("--model", default="auto",
+                   help="auto (downloaded model, else tiny), tiny, or a DiT checkpoint file or folder")
+    s.add_argument("--base", default=None, help="Wan2.1 base folder with the VAE and text encoder: the original "
+                   "release (Wan2.1_VAE.pth, models_t5_umt5-xxl-enc-bf16.pth, google/umt5-xxl/) or diffusers "
+                   "(vae/, text_encoder/, tokenizer/); default: found beside --model or downloaded")
+    s.add_argument("--vae", default=None, metavar="FILE", help="the VAE (Wan2.1_VAE.pth, a diffusers vae/ folder, "
+                   "ComfyUI/Kijai single files); default: the base folder's")
+    s.add_argument("--text-encoder", default=None, metavar="FILE", help="the umT5 text encoder (original .pth, "
+                   "diffusers text_encoder/ folder, Kijai/ComfyUI single .safetensors); default: the base folder's")
+    s.add_argument("--tokenizer", default=None, metavar="FOLDER",
+                   help="umT5 tokenizer folder or spiece.model; default: beside the text encoder, or embedded")
+    s.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH]",
+                   help="merge a Wan2.1 DiT LoRA at load (strength default 1.0); repeat for several")
     s.add_argument("--preset", default=None, help="start from a style preset (`sdv2 presets list`); the options "
                    "below override its fields")
     default = Controls()

@@ -6,8 +6,10 @@ Torch-free: `Controls` is shared by presets (read inside OBS's own Python), the 
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 from dataclasses import dataclass
+from pathlib import Path
 
 from sdv2_studio.engine.errors import EngineError
 
@@ -166,3 +168,77 @@ class CacheConfig:
         if self.rope_refresh < self.cache_frames:
             raise EngineError(
                 f"cache: rope_refresh ({self.rope_refresh}) must be >= cache_frames ({self.cache_frames})")
+
+
+# -- model files: what `sdv2 run --model/--base/--vae/--text-encoder/--tokenizer/--lora` and EngineConfig name ------
+
+SEEDED_MODELS = ("auto", "tiny")  # specs that need no file (with "random:PRESET")
+MAX_LORA_STRENGTH = 10.0
+_FILE_FIXES = {  # field -> (what it is, the flag, what to pass)
+    "model": ("model", "--model", "a DiT checkpoint file or folder, 'tiny', or run `sdv2 models download`"),
+    "base": ("base folder", "--base", "a Wan2.1 folder (original: Wan2.1_VAE.pth + models_t5_umt5-xxl-enc-bf16.pth "
+                                      "+ google/umt5-xxl/, or diffusers: vae/ + text_encoder/ + tokenizer/)"),
+    "vae": ("VAE", "--vae", "Wan2.1_VAE.pth, a diffusers vae/ folder or ComfyUI's wan_2.1_vae.safetensors"),
+    "text_encoder": ("text encoder", "--text-encoder", "models_t5_umt5-xxl-enc-bf16.pth, a diffusers "
+                                                       "text_encoder/ folder or a single umT5 .safetensors"),
+    "tokenizer": ("tokenizer", "--tokenizer", "the google/umt5-xxl/ or tokenizer/ folder, or a spiece.model"),
+    "lora": ("LoRA", "--lora", "a Wan2.1 DiT LoRA .safetensors, as FILE or FILE:STRENGTH"),
+}
+
+
+def parse_lora_spec(spec: str) -> tuple[Path, float]:
+    """`FILE[:STRENGTH]` (the CLI form) -> (path, strength); a trailing `:number` is the strength."""
+    head, sep, tail = spec.rpartition(":")
+    if sep and head:
+        try:
+            return Path(head).expanduser(), float(tail)
+        except ValueError:
+            pass  # a colon that is part of the path (C:\...)
+    return Path(spec).expanduser(), 1.0
+
+
+def _must_exist(field: str, value) -> str | None:
+    if value is None or value == "":
+        return None
+    what, flag, fix = _FILE_FIXES[field]
+    if not isinstance(value, (str, Path)):
+        raise EngineError(f"{what} ({flag}) must be a path, not {value!r}")
+    if not Path(value).expanduser().exists():
+        raise EngineError(f"{what} {value} does not exist ({flag}); pass {fix}")
+    return str(value)
+
+
+def check_model_files(model: str = "auto", base=None, vae=None, text_encoder=None, tokenizer=None,
+                      loras=()) -> tuple[tuple[str, float], ...]:
+    """Check the model-file choices at the boundary (one EngineError line naming the flag and what to pass) and
+    return the LoRAs normalised to ((path, strength), ...). `loras`: "FILE[:STRENGTH]" strings or
+    (path, strength) pairs; strength 1.0 when left out."""
+    if not isinstance(model, str) or not model:
+        raise EngineError(f"model must be 'auto', 'tiny', 'random:PRESET' or a checkpoint path, not {model!r}")
+    if model not in SEEDED_MODELS and not model.startswith("random:"):
+        _must_exist("model", model)
+    for name, value in (("base", base), ("vae", vae), ("text_encoder", text_encoder), ("tokenizer", tokenizer)):
+        _must_exist(name, value)
+    if model == "tiny" or model.startswith("random:"):
+        given = [_FILE_FIXES[n][1] for n, v in (("base", base), ("vae", vae), ("text_encoder", text_encoder),
+                                               ("tokenizer", tokenizer)) if v]
+        if given:
+            raise EngineError(f"{', '.join(given)} cannot be used with the built-in {model} model (it has its own "
+                              "parts); pass a DiT checkpoint with --model")
+    if isinstance(loras, (str, Path)):
+        loras = (loras,)
+    out = []
+    for spec in loras:
+        if isinstance(spec, (tuple, list)) and len(spec) == 2:
+            path, strength = Path(str(spec[0])).expanduser(), spec[1]
+        elif isinstance(spec, (str, Path)):
+            path, strength = parse_lora_spec(str(spec))
+        else:
+            raise EngineError(f"LoRA {spec!r} must be FILE, FILE:STRENGTH or (path, strength)")
+        _must_exist("lora", str(path))
+        if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not math.isfinite(strength) \
+                or abs(strength) > MAX_LORA_STRENGTH:
+            raise EngineError(f"LoRA strength for {path.name} must be a number from {-MAX_LORA_STRENGTH:g} to "
+                              f"{MAX_LORA_STRENGTH:g} (FILE:STRENGTH, e.g. {path.name}:0.8), not {strength!r}")
+        out.append((str(path), float(strength)))
+    return tuple(out)

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 from sdv2_studio.engine.checkpoint import expected_shapes, wan_name
-from sdv2_studio.engine.config import PRESETS, ModelConfig
+from sdv2_studio.engine.config import PRESETS, ModelConfig, parse_lora_spec
 from sdv2_studio.engine.errors import EngineError
 from sdv2_studio.engine.weights import TensorFile, read_tensors, some, strip_prefix
 
@@ -97,17 +97,6 @@ class SwitchStats:
 
 def is_lora(keys: Iterable[str]) -> bool:
     return any(k.endswith(_PAIR_SUFFIXES) or k.startswith("lora_unet_") for k in keys)
-
-
-def parse_lora_spec(spec: str) -> tuple[Path, float]:
-    """`FILE[:STRENGTH]` (the CLI form) -> (path, strength); a trailing `:number` is the strength."""
-    head, sep, tail = spec.rpartition(":")
-    if sep and head:
-        try:
-            return Path(head).expanduser(), float(tail)
-        except ValueError:
-            pass  # a colon that is part of the path (C:\...)
-    return Path(spec).expanduser(), 1.0
 
 
 def read_lora(path: str | Path) -> LoRA:

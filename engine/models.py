@@ -11,28 +11,46 @@ command that downloads the real one).
 Files on disk (what `sdv2 models download` produces; any folder with the same layout works):
     <models>/StreamDiffusionV2/wan_causal_dmd_v2v/model.pt      the causal DMD-distilled DiT (1.3B)
     <models>/Wan2.1-T2V-1.3B-Diffusers/{text_encoder,tokenizer,vae}/   umT5 + VAE (diffusers format)
+
+The VAE and text encoder come from a base folder (`base_parts` decides what a folder holds: a diffusers Wan2.1
+folder, or the original Wan2.1 release with Wan2.1_VAE.pth, models_t5_umt5-xxl-enc-bf16.pth and
+google/umt5-xxl/), or from single files named one by one (`vae=`, `text_encoder=`, `tokenizer=`: any layout
+engine/vae.py and engine/text.py read); a part named explicitly wins over the folder's. LoRAs (`loras=`) are merged
+into the DiT at load (engine/lora.py); the bundle keeps the `LoRAMerger` that can switch or remove them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from sdv2_studio.engine.config import ModelConfig, get_preset
+from sdv2_studio.engine.config import ModelConfig, check_model_files, get_preset
 from sdv2_studio.engine.errors import EngineError
 from sdv2_studio.engine.model import CausalWanModel, cast_model, keep_fp32
-from sdv2_studio.engine.text import TextEncoder, load_text_encoder, tiny_text_config, tiny_text_encoder
+from sdv2_studio.engine.text import (
+    WAN_T5_FILE,
+    TextEncoder,
+    load_text_encoder,
+    tiny_text_config,
+    tiny_text_encoder,
+)
 from sdv2_studio.engine.vae import WanVAE, get_vae_preset, load_vae
+
+if TYPE_CHECKING:
+    from sdv2_studio.engine.lora import LoRAMerger
 
 TINY_NOTICE = ("using the built-in tiny model: UNTRAINED random weights for testing the pipeline, its output is "
                "noise-like, not a style; run `sdv2 models download` for the real StreamDiffusionV2 model")
 CAUSAL_DIR = Path("StreamDiffusionV2") / "wan_causal_dmd_v2v"
 BASE_DIR = Path("Wan2.1-T2V-1.3B-Diffusers")
+ORIGINAL_DIR = Path("Wan2.1-T2V-1.3B")  # the original release's folder name (its huggingface repo)
 DOWNLOAD_PRESET = "wan2.1-1.3b"  # the DiT `sdv2 models download` fetches (StreamDiffusionV2 1.3B)
 REAL_SIZE = (480, 832)  # (h, w) the released Wan2.1 / StreamDiffusionV2 models were trained at
 RANDOM_SIZE = (256, 256)  # default (h, w) of the seeded-random models
@@ -50,11 +68,15 @@ class ResolvedModel:
     spec: str  # "tiny", "random:PRESET" or the checkpoint path: what pipeline ranks are told to build
     config: ModelConfig  # the DiT's shape
     checkpoint: Path | None  # the DiT checkpoint file/folder; None for seeded random weights
-    base: Path | None  # the Wan2.1 diffusers folder (vae/, text_encoder/, tokenizer/); None for the built-in parts
+    base: Path | None  # the Wan2.1 base folder the VAE / text encoder come from (`base_parts`); None: none used
     name: str  # for the UI: "wan2.1-1.3b (causal-wan, model.pt)", "tiny (untrained test model)"
     default_size: tuple[int, int]  # (h, w) the model runs at unless told otherwise
     vae: str  # the VAE preset (engine/vae.py) its VAE has: "wan2.1", or "tiny" for the seeded-random models
     text_config: dict  # the text encoder's umT5 architecture (transformers' UMT5Config names)
+    vae_file: Path | None = None  # the VAE file/folder load_vae reads; None for the built-in parts
+    text_file: Path | None = None  # the text encoder file/folder load_text_encoder reads
+    tokenizer: Path | None = None  # its tokenizer folder/file; None: found beside the weights or embedded
+    loras: tuple[tuple[str, float], ...] = ()  # (LoRA file, strength), merged into the DiT at load
 
     @property
     def untrained(self) -> bool:
@@ -84,6 +106,7 @@ class ModelBundle:
     dit: CausalWanModel
     vae: WanVAE
     text: TextEncoder
+    loras: LoRAMerger | None = None  # what switches or removes the merged LoRAs (None: none merged)
 
     @property
     def name(self) -> str:
@@ -175,23 +198,55 @@ def tiny_bundle(device: str | torch.device = "cpu", dtype: torch.dtype = torch.f
 
 
 def find_downloaded() -> tuple[Path, Path] | None:
-    """(causal checkpoint folder, diffusers base folder) if both are in the models dir."""
+    """(causal checkpoint folder, base folder) if both are in the models dir."""
     root = models_dir()
     ckpt, base = root / CAUSAL_DIR, root / BASE_DIR
-    if (ckpt / "model.pt").is_file() and (base / "vae").is_dir() and (base / "text_encoder").is_dir():
+    if (ckpt / "model.pt").is_file() and base_parts(base) is not None:
         return ckpt, base
     return None
 
 
-def _find_base(path: Path) -> Path:
-    """The diffusers base folder (text_encoder/, tokenizer/, vae/) for a checkpoint at `path`."""
+@dataclass(frozen=True)
+class BaseParts:
+    """What a Wan2.1 base folder holds (`base_parts`)."""
+
+    layout: str  # "diffusers" (vae/, text_encoder/, tokenizer/) or "wan" (the original release)
+    vae: Path  # what load_vae reads
+    text_encoder: Path  # what load_text_encoder reads
+    tokenizer: Path | None  # the tokenizer folder; None: load_text_encoder looks beside the weights
+
+
+ORIGINAL_VAE = "Wan2.1_VAE.pth"
+ORIGINAL_TOKENIZER = Path("google") / "umt5-xxl"
+
+
+def base_parts(folder: Path) -> BaseParts | None:
+    """The VAE, text encoder and tokenizer a Wan2.1 base folder holds, or None when it is neither layout: a
+    diffusers folder (`Wan-AI/Wan2.1-T2V-1.3B-Diffusers`: vae/, text_encoder/, tokenizer/) or the original release
+    (`Wan-AI/Wan2.1-T2V-1.3B`: Wan2.1_VAE.pth, models_t5_umt5-xxl-enc-bf16.pth, google/umt5-xxl/)."""
+    if (folder / "vae").is_dir() and (folder / "text_encoder").is_dir():
+        tok = folder / "tokenizer"
+        return BaseParts("diffusers", folder / "vae", folder / "text_encoder", tok if tok.is_dir() else None)
+    if (folder / ORIGINAL_VAE).is_file() and (folder / WAN_T5_FILE).is_file():
+        tok = folder / ORIGINAL_TOKENIZER
+        return BaseParts("wan", folder / ORIGINAL_VAE, folder / WAN_T5_FILE, tok if tok.is_dir() else None)
+    return None
+
+
+BASE_HINT = ("Wan2.1 base folder (original: Wan2.1_VAE.pth + models_t5_umt5-xxl-enc-bf16.pth + google/umt5-xxl/; "
+             "or diffusers: vae/ + text_encoder/ + tokenizer/)")
+
+
+def _find_base(path: Path) -> tuple[Path, BaseParts]:
+    """The base folder for a checkpoint at `path`: the folder itself, up to three parents, a base folder of the
+    release's name (Wan2.1-T2V-1.3B[-Diffusers]) in one of them, or the downloaded one."""
     for cand in (path, *path.parents[:3], models_dir() / BASE_DIR):
-        if (cand / "vae").is_dir() and (cand / "text_encoder").is_dir():
-            return cand
-        if (cand / BASE_DIR / "vae").is_dir():
-            return cand / BASE_DIR
-    raise EngineError(f"no Wan2.1 base folder (text_encoder/, tokenizer/, vae/) found for {path}; "
-                      "run `sdv2 models download` or pass --base FOLDER")
+        for folder in (cand, cand / BASE_DIR, cand / ORIGINAL_DIR):
+            parts = base_parts(folder)
+            if parts is not None:
+                return folder, parts
+    raise EngineError(f"no {BASE_HINT} found for {path}; run `sdv2 models download`, pass --base FOLDER, or name "
+                      "the parts with --vae and --text-encoder")
 
 
 def _random_model(preset: str) -> ResolvedModel:
@@ -201,55 +256,77 @@ def _random_model(preset: str) -> ResolvedModel:
                          "tiny", tiny_text_config(cfg.text_dim))
 
 
-def resolve_model(spec: str = "auto", base: str | os.PathLike | None = None) -> ResolvedModel:
-    """The model `spec` names, with its base folder and shapes, without loading weights: "auto" (the downloaded
+def resolve_model(spec: str = "auto", base: str | os.PathLike | None = None, *, vae=None, text_encoder=None,
+                  tokenizer=None, loras=()) -> ResolvedModel:
+    """The model `spec` names, with its parts and shapes, without loading weights: "auto" (the downloaded
     StreamDiffusionV2 model, else "tiny"), "tiny", "random:PRESET", or a checkpoint file/folder (any layout
-    `engine.checkpoint` reads, inspected from its headers) whose Wan2.1 base folder is `base`, or found beside it
-    or in the models dir."""
+    `engine.checkpoint` reads, inspected from its headers). Its VAE and text encoder are `vae` / `text_encoder`
+    (+ `tokenizer`) when given, else those of the base folder: `base`, else one found at or beside the checkpoint
+    or in the models dir (`base_parts`). `loras`: see `engine.config.check_model_files`."""
+    loras = check_model_files(spec, base, vae, text_encoder, tokenizer, loras)
     if spec == "auto":
         found = find_downloaded()
         if found is None:
-            return _random_model("tiny")
+            if vae or text_encoder or tokenizer or base:
+                raise EngineError("--vae/--text-encoder/--tokenizer/--base need a DiT: no model is downloaded, pass "
+                                  "--model CHECKPOINT or run `sdv2 models download`")
+            return dataclasses.replace(_random_model("tiny"), loras=loras)
         spec, base = str(found[0]), base or found[1]
     preset = random_preset(spec)
     if preset:
-        return _random_model(preset)
-    ckpt = Path(spec).expanduser()
-    if not ckpt.exists():
-        raise EngineError(f"model path {ckpt} does not exist; pass a checkpoint file or folder, 'tiny', or "
-                          "run `sdv2 models download`")
-    if base is not None and not Path(base).expanduser().is_dir():
-        raise EngineError(f"base folder {base} does not exist; pass the Wan2.1 diffusers folder (vae/, "
-                          "text_encoder/, tokenizer/) or leave --base out to find it")
+        return dataclasses.replace(_random_model(preset), loras=loras)
     from sdv2_studio.engine.checkpoint import inspect_checkpoint
 
+    ckpt = Path(spec).expanduser()
     info = inspect_checkpoint(ckpt)
-    base_dir = Path(base).expanduser() if base is not None else _find_base(ckpt)
-    return ResolvedModel(str(ckpt), info.config, ckpt, base_dir, f"{info.preset} ({info.layout}, {ckpt.name})",
-                         REAL_SIZE, "wan2.1", UMT5_XXL)
+    base_dir, parts = None, None
+    if base is not None:
+        base_dir = Path(base).expanduser()
+        parts = base_parts(base_dir)
+        if parts is None:
+            raise EngineError(f"{base_dir} is not a {BASE_HINT} (--base)")
+    elif not (vae and text_encoder):
+        base_dir, parts = _find_base(ckpt)
+    name = f"{info.preset} ({info.layout}, {ckpt.name})" + "".join(
+        f" + LoRA {Path(p).stem}" + (f" x{s:g}" if s != 1 else "") for p, s in loras)
+    return ResolvedModel(str(ckpt), info.config, ckpt, base_dir, name, REAL_SIZE, "wan2.1", UMT5_XXL,
+                         vae_file=Path(vae).expanduser() if vae else parts.vae,
+                         text_file=Path(text_encoder).expanduser() if text_encoder else parts.text_encoder,
+                         tokenizer=Path(tokenizer).expanduser() if tokenizer else
+                         (parts.tokenizer if parts and not text_encoder else None),
+                         loras=loras)
 
 
 def load_bundle(spec: str | ResolvedModel = "auto", *, device: str | torch.device = "cpu",
                 dtype: torch.dtype = torch.float32, base: str | None = None, text_device: str | torch.device = "cpu",
                 progress: Progress | None = None, select: Callable[[str], bool] | None = None) -> ModelBundle:
-    """Load the networks of `spec` (a spec for `resolve_model`, with `base`, or a model it resolved).
-    `select(name)`: materialise only these DiT tensors (pipeline rank 0: embeddings + its blocks)."""
+    """Load the networks of `spec` (a spec for `resolve_model`, with `base`, or a model it resolved) and merge its
+    LoRAs. `select(name)`: materialise only these DiT tensors (pipeline rank 0: embeddings + its blocks)."""
     say = progress or (lambda msg, frac: None)
     model = spec if isinstance(spec, ResolvedModel) else resolve_model(spec, base)
     if model.untrained:
         say("no downloaded model found; using the tiny test model" if spec == "auto" else
             "building the tiny test model", 0.0)
-        return tiny_bundle(device, dtype, select=select, preset=random_preset(model.spec))
-    from sdv2_studio.engine.checkpoint import load_model
+        bundle = tiny_bundle(device, dtype, select=select, preset=random_preset(model.spec))
+        bundle.model = model
+    else:
+        from sdv2_studio.engine.checkpoint import load_model
 
-    say(f"loading the DiT from {model.checkpoint}", 0.05)
-    dit, _ = load_model(model.checkpoint, dtype=dtype, device=device, select=select)
-    say("loading the VAE", 0.6)
-    vae = load_vae(model.base / "vae", dtype=dtype, device=device)
-    say("loading the umT5 text encoder", 0.75)
-    text = load_text_encoder(model.base, device=text_device,
-                             dtype=model.text_dtype_cpu if torch.device(text_device).type == "cpu" else dtype,
-                             text_len=dit.cfg.text_len)
-    text.check_compatible(dit.cfg.text_dim, dit.cfg.text_len)
+        say(f"loading the DiT from {model.checkpoint}", 0.05)
+        dit, _ = load_model(model.checkpoint, dtype=dtype, device=device, select=select)
+        say(f"loading the VAE from {model.vae_file}", 0.6)
+        vae = load_vae(model.vae_file, dtype=dtype, device=device)
+        say(f"loading the umT5 text encoder from {model.text_file}", 0.75)
+        text = load_text_encoder(model.text_file, tokenizer=model.tokenizer, device=text_device,
+                                 dtype=model.text_dtype_cpu if torch.device(text_device).type == "cpu" else dtype,
+                                 text_len=dit.cfg.text_len)
+        text.check_compatible(dit.cfg.text_dim, dit.cfg.text_len)
+        bundle = ModelBundle(model, dit, vae, text)
+    if model.loras:
+        from sdv2_studio.engine.lora import LoRAMerger, load_loras
+
+        say(f"merging {len(model.loras)} LoRA(s)", 0.9)
+        bundle.loras = LoRAMerger(bundle.dit)
+        bundle.loras.set(load_loras(model.loras, bundle.dit.cfg))
     say("models loaded", 1.0)
-    return ModelBundle(model, dit, vae, text)
+    return bundle

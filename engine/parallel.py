@@ -545,8 +545,6 @@ class _Tail:
     """The last rank's extra work: head, x0, re-noising, VAE decode."""
 
     def __init__(self, spec: StageSpec, geo: Geometry, device: torch.device):
-        from pathlib import Path
-
         self.grid = FlowMatchGrid()
         from sdv2_studio.engine.models import random_preset
 
@@ -558,8 +556,7 @@ class _Tail:
             from sdv2_studio.engine.models import resolve_model
             from sdv2_studio.engine.vae import load_vae
 
-            base = resolve_model(spec.model, spec.base).base
-            self.vae = load_vae(Path(base) / "vae", dtype=geo.dtype, device=device)
+            self.vae = load_vae(resolve_model(spec.model, spec.base).vae_file, dtype=geo.dtype, device=device)
         self.decoder = self.vae
         if spec.taehv:
             from sdv2_studio.engine.taehv import load_taehv

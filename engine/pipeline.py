@@ -223,6 +223,7 @@ class StreamPipeline:
         self._text_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._encoding: tuple[concurrent.futures.Future, int] | None = None  # (context, transition) on its way
         self._warming: dict[str, concurrent.futures.Future] = {}  # warm_prompts not encoded yet
+        self._warm: tuple[str, ...] = ()  # every prompt warm_prompts was given (the presets a user may click)
         self.reset()
 
     # -- state --------------------------------------------------------------------------------------------------------
@@ -362,9 +363,19 @@ class StreamPipeline:
         """Encode these prompts into the cache on the background thread, one after another (live streams: so a
         preset click is a cache hit). Prompts already cached or on their way are skipped."""
         self._warming = {p: f for p, f in self._warming.items() if not f.done()}
+        self._warm = tuple(dict.fromkeys((*self._warm, *prompts)))
         for prompt in prompts:
             if prompt not in self._warming and prompt not in self.prompts:
                 self._warming[prompt] = self._pool().submit(self.prompts.encode_trimmed, prompt)
+        if self._warm and self.background_prompts:  # then, on the same thread: free the encoder if all are cached
+            self._pool().submit(self._release_encoder)
+
+    def _release_encoder(self) -> None:
+        """Live streams: once the warm-up prompts and the prompts in use are cached, the text encoder's weights
+        are freed (PromptCache.release_encoder); a prompt typed later loads them again in the background (and
+        they are freed again after it)."""
+        pending = (self._pending.prompt,) if self._pending is not None else ()
+        self.prompts.release_encoder((*self._warm, self.controls.prompt, *pending))
 
     def _switch_prompt(self, target: torch.Tensor, transition_chunks: int) -> None:
         if transition_chunks > 0 and self.chunks > 0:

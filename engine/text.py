@@ -142,32 +142,55 @@ class TextEncoder:
     and is what `PromptCache` keys on.
     """
 
-    def __init__(self, model: torch.nn.Module, tokenize: Tokenize, *, text_len: int, model_id: str):
-        self.model = model.eval().requires_grad_(False)
+    def __init__(self, model: torch.nn.Module, tokenize: Tokenize, *, text_len: int, model_id: str,
+                 reload: Callable[[], torch.nn.Module] | None = None):
+        """`reload`: builds the same weights again, which lets `release` free them (loaded again on the next
+        encode)."""
+        self.model: torch.nn.Module | None = model.eval().requires_grad_(False)
         self.tokenize_fn = tokenize
         self.text_len = int(text_len)
         self.model_id = model_id
         self.calls = 0  # encoder forward passes run (for diagnostics and tests)
+        self.reloads = 0  # times the weights were loaded again after `release`
+        self._reload = reload
+        self._lock = threading.Lock()  # the model's presence (release / reload)
+        self._describe(model)
 
-    @property
-    def text_dim(self) -> int:
-        return int(self.model.config.d_model)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
+    def _describe(self, model: torch.nn.Module) -> None:
+        p = next(model.parameters())
+        self.text_dim, self.device, self.dtype = int(model.config.d_model), p.device, p.dtype
 
     @property
     def cache_id(self) -> str:
         return f"{self.model_id}|{str(self.dtype).removeprefix('torch.')}"
 
     def to(self, device=None, dtype: torch.dtype | None = None) -> TextEncoder:
-        self.model.to(device=device, dtype=dtype)
+        model = self._loaded()
+        model.to(device=device, dtype=dtype)
+        self._describe(model)
+        if self._reload is not None:
+            reload, self._reload = self._reload, (lambda: reload().to(device=device, dtype=dtype))
         return self
+
+    @property
+    def released(self) -> bool:
+        return self.model is None
+
+    def release(self) -> bool:
+        """Free the weights (every prompt the stream may need is cached); the next encode loads them again.
+        False (nothing freed) when this encoder cannot be reloaded."""
+        with self._lock:
+            if self._reload is None or self.model is None:
+                return False
+            self.model = None
+        return True
+
+    def _loaded(self) -> torch.nn.Module:
+        with self._lock:
+            if self.model is None:
+                self.model = self._reload().eval().requires_grad_(False)
+                self.reloads += 1
+            return self.model
 
     def check_compatible(self, text_dim: int, text_len: int) -> None:
         """Raise EngineError unless this encoder's output fits a DiT with these text_dim / text_len."""
@@ -189,7 +212,7 @@ class TextEncoder:
         n = int(mask.sum())  # mask is on the host: no device sync
         # Only the n real tokens run: at those positions this equals upstream's run on the padded ids with the
         # mask (tests/test_text.py proves it), for n/text_len of the compute (512 -> ~20 tokens for a preset).
-        out = self.model(ids[:, :n].to(self.device))
+        out = self._loaded()(ids[:, :n].to(self.device))
         self.calls += 1
         return out
 
@@ -358,6 +381,19 @@ def _tokenizer(given: Path | None, candidates: list[Path], tf: TensorFile, text_
                       "(Wan-AI/Wan2.1-T2V-1.3B) or the tokenizer/ folder of the diffusers release")
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "spiece.model")  # what makes a folder a tokenizer
+
+
+def describe_tokenizer(path: str | os.PathLike) -> str | None:
+    """What makes `path` a tokenizer `load_text_encoder(tokenizer=)` reads (a spiece.model file, or the file of a
+    folder that `_tokenizer` loads), or None when it is not one."""
+    path = Path(path).expanduser()
+    if path.is_file():
+        return "sentencepiece model" if path.suffix == ".model" else None
+    found = next((f for f in TOKENIZER_FILES if (path / f).is_file()), None)
+    return f"tokenizer folder ({found})" if found else None
+
+
 def _fingerprint(files: list[Path]) -> str:
     """Cheap identity of weights + tokenizer: names and sizes of their files (and a config.json's contents)."""
     h = hashlib.sha256()
@@ -417,7 +453,11 @@ def load_text_encoder(path: str | os.PathLike, *, tokenizer: str | os.PathLike |
         sd = {k: tf.read(v).to(device=device, dtype=dtype) for k, v in names.items()}
         model.load_state_dict(sd, strict=True, assign=True)
         files = [*tf.files, tok_path] + ([file.parent / "config.json"] if config else [])
-    return TextEncoder(model, tok, text_len=text_len, model_id=f"umt5:{_fingerprint(files)}")
+
+    def reload() -> torch.nn.Module:
+        return load_text_encoder(path, tokenizer=tokenizer, device=device, dtype=dtype, text_len=text_len).model
+
+    return TextEncoder(model, tok, text_len=text_len, model_id=f"umt5:{_fingerprint(files)}", reload=reload)
 
 
 TINY_RECIPE = "tiny-umt5-v1"  # bump when the tiny encoder's construction changes (invalidates prompt caches)
@@ -462,7 +502,11 @@ def tiny_text_encoder(text_dim: int = 64, text_len: int = 32, seed: int = 0, *, 
             p.copy_(w)
     model.to(device=device, dtype=dtype)
     model_id = f"{TINY_RECIPE}:d{text_dim}:len{text_len}:layers{num_layers}:seed{seed}"
-    return TextEncoder(model, ByteTokenizer(text_len), text_len=text_len, model_id=model_id)
+
+    def reload() -> torch.nn.Module:
+        return tiny_text_encoder(text_dim, text_len, seed, num_layers=num_layers, device=device, dtype=dtype).model
+
+    return TextEncoder(model, ByteTokenizer(text_len), text_len=text_len, model_id=model_id, reload=reload)
 
 
 # -- prompt cache --------------------------------------------------------------------------------------------
@@ -554,6 +598,12 @@ class PromptCache:
             if key in self._mem:
                 return True
             return self.folder is not None and (self.folder / f"{key}.safetensors").is_file()
+
+    def release_encoder(self, prompts) -> bool:
+        """Free the encoder's weights if every one of `prompts` is cached (a live stream whose presets are all
+        encoded needs it only for a prompt typed later, which loads it again). True if it was freed."""
+        with self._encode_lock:
+            return all(p in self for p in prompts) and self.encoder.release()
 
     def clear_memory(self) -> None:
         with self._lock:
