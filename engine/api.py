@@ -68,6 +68,9 @@ class EngineConfig:
     threads_per_rank: int = 0  # CPU ranks: torch threads each (0: cores // ranks)
     rebalance_after: int | None = None  # chunks before blocks are rebalanced once (None: 2 * (ranks + steps); 0: never)
     profile: bool = False  # synchronise around each stage for exact per-stage timings
+    # torch.compile the DiT's steady-state chunk step (engine/compiled.py): Inductor on CPU, CUDA graphs on CUDA;
+    # compiled once per configuration at start (cached on disk), before the first frame
+    compile: bool = False
 
     def __post_init__(self) -> None:
         """Model files checked here, at the boundary (engine.config.check_model_files: one line naming the fix)."""
@@ -179,6 +182,13 @@ class Engine:
 
         self.pipeline = make((h, w), cfg.controls, cfg.batch)
         self._rebuild = make
+        if cfg.compile:
+            from sdv2_studio.engine.compiled import compile_model, warm_up
+
+            if progress:
+                progress("compiling the model (once per configuration; cached on disk)", 0.95)
+            compile_model(bundle.dit, device)
+            warm_up(bundle.dit, self.pipeline.cache, cfg.cache.chunk_frames, self.pipeline.latent_hw, dtype)
         return self._launch(progress)
 
     def _start_parallel(self, progress: Progress | None) -> Engine:

@@ -130,7 +130,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     cfg = EngineConfig(model=args.model, base=args.base, vae=args.vae, text_encoder=args.text_encoder,
                        tokenizer=args.tokenizer, loras=tuple(args.lora), device=args.device, dtype=args.dtype,
                        ranks=args.ranks, size=_parse_size(args.size), batch=not args.no_batch, controls=controls,
-                       latency_budget=args.latency_budget, taehv=args.taehv, target_fps=args.target_fps)
+                       latency_budget=args.latency_budget, taehv=args.taehv, target_fps=args.target_fps,
+                       compile=args.compile)
     file_out = args.out and "://" not in args.out and args.out.lower() != "vcam" and not args.out.lower().startswith(
         ("vcam:", "vcam/", "spout:", "syphon:", "obs-source"))
 
@@ -264,6 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="SLO scheduling: adapt Stream-Batch/no-batch, steps and resolution to reach this rate")
     s.add_argument("--realtime", action="store_true", help="pace files and the test source at their frame rate")
     s.add_argument("--taehv", default=None, metavar="PATH", help="decode with the TAEHV tiny decoder (taew2_1.pth)")
+    s.add_argument("--compile", action="store_true",
+                   help="torch.compile the DiT step (Inductor on CPU, CUDA graphs on GPU); the first run per "
+                        "configuration compiles before streaming (minutes on a CPU), later runs load it from disk")
     s.set_defaults(fn=_cmd_run)
 
     s = sub.add_parser("inspect", help="say what a model file is (DiT, VAE, text encoder, LoRA, TAEHV): layout, "

@@ -106,7 +106,6 @@ class StepPlan:
     full: torch.Tensor  # [B] bool, slot is in the full (rolling) phase
     any_full: bool
     pop: torch.Tensor  # [B] bool, advance the eviction queue after the write
-    any_pop: bool
     sink_check: bool
     length: int  # tokens of cache attended (max over slots)
     mask: torch.Tensor | None  # [B, 1, 1, length] bool when slots have different valid lengths
@@ -314,7 +313,7 @@ class KVCache:
             self._plan_pop.set(b, p)
         return StepPlan(
             n=n, start_frames_dev=self._plan_start.t[sl], fill_end=self._plan_fill_end.t[sl],
-            full=self._plan_full.t[sl], any_full=any(full), pop=self._plan_pop.t[sl], any_pop=any(pop),
+            full=self._plan_full.t[sl], any_full=any(full), pop=self._plan_pop.t[sl],
             sink_check=(self.cc.sink_frames > 0 and self.cc.sink_tau > -1 and n <= self.L),
             length=length, mask=mask, sl=sl,
         )
@@ -332,8 +331,7 @@ class KVCache:
         idx = (end[:, None] - n + self._arange[:n])[:, None, :, None].expand(B, H, n, D)  # [B, H, n, D]
         kb.scatter_(2, idx, k.to(kb.dtype))
         vb.scatter_(2, idx, v.to(vb.dtype))
-        if plan.any_pop:
-            self._pop(layer, plan.pop, sl)
+        self._pop(layer, plan.pop, sl)  # a no-op for slots not popping; unconditional: one compiled graph per shape
         return kb[:, :, :plan.length], vb[:, :, :plan.length], plan.mask
 
     # -- device-side eviction queue --------------------------------------------------------------------------------
@@ -374,6 +372,12 @@ class KVCache:
         pos = ln.clamp(max=cap - 1)[:, None]
         st.scatter_(1, pos, torch.where(push, val, st.gather(1, pos)[:, 0])[:, None])
         ln.add_(push.long())
+
+    def device_buffers(self) -> list[torch.Tensor]:
+        """Every device tensor a step reads or updates in place (compiled steps pin their addresses)."""
+        ints = (self._fifo, self._fifo_len, self._plan_start, self._plan_fill_end, self._plan_full, self._plan_pop,
+                self._plan_length)
+        return [getattr(self, name) for name in _LAYER_STATE] + [d.t for d in ints] + [self._arange]
 
     # -- introspection (tests, stats; these do sync) ------------------------------------------------------------------
 

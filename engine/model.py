@@ -90,11 +90,12 @@ def sinusoidal_embedding(dim: int, t: torch.Tensor) -> torch.Tensor:
 
 
 class Rope3D:
-    """3-axis rotary tables (t, h, w) for interleaved (real, imag) channel pairs: complex64 from fp64 angles.
+    """3-axis rotary tables (t, h, w) for interleaved (real, imag) channel pairs: (cos, sin) in fp32 from fp64 angles.
 
     Not an nn.Module on purpose: the tables must stay fp32 when the model is cast (Wan keeps them as a plain
-    attribute for the same reason). `tables(...)` returns the rotation e^{i*angle} of shape [B, N, 1, D/2] for the
-    token grid F x h x w starting at per-sample temporal positions `start_frames` [B].
+    attribute for the same reason). `tables(...)` returns the rotation (cos, sin) of shape [B, N, 1, D/2, 2] for the
+    token grid F x h x w starting at per-sample temporal positions `start_frames` [B]. Real arithmetic rather than
+    complex numbers (Wan's form, equal values): torch.compile's Inductor generates no code for complex ops.
     """
 
     def __init__(self, head_dim: int, split: tuple[int, int, int], max_len: int, theta: float = 10000.0):
@@ -109,9 +110,8 @@ class Rope3D:
         self._spatial: dict[tuple, torch.Tensor] = {}
 
     def _on(self, device: torch.device) -> list[torch.Tensor]:
-        if device not in self._dev:
-            self._dev[device] = [torch.polar(torch.ones_like(a), a).to(torch.complex64).to(device)
-                                 for a in self._angles]
+        if device not in self._dev:  # [max_len, d/2, 2] (cos, sin), rounded to fp32 as complex64 would be
+            self._dev[device] = [torch.stack([a.cos(), a.sin()], -1).float().to(device) for a in self._angles]
         return self._dev[device]
 
     def tables(self, grid: tuple[int, int, int], start_frames: torch.Tensor) -> torch.Tensor:
@@ -119,23 +119,26 @@ class Rope3D:
         device = start_frames.device
         rt, rh, rw = self._on(device)
         key = (h, w, device)
-        if key not in self._spatial:  # [h*w, (dh+dw)/2], reused by every call at this resolution
+        if key not in self._spatial:  # [h*w, (dh+dw)/2, 2], reused by every call at this resolution
             hh = torch.arange(h, device=device).repeat_interleave(w)
             ww = torch.arange(w, device=device).repeat(h)
-            self._spatial[key] = torch.cat([rh[hh], rw[ww]], -1)
+            self._spatial[key] = torch.cat([rh[hh], rw[ww]], 1)
         spatial = self._spatial[key]
         pos = start_frames.view(-1, 1) + torch.arange(f, device=device)  # [B, F]
-        temporal = rt[pos]  # [B, F, dt/2]
+        temporal = rt[pos]  # [B, F, dt/2, 2]
         B, hw = pos.shape[0], h * w
-        tt = temporal[:, :, None, :].expand(B, f, hw, temporal.shape[-1])
-        ss = spatial[None, None].expand(B, f, hw, spatial.shape[-1])
-        return torch.cat([tt, ss], -1).reshape(B, f * hw, 1, -1)  # [B, N, 1, D/2] complex64
+        tt = temporal[:, :, None].expand(B, f, hw, *temporal.shape[-2:])
+        ss = spatial[None, None].expand(B, f, hw, *spatial.shape[-2:])
+        return torch.cat([tt, ss], 3).reshape(B, f * hw, 1, -1, 2)  # [B, N, 1, D/2, 2] fp32
 
 
 def apply_rope(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
-    """x [B, N, H, D] with (real, imag) pairs interleaved along D, rot [B, N, 1, D/2] complex64; math in fp32."""
-    xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # [B, N, H, D/2]
-    return torch.view_as_real(xc * rot).flatten(-2).type_as(x)
+    """x [B, N, H, D] with (real, imag) pairs interleaved along D, rot [B, N, 1, D/2, 2] (cos, sin); math in fp32:
+    each pair (a, b) becomes (a cos - b sin, a sin + b cos), the complex product (a + ib) e^{i angle}."""
+    xf = x.float().unflatten(-1, (-1, 2))  # [B, N, H, D/2, 2]
+    a, b = xf[..., 0], xf[..., 1]
+    cos, sin = rot[..., 0], rot[..., 1]
+    return torch.stack([a * cos - b * sin, a * sin + b * cos], -1).flatten(-2).type_as(x)
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, frames: int) -> torch.Tensor:
@@ -279,6 +282,7 @@ class CausalWanModel(nn.Module):
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.num_layers)])
         self.head = Head(cfg)
         self.rope = Rope3D(cfg.head_dim, cfg.rope_split, cfg.rope_max_len)
+        self.compiled_step = None  # engine/compiled.py attaches a CompiledStep here
 
     # -- stages ----------------------------------------------------------------------------------------------------
 
@@ -368,7 +372,7 @@ class CausalWanModel(nn.Module):
     @property
     def step(self):
         """What `forward_chunk` runs on the device: `chunk_step`, or its compiled form once one is attached."""
-        return self.__dict__.get("_compiled_step") or self.chunk_step
+        return self.compiled_step or self.chunk_step
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
