@@ -124,8 +124,8 @@ class KVCache:
         self.sink_tokens = cache_cfg.sink_frames * frame_tokens
         self.device, self.dtype = torch.device(device), dtype
         nl, H, D = len(self.blocks), cfg.num_heads, cfg.head_dim
-        self.k = torch.zeros(nl, batch, H, self.S, D, device=device, dtype=dtype)
-        self.v = torch.zeros_like(self.k)
+        self.k = torch.empty(nl, batch, H, self.S, D, device=device, dtype=dtype)  # zeroed once, by reset()
+        self.v = torch.empty_like(self.k)
         self.cross_k = torch.zeros(nl, batch, H, cfg.text_len, D, device=device, dtype=dtype)
         self.cross_v = torch.zeros_like(self.cross_k)
         self.cross = [(self.cross_k[i], self.cross_v[i]) for i in range(nl)]

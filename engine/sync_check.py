@@ -121,15 +121,36 @@ def _host_only(args, kwargs) -> bool:
                    or (isinstance(a, torch.device) and a.type != "cpu") for a in pytree.tree_leaves((args, kwargs)))
 
 
-class _Watch(TorchDispatchMode):
+class OpCounter(TorchDispatchMode):
+    """Counts the aten ops run inside it, and those that make a new tensor that is not a view (a proxy for kernel
+    launches: `x.to(x.dtype)` and in-place ops return an input, views launch nothing)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: collections.Counter = collections.Counter()
+        self.kernels = 0
+
+    def count(self, func, args, out) -> None:
+        name = func._schema.name
+        self.ops[name.removeprefix("aten::")] += 1
+        fresh = [o for o in pytree.tree_leaves(out) if isinstance(o, torch.Tensor) and not any(o is a for a in args)]
+        if fresh and not func.is_view and not name.startswith("prim::"):
+            self.kernels += 1
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.count(func, args, out)
+        return out
+
+
+class _Watch(OpCounter):
     """Counts ops and checks copies and data-dependent ops (under fake tensors: no data)."""
 
     def __init__(self, staging):
         super().__init__()
         self.staging = staging  # callable -> the tensors uploads may come from
         self.strict = False
-        self.ops: collections.Counter = collections.Counter()
-        self.kernels = self.uploads = self.downloads = 0
+        self.uploads = self.downloads = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -140,7 +161,6 @@ class _Watch(TorchDispatchMode):
         if self.strict:
             if name in _SYNC_OPS:
                 raise HostSyncError(f"host sync: {name} on a device tensor at {_our_frame()}")
-            self.ops[name.removeprefix("aten::")] += 1
         try:
             out = func(*args, **kwargs)
         except (DataDependentOutputException, DynamicOutputShapeException) as e:
@@ -148,10 +168,7 @@ class _Watch(TorchDispatchMode):
             raise HostSyncError(f"host sync{when}: {name} needs the device's data at {_our_frame()}") from e
         if self.strict:
             self._copies(args, kwargs, out)
-            fresh = [o for o in pytree.tree_leaves(out) if isinstance(o, torch.Tensor)
-                     and not any(o is a for a in args)]  # `x.to(x.dtype)` and in-place ops return an input
-            if fresh and not func.is_view and not name.startswith("prim::"):
-                self.kernels += 1
+            self.count(func, args, out)
         return out
 
     def _copies(self, args, kwargs, out) -> None:
