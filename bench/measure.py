@@ -5,11 +5,15 @@
    whole 6-frame window without a cache, diffusers-style (text embedding, prompt K/V and all 6 frames every call).
 3. Achieved FLOP/s of the streaming forward (flops.py) vs this machine's dense GEMM FLOP/s, measured in the
    same run with the same threads and dtype.
+4. The hot path's variants side by side (`hot_path`): eager vs compiled (engine/compiled.py) x float32 vs bfloat16,
+   steady-state ms per chunk, the ratio to eager float32, the output's relative error against eager float32, the
+   first (2-frame) chunk's time, and aten ops per steady chunk (engine/sync_check.OpCounter).
 Timings are medians of repeated runs; nothing here is asserted (benchmarks are not tests).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import platform
@@ -58,7 +62,7 @@ def gemm_flops(device: torch.device, dtype: torch.dtype, n: int = 2048, reps: in
 
 def bench_model(preset: str = "small", points: tuple[int, ...] = (10, 1000, 10000), window: int = 10,
                 frame_hw: tuple[int, int] = (32, 32), device: str = "cpu", dtype: str = "float32",
-                out: str | None = "bench/results/model.json", log=print) -> dict:
+                out: str | None = "bench/results/model.json", log=print, hot_path: bool = True) -> dict:
     """Run the benchmark; `frame_hw` is the latent size (32x32 latents = 256 tokens per frame)."""
     dev = torch.device(device)
     dt = getattr(torch, dtype)
@@ -138,11 +142,72 @@ def bench_model(preset: str = "small", points: tuple[int, ...] = (10, 1000, 1000
         f"{results['speedup_vs_recompute']:.2f}x (goal >= 6x)")
     log(f"streaming forward {flops.total / 1e9:.2f} GFLOP/chunk -> {achieved / 1e9:.0f} GFLOP/s vs dense GEMM "
         f"{peak / 1e9:.0f} GFLOP/s: {results['fraction_of_gemm_peak']:.0%} of peak (goal >= 60%)")
+    if hot_path:
+        results["hot_path"] = bench_hot_path(cfg, frame_hw, dev, log=log)
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(results, indent=2, default=str))
         log(f"saved {out}")
     return results
+
+
+def bench_hot_path(cfg, frame_hw: tuple[int, int], device: torch.device, chunks: int = 20, log=print) -> dict:
+    """Eager vs compiled x float32 vs bfloat16 on the same weights and inputs (section 4 of the module docstring)."""
+    from sdv2_studio.engine.compiled import compile_model, warm_up
+    from sdv2_studio.engine.sync_check import OpCounter
+
+    cc = CacheConfig()
+    h, w = frame_hw
+    L = (h // cfg.patch_size[1]) * (w // cfg.patch_size[2])
+    torch.manual_seed(0)
+    base = CausalWanModel(cfg).eval().to(device)
+    ctx = torch.randn(1, cfg.text_len, cfg.text_dim, device=device)
+    xs = [torch.randn(1, cfg.in_dim, 2 if i == 0 else 1, h, w, device=device) for i in range(cc.cache_frames + chunks)]
+    rows, ref = {}, None
+    for dtype in (torch.float32, torch.bfloat16):
+        model = cast_model(copy.deepcopy(base), dtype)  # the same weights, cast (fp32 islands kept)
+        for compiled in (False, True):
+            name = f"{'compiled' if compiled else 'eager'} {str(dtype).removeprefix('torch.')}"
+            cache = KVCache(cfg, cc, 1, L, device=device, dtype=dtype)
+            cache.set_prompt(model, ctx)
+            clock = StreamClock(cc)
+            t_compile = 0.0
+            with torch.inference_mode():
+                if compiled:
+                    t0 = time.perf_counter()
+                    compile_model(model, device)
+                    warm_up(model, cache, cc.chunk_frames, (h, w), dtype)
+                    t_compile = time.perf_counter() - t0
+                times, out = [], None
+                for x in xs:
+                    t = torch.full((1, x.shape[2]), 700.0, device=device)
+                    _sync(device)
+                    t0 = time.perf_counter()
+                    x = x.to(dtype, copy=True)  # an inference tensor, as in the stream
+                    out = model.forward_chunk(x, t, cache, [clock.next(x.shape[2])])
+                    _sync(device)
+                    times.append(time.perf_counter() - t0)
+                if not compiled:
+                    with OpCounter() as ops:  # one more steady chunk, counted
+                        model.forward_chunk(xs[-1].to(dtype, copy=True), t, cache, [clock.next(1)])
+            model.compiled_step = None
+            out = out.float()
+            ref = out if ref is None else ref
+            row = {"ms": statistics.median(times[cc.cache_frames:]) * 1e3, "first_chunk_ms": times[0] * 1e3,
+                   "rel_err": ((out - ref).norm() / ref.norm()).item(), "compile_s": t_compile}
+            if not compiled:
+                row.update(ops=sum(ops.ops.values()), kernels=ops.kernels)
+            rows[name] = row
+    eager32 = rows["eager float32"]["ms"]
+    log(f"hot path, side by side ({chunks} steady chunks each, same weights and inputs):")
+    log(f"  {'variant':<18}{'ms/chunk':>10}{'vs eager fp32':>15}{'rel err':>10}{'first chunk':>13}"
+        f"{'ops (kernels)':>16}")
+    for name, r in rows.items():
+        r["speedup"] = eager32 / r["ms"]
+        ops = f"{r['ops']} ({r['kernels']})" if "ops" in r else "fused"
+        log(f"  {name:<18}{r['ms']:>10.1f}{r['speedup']:>14.2f}x{r['rel_err']:>10.1e}{r['first_chunk_ms']:>11.1f}ms"
+            f"{ops:>16}" + (f"  (compiled in {r['compile_s']:.0f} s, before streaming)" if r["compile_s"] else ""))
+    return rows
 
 
 def bench_pipeline(model: str = "tiny", size: tuple[int, int] = (256, 256), chunks: int = 10,

@@ -46,7 +46,7 @@ class CompiledStep:
         self.calls += 1
         if not plan.any_full or plan.length != cache.S or plan.mask is not None:  # filling: shapes change
             return self.eager(x, t, cache, plan)
-        if id(cache) not in self._static:
+        if self.device.type == "cuda" and id(cache) not in self._static:  # CUDA graphs replay fixed addresses
             for buf in cache.device_buffers():
                 torch._dynamo.mark_static_address(buf)
             self._static.add(id(cache))
@@ -60,7 +60,6 @@ def compile_model(model, device: torch.device | str) -> CompiledStep:
     return model.compiled_step
 
 
-@torch.inference_mode()
 def warm_up(model, cache_like: KVCache, frames: int, grid_hw: tuple[int, int], dtype: torch.dtype) -> None:
     """Compile the steady step for `cache_like`'s configuration now, on a throwaway cache of the same shape filled
     with eager chunks of zeros (the stream's own cache is untouched)."""
@@ -70,11 +69,12 @@ def warm_up(model, cache_like: KVCache, frames: int, grid_hw: tuple[int, int], d
     cache.cross_v.copy_(cache_like.cross_v)
     clock, (h, w) = StreamClock(cache.cc), grid_hw
     cfg = model.cfg
-    while True:
-        n = frames if clock.chunks else cache.cc.first_chunk_frames
-        x = torch.zeros(cache.B, cfg.in_dim, n, h, w, device=cache.device, dtype=dtype)
-        t = torch.full((cache.B, n), 500.0, device=cache.device)
-        steady = all(e >= cache.S for e in cache.local_end)
-        model.forward_chunk(x, t, cache, [clock.next(n)] * cache.B)
-        if steady:
-            return
+    with torch.inference_mode():  # as in the stream: inputs are inference tensors, the cache is not (KVCache)
+        while True:
+            n = frames if clock.chunks else cache.cc.first_chunk_frames
+            x = torch.zeros(cache.B, cfg.in_dim, n, h, w, device=cache.device, dtype=dtype)
+            t = torch.full((cache.B, n), 500.0, device=cache.device)
+            steady = all(e >= cache.S for e in cache.local_end)
+            model.forward_chunk(x, t, cache, [clock.next(n)] * cache.B)
+            if steady:
+                return

@@ -123,26 +123,29 @@ class KVCache:
         self.S = cache_cfg.cache_frames * frame_tokens
         self.sink_tokens = cache_cfg.sink_frames * frame_tokens
         self.device, self.dtype = torch.device(device), dtype
-        nl, H, D = len(self.blocks), cfg.num_heads, cfg.head_dim
-        self.k = torch.empty(nl, batch, H, self.S, D, device=device, dtype=dtype)  # zeroed once, by reset()
-        self.v = torch.empty_like(self.k)
-        self.cross_k = torch.zeros(nl, batch, H, cfg.text_len, D, device=device, dtype=dtype)
-        self.cross_v = torch.zeros_like(self.cross_k)
-        self.cross = [(self.cross_k[i], self.cross_v[i]) for i in range(nl)]
-        R = max(1, cache_cfg.cache_frames - cache_cfg.sink_frames)  # rolling slots can never exceed this
-        cap = cache_cfg.refresh_stack
-        self.stack = torch.zeros(nl, batch, cap, dtype=torch.long, device=device)  # pending sink refreshes
-        self.stack_len = torch.zeros(nl, batch, dtype=torch.long, device=device)
-        self.ptr = torch.zeros(nl, batch, dtype=torch.long, device=device)  # head of the rolling FIFO
-        self._fifo = DeviceInts((batch, R), device=device)  # the rolling FIFO's slot end offsets per slot
-        self._fifo_len = DeviceInts((batch,), device=device, fill=1)
-        # per-call plan values, one entry per slot (see `plan`)
-        self._plan_start = DeviceInts((batch,), device=device)
-        self._plan_fill_end = DeviceInts((batch,), device=device)
-        self._plan_full = DeviceInts((batch,), device=device, dtype=torch.bool, fill=False)
-        self._plan_pop = DeviceInts((batch,), device=device, dtype=torch.bool, fill=False)
-        self._plan_length = DeviceInts((batch,), device=device)
-        self._arange = torch.arange(self.S, device=device)
+        # Never inference tensors (a cache made inside inference_mode, e.g. on a control change mid-stream, would
+        # otherwise differ from one made outside it, and a compiled step would recompile): updated in place only.
+        with torch.inference_mode(False):
+            nl, H, D = len(self.blocks), cfg.num_heads, cfg.head_dim
+            self.k = torch.empty(nl, batch, H, self.S, D, device=device, dtype=dtype)  # zeroed once, by reset()
+            self.v = torch.empty_like(self.k)
+            self.cross_k = torch.zeros(nl, batch, H, cfg.text_len, D, device=device, dtype=dtype)
+            self.cross_v = torch.zeros_like(self.cross_k)
+            self.cross = [(self.cross_k[i], self.cross_v[i]) for i in range(nl)]
+            R = max(1, cache_cfg.cache_frames - cache_cfg.sink_frames)  # rolling slots can never exceed this
+            cap = cache_cfg.refresh_stack
+            self.stack = torch.zeros(nl, batch, cap, dtype=torch.long, device=device)  # pending sink refreshes
+            self.stack_len = torch.zeros(nl, batch, dtype=torch.long, device=device)
+            self.ptr = torch.zeros(nl, batch, dtype=torch.long, device=device)  # head of the rolling FIFO
+            self._fifo = DeviceInts((batch, R), device=device)  # the rolling FIFO's slot end offsets per slot
+            self._fifo_len = DeviceInts((batch,), device=device, fill=1)
+            # per-call plan values, one entry per slot (see `plan`)
+            self._plan_start = DeviceInts((batch,), device=device)
+            self._plan_fill_end = DeviceInts((batch,), device=device)
+            self._plan_full = DeviceInts((batch,), device=device, dtype=torch.bool, fill=False)
+            self._plan_pop = DeviceInts((batch,), device=device, dtype=torch.bool, fill=False)
+            self._plan_length = DeviceInts((batch,), device=device)
+            self._arange = torch.arange(self.S, device=device)
         self.total_steps = 1
         self.reset()
 
