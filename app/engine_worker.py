@@ -11,6 +11,7 @@ backlog), reports stats and failed outputs, and notices the stream ending.
 
 from __future__ import annotations
 
+import collections
 import os
 import sys
 import threading
@@ -59,6 +60,25 @@ class LiveStats:
     source_fps: float = 0.0
     elapsed: float = 0.0
     preview_dropped: int = 0
+    fps: float = 0.0  # styled frames reaching the outputs per second over the last FrameRate.WINDOW seconds
+    budget: float = 0.0  # the latency budget (seconds) deadline misses are counted against
+
+
+class FrameRate:
+    """Frames per second from a running frame count sampled over the last WINDOW seconds of wall time: a burst of
+    frames that share one timestamp still counts, and a stall shows as a falling rate (not a frozen one)."""
+
+    WINDOW = 3.0
+
+    def __init__(self) -> None:
+        self._samples: collections.deque[tuple[float, int]] = collections.deque()
+
+    def add(self, now: float, count: int) -> float:
+        self._samples.append((now, count))
+        while len(self._samples) > 2 and now - self._samples[1][0] >= self.WINDOW:
+            self._samples.popleft()
+        t0, c0 = self._samples[0]
+        return (count - c0) / (now - t0) if now > t0 else 0.0
 
 
 class _Aborted(Exception):
@@ -94,6 +114,7 @@ class EngineWorker(QObject):
         self._outputs = Outputs()
         self._last_stats = 0.0
         self._t_start = 0.0
+        self._rate = FrameRate()
 
     @property
     def engine(self) -> Engine | None:
@@ -120,6 +141,7 @@ class EngineWorker(QObject):
         if self.state != IDLE:
             return
         self._abort.clear()
+        self.mailbox.clear()  # nothing of the previous run is shown in this one
         self._req, self._outputs = req, req.outputs
         self._set_state(LOADING)
         try:
@@ -143,6 +165,7 @@ class EngineWorker(QObject):
             return
         self.controlsApplied.emit(self.engine.controls)
         self._t_start = time.perf_counter()
+        self._rate = FrameRate()
         self._shown = (None, None)
         if self._timer is None:
             self._timer = QTimer(self)
@@ -309,7 +332,8 @@ class EngineWorker(QObject):
     def _live_stats(self, st: SessionStatus, now: float) -> LiveStats:
         device, memory = _device_memory(self.engine)
         return LiveStats(st.engine, device, memory, getattr(self.session.source, "fps", 0.0) or 0.0,
-                         now - self._t_start, self.mailbox.dropped)
+                         now - self._t_start, self.mailbox.dropped, fps=self._rate.add(now, st.frames_out),
+                         budget=(self._req.config.latency_budget or 0.0) if self._req else 0.0)
 
 
 def _device_memory(engine: Engine) -> tuple[str, str]:

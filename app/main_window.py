@@ -59,7 +59,7 @@ class MainWindow(QMainWindow):
     def __init__(self, *, settings: Settings | None = None, store: SettingsStore | None = None,
                  library: PresetLibrary | None = None, controller: EngineController | None = None,
                  models: ModelService | None = None, obs: ObsService | None = None, first_run: bool = True,
-                 input_size: tuple[int, int] = (360, 640)):
+                 input_size: tuple[int, int] = (360, 640), control: bool = True):
         super().__init__()
         from sdv2_studio.app.services import default_model_service, default_obs_service
 
@@ -74,6 +74,8 @@ class MainWindow(QMainWindow):
         self._first_run = first_run
         self._weights_present: bool | None = None
         self._closing = False
+        self._last_error: str | None = None
+        self.control_server = None
         self.setWindowTitle("StreamDiffusionV2 Studio")
         self.resize(1440, 900)
         self._save_timer = QTimer(self, singleShot=True, interval=500)
@@ -81,7 +83,20 @@ class MainWindow(QMainWindow):
         self._build()
         self._wire()
         self._restore()
+        if control:
+            self._serve_control()
         QTimer.singleShot(0, self._scan)
+
+    def _serve_control(self) -> None:
+        """Serve the local control API (the one `sdv2 obs attach` serves) and publish its control file, so the OBS
+        script and `sdv2 obs app ...` drive this window."""
+        from sdv2_studio.app.app_control import AppControl
+        from sdv2_studio.obs_bridge.control import ControlServer
+
+        try:
+            self.control_server = ControlServer(AppControl(self)).start()
+        except (EngineError, OSError) as e:
+            self.banner.showMessage(f"OBS hotkeys and `sdv2 obs app` are off: {e}", "warn")
 
     # -- layout -----------------------------------------------------------------------------------------------------
 
@@ -350,9 +365,40 @@ class MainWindow(QMainWindow):
         except EngineError as e:
             self.banner.showMessage(str(e), "error")
             return
-        self.styled_view.setNotice("")
-        self.plot.clear()
+        self._reset_run()
         self.controller.start(req)
+
+    def _reset_run(self) -> None:
+        """A new run shows nothing of the previous one: frames, ribbon, banners, figures and plot."""
+        self._last_error = None
+        self.stats = None
+        self.banner.hide()
+        self.styled_view.clear()
+        self.styled_view.setNotice("")
+        self.input_view.clear()
+        self.stats_bar.reset()
+        self.plot.clear()
+
+    def control_status(self) -> dict:
+        """What the control API's GET /status answers (the shape `sdv2 obs attach` serves; UI thread)."""
+        from sdv2_studio.app.app_control import SESSION_STATE
+
+        preset = self.presets.current
+        engine = self.controller.engine
+        try:
+            controls = engine.controls if engine is not None else self.editor.controls()
+        except EngineError:
+            controls = None
+        live = self.stats if self.controller.state == RUNNING else None
+        figures = None
+        if live is not None:
+            figures = dataclasses.asdict(live.stats)
+            figures.update(fps=live.fps, latency_budget=live.budget)
+        return {"app": "studio", "state": SESSION_STATE.get(self.controller.state, self.controller.state),
+                "error": self._last_error, "preset": preset.id if preset else None,
+                "preset_labels": {p.id: p.name for p in self.library.presets},
+                "controls": dataclasses.asdict(controls) if controls else None, "source": self.settings.source,
+                "outputs": sorted(self.outputs.outputs().enabled()), "engine": figures}
 
     def _on_state(self, state: str) -> None:
         self.stats_bar.setState(state)
@@ -371,6 +417,7 @@ class MainWindow(QMainWindow):
             self.styled_view.setPlaceholder("Press Start to see your styled stream")
 
     def _on_error(self, message: str) -> None:
+        self._last_error = message
         self.banner.showMessage(message, "error")
 
     def _on_progress(self, message: str, fraction: float) -> None:
@@ -388,7 +435,7 @@ class MainWindow(QMainWindow):
         self.stats = live
         self.stats_bar.setStats(live)
         if live.stats.chunks >= 3:  # the first chunks arrive in a burst: their rate says nothing yet
-            self.plot.addSample(live.elapsed, live.stats.fps, live.stats.latency_p50 * 1e3)
+            self.plot.addSample(live.elapsed, live.fps, live.stats.latency_p50 * 1e3)
 
     def _on_notice(self, text: str) -> None:
         if "untrained" in text.lower():
@@ -466,6 +513,9 @@ class MainWindow(QMainWindow):
 
     def closeEvent(self, event) -> None:
         self._closing = True
+        if self.control_server is not None:
+            self.control_server.stop()  # first: no request may reach a window being torn down
+            self.control_server = None
         self.controller.shutdown()
         if self.store is not None:
             self._save_timer.stop()

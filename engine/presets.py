@@ -377,13 +377,16 @@ def import_preset(src: str | os.PathLike, folder: str | os.PathLike | None = Non
 
 
 def find_preset(presets: Sequence[Preset], key: str) -> Preset:
-    """Look a preset up by id or (case-insensitive) name."""
+    """Look a preset up by id, (case-insensitive) name or its number in `sdv2 presets list` (1-based)."""
     low = key.strip().lower()
     for p in presets:
         if p.id.lower() == low or p.name.lower() == low:
             return p
+    if low.isdigit() and 1 <= int(low) <= len(presets):
+        return presets[int(low) - 1]
     names = ", ".join(p.id for p in presets) or "none found"
-    raise EngineError(f"no preset called {key!r}; available: {names} (see `sdv2 presets list`)")
+    raise EngineError(f"no preset called {key!r}; available: {names}, or a number 1-{len(presets)} from "
+                      "`sdv2 presets list`")
 
 
 # -- CLI ----------------------------------------------------------------------------------------------------------

@@ -231,6 +231,8 @@ def format_status(status: dict) -> str:
     engine = status.get("engine") or {}
     if engine.get("fps"):
         parts.append(f"{engine['fps']:.1f} fps")
+    if engine.get("latency_p50"):
+        parts.append(f"{engine['latency_p50'] * 1e3:.0f} ms")
     obs = status.get("obs") or {}
     for warning in obs.get("warnings", [])[:1]:
         parts.append(warning)

@@ -97,7 +97,7 @@ def bundle():
     return tiny_bundle()
 
 
-def make_window(qtbot, tmp_path, bundle, obs=None, models=None, **overrides) -> MainWindow:
+def make_window(qtbot, tmp_path, bundle, obs=None, models=None, control=True, **overrides) -> MainWindow:
     apply_theme(QApplication.instance())
     fields = dict(model="tiny", device="cpu", width=64, height=64, target_fps=16, first_run_done=True,
                   record_dir=str(tmp_path / "recordings"), latency_budget_ms=5000)
@@ -106,7 +106,7 @@ def make_window(qtbot, tmp_path, bundle, obs=None, models=None, **overrides) -> 
     controller = EngineController(EngineWorker(obs_service=obs, bundle=bundle))
     w = MainWindow(settings=Settings(**fields), store=SettingsStore(tmp_path / "settings.json"),
                    library=PresetLibrary(shipped_presets_dir(), tmp_path / "user-presets"), controller=controller,
-                   models=models or FakeModels(), obs=obs, first_run=False, input_size=(72, 128))
+                   models=models or FakeModels(), obs=obs, first_run=False, input_size=(72, 128), control=control)
     qtbot.addWidget(w)
     w.show()
     return w

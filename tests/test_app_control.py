@@ -1,0 +1,142 @@
+"""The desktop app serves the local control API of `sdv2 obs attach` (pytest-qt, offscreen, the tiny model): the
+`sdv2 obs app ...` CLI in a subprocess and the OBS script's logic drive the running window; per-run reset and
+honest figures (windowed fps, tooltips, misses coloured against the budget)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import pytest
+
+pytest.importorskip("pytestqt")
+from sdv2_studio.app.engine_worker import IDLE, RUNNING, FrameRate
+from sdv2_studio.app.stats_bar import TIPS, miss_level
+from sdv2_studio.engine.models import tiny_bundle
+from sdv2_studio.obs_bridge.control_client import ControlClient, control_file, read_control_file
+from sdv2_studio.obs_bridge.obs_script import ScriptLogic
+from test_app_window import START_TIMEOUT, make_window, start, stop
+from test_obs_control import FakeObs as FakeScriptApi
+
+SDV2 = [sys.executable, "-m", "sdv2_studio.engine.cli"]
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    return tiny_bundle()
+
+
+def in_background(qtbot, fn, timeout: int = START_TIMEOUT):
+    """Run `fn` on a thread while the UI thread keeps serving events (the control API hands calls to it)."""
+    out: dict = {}
+
+    def run():
+        try:
+            out["result"] = fn()
+        except BaseException as e:
+            out["error"] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    qtbot.waitUntil(lambda: not t.is_alive(), timeout=timeout)
+    if "error" in out:
+        raise out["error"]
+    return out["result"]
+
+
+def app_cli(qtbot, *args: str) -> subprocess.CompletedProcess:
+    return in_background(qtbot, lambda: subprocess.run([*SDV2, "obs", "app", *args], capture_output=True,
+                                                       text=True, timeout=300))
+
+
+def test_obs_app_cli_and_the_obs_script_drive_the_running_app(qtbot, tmp_path, bundle):
+    w = make_window(qtbot, tmp_path, bundle)
+    try:
+        assert w.control_server is not None and w.control_server.control_path == control_file()
+        url, _token = read_control_file()
+        assert url == w.control_server.url
+
+        r = app_cli(qtbot, "start")
+        assert r.returncode == 0, r.stderr
+        qtbot.waitUntil(lambda: w.controller.state == RUNNING, timeout=START_TIMEOUT)
+        r = app_cli(qtbot, "preset", "watercolor")
+        assert r.returncode == 0, r.stderr
+        water = w.library.get("watercolor")
+        assert w.presets.current.id == "watercolor" and w.editor.title.text() == water.name
+        qtbot.waitUntil(lambda: w.controller.engine.controls.prompt == water.controls.prompt, timeout=30_000)
+        qtbot.waitUntil(lambda: w.stats is not None and w.stats.fps > 0 and w.stats.stats.latency_p50 > 0,
+                        timeout=START_TIMEOUT)
+        r = app_cli(qtbot, "status")
+        assert r.returncode == 0, r.stderr
+        status = json.loads(r.stdout)
+        assert status["state"] == "running" and status["preset"] == "watercolor"
+        assert status["engine"]["fps"] > 0 and status["engine"]["latency_p50"] > 0
+        assert status["preset_labels"]["watercolor"] == water.name
+        r = app_cli(qtbot, "preset", "no-such-style")
+        assert r.returncode == 2 and "no preset called 'no-such-style'" in r.stderr
+
+        # the OBS script (its logic, with a stand-in for obspython) against the same running app
+        api = FakeScriptApi()
+        logic = ScriptLogic(api, connect=lambda: ControlClient.from_file())
+        settings: dict = {}
+        logic.defaults(settings)
+        in_background(qtbot, lambda: logic.load(settings))
+        assert "anime-cel" in logic.presets and logic.status_text.startswith("running | preset watercolor")
+        in_background(qtbot, lambda: api.press("anime-cel"))
+        assert w.presets.current.id == "anime-cel"
+        props = in_background(qtbot, logic.properties)
+        in_background(qtbot, lambda: props["stop"](props))
+        assert w.controller.state == IDLE and logic.status_text == "stream stopped"
+    finally:
+        w.close()
+    assert not control_file().exists()  # the window took its discovery file with it
+
+
+def test_start_clears_the_previous_run(qtbot, tmp_path, bundle):
+    w = make_window(qtbot, tmp_path, bundle, control=False)
+    try:
+        start(qtbot, w)
+        qtbot.waitUntil(lambda: w.styled_view.image() is not None and w.stats is not None, timeout=START_TIMEOUT)
+        stop(qtbot, w)
+        w.banner.showMessage("camera went away", "error")
+        old = w.styled_view.image()
+        assert old is not None and w.banner.isVisible()
+        w.controller.worker.mailbox.put("styled", old)  # a frame of the old run still waiting
+        w.toggle_stream(confirm=False)
+        assert w.styled_view.image() is None and w.input_view.image() is None
+        assert not w.banner.isVisible() and w.stats is None and "–" in w.stats_bar.fps.text()
+        qtbot.waitUntil(lambda: w.controller.state == RUNNING, timeout=START_TIMEOUT)
+        qtbot.waitUntil(lambda: w.styled_view.image() is not None, timeout=START_TIMEOUT)
+        assert w.styled_view.image() is not old
+    finally:
+        w.close()
+
+
+def test_fps_counts_a_burst_over_a_window_of_time():
+    rate = FrameRate()
+    assert rate.add(10.0, 0) == 0.0
+    assert rate.add(10.5, 8) == pytest.approx(16.0)  # eight frames in one burst (one timestamp for all of them)
+    assert rate.add(11.0, 8) == pytest.approx(8.0)
+    assert rate.add(16.0, 8) == 0.0  # a stall shows as zero, not as the last burst's rate
+
+
+def test_every_figure_is_explained_and_misses_are_coloured_against_the_budget(qtbot, tmp_path, bundle):
+    assert miss_level(0, 0) == "" and miss_level(0, 100) == "ok" and miss_level(1, 100) == "ok"
+    assert miss_level(5, 100) == "warn" and miss_level(48, 100) == "bad"
+    w = make_window(qtbot, tmp_path, bundle, control=False, latency_budget_ms=1)  # every frame misses 1 ms
+    try:
+        bar = w.stats_bar
+        for key in TIPS:
+            assert getattr(bar, key).toolTip() == TIPS[key]
+        assert "budget" in bar.misses.toolTip() and "budget" in bar.latency.toolTip()
+        start(qtbot, w)
+        qtbot.waitUntil(lambda: w.stats is not None and w.stats.stats.frames_out > 0, timeout=START_TIMEOUT)
+        assert bar.levels == {"latency": "warn", "misses": "bad"}
+        assert f"of {w.stats.stats.frames_out}" in bar.misses.text() and "budget 1 ms" in bar.latency.text()
+    finally:
+        w.close()
