@@ -38,6 +38,8 @@ class Outputs:
     vcam: bool = False  # a virtual camera
     record: bool = False  # an .mp4 file in record_dir
     record_dir: str = ""
+    obs_scene: str = ""  # the scene that gets the styled source ("" = the current program scene)
+    obs_fallback: str = ""  # the OBS source shown in its place when the stream stops ("" = none, just hide)
 
     def enabled(self) -> set[str]:
         return {k for k in OUTPUT_KINDS if getattr(self, k)}
@@ -282,7 +284,10 @@ class EngineWorker(QObject):
                 return self._vcam_opener(size, fps)
             if self._obs is None:
                 raise EngineError("the OBS output needs the OBS bridge; install the [obs] extras")
-            return self._obs.open_output(size, fps)
+            spec = self._req.source.strip() if self._req else ""
+            capture = spec[4:] if spec.lower().startswith("obs:") else None
+            return self._obs.open_output(size, fps, scene=self._outputs.obs_scene, capture=capture,
+                                         fallback=self._outputs.obs_fallback or None)
         except Exception as e:
             self._output_failed(kind, str(e) if isinstance(e, EngineError) else f"{type(e).__name__}: {e}")
             return None

@@ -216,6 +216,8 @@ class MainWindow(QMainWindow):
         self.output_panel.recordDirChosen.connect(lambda p: self._update_settings(record_dir=p))
         self.output_panel.obsRefreshRequested.connect(self._scan_obs)
         self.output_panel.obsConnectRequested.connect(self._configure_obs)
+        self.output_panel.obsSceneChosen.connect(self._on_obs_scene)
+        self.output_panel.obsFallbackChosen.connect(self._on_obs_fallback)
 
     def _restore(self) -> None:
         s = self.settings
@@ -257,18 +259,52 @@ class MainWindow(QMainWindow):
         def query():
             address = self.obs.address()
             try:
-                return address, self.obs.status(), self.obs.list_sources()
+                return address, self.obs.status(), self.obs.list_sources(), self.obs.list_scenes()
             except EngineError as e:
-                return address, f"not connected: {e}", []
+                return address, f"not connected: {e}", [], []
 
         run_task(query, on_done=self._obs_scanned, on_error=lambda m: self.output_panel.setObsStatus(
             f"OBS not reachable: {m}"))
 
     def _obs_scanned(self, result) -> None:
-        (host, port), status, sources = result
+        (host, port), status, sources, scenes = result
         self.output_panel.setObsAddress(host, port)
         self.output_panel.setObsStatus(status[:1].upper() + status[1:])
+        self.output_panel.setObsChoices(scenes, sources, self.settings.obs_scene, self.settings.obs_fallback)
         self.source_picker.setObsSources(sources)
+        if scenes:
+            self._check_feedback()
+
+    def _check_feedback(self) -> None:
+        """With the OBS output on and an OBS source as input: warn now (a banner) if capturing it would show the
+        styled output; Start refuses the OBS output then (BridgeObsService.open_output)."""
+        s = self.settings
+        if s.output_obs and s.source.lower().startswith("obs:"):
+            run_task(self.obs.check_feedback, s.source[4:], s.obs_scene,
+                     on_error=lambda m: self.banner.showMessage(m, "error"))
+
+    def _on_obs_scene(self, scene: str) -> None:
+        self._update_settings(obs_scene=scene)
+        self._check_feedback()
+        if self.controller.state == RUNNING:
+            self.banner.showMessage("the styled source moves to the new scene the next time you press Start", "info")
+
+    def _on_obs_fallback(self, fallback: str) -> None:
+        self._update_settings(obs_fallback=fallback)
+        self.controller.set_outputs(self._outputs())
+
+    def _outputs(self, outputs: Outputs | None = None) -> Outputs:
+        """The output switches with what the settings add: recording folder, OBS scene and stop fallback."""
+        from sdv2_studio.app.output_panel import FALLBACK_HIDE, FALLBACK_SOURCE
+
+        s = self.settings
+        fallback = s.obs_fallback
+        if fallback == FALLBACK_SOURCE:
+            fallback = s.source[4:] if s.source.lower().startswith("obs:") else ""
+        elif fallback == FALLBACK_HIDE:
+            fallback = ""
+        return dataclasses.replace(outputs or self.outputs.outputs(), record_dir=s.record_dir,
+                                   obs_scene=s.obs_scene, obs_fallback=fallback)
 
     def _configure_obs(self, host: str, port: int, password: str) -> None:
         self.output_panel.setObsStatus("saving and connecting…")
@@ -339,7 +375,7 @@ class MainWindow(QMainWindow):
                            text_device=text_device,
                            warm_prompts=tuple(dict.fromkeys(p.controls.prompt for p in self.library.presets)), **extra)
         return StartRequest(cfg, source=s.source, source_fps=s.target_fps, input_size=self.input_size,
-                            outputs=self.outputs.outputs())
+                            outputs=self._outputs())
 
     def toggle_stream(self, _checked: bool = False, *, confirm: bool = True) -> None:
         if self.controller.state in (RUNNING, LOADING):
@@ -459,6 +495,7 @@ class MainWindow(QMainWindow):
             files = [spec, *[f for f in files if f != spec]][:5]
         self._update_settings(source=spec, recent_files=files)
         self.input_view.setBadge(describe(spec), accent=False)
+        self._check_feedback()
         if self.controller.state == RUNNING:
             self.banner.showMessage("source changed: restarting the stream", "info")
             self.controller.stop()
@@ -471,9 +508,9 @@ class MainWindow(QMainWindow):
             QTimer.singleShot(100, self._restart_when_idle)
 
     def _on_outputs(self, outputs: Outputs) -> None:
-        outputs = dataclasses.replace(outputs, record_dir=self.settings.record_dir)
         self._update_settings(output_obs=outputs.obs, output_vcam=outputs.vcam, output_record=outputs.record)
-        self.controller.set_outputs(outputs)
+        self.controller.set_outputs(self._outputs(outputs))
+        self._check_feedback()
 
     def _on_settings_changed(self, changes: dict) -> None:
         self._update_settings(**changes)

@@ -1,4 +1,5 @@
-"""OutputPanel: details behind the header's output switches: OBS connection, virtual camera, recording folder."""
+"""OutputPanel: details behind the header's output switches: OBS connection, the scene that gets the styled source
+and what shows in its place when the stream stops, virtual camera, recording folder."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
+    QComboBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
@@ -32,10 +34,33 @@ def _muted(text: str = "") -> QLabel:
     return lab
 
 
+FALLBACK_SOURCE = ""  # when the stream stops, show the OBS source being styled (if the input is one)
+FALLBACK_HIDE = ":hide"  # just hide the styled source (no OBS name starts with a colon here)
+
+
+def _fill(combo: QComboBox, fixed: list[tuple[str, str]], names: list[str], current: str) -> None:
+    combo.blockSignals(True)
+    combo.clear()
+    for label, value in fixed:
+        combo.addItem(label, value)
+    for name in names:
+        combo.addItem(name, name)
+    if combo.findData(current) < 0:  # a saved choice OBS does not list right now stays selectable
+        combo.addItem(f"{current} (not in OBS now)", current)
+    combo.setCurrentIndex(combo.findData(current))
+    combo.blockSignals(False)
+
+
 class OutputPanel(QWidget):
     recordDirChosen = Signal(str)
     obsRefreshRequested = Signal()
     obsConnectRequested = Signal(str, int, str)  # host, port, password ("" keeps the saved one)
+    obsSceneChosen = Signal(str)  # "" = the current program scene
+    obsFallbackChosen = Signal(str)  # FALLBACK_SOURCE, FALLBACK_HIDE or an OBS source name
+
+    SCENE_ITEMS = [("Current program scene", "")]
+    FALLBACK_ITEMS = [("The OBS source being styled", FALLBACK_SOURCE), ("Nothing: hide the styled source",
+                                                                         FALLBACK_HIDE)]
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
@@ -52,6 +77,14 @@ class OutputPanel(QWidget):
         self.obs_connect.setProperty("kind", "primary")
         self.obs_connect.setToolTip("OBS: Tools > WebSocket Server Settings shows the port and password. The "
                                     "password goes to the system keyring when there is one.")
+        self.obs_scene = QComboBox()
+        self.obs_scene.setToolTip("The OBS scene that gets the styled source \"StreamDiffusionV2\". Capturing a "
+                                  "scene that shows it is refused: that would feed the output back into the input.")
+        self.obs_fallback = QComboBox()
+        self.obs_fallback.setToolTip("When you press Stop or the app quits, the styled source is hidden so its last "
+                                     "frame does not freeze on stream; this source shows in its place.")
+        _fill(self.obs_scene, self.SCENE_ITEMS, [], "")
+        _fill(self.obs_fallback, self.FALLBACK_ITEMS, [], FALLBACK_SOURCE)
         self.vcam_status = _muted(
             "Zoom, Discord and Meet see the styled video as a webcam. With OBS running, start OBS's own Virtual "
             "Camera with the styled source in your scene instead: only one program can drive it.")
@@ -64,6 +97,8 @@ class OutputPanel(QWidget):
         obs_form.addRow("Host", self.obs_host)
         obs_form.addRow("Port", self.obs_port)
         obs_form.addRow("Password", self.obs_password)
+        obs_form.addRow("Output scene", self.obs_scene)
+        obs_form.addRow("On stop show", self.obs_fallback)
         obs_row = QHBoxLayout()
         obs_row.addWidget(self.obs_connect)
         obs_row.addWidget(self.obs_refresh)
@@ -89,6 +124,13 @@ class OutputPanel(QWidget):
         self.obs_refresh.clicked.connect(self.obsRefreshRequested.emit)
         self.obs_connect.clicked.connect(self._connect)
         self.record_change.clicked.connect(self._choose_dir)
+        self.obs_scene.activated.connect(lambda _i: self.obsSceneChosen.emit(self.obs_scene.currentData()))
+        self.obs_fallback.activated.connect(lambda _i: self.obsFallbackChosen.emit(self.obs_fallback.currentData()))
+
+    def setObsChoices(self, scenes: list[str], sources: list[str], scene: str, fallback: str) -> None:
+        """Fill the scene and fallback pickers from OBS, keeping the saved choices selected."""
+        _fill(self.obs_scene, self.SCENE_ITEMS, scenes, scene)
+        _fill(self.obs_fallback, self.FALLBACK_ITEMS, sources, fallback)
 
     def setObsStatus(self, text: str) -> None:
         self.obs_status.setText(text)

@@ -12,6 +12,7 @@ Every method may block (network, disk, device queries): the window only calls th
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from sdv2_studio.engine.errors import EngineError
 from sdv2_studio.engine.io.protocols import FrameSink, FrameSource
 
 Progress = Callable[[str, float], None]
+log = logging.getLogger(__name__)
 
 
 # -- machine ---------------------------------------------------------------------------------------------------------
@@ -142,8 +144,11 @@ class ObsService(Protocol):
     def configure(self, host: str, port: int, password: str) -> str: ...
     def status(self) -> str: ...
     def list_sources(self) -> list[str]: ...
+    def list_scenes(self) -> list[str]: ...
+    def check_feedback(self, capture: str, scene: str) -> None: ...
     def open_source(self, name: str, size: tuple[int, int], fps: float) -> FrameSource: ...
-    def open_output(self, size: tuple[int, int], fps: float) -> FrameSink: ...
+    def open_output(self, size: tuple[int, int], fps: float, scene: str = "", capture: str | None = None,
+                    fallback: str | None = None) -> FrameSink: ...
 
 
 OBS_INSTALL_HINT = "install the OBS extras: pip install 'streamdiffusion-studio[obs]'"
@@ -167,25 +172,39 @@ class UnavailableObsService:
     def list_sources(self) -> list[str]:
         return []
 
+    def list_scenes(self) -> list[str]:
+        return []
+
+    def check_feedback(self, capture: str, scene: str) -> None:
+        return None
+
     def open_source(self, name: str, size: tuple[int, int], fps: float) -> FrameSource:
         raise EngineError(self.reason)
 
-    def open_output(self, size: tuple[int, int], fps: float) -> FrameSink:
+    def open_output(self, size: tuple[int, int], fps: float, scene: str = "", capture: str | None = None,
+                    fallback: str | None = None) -> FrameSink:
         raise EngineError(self.reason)
 
 
 class _ObsStreamSink(FrameSink):
-    """The MPEG-TS sender feeding the OBS media source; closing it also closes its OBS connection."""
+    """The MPEG-TS sender feeding the OBS media source. Closing it (Stop, or the app quitting) hides the styled
+    source in its scene, so no frozen last frame stays on air, shows the fallback source there instead (if any),
+    and closes its OBS connection."""
 
-    def __init__(self, inner: FrameSink, client, url: str, scene: str):
-        self.inner, self.client, self.url, self.scene = inner, client, url, scene
+    def __init__(self, inner: FrameSink, client, url: str, scene: str, fallback: str | None = None):
+        self.inner, self.client, self.url, self.scene, self.fallback = inner, client, url, scene, fallback
 
     def write(self, frame, pts_seconds: float | None = None) -> None:
         self.inner.write(frame, pts_seconds)
 
     def close(self) -> None:
+        from sdv2_studio.obs_bridge.output import park
+
         try:
             self.inner.close()
+            park(self.client, self.scene, self.fallback)
+        except EngineError as e:  # OBS went away: nothing shows on its stream anyway
+            log.warning("could not hide the styled source in OBS: %s", e)
         finally:
             self.client.close()
 
@@ -237,20 +256,47 @@ class BridgeObsService:
             client.close()
         return scenes + [n for n in inputs if n not in scenes]
 
+    def list_scenes(self) -> list[str]:
+        client = self._client()
+        try:
+            client.connect()
+            return client.scene_names()
+        finally:
+            client.close()
+
+    def check_feedback(self, capture: str, scene: str) -> None:
+        """EngineError (one line) when capturing ``capture`` would show the styled source in ``scene`` (default:
+        the program scene): obs_bridge.scenes.refuse_feedback, the check `sdv2 obs attach` makes."""
+        from sdv2_studio.obs_bridge.scenes import refuse_feedback
+
+        client = self._client()
+        try:
+            client.connect()
+            scene = scene or client.call("GetCurrentProgramScene").get("currentProgramSceneName")
+            refuse_feedback(capture, scene, client)
+        finally:
+            client.close()
+
     def open_source(self, name: str, size: tuple[int, int], fps: float) -> FrameSource:
         from sdv2_studio.obs_bridge.capture import ObsCaptureSource
 
         return ObsCaptureSource(name, self._load_settings(), size=size, fps=fps)
 
-    def open_output(self, size: tuple[int, int], fps: float) -> FrameSink:
+    def open_output(self, size: tuple[int, int], fps: float, scene: str = "", capture: str | None = None,
+                    fallback: str | None = None) -> FrameSink:
+        """The styled source in ``scene`` (default: the current program scene). Refused when ``capture`` (the OBS
+        source being styled) would show the output (obs_bridge.scenes.refuse_feedback). ``fallback`` shows in the
+        styled source's place when the stream stops (obs_bridge.output.park)."""
         from sdv2_studio.engine.io.mpegts import open_mpegts_sink
         from sdv2_studio.obs_bridge.client import ObsClient
         from sdv2_studio.obs_bridge.output import attach_stream, free_udp_port, stream_port
+        from sdv2_studio.obs_bridge.scenes import refuse_feedback
 
         client = ObsClient(self._load_settings())
         try:
             client.connect()
-            scene = client.call("GetCurrentProgramScene").get("currentProgramSceneName")
+            scene = scene or client.call("GetCurrentProgramScene").get("currentProgramSceneName")
+            refuse_feedback(capture, scene, client)
             url = f"udp://127.0.0.1:{stream_port(client) or free_udp_port()}"
             out = open_mpegts_sink(url, fps=fps, size=size)
             try:
@@ -261,7 +307,7 @@ class BridgeObsService:
         except BaseException:
             client.close()
             raise
-        return _ObsStreamSink(out, client, url, scene)
+        return _ObsStreamSink(out, client, url, scene, fallback)
 
 
 def open_virtual_camera(size: tuple[int, int], fps: float) -> FrameSink:

@@ -47,6 +47,8 @@ class Settings:
     output_vcam: bool = False
     output_record: bool = False
     record_dir: str = ""  # "" = the user's Videos folder
+    obs_scene: str = ""  # the OBS scene that gets the styled source; "" = the current program scene
+    obs_fallback: str = ""  # shown in OBS when the stream stops: "" the OBS input being styled, ":hide", or a name
     # first run
     first_run_done: bool = False
 

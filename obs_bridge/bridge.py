@@ -44,7 +44,7 @@ from sdv2_studio.obs_bridge.output import (
     stream_port,
 )
 from sdv2_studio.obs_bridge.preset_book import PresetBook
-from sdv2_studio.obs_bridge.scenes import ScenePresets
+from sdv2_studio.obs_bridge.scenes import ScenePresets, refuse_feedback
 from sdv2_studio.obs_bridge.session import StreamSession
 from sdv2_studio.obs_bridge.settings import ObsSettings
 
@@ -105,6 +105,7 @@ class ObsBridge:
         scenes = self.client.scene_names()
         if self.config.scene not in scenes:
             raise ObsError(f"OBS has no scene {self.config.scene!r}; pick one of: {', '.join(scenes)}")
+        refuse_feedback(self.config.capture, self.config.scene, self.client, self.config.input_name)
         sink = self.config.sink.lower()
         if sink in ("udp", "srt"):
             info.require_kind("media source", "ffmpeg_source")

@@ -129,13 +129,11 @@ def _cmd_attach(args: argparse.Namespace) -> int:
     from sdv2_studio.obs_bridge.control import ControlServer
     from sdv2_studio.obs_bridge.obs_script import format_status
     from sdv2_studio.obs_bridge.output import start_obs_virtualcam
-    from sdv2_studio.obs_bridge.scenes import parse_scene_map
+    from sdv2_studio.obs_bridge.scenes import parse_scene_map, refuse_feedback
 
     if args.input and args.camera:
         raise EngineError("give --input (an OBS source) or --camera, not both")
-    if args.input and args.input == args.scene:
-        raise EngineError(f"capturing scene {args.scene!r} while showing the result in it feeds the output back "
-                          "into the input; capture a source or another scene")
+    refuse_feedback(args.input, args.scene)  # again with OBS's scene contents once connected (ObsBridge.connect)
     camera = None if args.input else (args.camera or "camera:0")
     presets = _presets(args)
     given = {"steps": args.steps, "prompt": args.prompt or None}

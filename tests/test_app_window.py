@@ -85,10 +85,16 @@ class FakeObs:
     def list_sources(self) -> list[str]:
         return ["Scene", "Webcam"]
 
+    def list_scenes(self) -> list[str]:
+        return ["Scene"]
+
+    def check_feedback(self, capture, scene) -> None:
+        pass
+
     def open_source(self, name, size, fps):
         return TestPatternSource((72, 128), fps=fps, realtime=True)
 
-    def open_output(self, size, fps):
+    def open_output(self, size, fps, scene="", capture=None, fallback=None):
         return CallbackSink(lambda frame, pts: self.frames.append(("obs", frame.shape)))
 
 
