@@ -4,7 +4,8 @@
     sdv2 obs sources                             scenes and inputs (what --scene and --input accept)
     sdv2 obs attach --scene S [--input SOURCE | --camera SPEC] [--sink udp|srt|vcam]
     sdv2 obs detach                              remove the StreamDiffusionV2 input from OBS
-    sdv2 obs set-password                        store the obs-websocket password (OS keyring when available)
+    sdv2 obs set-password                        store the obs-websocket password (OS keyring when available;
+                                                 read from stdin when it is not a terminal)
     sdv2 obs script-path                         where obs_script.py is (OBS: Tools > Scripts > +)
     sdv2 obs install-plugin                      build the native plugin (source + filter) into OBS (Linux)
     sdv2 obs app status|presets|preset NAME|steps N|start|stop     drive the running app (its control API)
@@ -193,8 +194,11 @@ def _cmd_set_password(args: argparse.Namespace) -> int:
     from sdv2_studio.obs_bridge.settings import save_settings
 
     s = _settings(args)
-    s.password = getpass.getpass(f"obs-websocket password for {s.address} (Tools > WebSocket Server Settings > "
-                                 "Show Connect Info): ")
+    if sys.stdin is None or not sys.stdin.isatty():  # piped in: `printf %s "$PW" | sdv2 obs set-password`
+        s.password = (sys.stdin.readline() if sys.stdin else "").rstrip("\r\n")
+    else:
+        s.password = getpass.getpass(f"obs-websocket password for {s.address} (Tools > WebSocket Server Settings > "
+                                     "Show Connect Info): ")
     where = save_settings(s)
     print({"keyring": "saved in the OS keyring", "file": "saved in the settings file (readable by you only; "
            "install `keyring` to use the OS keyring)", "none": "password cleared"}[where])
@@ -299,7 +303,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--input-name", default="StreamDiffusionV2")
     s.set_defaults(fn=_cmd_detach)
 
-    s = sub.add_parser("set-password", help="store the obs-websocket password (OS keyring when available)")
+    s = sub.add_parser("set-password", help="store the obs-websocket password (OS keyring when available); typed "
+                       "at a prompt, or one line read from stdin when it is not a terminal")
     _connection_args(s)
     s.set_defaults(fn=_cmd_set_password)
 

@@ -32,6 +32,7 @@ except ImportError:  # inside OBS's own Python: expose just this folder as the p
 
 HOTKEY_PREFIX = "sdv2.preset."
 KNOWN_PRESETS_KEY = "sdv2_known_presets"
+PRESET_LABELS_KEY = "sdv2_preset_labels"  # preset id -> display name, as the app last reported them
 DESCRIPTION = ("<b>StreamDiffusionV2</b><br>Restyle your stream in real time. Start the app first "
                "(e.g. <code>sdv2 obs attach --scene SCENE --input SOURCE</code>); presets, steps and start/stop "
                "below control it. Hotkeys per preset: Settings &gt; Hotkeys.")
@@ -86,6 +87,7 @@ class ScriptLogic:
         self.api = api
         self._connect = connect or (lambda: ControlClient.from_file(timeout=1.5))
         self.presets: list[str] = []
+        self.labels: dict[str, str] = {}  # preset id -> display name (the app's status "preset_labels")
         self.status_text = "not connected"
         self.hotkeys: dict[str, int] = {}
         self.settings: Settings = None
@@ -104,21 +106,29 @@ class ScriptLogic:
         return reply
 
     def refresh(self) -> None:
-        """Fetch presets and status from the app (keeps the remembered presets when it is away)."""
-        reply = self._call(lambda c: c.presets())
+        """Fetch status and presets from the app (keeps the remembered presets when it is away)."""
+        status = self._call(lambda c: c.status())
+        if status is not None:
+            labels = status.get("preset_labels")
+            if isinstance(labels, dict):
+                self.labels.update({str(k): str(v) for k, v in labels.items()})
+        reply = self._call(lambda c: c.presets()) if status is not None else None
         if reply is not None:
             for name in reply.get("presets", []):
                 if name not in self.presets:
                     self.presets.append(str(name))
             self._register_hotkeys()
-        status = self._call(lambda c: c.status())
         if status is not None:
-            self.status_text = format_status(status)
+            self.status_text = format_status(status, self.labels)
+
+    def label(self, name: str) -> str:
+        """The preset's display name (its id when the app did not say)."""
+        return self.labels.get(name, name)
 
     def apply_preset(self, name: str) -> None:
         if self._call(lambda c: c.apply_preset(name)) is not None:
             self._applied_preset = name
-            self.status_text = f"preset {name}"
+            self.status_text = f"preset {self.label(name)}"
 
     def set_steps(self, steps: int) -> None:
         if self._call(lambda c: c.set_steps(steps)) is not None:
@@ -146,7 +156,8 @@ class ScriptLogic:
                 if down:
                     self.apply_preset(_name)
 
-            hotkey = self.api.register_hotkey(f"{HOTKEY_PREFIX}{name}", f"StreamDiffusionV2: {name}", pressed)
+            hotkey = self.api.register_hotkey(f"{HOTKEY_PREFIX}{name}", f"StreamDiffusionV2: {self.label(name)}",
+                                              pressed)
             self.hotkeys[name] = hotkey
             if self.settings is not None:
                 self.api.load_hotkey(hotkey, self.settings, f"hotkey.{name}")
@@ -164,6 +175,12 @@ class ScriptLogic:
         except ValueError:
             remembered = []
         self.presets = [str(p) for p in remembered if isinstance(p, str)]
+        try:
+            labels = json.loads(self.api.get_str(settings, PRESET_LABELS_KEY) or "{}")
+        except ValueError:
+            labels = {}
+        if isinstance(labels, dict):
+            self.labels = {str(k): str(v) for k, v in labels.items()}
         self._applied_preset = self.api.get_str(settings, "preset") or None  # what was chosen last time
         self._applied_steps = self.api.get_int(settings, "steps") or None
         self._register_hotkeys()
@@ -185,6 +202,7 @@ class ScriptLogic:
 
     def save(self, settings: Settings) -> None:
         self.api.set_str(settings, KNOWN_PRESETS_KEY, json.dumps(self.presets))
+        self.api.set_str(settings, PRESET_LABELS_KEY, json.dumps(self.labels))
         for name, hotkey in self.hotkeys.items():
             self.api.save_hotkey(hotkey, settings, f"hotkey.{name}")
 
@@ -205,7 +223,7 @@ class ScriptLogic:
         return props
 
     def _items(self) -> list[tuple[str, str]]:
-        return [("(choose a preset)", ""), *((name, name) for name in self.presets)]
+        return [("(choose a preset)", ""), *((self.label(name), name) for name in self.presets)]
 
     def _button(self, action: Callable[[], None]) -> Callable[[Props], bool]:
         def clicked(props: Props) -> bool:
@@ -217,14 +235,15 @@ class ScriptLogic:
         return clicked
 
 
-def format_status(status: dict) -> str:
-    """One line for the status box, from the control API's status."""
+def format_status(status: dict, labels: dict[str, str] | None = None) -> str:
+    """One line for the status box, from the control API's status (presets by display name when known)."""
     state = status.get("state", "?")
     if status.get("error"):
         return f"{state}: {status['error']}"
     parts = [str(state)]
+    labels = labels or status.get("preset_labels") or {}
     if status.get("preset"):
-        parts.append(f"preset {status['preset']}")
+        parts.append(f"preset {labels.get(status['preset'], status['preset'])}")
     controls = status.get("controls") or {}
     if controls.get("steps"):
         parts.append(f"{controls['steps']} step(s)")

@@ -33,13 +33,15 @@ def _clean(name: str, kwargs: Mapping[str, object]) -> dict:
 class PresetBook:
     """An ordered set of presets. ``controls(name)`` gives the Controls fields to set."""
 
-    def __init__(self, presets: Mapping[str, Mapping[str, object]]) -> None:
+    def __init__(self, presets: Mapping[str, Mapping[str, object]], labels: Mapping[str, str] | None = None) -> None:
         self._presets = {str(name): _clean(str(name), kw) for name, kw in presets.items()}
+        self.labels = {name: str(labels[name]) for name in self._presets if labels and name in labels}
 
     @classmethod
     def from_presets(cls, presets: Iterable[Preset]) -> PresetBook:
-        """From presets of the library, keyed by id; each sets all of its controls."""
-        return cls({p.id: dataclasses.asdict(p.controls) for p in presets})
+        """From presets of the library, keyed by id (display names in ``labels``); each sets all of its controls."""
+        presets = list(presets)
+        return cls({p.id: dataclasses.asdict(p.controls) for p in presets}, {p.id: p.name for p in presets})
 
     @classmethod
     def from_library(cls) -> tuple[PresetBook, list[str]]:

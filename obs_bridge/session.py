@@ -84,6 +84,7 @@ class StreamSession:
         """Everything a status line or the OBS script shows, JSON-serialisable."""
         out = dataclasses.asdict(self.session.status())
         out["preset"] = self.preset
+        out["preset_labels"] = {name: self.presets.labels.get(name, name) for name in self.presets.names()}
         out["controls"] = dataclasses.asdict(self.controls)
         for name, fn in list(self.status_extra.items()):
             try:

@@ -86,10 +86,13 @@ def test_obs_app_cli_and_the_obs_script_drive_the_running_app(qtbot, tmp_path, b
         settings: dict = {}
         logic.defaults(settings)
         in_background(qtbot, lambda: logic.load(settings))
-        assert "anime-cel" in logic.presets and logic.status_text.startswith("running | preset watercolor")
+        assert "anime-cel" in logic.presets and logic.status_text.startswith(f"running | preset {water.name} |")
+        assert "ms" in logic.status_text.split("|")[-1]  # live fps and latency
         in_background(qtbot, lambda: api.press("anime-cel"))
         assert w.presets.current.id == "anime-cel"
         props = in_background(qtbot, logic.properties)
+        assert (water.name, "watercolor") in props["preset"]  # display names, ids as values
+        assert ("sdv2.preset.watercolor", f"StreamDiffusionV2: {water.name}") in [h[:2] for h in api.hotkeys.values()]
         in_background(qtbot, lambda: props["stop"](props))
         assert w.controller.state == IDLE and logic.status_text == "stream stopped"
     finally:
