@@ -6,6 +6,10 @@ app through the app's local control API (127.0.0.1, token from the app's control
 nothing beyond the standard library. Preset names seen once are remembered, so their hotkeys exist (and keep
 their bindings) even when OBS starts before the app.
 
+Watchdog: every WATCH_SECONDS the script asks the app for its status. When the app published its control file
+but stops answering (it crashed or hangs; a clean quit removes the file and hides the source itself), the styled
+source is hidden in every scene after WATCH_MISSES silent checks, so no frozen frame stays on air.
+
 Everything OBS-specific goes through :class:`ObsPythonApi`, a thin layer over ``obspython``; the logic
 (:class:`ScriptLogic`) is plain Python and is tested with a stand-in layer and a real control API server.
 """
@@ -19,7 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 try:
-    from sdv2_studio.obs_bridge.control_client import ControlClient, ControlError
+    from sdv2_studio.obs_bridge.control_client import ControlClient, ControlError, control_file
 except ImportError:  # inside OBS's own Python: expose just this folder as the package (no sys.path changes,
     import types  # so nothing else from the app's environment can shadow OBS's modules)
 
@@ -28,9 +32,11 @@ except ImportError:  # inside OBS's own Python: expose just this folder as the p
     _package = types.ModuleType("sdv2_studio.obs_bridge")
     _package.__path__ = [str(Path(__file__).resolve().parent)]
     sys.modules.setdefault("sdv2_studio.obs_bridge", _package)
-    from sdv2_studio.obs_bridge.control_client import ControlClient, ControlError
+    from sdv2_studio.obs_bridge.control_client import ControlClient, ControlError, control_file
 
 HOTKEY_PREFIX = "sdv2.preset."
+STYLED_SOURCE = "StreamDiffusionV2"  # the styled source's name (obs_bridge.output.INPUT_NAME)
+WATCH_SECONDS, WATCH_MISSES = 2, 2
 KNOWN_PRESETS_KEY = "sdv2_known_presets"
 PRESET_LABELS_KEY = "sdv2_preset_labels"  # preset id -> display name, as the app last reported them
 DESCRIPTION = ("<b>StreamDiffusionV2</b><br>Restyle your stream in real time. Start the app first "
@@ -78,6 +84,8 @@ class ScriptApi(Protocol):
 
     def log(self, message: str) -> None: ...
 
+    def hide_source(self, name: str) -> int: ...
+
 
 class ScriptLogic:
     """What the script does, independent of OBS. ``connect()`` returns a control API client (default: the one the
@@ -93,6 +101,29 @@ class ScriptLogic:
         self.settings: Settings = None
         self._applied_preset: str | None = None
         self._applied_steps: int | None = None
+        self._silent = 0  # watchdog: status checks in a row the published app did not answer
+        self._probe = connect or (lambda: ControlClient.from_file(timeout=0.5))  # short: runs on OBS's UI thread
+
+    # -- watchdog -----------------------------------------------------------------------------------------------------
+
+    def watch(self) -> bool:
+        """One watchdog check (see the module docstring); True when it hid the styled source."""
+        if not control_file().exists():
+            self._silent = 0  # not running, or quit cleanly (then it hid the source itself)
+            return False
+        try:
+            self._probe().status()
+        except ControlError as e:
+            self._silent += 1
+            if self._silent == WATCH_MISSES:
+                hidden = self.api.hide_source(STYLED_SOURCE)
+                self.status_text = f"the app does not answer ({e}); styled source hidden"
+                self.api.log(f"StreamDiffusionV2: the app stopped answering; hid {STYLED_SOURCE} in {hidden} "
+                             "scene(s)")
+                return True
+            return False
+        self._silent = 0
+        return False
 
     # -- talking to the app -------------------------------------------------------------------------------------------
 
@@ -331,6 +362,19 @@ class ObsPythonApi:
     def log(self, message: str) -> None:
         self.obs.script_log(self.obs.LOG_INFO, message)
 
+    def hide_source(self, name: str) -> int:
+        obs, hidden = self.obs, 0
+        scenes = obs.obs_frontend_get_scenes() or []
+        try:
+            for source in scenes:
+                item = obs.obs_scene_find_source_recursive(obs.obs_scene_from_source(source), name)
+                if item is not None and obs.obs_sceneitem_visible(item):
+                    obs.obs_sceneitem_set_visible(item, False)
+                    hidden += 1
+        finally:
+            obs.source_list_release(scenes)
+        return hidden
+
 
 # -- the functions OBS calls ------------------------------------------------------------------------------------------
 
@@ -352,8 +396,16 @@ def script_defaults(settings: Settings) -> None:
     _get_logic().defaults(settings)
 
 
+def _watch() -> None:
+    if _logic is not None:
+        _logic.watch()
+
+
 def script_load(settings: Settings) -> None:
     _get_logic().load(settings)
+    import obspython
+
+    obspython.timer_add(_watch, WATCH_SECONDS * 1000)
 
 
 def script_update(settings: Settings) -> None:
@@ -372,6 +424,9 @@ def script_properties() -> Props:
 
 def script_unload() -> None:
     global _logic
+    import obspython
+
+    obspython.timer_remove(_watch)
     if _logic is not None:
         _logic.unload()
         _logic = None
