@@ -35,7 +35,7 @@ from sdv2_studio.app.preset_editor import PresetEditor
 from sdv2_studio.app.preset_gallery import PresetGallery
 from sdv2_studio.app.preset_library import PresetLibrary
 from sdv2_studio.app.preview import PreviewView
-from sdv2_studio.app.services import ModelService, ObsService, gpus, system_memory
+from sdv2_studio.app.services import ModelService, ObsService, gpus, system_memory, vcam_availability
 from sdv2_studio.app.settings import Settings, SettingsStore, default_record_dir
 from sdv2_studio.app.source_picker import SourcePicker, describe
 from sdv2_studio.app.stats_bar import StatsBar
@@ -59,7 +59,7 @@ class MainWindow(QMainWindow):
     def __init__(self, *, settings: Settings | None = None, store: SettingsStore | None = None,
                  library: PresetLibrary | None = None, controller: EngineController | None = None,
                  models: ModelService | None = None, obs: ObsService | None = None, first_run: bool = True,
-                 input_size: tuple[int, int] = (360, 640), control: bool = True):
+                 input_size: tuple[int, int] = (360, 640), control: bool = True, vcam_probe=None):
         super().__init__()
         from sdv2_studio.app.services import default_model_service, default_obs_service
 
@@ -70,6 +70,7 @@ class MainWindow(QMainWindow):
         self.obs = obs or default_obs_service()
         self.controller = controller or EngineController(_default_worker(self.obs))
         self.input_size = input_size
+        self._vcam_probe = vcam_probe or vcam_availability
         self.stats: LiveStats | None = None
         self._first_run = first_run
         self._weights_present: bool | None = None
@@ -246,8 +247,13 @@ class MainWindow(QMainWindow):
         run_task(list_cameras, on_done=self.source_picker.setCameras)
         run_task(lambda: (gpus(), system_memory()), on_done=lambda r: self.engine_panel.setGpus(*r),
                  on_error=lambda m: self.engine_panel.setGpus([], system_memory()))
+        run_task(self._vcam_probe, on_done=self._vcam_checked)
         self._scan_models()
         self._scan_obs()
+
+    def _vcam_checked(self, availability) -> None:
+        self.output_panel.setVcamAvailability(availability.ok, availability.detail)
+        self.outputs.setAvailable("vcam", availability.ok is not False, availability.detail)
 
     def _scan_models(self) -> None:
         run_task(lambda: (self.models.items(), self.models.weights_present()), on_done=self._models_scanned,

@@ -88,6 +88,7 @@ class OutputPanel(QWidget):
         self.vcam_status = _muted(
             "Zoom, Discord and Meet see the styled video as a webcam. With OBS running, start OBS's own Virtual "
             "Camera with the styled source in your scene instead: only one program can drive it.")
+        self.vcam_available = _muted("checking for a virtual camera…")
         self.record_dir = _muted()
         self.record_change = QPushButton("Change folder…")
         self._dir = ""
@@ -115,6 +116,7 @@ class OutputPanel(QWidget):
         lay.addLayout(obs_row)
         lay.addSpacing(8)
         lay.addWidget(_section("VIRTUAL CAMERA"))
+        lay.addWidget(self.vcam_available)
         lay.addWidget(self.vcam_status)
         lay.addSpacing(8)
         lay.addWidget(_section("RECORDING"))
@@ -126,6 +128,10 @@ class OutputPanel(QWidget):
         self.record_change.clicked.connect(self._choose_dir)
         self.obs_scene.activated.connect(lambda _i: self.obsSceneChosen.emit(self.obs_scene.currentData()))
         self.obs_fallback.activated.connect(lambda _i: self.obsFallbackChosen.emit(self.obs_fallback.currentData()))
+
+    def setVcamAvailability(self, available: bool | None, detail: str) -> None:
+        mark = {True: "✓", False: "✗", None: "?"}[available]
+        self.vcam_available.setText(f"{mark} {detail[:1].upper()}{detail[1:]}")
 
     def setObsChoices(self, scenes: list[str], sources: list[str], scene: str, fallback: str) -> None:
         """Fill the scene and fallback pickers from OBS, keeping the saved choices selected."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -308,6 +309,35 @@ class BridgeObsService:
             client.close()
             raise
         return _ObsStreamSink(out, client, url, scene, fallback)
+
+
+@dataclass(frozen=True)
+class Availability:
+    ok: bool | None  # None: cannot tell before trying (the output may be armed)
+    detail: str  # what is there, or how to get it
+
+
+def vcam_availability(platform: str = sys.platform, sysfs: Path = Path("/sys")) -> Availability:
+    """Whether a virtual camera can open, without opening one (an open camera may be in use by a meeting app)."""
+    try:
+        import pyvirtualcam  # noqa: F401
+    except ImportError:
+        return Availability(False, "needs pyvirtualcam: pip install pyvirtualcam")
+    from sdv2_studio.engine.io.vcam import vcam_help
+
+    if platform.startswith("linux"):
+        if not (sysfs / "module" / "v4l2loopback").exists():
+            return Availability(False, f"no virtual camera device: {vcam_help(platform)}")
+        names = []
+        for path in sorted((sysfs / "class" / "video4linux").glob("video*/name")):
+            label = path.read_text(errors="replace").lower()  # v4l2loopback names them "Dummy video device ..."
+            if "dummy" in label or "loopback" in label:
+                names.append(path.parent.name)
+        if not names:
+            return Availability(False, f"v4l2loopback is loaded but made no device: {vcam_help(platform)}")
+        return Availability(True, "virtual camera: " + ", ".join(f"/dev/{n}" for n in names))
+    return Availability(None, f"uses the OBS Virtual Camera or Unity Capture; if Start reports none: "
+                              f"{vcam_help(platform)}")
 
 
 def open_virtual_camera(size: tuple[int, int], fps: float) -> FrameSink:

@@ -143,3 +143,33 @@ def test_every_figure_is_explained_and_misses_are_coloured_against_the_budget(qt
         assert f"of {w.stats.stats.frames_out}" in bar.misses.text() and "budget 1 ms" in bar.latency.text()
     finally:
         w.close()
+
+
+def test_virtual_camera_shows_availability_before_start_and_cannot_be_armed_without_a_device(qtbot, tmp_path,
+                                                                                          bundle):
+    from sdv2_studio.app.services import Availability, vcam_availability
+
+    sysfs = tmp_path / "sys"
+    none = vcam_availability("linux", sysfs)
+    assert none.ok is False and "v4l2loopback" in none.detail
+    (sysfs / "module" / "v4l2loopback").mkdir(parents=True)
+    (sysfs / "class" / "video4linux" / "video7").mkdir(parents=True)
+    (sysfs / "class" / "video4linux" / "video7" / "name").write_text("Dummy video device (0x0000)\n")
+    assert vcam_availability("linux", sysfs) == Availability(True, "virtual camera: /dev/video7")
+
+    w = make_window(qtbot, tmp_path, bundle, control=False, output_vcam=True, vcam_probe=lambda: none)
+    try:
+        button = w.outputs.buttons["vcam"]
+        qtbot.waitUntil(lambda: not button.isEnabled(), timeout=10_000)  # before any Start
+        assert not button.isChecked() and not w.settings.output_vcam and "v4l2loopback" in button.toolTip()
+        assert "v4l2loopback" in w.output_panel.vcam_available.text()
+        button.click()
+        assert not button.isChecked() and "vcam" not in w.outputs.outputs().enabled()
+    finally:
+        w.close()
+    w = make_window(qtbot, tmp_path, bundle, control=False, vcam_probe=lambda: vcam_availability("linux", sysfs))
+    try:
+        qtbot.waitUntil(lambda: "/dev/video7" in w.output_panel.vcam_available.text(), timeout=10_000)
+        assert w.outputs.buttons["vcam"].isEnabled()
+    finally:
+        w.close()
