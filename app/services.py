@@ -230,13 +230,22 @@ class BridgeObsService:
         return s.host, s.port
 
     def configure(self, host: str, port: int, password: str) -> str:
-        """Save the connection (password to the OS keyring when available); returns where the password went."""
+        """Save the connection (password to the OS keyring when available); returns where the password went. A new
+        password is tried on OBS first: one OBS refuses is not saved (EngineError saying so)."""
+        from sdv2_studio.obs_bridge.client import check_login
+        from sdv2_studio.obs_bridge.errors import ObsAuthError
         from sdv2_studio.obs_bridge.settings import save_settings
 
         current = self._load_settings()
         current.host, current.port = host, int(port)
         if password:
             current.password = password
+            try:
+                check_login(current)
+            except ObsAuthError:
+                raise EngineError(f"OBS at {current.address} rejected this password, so it was not saved: copy it "
+                                  "from OBS (Tools > WebSocket Server Settings > Show Connect Info) and enter it "
+                                  "again") from None
         return save_settings(current)
 
     def status(self) -> str:

@@ -141,8 +141,9 @@ def _cmd_attach(args: argparse.Namespace) -> int:
     controls = Controls(**{k: v for k, v in given.items() if v is not None})
     engine_cfg = EngineConfig(model=args.model, device=args.device, dtype=args.dtype, size=_parse_size(args.size),
                               controls=controls, queue_frames=8)
+    fallback = args.input if args.fallback is None else (args.fallback or None)
     cfg = BridgeConfig(scene=args.scene, capture=args.input, camera=camera, sink=args.sink, fps=args.fps,
-                       port=args.udp_port, scene_presets=parse_scene_map(args.scene_presets or ""))
+                       port=args.udp_port, scene_presets=parse_scene_map(args.scene_presets or ""), fallback=fallback)
     bridge = ObsBridge(_settings(args), cfg, engine_cfg, presets)
     if args.preset:
         bridge.apply_preset(args.preset)
@@ -199,9 +200,18 @@ def _cmd_set_password(args: argparse.Namespace) -> int:
     else:
         s.password = getpass.getpass(f"obs-websocket password for {s.address} (Tools > WebSocket Server Settings > "
                                      "Show Connect Info): ")
+    checked = None
+    if s.password:
+        try:
+            from sdv2_studio.obs_bridge.client import check_login
+        except ImportError:  # without obsws-python there is nothing to check with
+            pass
+        else:
+            checked = check_login(s)  # a refused password raises: nothing is saved
     where = save_settings(s)
     print({"keyring": "saved in the OS keyring", "file": "saved in the settings file (readable by you only; "
-           "install `keyring` to use the OS keyring)", "none": "password cleared"}[where])
+           "install `keyring` to use the OS keyring)", "none": "password cleared"}[where]
+          + {True: "; OBS accepted it", False: f"; not checked: OBS does not answer at {s.address}", None: ""}[checked])
     return 0
 
 
@@ -288,6 +298,9 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--presets", default=None,
                    help='JSON file {"name": {"prompt": ..., "steps": 2}, ...} instead of the preset library')
     s.add_argument("--scene-presets", default=None, help="switch presets with the program scene: SCENE=PRESET,...")
+    s.add_argument("--fallback", default=None, metavar="SOURCE",
+                   help="OBS source shown in the styled source's place when the stream stops (default: the --input "
+                        "source; '' only hides the styled source)")
     s.add_argument("--obs-virtualcam", action="store_true",
                    help="also start OBS's own virtual camera (for Zoom/Discord) on --scene")
     s.add_argument("--device", default="auto")

@@ -176,3 +176,55 @@ def test_stop_hides_the_styled_source_and_shows_the_fallback(obs_env, qtbot, tmp
         assert _item(client, "Show", INPUT_NAME)["sceneItemEnabled"] is False
     finally:
         w.close()
+
+
+def test_attach_stop_hides_the_styled_source_and_shows_the_fallback(obs, obs_env):
+    from helpers import wait_for
+    from sdv2_studio.engine.api import EngineConfig
+    from sdv2_studio.engine.models import tiny_bundle
+    from sdv2_studio.obs_bridge.bridge import BridgeConfig, ObsBridge
+    from sdv2_studio.obs_bridge.output import INPUT_NAME
+
+    client = obs_env
+    _colour_input(client, "Cam", GREEN)
+    _scene(client, "Park")
+    cfg = BridgeConfig(scene="Park", camera="test", fps=10, fallback="Cam", health_interval=0.5)
+    bridge = ObsBridge(obs.settings, cfg, EngineConfig(model="tiny", size=(64, 64), queue_frames=8,
+                                                       prompt_cache_dir=""), bundle=tiny_bundle())
+    try:
+        for _run in range(2):  # the next start shows the styled source again
+            bridge.start()
+            assert wait_for(lambda: (_item(client, "Park", INPUT_NAME) or {}).get("sceneItemEnabled"), 60)
+            assert bridge.status()["state"] == "running"
+            bridge.stop()
+            assert _item(client, "Park", INPUT_NAME)["sceneItemEnabled"] is False
+            assert _item(client, "Park", "Cam")["sceneItemEnabled"] is True
+    finally:
+        bridge.close()
+
+
+def test_a_password_obs_refuses_is_not_saved(obs, monkeypatch):
+    import subprocess
+    import sys
+
+    from sdv2_studio.app.services import BridgeObsService
+    from sdv2_studio.engine.errors import EngineError
+    from sdv2_studio.obs_bridge.settings import load_settings, settings_path
+
+    s = obs.settings
+    for var in ("SDV2_OBS_HOST", "SDV2_OBS_PORT", "SDV2_OBS_PASSWORD"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "keyring.backends.fail.Keyring")
+    svc = BridgeObsService()
+    with pytest.raises(EngineError, match="rejected this password, so it was not saved"):
+        svc.configure(s.host, s.port, "not-the-password")
+    assert not settings_path().exists()
+    svc.configure(s.host, s.port, s.password)
+    assert load_settings().password == s.password and load_settings().port == s.port
+
+    cli = [sys.executable, "-m", "sdv2_studio.engine.cli", "obs", "set-password"]
+    r = subprocess.run(cli, input="wrong\n", capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "rejected the password" in r.stderr
+    assert load_settings().password == s.password  # the good one stays
+    r = subprocess.run(cli, input=s.password + "\n", capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "OBS accepted it" in r.stdout, r.stderr
