@@ -43,6 +43,7 @@ from sdv2_studio.app.stats_plot import StatsPlot
 from sdv2_studio.engine.api import EngineConfig
 from sdv2_studio.engine.config import Controls
 from sdv2_studio.engine.errors import EngineError
+from sdv2_studio.obs_bridge.av_sync import SyncTracker
 
 UNTRAINED_RIBBON = "TINY DEMO MODEL · untrained: noise-like output, not a style"
 RESTART_KEYS = {"model", "device", "gpus", "dtype", "width", "height", "batch", "target_fps", "latency_budget_ms",
@@ -76,6 +77,7 @@ class MainWindow(QMainWindow):
         self._weights_present: bool | None = None
         self._closing = False
         self._last_error: str | None = None
+        self._av_tracker = SyncTracker(1 / 16)
         self.control_server = None
         self.setWindowTitle("StreamDiffusionV2 Studio")
         self.resize(1440, 900)
@@ -219,6 +221,7 @@ class MainWindow(QMainWindow):
         self.output_panel.obsConnectRequested.connect(self._configure_obs)
         self.output_panel.obsSceneChosen.connect(self._on_obs_scene)
         self.output_panel.obsFallbackChosen.connect(self._on_obs_fallback)
+        self.output_panel.avSyncChanged.connect(self._on_av_sync)
 
     def _restore(self) -> None:
         s = self.settings
@@ -265,18 +268,20 @@ class MainWindow(QMainWindow):
         def query():
             address = self.obs.address()
             try:
-                return address, self.obs.status(), self.obs.list_sources(), self.obs.list_scenes()
+                return (address, self.obs.status(), self.obs.list_sources(), self.obs.list_scenes(),
+                        self.obs.list_audio_inputs())
             except EngineError as e:
-                return address, f"not connected: {e}", [], []
+                return address, f"not connected: {e}", [], [], []
 
         run_task(query, on_done=self._obs_scanned, on_error=lambda m: self.output_panel.setObsStatus(
             f"OBS not reachable: {m}"))
 
     def _obs_scanned(self, result) -> None:
-        (host, port), status, sources, scenes = result
+        (host, port), status, sources, scenes, audio = result
         self.output_panel.setObsAddress(host, port)
         self.output_panel.setObsStatus(status[:1].upper() + status[1:])
         self.output_panel.setObsChoices(scenes, sources, self.settings.obs_scene, self.settings.obs_fallback)
+        self.output_panel.setAudioInputs(audio, self.settings.av_sync_inputs, self.settings.av_sync)
         self.source_picker.setObsSources(sources)
         if scenes:
             self._check_feedback()
@@ -294,6 +299,20 @@ class MainWindow(QMainWindow):
         self._check_feedback()
         if self.controller.state == RUNNING:
             self.banner.showMessage("the styled source moves to the new scene the next time you press Start", "info")
+
+    def _on_av_sync(self, on: bool, inputs: list) -> None:
+        self._update_settings(av_sync=on, av_sync_inputs=list(inputs))
+        self._av_tracker.applied_ms = None  # apply the current latency at the next figures
+
+    def _follow_latency(self, live: LiveStats) -> None:
+        """A/V sync: delay the chosen OBS audio by the styled video's latency when it moved by more than a frame."""
+        s = self.settings
+        offset = self._av_tracker.update(live.stats.latency_p50) if s.av_sync and s.av_sync_inputs else None
+        self.output_panel.setAvLatency(live.stats.latency_p50 * 1e3, self._av_tracker.applied_ms if s.av_sync
+                                       and s.av_sync_inputs else None)
+        if offset is not None:
+            run_task(self.obs.set_audio_offset, list(s.av_sync_inputs), offset,
+                     on_error=lambda m: self.banner.showMessage(f"could not set the audio delay in OBS: {m}", "warn"))
 
     def _on_obs_fallback(self, fallback: str) -> None:
         self._update_settings(obs_fallback=fallback)
@@ -414,6 +433,7 @@ class MainWindow(QMainWindow):
         """A new run shows nothing of the previous one: frames, ribbon, banners, figures and plot."""
         self._last_error = None
         self.stats = None
+        self._av_tracker = SyncTracker(1 / max(1.0, self.settings.target_fps))
         self.banner.hide()
         self.styled_view.clear()
         self.styled_view.setNotice("")
@@ -476,6 +496,8 @@ class MainWindow(QMainWindow):
     def _on_stats(self, live: LiveStats) -> None:
         self.stats = live
         self.stats_bar.setStats(live)
+        if live.stats.frames_out:
+            self._follow_latency(live)
         if live.stats.chunks >= 3:  # the first chunks arrive in a burst: their rate says nothing yet
             self.plot.addSample(live.elapsed, live.fps, live.stats.latency_p50 * 1e3)
 

@@ -7,12 +7,15 @@ from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QLabel,
     QLineEdit,
+    QListWidget,
+    QListWidgetItem,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
@@ -57,6 +60,7 @@ class OutputPanel(QWidget):
     obsConnectRequested = Signal(str, int, str)  # host, port, password ("" keeps the saved one)
     obsSceneChosen = Signal(str)  # "" = the current program scene
     obsFallbackChosen = Signal(str)  # FALLBACK_SOURCE, FALLBACK_HIDE or an OBS source name
+    avSyncChanged = Signal(bool, list)  # on, the OBS audio inputs to delay
 
     SCENE_ITEMS = [("Current program scene", "")]
     FALLBACK_ITEMS = [("The OBS source being styled", FALLBACK_SOURCE), ("Nothing: hide the styled source",
@@ -88,6 +92,15 @@ class OutputPanel(QWidget):
         self.vcam_status = _muted(
             "Zoom, Discord and Meet see the styled video as a webcam. With OBS running, start OBS's own Virtual "
             "Camera with the styled source in your scene instead: only one program can drive it.")
+        self.av_latency = _muted("The styled video lags your live audio by the engine's latency (shown while "
+                                 "streaming).")
+        self.av_inputs = QListWidget()
+        self.av_inputs.setMaximumHeight(96)
+        self.av_inputs.setToolTip("OBS inputs with audio: check your microphone and other live audio")
+        self.av_sync = QCheckBox("Delay the checked audio to match")
+        self.av_sync.setToolTip("Sets their Sync Offset in OBS (Advanced Audio Properties) to the measured latency, "
+                                "and again when it moves by more than a frame. The OBS media source adds about "
+                                "0.2 s more: fine-tune in OBS if needed.")
         self.vcam_available = _muted("checking for a virtual camera…")
         self.record_dir = _muted()
         self.record_change = QPushButton("Change folder…")
@@ -115,6 +128,11 @@ class OutputPanel(QWidget):
         lay.addLayout(obs_form)
         lay.addLayout(obs_row)
         lay.addSpacing(8)
+        lay.addWidget(_section("AUDIO / VIDEO SYNC"))
+        lay.addWidget(self.av_latency)
+        lay.addWidget(self.av_inputs)
+        lay.addWidget(self.av_sync)
+        lay.addSpacing(8)
         lay.addWidget(_section("VIRTUAL CAMERA"))
         lay.addWidget(self.vcam_available)
         lay.addWidget(self.vcam_status)
@@ -128,6 +146,33 @@ class OutputPanel(QWidget):
         self.record_change.clicked.connect(self._choose_dir)
         self.obs_scene.activated.connect(lambda _i: self.obsSceneChosen.emit(self.obs_scene.currentData()))
         self.obs_fallback.activated.connect(lambda _i: self.obsFallbackChosen.emit(self.obs_fallback.currentData()))
+        self.av_sync.toggled.connect(self._av_changed)
+        self.av_inputs.itemChanged.connect(self._av_changed)
+
+    def _av_changed(self, *_args) -> None:
+        self.avSyncChanged.emit(self.av_sync.isChecked(), self.audioInputsChecked())
+
+    def setAudioInputs(self, names: list[str], checked: list[str], on: bool) -> None:
+        self.av_inputs.blockSignals(True)
+        self.av_inputs.clear()
+        for name in dict.fromkeys([*names, *checked]):
+            item = QListWidgetItem(name if name in names else f"{name} (not in OBS now)")
+            item.setData(Qt.UserRole, name)
+            item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
+            item.setCheckState(Qt.Checked if name in checked else Qt.Unchecked)
+            self.av_inputs.addItem(item)
+        self.av_inputs.blockSignals(False)
+        self.av_sync.blockSignals(True)
+        self.av_sync.setChecked(on)
+        self.av_sync.blockSignals(False)
+
+    def audioInputsChecked(self) -> list[str]:
+        items = (self.av_inputs.item(i) for i in range(self.av_inputs.count()))
+        return [it.data(Qt.UserRole) for it in items if it.checkState() == Qt.Checked]
+
+    def setAvLatency(self, latency_ms: float, applied_ms: int | None) -> None:
+        applied = f"; checked audio delayed by {applied_ms} ms" if applied_ms is not None else ""
+        self.av_latency.setText(f"The styled video lags your live audio by {latency_ms:.0f} ms{applied}.")
 
     def setVcamAvailability(self, available: bool | None, detail: str) -> None:
         mark = {True: "✓", False: "✗", None: "?"}[available]

@@ -147,6 +147,8 @@ class ObsService(Protocol):
     def list_sources(self) -> list[str]: ...
     def list_scenes(self) -> list[str]: ...
     def check_feedback(self, capture: str, scene: str) -> None: ...
+    def list_audio_inputs(self) -> list[str]: ...
+    def set_audio_offset(self, inputs: list[str], offset_ms: int) -> None: ...
     def open_source(self, name: str, size: tuple[int, int], fps: float) -> FrameSource: ...
     def open_output(self, size: tuple[int, int], fps: float, scene: str = "", capture: str | None = None,
                     fallback: str | None = None) -> FrameSink: ...
@@ -178,6 +180,12 @@ class UnavailableObsService:
 
     def check_feedback(self, capture: str, scene: str) -> None:
         return None
+
+    def list_audio_inputs(self) -> list[str]:
+        return []
+
+    def set_audio_offset(self, inputs: list[str], offset_ms: int) -> None:
+        raise EngineError(self.reason)
 
     def open_source(self, name: str, size: tuple[int, int], fps: float) -> FrameSource:
         raise EngineError(self.reason)
@@ -271,6 +279,27 @@ class BridgeObsService:
         try:
             client.connect()
             return client.scene_names()
+        finally:
+            client.close()
+
+    def list_audio_inputs(self) -> list[str]:
+        from sdv2_studio.obs_bridge.av_sync import audio_inputs
+
+        client = self._client()
+        try:
+            client.connect()
+            return audio_inputs(client)
+        finally:
+            client.close()
+
+    def set_audio_offset(self, inputs: list[str], offset_ms: int) -> None:
+        """Delay the audio of ``inputs`` in OBS by ``offset_ms`` (obs_bridge.av_sync)."""
+        from sdv2_studio.obs_bridge.av_sync import set_audio_offset
+
+        client = self._client()
+        try:
+            client.connect()
+            set_audio_offset(client, inputs, offset_ms)
         finally:
             client.close()
 

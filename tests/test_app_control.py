@@ -173,3 +173,13 @@ def test_virtual_camera_shows_availability_before_start_and_cannot_be_armed_with
         assert w.outputs.buttons["vcam"].isEnabled()
     finally:
         w.close()
+
+
+def test_audio_delay_follows_the_latency_only_when_it_moves_by_more_than_a_frame():
+    from sdv2_studio.obs_bridge.av_sync import SyncTracker
+
+    t = SyncTracker(1 / 16)  # 62.5 ms frames
+    assert t.update(0.0) is None  # nothing measured yet
+    assert t.update(0.400) == 400
+    assert t.update(0.450) is None and t.update(0.350) is None  # within a frame: OBS is left alone
+    assert t.update(0.470) == 470 and t.applied_ms == 470

@@ -228,3 +228,35 @@ def test_a_password_obs_refuses_is_not_saved(obs, monkeypatch):
     assert load_settings().password == s.password  # the good one stays
     r = subprocess.run(cli, input=s.password + "\n", capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "OBS accepted it" in r.stdout, r.stderr
+
+
+def test_av_sync_delays_the_chosen_audio_by_the_measured_latency(obs_env, qtbot, tmp_path):
+    from sdv2_studio.app.services import BridgeObsService
+    from sdv2_studio.engine.models import tiny_bundle
+    from sdv2_studio.obs_bridge.av_sync import audio_inputs
+    from test_app_window import make_window, start, stop
+
+    client = obs_env
+    _colour_input(client, "Cam", GREEN)
+    if "Mic" not in [n for n, _ in client.input_names()]:
+        client.call("CreateInput", {"sceneName": "Scene", "inputName": "Mic", "inputKind": "ffmpeg_source",
+                                    "inputSettings": {}})
+    client.call("SetInputAudioSyncOffset", {"inputName": "Mic", "inputAudioSyncOffset": 0})
+    found = audio_inputs(client)
+    assert "Mic" in found and "Cam" not in found and "StreamDiffusionV2" not in found
+
+    def offset() -> int:
+        return client.call("GetInputAudioSyncOffset", {"inputName": "Mic"})["inputAudioSyncOffset"]
+
+    w = make_window(qtbot, tmp_path, tiny_bundle(), obs=BridgeObsService(), control=False, av_sync=True,
+                    av_sync_inputs=["Mic"])
+    try:
+        qtbot.waitUntil(lambda: w.output_panel.av_inputs.count() >= 1, timeout=30_000)
+        assert w.output_panel.audioInputsChecked() == ["Mic"] and w.output_panel.av_sync.isChecked()
+        start(qtbot, w)
+        qtbot.waitUntil(lambda: w._av_tracker.applied_ms is not None, timeout=60_000)
+        qtbot.waitUntil(lambda: offset() == w._av_tracker.applied_ms, timeout=30_000)  # set in OBS, in ms
+        assert offset() > 0 and f"delayed by {offset()} ms" in w.output_panel.av_latency.text()
+        stop(qtbot, w)
+    finally:
+        w.close()

@@ -91,6 +91,12 @@ class FakeObs:
     def check_feedback(self, capture, scene) -> None:
         pass
 
+    def list_audio_inputs(self) -> list[str]:
+        return ["Mic/Aux"]
+
+    def set_audio_offset(self, inputs, offset_ms) -> None:
+        self.frames.append(("audio offset", tuple(inputs), offset_ms))
+
     def open_source(self, name, size, fps):
         return TestPatternSource((72, 128), fps=fps, realtime=True)
 
