@@ -476,6 +476,7 @@ class MainWindow(QMainWindow):
         elif state == IDLE:
             self.styled_view.setProgress(None)
             self.stats_bar.reset()
+            self.output_panel.setAvLatency(None)
             self.styled_view.setPlaceholder("Press Start to see your styled stream")
 
     def _on_error(self, message: str) -> None:

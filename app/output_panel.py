@@ -37,6 +37,7 @@ def _muted(text: str = "") -> QLabel:
     return lab
 
 
+AV_IDLE = "The styled video lags your live audio by the engine's latency (shown while streaming)."
 FALLBACK_SOURCE = ""  # when the stream stops, show the OBS source being styled (if the input is one)
 FALLBACK_HIDE = ":hide"  # just hide the styled source (no OBS name starts with a colon here)
 
@@ -92,8 +93,7 @@ class OutputPanel(QWidget):
         self.vcam_status = _muted(
             "Zoom, Discord and Meet see the styled video as a webcam. With OBS running, start OBS's own Virtual "
             "Camera with the styled source in your scene instead: only one program can drive it.")
-        self.av_latency = _muted("The styled video lags your live audio by the engine's latency (shown while "
-                                 "streaming).")
+        self.av_latency = _muted(AV_IDLE)
         self.av_inputs = QListWidget()
         self.av_inputs.setMaximumHeight(96)
         self.av_inputs.setToolTip("OBS inputs with audio: check your microphone and other live audio")
@@ -170,7 +170,11 @@ class OutputPanel(QWidget):
         items = (self.av_inputs.item(i) for i in range(self.av_inputs.count()))
         return [it.data(Qt.UserRole) for it in items if it.checkState() == Qt.Checked]
 
-    def setAvLatency(self, latency_ms: float, applied_ms: int | None) -> None:
+    def setAvLatency(self, latency_ms: float | None, applied_ms: int | None = None) -> None:
+        """The measured lag and the delay applied (None: not streaming)."""
+        if latency_ms is None:
+            self.av_latency.setText(AV_IDLE)
+            return
         applied = f"; checked audio delayed by {applied_ms} ms" if applied_ms is not None else ""
         self.av_latency.setText(f"The styled video lags your live audio by {latency_ms:.0f} ms{applied}.")
 
