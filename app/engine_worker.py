@@ -7,6 +7,9 @@ chooses the source and opens the outputs the user switched on, adding and removi
 Nothing here runs on the UI thread: the model loads on the worker thread, and a short QTimer there copies the
 session's newest input and styled frames into a `LatestFrame` mailbox (a busy UI sees the newest frame, never a
 backlog), reports stats and failed outputs, and notices the stream ending.
+
+While idle, `preview(request)` shows the chosen source at once: a reader thread puts its frames into the same
+mailbox. The preview closes before a stream opens the source (a camera opens once) and comes back after Stop.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from sdv2_studio.engine.config import Controls
 from sdv2_studio.engine.errors import EngineError
 from sdv2_studio.engine.io.protocols import FrameSink, FrameSource
 from sdv2_studio.engine.session import Session, SessionStatus
+from sdv2_studio.engine.session import describe as describe_error
 
 IDLE, LOADING, RUNNING, STOPPING = "idle", "loading", "running", "stopping"
 OUTPUT_KINDS = ("obs", "vcam", "record")
@@ -99,6 +103,7 @@ class EngineWorker(QObject):
 
     STATS_PERIOD = 0.25
     POLL_MS = 10  # previews: how often the newest frames are looked at
+    PREVIEW_FPS = 15  # idle input preview: frames shown per second at most
 
     def __init__(self, engine_factory=Engine, obs_service=None, bundle=None, vcam_opener=None):
         super().__init__()
@@ -117,6 +122,8 @@ class EngineWorker(QObject):
         self._last_stats = 0.0
         self._t_start = 0.0
         self._rate = FrameRate()
+        self._preview_req: StartRequest | None = None  # what the idle preview shows (and shows again after Stop)
+        self._preview: tuple[FrameSource, threading.Thread, threading.Event] | None = None
 
     @property
     def engine(self) -> Engine | None:
@@ -142,6 +149,7 @@ class EngineWorker(QObject):
     def start(self, req: StartRequest) -> None:
         if self.state != IDLE:
             return
+        self._close_preview()  # the stream opens the source itself
         self._abort.clear()
         self.mailbox.clear()  # nothing of the previous run is shown in this one
         self._req, self._outputs = req, req.outputs
@@ -191,11 +199,15 @@ class EngineWorker(QObject):
             if st.error:
                 self.errorRaised.emit(st.error)
         self._set_state(IDLE)
+        if self._preview_req is not None:
+            self.preview(self._preview_req)
 
     @Slot()
     def dispose(self) -> None:
         """Stop and release the worker-thread objects (called on the worker thread before it ends)."""
+        self._preview_req = None
         self.stop()
+        self._close_preview()
         if self._timer is not None:
             self._timer.stop()
             self._timer.deleteLater()
@@ -225,6 +237,50 @@ class EngineWorker(QObject):
             sink = self._open_output(kind, session.source)
             if sink is not None:
                 session.add_sink(kind, sink)
+
+    @Slot(object)
+    def preview(self, req: StartRequest) -> None:
+        """Idle: show `req`'s source in the input preview (replacing the previous one). Errors go to errorRaised."""
+        self._preview_req = req
+        if self.state != IDLE:
+            return  # shown again after Stop
+        self._close_preview()
+        try:
+            size = req.config.size or req.input_size
+            source = self._open_source(req, size)
+        except BaseException as e:
+            self._report(e)
+            return
+        stop = threading.Event()
+        thread = threading.Thread(target=self._read_preview, args=(source, stop), name="input-preview", daemon=True)
+        self._preview = (source, thread, stop)
+        thread.start()
+
+    def _read_preview(self, source: FrameSource, stop: threading.Event) -> None:
+        shown = 0.0
+        try:
+            for frame, _pts in source:
+                if stop.is_set():
+                    return
+                now = time.perf_counter()
+                if now - shown < 1 / self.PREVIEW_FPS:  # a preview need not convert every camera frame
+                    continue
+                shown = now
+                if self.mailbox.put("input", to_qimage(frame)):
+                    self.framesReady.emit()
+        except Exception as e:  # the source failed: the stream's own start reports it properly
+            if not stop.is_set():
+                self.notice.emit(f"input preview stopped: {describe_error(e)}")
+
+    def _close_preview(self) -> None:
+        preview, self._preview = self._preview, None
+        if preview is None:
+            return
+        source, thread, stop = preview
+        stop.set()
+        thread.join(timeout=2)  # ends at its next frame; closing a source mid-read is left for a stuck one
+        source.close()
+        thread.join(timeout=5)
 
     # -- internals ---------------------------------------------------------------------------------------------------
 

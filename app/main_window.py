@@ -89,6 +89,14 @@ class MainWindow(QMainWindow):
         if control:
             self._serve_control()
         QTimer.singleShot(0, self._scan)
+        QTimer.singleShot(0, self._preview_source)
+
+    def _preview_source(self) -> None:
+        """Show the picked source in the input preview before Start (the worker keeps it after each Stop)."""
+        try:
+            self.controller.preview(self.request())
+        except EngineError:
+            pass  # an invalid setting is reported when Start is pressed
 
     def _serve_control(self) -> None:
         """Serve the local control API (the one `sdv2 obs attach` serves) and publish its control file, so the OBS
@@ -525,6 +533,8 @@ class MainWindow(QMainWindow):
         self._update_settings(source=spec, recent_files=files)
         self.input_view.setBadge(describe(spec), accent=False)
         self._check_feedback()
+        self.input_view.clear()
+        self._preview_source()
         if self.controller.state == RUNNING:
             self.banner.showMessage("source changed: restarting the stream", "info")
             self.controller.stop()

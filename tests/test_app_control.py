@@ -183,3 +183,22 @@ def test_audio_delay_follows_the_latency_only_when_it_moves_by_more_than_a_frame
     assert t.update(0.400) == 400
     assert t.update(0.450) is None and t.update(0.350) is None  # within a frame: OBS is left alone
     assert t.update(0.470) == 470 and t.applied_ms == 470
+
+
+def test_the_input_shows_as_soon_as_a_source_is_picked_and_again_after_stop(qtbot, tmp_path, bundle):
+    w = make_window(qtbot, tmp_path, bundle, control=False)
+    try:
+        qtbot.waitUntil(lambda: w.input_view.image() is not None, timeout=30_000)  # no Start pressed
+        assert w.controller.state == IDLE and w.styled_view.image() is None
+        assert w.input_view.image().width() == 128  # the test source at its own size
+        w.source_picker.setObsSources(["Webcam"])
+        w.source_picker.sourceChosen.emit("obs:Webcam")  # FakeObs: a 72x128 pattern
+        assert w.input_view.image() is None  # the old source's picture goes at once
+        qtbot.waitUntil(lambda: w.input_view.image() is not None, timeout=30_000)
+        start(qtbot, w)
+        stop(qtbot, w)
+        shown = w.input_view.frames_shown
+        qtbot.waitUntil(lambda: w.input_view.frames_shown > shown + 3, timeout=30_000)  # the preview is back
+        assert w.controller.state == IDLE
+    finally:
+        w.close()
