@@ -233,6 +233,7 @@ class MainWindow(QMainWindow):
 
     def _restore(self) -> None:
         s = self.settings
+        self.editor.setFrameRate(s.target_fps)
         saved = s.controls  # before activating the preset overwrites them
         self.presets.reload(select=s.preset)
         preset = self.library.get(s.preset) or (self.library.presets[0] if self.library.presets else None)
@@ -555,6 +556,8 @@ class MainWindow(QMainWindow):
         self._update_settings(**changes)
         if "model" in changes:
             self._update_model_badge()
+        if "target_fps" in changes:
+            self.editor.setFrameRate(self.settings.target_fps)
         if RESTART_KEYS & set(changes) and self.controller.state == RUNNING:
             self.banner.showMessage("engine settings apply the next time you press Start", "info")
 

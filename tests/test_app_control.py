@@ -202,3 +202,24 @@ def test_the_input_shows_as_soon_as_a_source_is_picked_and_again_after_stop(qtbo
         assert w.controller.state == IDLE
     finally:
         w.close()
+
+
+def test_prompt_edits_go_live_without_apply_and_the_transition_is_set_in_seconds(qtbot, tmp_path, bundle):
+    w = make_window(qtbot, tmp_path, bundle, control=False, target_fps=16)
+    try:
+        ed = w.editor
+        assert ed.transition.suffix() == " s"
+        w.presets.activate(w.library.get("watercolor"))  # 4 chunks of 4 frames at 16 fps: 1 s
+        assert ed.transition.value() == pytest.approx(1.0)
+        with qtbot.waitSignal(ed.controlsEdited, timeout=5_000,
+                              check_params_cb=lambda c: c.transition_chunks == 8):
+            ed.transition.setValue(2.0)
+        w._on_settings_changed({"target_fps": 8.0})  # the Engine tab's rate: a chunk now lasts 0.5 s
+        assert ed.transition.value() == pytest.approx(4.0) and ed.controls().transition_chunks == 8
+        start(qtbot, w)
+        ed.prompt.setPlainText("neon ink, glowing lines")  # typed, no Apply pressed
+        qtbot.waitUntil(lambda: w.controller.engine.controls.prompt == "neon ink, glowing lines", timeout=30_000)
+        assert not ed.apply_prompt.isEnabled()
+        stop(qtbot, w)
+    finally:
+        w.close()
