@@ -223,3 +223,21 @@ def test_prompt_edits_go_live_without_apply_and_the_transition_is_set_in_seconds
         stop(qtbot, w)
     finally:
         w.close()
+
+
+def test_first_run_recommends_the_tiny_demo_without_a_gpu(qtbot):
+    from sdv2_studio.app.first_run import FirstRunDialog
+    from sdv2_studio.app.services import GpuInfo
+    from test_app_window import FakeModels
+
+    none = FirstRunDialog(FakeModels(), gpu_probe=lambda: [])
+    qtbot.addWidget(none)
+    qtbot.waitUntil(lambda: "none found" in none.real_title.text(), timeout=10_000)
+    assert "recommended on this computer" in none.tiny_title.text()
+    assert none.tiny_btn.property("kind") == "primary" and none.download_btn.property("kind") != "primary"
+    gpu = FirstRunDialog(FakeModels(), gpu_probe=lambda: [GpuInfo(0, "NVIDIA GeForce RTX 4090", 24 * 2**30)])
+    qtbot.addWidget(gpu)
+    qtbot.waitUntil(lambda: "Free on disk" in gpu.size_label.text(), timeout=10_000)  # background work done
+    qtbot.wait(200)
+    assert "recommended" in gpu.real_title.text() and "recommended" not in gpu.tiny_title.text()
+    assert gpu.download_btn.property("kind") == "primary"
