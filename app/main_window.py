@@ -44,6 +44,7 @@ from sdv2_studio.engine.api import EngineConfig
 from sdv2_studio.engine.config import Controls
 from sdv2_studio.engine.errors import EngineError
 from sdv2_studio.obs_bridge.av_sync import SyncTracker
+from sdv2_studio.obs_bridge.errors import ObsAuthError
 
 UNTRAINED_RIBBON = "TINY DEMO MODEL · untrained: noise-like output, not a style"
 RESTART_KEYS = {"model", "device", "gpus", "dtype", "width", "height", "batch", "target_fps", "latency_budget_ms",
@@ -279,6 +280,9 @@ class MainWindow(QMainWindow):
             try:
                 return (address, self.obs.status(), self.obs.list_sources(), self.obs.list_scenes(),
                         self.obs.list_audio_inputs())
+            except ObsAuthError:  # the fix is here in the app, not a terminal command
+                return (address, "not connected: OBS rejected the password (or needs one): enter it below and press "
+                        "Save and connect (OBS: Tools > WebSocket Server Settings > Show Connect Info)", [], [], [])
             except EngineError as e:
                 return address, f"not connected: {e}", [], [], []
 

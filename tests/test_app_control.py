@@ -241,3 +241,20 @@ def test_first_run_recommends_the_tiny_demo_without_a_gpu(qtbot):
     qtbot.wait(200)
     assert "recommended" in gpu.real_title.text() and "recommended" not in gpu.tiny_title.text()
     assert gpu.download_btn.property("kind") == "primary"
+
+
+def test_a_refused_obs_password_is_fixed_in_the_app_not_in_a_terminal(qtbot, tmp_path, bundle):
+    from sdv2_studio.obs_bridge.errors import ObsAuthError
+    from test_app_window import FakeObs
+
+    class RefusingObs(FakeObs):
+        def status(self) -> str:
+            raise ObsAuthError("OBS at 127.0.0.1:4455 rejected the password: run `sdv2 obs set-password`")
+
+    w = make_window(qtbot, tmp_path, bundle, obs=RefusingObs(), control=False)
+    try:
+        qtbot.waitUntil(lambda: "rejected" in w.output_panel.obs_status.text(), timeout=10_000)
+        text = w.output_panel.obs_status.text()
+        assert "enter it below" in text and "sdv2 obs" not in text
+    finally:
+        w.close()
