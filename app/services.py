@@ -257,64 +257,40 @@ class BridgeObsService:
         return save_settings(current)
 
     def status(self) -> str:
-        client = self._client()
-        try:
-            info = client.connect()
-            return f"connected: {info.summary()}" if hasattr(info, "summary") else "connected"
-        finally:
-            client.close()
+        with self._client() as client:
+            return f"connected: {client.info.summary()}"
 
     def list_sources(self) -> list[str]:
-        client = self._client()
-        try:
-            client.connect()
+        with self._client() as client:
             scenes = client.scene_names()
             inputs = [name for name, _kind in client.input_names()]
-        finally:
-            client.close()
         return scenes + [n for n in inputs if n not in scenes]
 
     def list_scenes(self) -> list[str]:
-        client = self._client()
-        try:
-            client.connect()
+        with self._client() as client:
             return client.scene_names()
-        finally:
-            client.close()
 
     def list_audio_inputs(self) -> list[str]:
         from sdv2_studio.obs_bridge.av_sync import audio_inputs
 
-        client = self._client()
-        try:
-            client.connect()
+        with self._client() as client:
             return audio_inputs(client)
-        finally:
-            client.close()
 
     def set_audio_offset(self, inputs: list[str], offset_ms: int) -> None:
         """Delay the audio of ``inputs`` in OBS by ``offset_ms`` (obs_bridge.av_sync)."""
         from sdv2_studio.obs_bridge.av_sync import set_audio_offset
 
-        client = self._client()
-        try:
-            client.connect()
+        with self._client() as client:
             set_audio_offset(client, inputs, offset_ms)
-        finally:
-            client.close()
 
     def check_feedback(self, capture: str, scene: str) -> None:
         """EngineError (one line) when capturing ``capture`` would show the styled source in ``scene`` (default:
         the program scene): obs_bridge.scenes.refuse_feedback, the check `sdv2 obs attach` makes."""
         from sdv2_studio.obs_bridge.scenes import refuse_feedback
 
-        client = self._client()
-        try:
-            client.connect()
+        with self._client() as client:
             scene = scene or client.call("GetCurrentProgramScene").get("currentProgramSceneName")
             refuse_feedback(capture, scene, client)
-        finally:
-            client.close()
 
     def open_source(self, name: str, size: tuple[int, int], fps: float) -> FrameSource:
         from sdv2_studio.obs_bridge.capture import ObsCaptureSource
