@@ -6,9 +6,10 @@ app through the app's local control API (127.0.0.1, token from the app's control
 nothing beyond the standard library. Preset names seen once are remembered, so their hotkeys exist (and keep
 their bindings) even when OBS starts before the app.
 
-Watchdog: every WATCH_SECONDS the script asks the app for its status. When the app published its control file
-but stops answering (it crashed or hangs; a clean quit removes the file and hides the source itself), the styled
-source is hidden in every scene after WATCH_MISSES silent checks, so no frozen frame stays on air.
+Watchdog: every WATCH_SECONDS the script checks the app that published the control file (a clean quit removes the
+file and hides the source itself). When its process is gone (a crash), or it stays silent for WATCH_MISSES checks in
+a row (a hang), the styled source is hidden in every scene, so no frozen frame stays on air; if it answers again
+while streaming, the source is shown again where the watchdog hid it.
 
 Everything OBS-specific goes through :class:`ObsPythonApi`, a thin layer over ``obspython``; the logic
 (:class:`ScriptLogic`) is plain Python and is tested with a stand-in layer and a real control API server.
@@ -17,6 +18,7 @@ Everything OBS-specific goes through :class:`ObsPythonApi`, a thin layer over ``
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -36,7 +38,7 @@ except ImportError:  # inside OBS's own Python: expose just this folder as the p
 
 HOTKEY_PREFIX = "sdv2.preset."
 STYLED_SOURCE = "StreamDiffusionV2"  # the styled source's name (obs_bridge.output.INPUT_NAME)
-WATCH_SECONDS, WATCH_MISSES = 2, 2
+WATCH_SECONDS, WATCH_MISSES = 2, 3  # a loaded machine may stall a second: only ~6 s of silence counts
 KNOWN_PRESETS_KEY = "sdv2_known_presets"
 PRESET_LABELS_KEY = "sdv2_preset_labels"  # preset id -> display name, as the app last reported them
 DESCRIPTION = ("<b>StreamDiffusionV2</b><br>Restyle your stream in real time. Start the app first "
@@ -84,7 +86,9 @@ class ScriptApi(Protocol):
 
     def log(self, message: str) -> None: ...
 
-    def hide_source(self, name: str) -> int: ...
+    def hide_source(self, name: str) -> list[str]: ...
+
+    def show_source(self, name: str, scenes: list[str]) -> None: ...
 
 
 class ScriptLogic:
@@ -102,28 +106,40 @@ class ScriptLogic:
         self._applied_preset: str | None = None
         self._applied_steps: int | None = None
         self._silent = 0  # watchdog: status checks in a row the published app did not answer
+        self.hidden_in: list[str] = []  # scenes where the watchdog hid the styled source
         self._probe = connect or (lambda: ControlClient.from_file(timeout=0.5))  # short: runs on OBS's UI thread
 
     # -- watchdog -----------------------------------------------------------------------------------------------------
 
     def watch(self) -> bool:
         """One watchdog check (see the module docstring); True when it hid the styled source."""
-        if not control_file().exists():
+        path = control_file()
+        if not path.exists():
             self._silent = 0  # not running, or quit cleanly (then it hid the source itself)
             return False
-        try:
-            self._probe().status()
-        except ControlError as e:
-            self._silent += 1
-            if self._silent == WATCH_MISSES:
-                hidden = self.api.hide_source(STYLED_SOURCE)
-                self.status_text = f"the app does not answer ({e}); styled source hidden"
-                self.api.log(f"StreamDiffusionV2: the app stopped answering; hid {STYLED_SOURCE} in {hidden} "
-                             "scene(s)")
-                return True
+        if _process_gone(path):
+            self._silent = WATCH_MISSES - 1  # a crash: no need to wait for timeouts
+            error: str = "its process ended"
+        else:
+            try:
+                status = self._probe().status()
+            except ControlError as e:
+                error = str(e)
+            else:
+                self._silent = 0
+                if self.hidden_in and status.get("state") == "running":
+                    self.api.show_source(STYLED_SOURCE, self.hidden_in)
+                    self.api.log(f"StreamDiffusionV2: the app answers again; showing {STYLED_SOURCE} again")
+                    self.hidden_in = []
+                return False
+        self._silent += 1
+        if self._silent != WATCH_MISSES:
             return False
-        self._silent = 0
-        return False
+        self.hidden_in = self.api.hide_source(STYLED_SOURCE)
+        self.status_text = f"the app does not answer ({error}); styled source hidden"
+        self.api.log(f"StreamDiffusionV2: the app stopped answering ({error}); hid {STYLED_SOURCE} in "
+                     f"{len(self.hidden_in)} scene(s)")
+        return True
 
     # -- talking to the app -------------------------------------------------------------------------------------------
 
@@ -266,6 +282,20 @@ class ScriptLogic:
         return clicked
 
 
+def _process_gone(path: Path) -> bool:
+    """The process that wrote control file ``path`` no longer exists (POSIX; elsewhere: unknown, False)."""
+    if os.name != "posix":
+        return False
+    try:
+        pid = int(json.loads(path.read_text(encoding="utf-8"))["pid"])
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except ProcessLookupError:
+        return True
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return False
+
+
 def format_status(status: dict, labels: dict[str, str] | None = None) -> str:
     """One line for the status box, from the control API's status (presets by display name when known)."""
     state = status.get("state", "?")
@@ -362,18 +392,27 @@ class ObsPythonApi:
     def log(self, message: str) -> None:
         self.obs.script_log(self.obs.LOG_INFO, message)
 
-    def hide_source(self, name: str) -> int:
-        obs, hidden = self.obs, 0
+    def _set_visible(self, name: str, visible: bool, only: list[str] | None = None) -> list[str]:
+        obs, changed = self.obs, []
         scenes = obs.obs_frontend_get_scenes() or []
         try:
             for source in scenes:
+                scene_name = obs.obs_source_get_name(source)
+                if only is not None and scene_name not in only:
+                    continue
                 item = obs.obs_scene_find_source_recursive(obs.obs_scene_from_source(source), name)
-                if item is not None and obs.obs_sceneitem_visible(item):
-                    obs.obs_sceneitem_set_visible(item, False)
-                    hidden += 1
+                if item is not None and obs.obs_sceneitem_visible(item) != visible:
+                    obs.obs_sceneitem_set_visible(item, visible)
+                    changed.append(scene_name)
         finally:
             obs.source_list_release(scenes)
-        return hidden
+        return changed
+
+    def hide_source(self, name: str) -> list[str]:
+        return self._set_visible(name, False)
+
+    def show_source(self, name: str, scenes: list[str]) -> None:
+        self._set_visible(name, True, scenes)
 
 
 # -- the functions OBS calls ------------------------------------------------------------------------------------------

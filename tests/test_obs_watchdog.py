@@ -1,6 +1,7 @@
 """The OBS script's watchdog inside a real headless OBS: when the app that published its control API dies (SIGKILL,
 no clean shutdown), the styled source is hidden in OBS instead of freezing its last frame on air; while the app
-answers it is left alone. Skipped without the `obs` binary and Xvfb."""
+answers it is left alone, and when an app streams again the source comes back. Skipped without the `obs` binary
+and Xvfb (the watchdog's logic is also tested without OBS)."""
 
 from __future__ import annotations
 
@@ -44,10 +45,14 @@ time.sleep(600)
 def test_the_script_hides_the_styled_source_when_the_app_dies(tmp_path):
     assert STYLED_SOURCE == INPUT_NAME  # the script (stdlib only) spells the name itself
     control = tmp_path / "control.json"
-    app = subprocess.Popen([sys.executable, "-c", FAKE_APP, str(control)], stdout=subprocess.PIPE, text=True)
+    def launch_app() -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, "-c", FAKE_APP, str(control)], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        return proc
+
+    app = launch_app()
     obs = headless.HeadlessObs(tmp_path / "obs", scripts=[(SCRIPT, {})], env={"SDV2_CONTROL_FILE": str(control)})
     try:
-        assert app.stdout.readline().strip() == "ready"
         obs.start()
         client = ObsClient(obs.settings)
         client.connect()
@@ -63,7 +68,9 @@ def test_the_script_hides_the_styled_source_when_the_app_dies(tmp_path):
             app.send_signal(signal.SIGKILL)  # a crash: the control file stays, nothing answers
             app.wait(10)
             assert control.exists()
-            assert wait_for(lambda: not enabled(), 60), "the styled source still shows after the app died"
+            assert wait_for(lambda: not enabled(), 60), f"still shown after the app died; OBS log:\n{obs.log_tail()}"
+            app = launch_app()  # streaming again: the watchdog shows what it hid
+            assert wait_for(enabled, 60), f"still hidden although the app answers; OBS log:\n{obs.log_tail()}"
         finally:
             client.close()
     finally:
@@ -75,17 +82,30 @@ def test_the_script_hides_the_styled_source_when_the_app_dies(tmp_path):
 class _Api:
     def __init__(self):
         self.hidden: list[str] = []
+        self.shown: list[list[str]] = []
         self.logs: list[str] = []
 
-    def hide_source(self, name: str) -> int:
+    def hide_source(self, name: str) -> list[str]:
         self.hidden.append(name)
-        return 1
+        return ["Live"]
+
+    def show_source(self, name: str, scenes: list[str]) -> None:
+        self.shown.append(scenes)
 
     def log(self, message: str) -> None:
         self.logs.append(message)
 
 
-def test_watchdog_hides_once_after_silent_checks_and_ignores_a_clean_quit(tmp_path, monkeypatch):
+class _Running:
+    def status(self):
+        return {"state": "running"}
+
+
+def test_watchdog_hides_a_silent_or_dead_app_once_and_shows_it_again_when_it_answers(tmp_path, monkeypatch):
+    import json
+    import os
+
+    from sdv2_studio.obs_bridge.control import ControlServer
     from sdv2_studio.obs_bridge.control_client import ControlClient
 
     control = tmp_path / "control.json"
@@ -93,8 +113,19 @@ def test_watchdog_hides_once_after_silent_checks_and_ignores_a_clean_quit(tmp_pa
     api = _Api()
     logic = ScriptLogic(api, connect=lambda: ControlClient.from_file(timeout=0.5))
     assert not any(logic.watch() for _ in range(WATCH_MISSES + 1)) and api.hidden == []  # no app: a clean quit
-    port = headless.free_tcp_port()  # nothing listens there: the app "died"
-    control.write_text(f'{{"url": "http://127.0.0.1:{port}", "token": "t", "pid": 1}}')
+    port = headless.free_tcp_port()  # a live process that does not answer: a hang
+    control.write_text(json.dumps({"url": f"http://127.0.0.1:{port}", "token": "t", "pid": os.getpid()}))
     results = [logic.watch() for _ in range(WATCH_MISSES + 2)]
     assert results == [False] * (WATCH_MISSES - 1) + [True, False, False] and api.hidden == [INPUT_NAME]
-    assert "does not answer" in logic.status_text
+    assert "does not answer" in logic.status_text and logic.hidden_in == ["Live"]
+
+    server = ControlServer(_Running(), control_path=control).start()  # it answers again, streaming
+    try:
+        assert logic.watch() is False and api.shown == [["Live"]] and logic.hidden_in == []
+    finally:
+        server.stop()
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait(30)
+    control.write_text(json.dumps({"url": f"http://127.0.0.1:{port}", "token": "t", "pid": gone.pid}))
+    assert logic.watch() is True and api.hidden == [INPUT_NAME, INPUT_NAME]  # a crash: hidden at the first check
