@@ -320,9 +320,9 @@ class MainWindow(QMainWindow):
     def _follow_latency(self, live: LiveStats) -> None:
         """A/V sync: delay the chosen OBS audio by the styled video's latency when it moved by more than a frame."""
         s = self.settings
-        offset = self._av_tracker.update(live.stats.latency_p50) if s.av_sync and s.av_sync_inputs else None
-        self.output_panel.setAvLatency(live.stats.latency_p50 * 1e3, self._av_tracker.applied_ms if s.av_sync
-                                       and s.av_sync_inputs else None)
+        on = s.av_sync and bool(s.av_sync_inputs)
+        offset = self._av_tracker.update(live.stats.latency_p50) if on else None
+        self.output_panel.setAvLatency(live.stats.latency_p50 * 1e3, self._av_tracker.applied_ms if on else None)
         if offset is not None:
             run_task(self.obs.set_audio_offset, list(s.av_sync_inputs), offset,
                      on_error=lambda m: self.banner.showMessage(f"could not set the audio delay in OBS: {m}", "warn"))
