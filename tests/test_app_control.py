@@ -79,6 +79,9 @@ def test_obs_app_cli_and_the_obs_script_drive_the_running_app(qtbot, tmp_path, b
         assert status["preset_labels"]["watercolor"] == water.name
         r = app_cli(qtbot, "preset", "no-such-style")
         assert r.returncode == 2 and "no preset called 'no-such-style'" in r.stderr
+        r = app_cli(qtbot, "preset", "3")  # the number `sdv2 presets list` shows
+        assert r.returncode == 0, r.stderr
+        assert w.presets.current.id == w.library.presets[2].id
 
         # the OBS script (its logic, with a stand-in for obspython) against the same running app
         api = FakeScriptApi()
@@ -86,7 +89,7 @@ def test_obs_app_cli_and_the_obs_script_drive_the_running_app(qtbot, tmp_path, b
         settings: dict = {}
         logic.defaults(settings)
         in_background(qtbot, lambda: logic.load(settings))
-        assert "anime-cel" in logic.presets and logic.status_text.startswith(f"running | preset {water.name} |")
+        assert "anime-cel" in logic.presets and logic.status_text.startswith(f"running | preset {w.library.presets[2].name} |")
         assert "ms" in logic.status_text.split("|")[-1]  # live fps and latency
         in_background(qtbot, lambda: api.press("anime-cel"))
         assert w.presets.current.id == "anime-cel"
