@@ -504,7 +504,7 @@ class MainWindow(QMainWindow):
         frames = self.controller.take_frames()
         if "input" in frames:
             self.input_view.setImage(frames["input"])
-        if "styled" in frames:
+        if "styled" in frames and self.controller.state == RUNNING:  # never a late frame of an ended run
             self.styled_view.setImage(frames["styled"])
 
     def _on_stats(self, live: LiveStats) -> None:

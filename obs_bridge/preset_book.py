@@ -14,7 +14,7 @@ from pathlib import Path
 
 from sdv2_studio.engine.config import CONTROL_FIELDS, Controls
 from sdv2_studio.engine.errors import EngineError
-from sdv2_studio.engine.presets import Preset
+from sdv2_studio.engine.presets import Preset, preset_index
 
 ALIASES = {"transition": "transition_chunks"}
 
@@ -75,10 +75,17 @@ class PresetBook:
     def __len__(self) -> int:
         return len(self._presets)
 
-    def controls(self, name: str) -> dict:
-        """The Controls fields preset ``name`` sets; EngineError naming the known presets otherwise."""
+    def resolve(self, key: str) -> str:
+        """The preset name ``key`` means: a name, a display name or a list number (engine.presets.preset_index)."""
+        if key in self._presets:
+            return key
         try:
-            return dict(self._presets[name])
-        except KeyError:
+            names = list(self._presets)
+            return names[preset_index([(n, self.labels.get(n, n)) for n in names], key)]
+        except EngineError:
             known = ", ".join(self._presets) or "(none loaded)"
-            raise EngineError(f"unknown preset {name!r}; known presets: {known}") from None
+            raise EngineError(f"unknown preset {key!r}; known presets: {known}") from None
+
+    def controls(self, name: str) -> dict:
+        """The Controls fields preset ``name`` (see :meth:`resolve`) sets; EngineError naming the presets otherwise."""
+        return dict(self._presets[self.resolve(name)])

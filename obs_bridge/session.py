@@ -71,6 +71,8 @@ class StreamSession:
         return self.session.engine.set_controls(controls, **changes)
 
     def apply_preset(self, name: str) -> Controls:
+        """Switch to preset ``name`` (its name, display name or list number)."""
+        name = self.presets.resolve(name)
         controls = self.set_controls(**self.presets.controls(name))
         self.preset = name
         return controls

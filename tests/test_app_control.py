@@ -89,7 +89,8 @@ def test_obs_app_cli_and_the_obs_script_drive_the_running_app(qtbot, tmp_path, b
         settings: dict = {}
         logic.defaults(settings)
         in_background(qtbot, lambda: logic.load(settings))
-        assert "anime-cel" in logic.presets and logic.status_text.startswith(f"running | preset {w.library.presets[2].name} |")
+        third = w.library.presets[2]
+        assert "anime-cel" in logic.presets and logic.status_text.startswith(f"running | preset {third.name} |")
         assert "ms" in logic.status_text.split("|")[-1]  # live fps and latency
         in_background(qtbot, lambda: api.press("anime-cel"))
         assert w.presets.current.id == "anime-cel"
@@ -113,6 +114,8 @@ def test_start_clears_the_previous_run(qtbot, tmp_path, bundle):
         old = w.styled_view.image()
         assert old is not None and w.banner.isVisible()
         w.controller.worker.mailbox.put("styled", old)  # a frame of the old run still waiting
+        w._on_frames()  # taken while idle (the input preview notifies too): not shown
+        w.controller.worker.mailbox.put("styled", old)
         w.toggle_stream(confirm=False)
         assert w.styled_view.image() is None and w.input_view.image() is None
         assert not w.banner.isVisible() and w.stats is None and "–" in w.stats_bar.fps.text()
