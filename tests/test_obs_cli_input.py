@@ -44,3 +44,18 @@ def test_presets_are_accepted_by_their_list_number():
     assert f"| {steps} step(s) |" in r.stderr
     r = sdv2("run", "--preset", str(len(rows) + 1), "--model", "tiny", "--out", "")
     assert r.returncode == 2 and f"a number 1-{len(rows)}" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_the_obs_preset_book_takes_list_numbers_and_display_names_too():
+    import pytest
+    from sdv2_studio.engine.errors import EngineError
+    from sdv2_studio.engine.presets import load_library
+    from sdv2_studio.obs_bridge.preset_book import PresetBook
+
+    presets, _ = load_library()
+    book, _ = PresetBook.from_library()
+    second = presets[1]
+    assert book.resolve("2") == book.resolve(second.name) == book.resolve(second.id) == second.id
+    assert book.controls("2")["prompt"] == second.controls.prompt
+    with pytest.raises(EngineError, match="unknown preset '99'"):
+        book.controls("99")
