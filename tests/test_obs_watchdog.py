@@ -68,9 +68,13 @@ def test_the_script_hides_the_styled_source_when_the_app_dies(tmp_path):
             app.send_signal(signal.SIGKILL)  # a crash: the control file stays, nothing answers
             app.wait(10)
             assert control.exists()
-            assert wait_for(lambda: not enabled(), 60), f"still shown after the app died; OBS log:\n{obs.log_tail()}"
+            hidden = wait_for(lambda: not enabled(), 60)
+            assert hidden, f"still shown after the app died; OBS log:\n{obs.log_tail()}"
             app = launch_app()  # streaming again: the watchdog shows what it hid
-            assert wait_for(enabled, 60), f"still hidden although the app answers; OBS log:\n{obs.log_tail()}"
+            shown = wait_for(enabled, 60)
+            assert shown, f"still hidden although the app answers; OBS log:\n{obs.log_tail()}"
+            print(f"\nwatchdog: hidden {hidden:.1f} s after the app died, shown {shown:.1f} s after it came back "
+                  f"(checks every {WATCH_SECONDS} s)")
         finally:
             client.close()
     finally:
