@@ -28,6 +28,7 @@ class EngineController(QObject):
     _controls = Signal(object)
     _outputs = Signal(object)
     _dispose = Signal()
+    _preview = Signal(object)
 
     def __init__(self, worker: EngineWorker | None = None, parent: QObject | None = None):
         super().__init__(parent)
@@ -40,6 +41,7 @@ class EngineController(QObject):
         self._stop.connect(w.stop)
         self._controls.connect(w.set_controls)
         self._outputs.connect(w.set_outputs)
+        self._preview.connect(w.preview)
         self._dispose.connect(w.dispose, Qt.ConnectionType.BlockingQueuedConnection)
         w.stateChanged.connect(self._on_state)
         w.progress.connect(self._on_progress)
@@ -104,6 +106,10 @@ class EngineController(QObject):
 
     def set_outputs(self, outputs: Outputs) -> None:
         self._outputs.emit(outputs)
+
+    def preview(self, request: StartRequest) -> None:
+        """Show the request's source in the input preview while idle (and again after each Stop)."""
+        self._preview.emit(request)
 
     def take_frames(self) -> dict:
         return self.worker.take_frames()

@@ -7,10 +7,14 @@ chooses the source and opens the outputs the user switched on, adding and removi
 Nothing here runs on the UI thread: the model loads on the worker thread, and a short QTimer there copies the
 session's newest input and styled frames into a `LatestFrame` mailbox (a busy UI sees the newest frame, never a
 backlog), reports stats and failed outputs, and notices the stream ending.
+
+While idle, `preview(request)` shows the chosen source at once: a reader thread puts its frames into the same
+mailbox. The preview closes before a stream opens the source (a camera opens once) and comes back after Stop.
 """
 
 from __future__ import annotations
 
+import collections
 import os
 import sys
 import threading
@@ -26,6 +30,7 @@ from sdv2_studio.engine.config import Controls
 from sdv2_studio.engine.errors import EngineError
 from sdv2_studio.engine.io.protocols import FrameSink, FrameSource
 from sdv2_studio.engine.session import Session, SessionStatus
+from sdv2_studio.engine.session import describe as describe_error
 
 IDLE, LOADING, RUNNING, STOPPING = "idle", "loading", "running", "stopping"
 OUTPUT_KINDS = ("obs", "vcam", "record")
@@ -37,6 +42,8 @@ class Outputs:
     vcam: bool = False  # a virtual camera
     record: bool = False  # an .mp4 file in record_dir
     record_dir: str = ""
+    obs_scene: str = ""  # the scene that gets the styled source ("" = the current program scene)
+    obs_fallback: str = ""  # the OBS source shown in its place when the stream stops ("" = none, just hide)
 
     def enabled(self) -> set[str]:
         return {k for k in OUTPUT_KINDS if getattr(self, k)}
@@ -59,6 +66,25 @@ class LiveStats:
     source_fps: float = 0.0
     elapsed: float = 0.0
     preview_dropped: int = 0
+    fps: float = 0.0  # styled frames reaching the outputs per second over the last FrameRate.WINDOW seconds
+    budget: float = 0.0  # the latency budget (seconds) deadline misses are counted against
+
+
+class FrameRate:
+    """Frames per second from a running frame count sampled over the last WINDOW seconds of wall time: a burst of
+    frames that share one timestamp still counts, and a stall shows as a falling rate (not a frozen one)."""
+
+    WINDOW = 3.0
+
+    def __init__(self) -> None:
+        self._samples: collections.deque[tuple[float, int]] = collections.deque()
+
+    def add(self, now: float, count: int) -> float:
+        self._samples.append((now, count))
+        while len(self._samples) > 2 and now - self._samples[1][0] >= self.WINDOW:
+            self._samples.popleft()
+        t0, c0 = self._samples[0]
+        return (count - c0) / (now - t0) if now > t0 else 0.0
 
 
 class _Aborted(Exception):
@@ -77,6 +103,7 @@ class EngineWorker(QObject):
 
     STATS_PERIOD = 0.25
     POLL_MS = 10  # previews: how often the newest frames are looked at
+    PREVIEW_FPS = 15  # idle input preview: frames shown per second at most
 
     def __init__(self, engine_factory=Engine, obs_service=None, bundle=None, vcam_opener=None):
         super().__init__()
@@ -94,6 +121,9 @@ class EngineWorker(QObject):
         self._outputs = Outputs()
         self._last_stats = 0.0
         self._t_start = 0.0
+        self._rate = FrameRate()
+        self._preview_req: StartRequest | None = None  # what the idle preview shows (and shows again after Stop)
+        self._preview: tuple[FrameSource, threading.Thread, threading.Event] | None = None
 
     @property
     def engine(self) -> Engine | None:
@@ -119,7 +149,9 @@ class EngineWorker(QObject):
     def start(self, req: StartRequest) -> None:
         if self.state != IDLE:
             return
+        self._close_preview()  # the stream opens the source itself
         self._abort.clear()
+        self.mailbox.clear()  # nothing of the previous run is shown in this one
         self._req, self._outputs = req, req.outputs
         self._set_state(LOADING)
         try:
@@ -143,6 +175,7 @@ class EngineWorker(QObject):
             return
         self.controlsApplied.emit(self.engine.controls)
         self._t_start = time.perf_counter()
+        self._rate = FrameRate()
         self._shown = (None, None)
         if self._timer is None:
             self._timer = QTimer(self)
@@ -166,11 +199,15 @@ class EngineWorker(QObject):
             if st.error:
                 self.errorRaised.emit(st.error)
         self._set_state(IDLE)
+        if self._preview_req is not None:
+            self.preview(self._preview_req)
 
     @Slot()
     def dispose(self) -> None:
         """Stop and release the worker-thread objects (called on the worker thread before it ends)."""
+        self._preview_req = None
         self.stop()
+        self._close_preview()
         if self._timer is not None:
             self._timer.stop()
             self._timer.deleteLater()
@@ -200,6 +237,50 @@ class EngineWorker(QObject):
             sink = self._open_output(kind, session.source)
             if sink is not None:
                 session.add_sink(kind, sink)
+
+    @Slot(object)
+    def preview(self, req: StartRequest) -> None:
+        """Idle: show `req`'s source in the input preview (replacing the previous one). Errors go to errorRaised."""
+        self._preview_req = req
+        if self.state != IDLE:
+            return  # shown again after Stop
+        self._close_preview()
+        try:
+            size = req.config.size or req.input_size
+            source = self._open_source(req, size)
+        except BaseException as e:
+            self._report(e)
+            return
+        stop = threading.Event()
+        thread = threading.Thread(target=self._read_preview, args=(source, stop), name="input-preview", daemon=True)
+        self._preview = (source, thread, stop)
+        thread.start()
+
+    def _read_preview(self, source: FrameSource, stop: threading.Event) -> None:
+        shown = 0.0
+        try:
+            for frame, _pts in source:
+                if stop.is_set():
+                    return
+                now = time.perf_counter()
+                if now - shown < 1 / self.PREVIEW_FPS:  # a preview need not convert every camera frame
+                    continue
+                shown = now
+                if self.mailbox.put("input", to_qimage(frame)):
+                    self.framesReady.emit()
+        except Exception as e:  # the source failed: the stream's own start reports it properly
+            if not stop.is_set():
+                self.notice.emit(f"input preview stopped: {describe_error(e)}")
+
+    def _close_preview(self) -> None:
+        preview, self._preview = self._preview, None
+        if preview is None:
+            return
+        source, thread, stop = preview
+        stop.set()
+        thread.join(timeout=2)  # ends at its next frame; closing a source mid-read is left for a stuck one
+        source.close()
+        thread.join(timeout=5)
 
     # -- internals ---------------------------------------------------------------------------------------------------
 
@@ -259,7 +340,10 @@ class EngineWorker(QObject):
                 return self._vcam_opener(size, fps)
             if self._obs is None:
                 raise EngineError("the OBS output needs the OBS bridge; install the [obs] extras")
-            return self._obs.open_output(size, fps)
+            spec = self._req.source.strip() if self._req else ""
+            capture = spec[4:] if spec.lower().startswith("obs:") else None
+            return self._obs.open_output(size, fps, scene=self._outputs.obs_scene, capture=capture,
+                                         fallback=self._outputs.obs_fallback or None)
         except Exception as e:
             self._output_failed(kind, str(e) if isinstance(e, EngineError) else f"{type(e).__name__}: {e}")
             return None
@@ -309,7 +393,8 @@ class EngineWorker(QObject):
     def _live_stats(self, st: SessionStatus, now: float) -> LiveStats:
         device, memory = _device_memory(self.engine)
         return LiveStats(st.engine, device, memory, getattr(self.session.source, "fps", 0.0) or 0.0,
-                         now - self._t_start, self.mailbox.dropped)
+                         now - self._t_start, self.mailbox.dropped, fps=self._rate.add(now, st.frames_out),
+                         budget=(self._req.config.latency_budget or 0.0) if self._req else 0.0)
 
 
 def _device_memory(engine: Engine) -> tuple[str, str]:

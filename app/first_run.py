@@ -1,5 +1,7 @@
 """FirstRunDialog: no model weights yet: download the real model (size and free space shown, progress, cancel) or
-start with the built-in tiny demo model, clearly labelled as untrained. `choice` is "download", "tiny" or None."""
+start with the built-in tiny demo model, clearly labelled as untrained. `choice` is "download", "tiny" or None.
+The recommendation follows the machine: the real model with an NVIDIA GPU, the tiny demo without one (the GPU query
+runs in the background, `gpu_probe`, default `services.gpus`)."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from PySide6.QtWidgets import (
 )
 from sdv2_studio.app import theme
 from sdv2_studio.app.background import Task, run_task
-from sdv2_studio.app.services import ModelItem, ModelService
+from sdv2_studio.app.services import ModelItem, ModelService, gpus
 from sdv2_studio.engine.doctor import vram_needs
 
 
@@ -25,7 +27,7 @@ def _gb(n: int | None) -> str:
 
 
 class FirstRunDialog(QDialog):
-    def __init__(self, models: ModelService, parent: QWidget | None = None):
+    def __init__(self, models: ModelService, parent: QWidget | None = None, gpu_probe=gpus):
         super().__init__(parent)
         self.setWindowTitle("Welcome to StreamDiffusionV2 Studio")
         self.setModal(True)
@@ -53,13 +55,13 @@ class FirstRunDialog(QDialog):
         self.progress_text.setProperty("role", "muted")
         self.progress_text.setWordWrap(True)
         self.progress_text.hide()
-        real = self._card("StreamDiffusionV2 1.3B  ·  recommended",
+        real = self._card(self.REAL_TITLE,
                           "The real-time style model with its Wan2.1 VAE and text encoder. Needs an NVIDIA GPU "
                           f"(about {vram_needs()[1]} GB of VRAM at 480×832).",
                           [self.size_label, self.progress, self.progress_text], self.download_btn)
 
         self.tiny_btn = QPushButton("Use the tiny demo")
-        tiny = self._card(f"Tiny demo model  ·  <span style='color:{theme.WARN}'>UNTRAINED</span>",
+        tiny = self._card(self.TINY_TITLE,
                           "Built in, starts in seconds on any computer. It checks that your camera, OBS and outputs "
                           "work, but its output is noise-like, not a style.", [], self.tiny_btn)
 
@@ -69,6 +71,7 @@ class FirstRunDialog(QDialog):
         bottom.addStretch(1)
         bottom.addWidget(self.cancel_btn)
 
+        self.real_title, self.tiny_title = (card.findChild(QLabel, "CardTitle") for card in (real, tiny))
         lay = QVBoxLayout(self)
         lay.setContentsMargins(24, 22, 24, 18)
         lay.setSpacing(12)
@@ -82,12 +85,28 @@ class FirstRunDialog(QDialog):
         self.tiny_btn.clicked.connect(self.use_tiny)
         self.cancel_btn.clicked.connect(self._cancel)
         run_task(self._sizes, on_done=self._show_sizes, on_error=self.size_label.setText)
+        run_task(gpu_probe, on_done=self._recommend, on_error=lambda _m: self._recommend([]))
+
+    REAL_TITLE = "StreamDiffusionV2 1.3B  ·  recommended"
+    TINY_TITLE = f"Tiny demo model  ·  <span style='color:{theme.WARN}'>UNTRAINED</span>"
+
+    def _recommend(self, found: list) -> None:
+        """No NVIDIA GPU: the real model would not run here, so the tiny demo is the recommended choice."""
+        if found:
+            return
+        self.real_title.setText("StreamDiffusionV2 1.3B  ·  needs an NVIDIA GPU (none found here)")
+        self.tiny_title.setText(f"{self.TINY_TITLE}  ·  recommended on this computer")
+        self.download_btn.setProperty("kind", "")
+        self.tiny_btn.setProperty("kind", "primary")
+        theme.repolish(self.download_btn)
+        theme.repolish(self.tiny_btn)
+        self.tiny_btn.setDefault(True)
 
     @staticmethod
     def _card(title: str, text: str, extra: list[QWidget], button: QPushButton) -> QFrame:
         card = QFrame()
         card.setObjectName("Card")
-        head = QLabel(title)
+        head = QLabel(title, objectName="CardTitle")
         head.setTextFormat(Qt.RichText)
         head.setStyleSheet("font-weight: 700; font-size: 11pt;")
         body = QLabel(text)

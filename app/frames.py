@@ -37,6 +37,11 @@ class LatestFrame:
             self._items[key] = item
             return notify
 
+    def clear(self) -> None:
+        """Forget what is waiting and the drop count (a new run)."""
+        with self._lock:
+            self._items, self.dropped = {}, 0
+
     def take(self) -> dict:
         with self._lock:
             items, self._items = self._items, {}

@@ -35,7 +35,7 @@ from sdv2_studio.app.preset_editor import PresetEditor
 from sdv2_studio.app.preset_gallery import PresetGallery
 from sdv2_studio.app.preset_library import PresetLibrary
 from sdv2_studio.app.preview import PreviewView
-from sdv2_studio.app.services import ModelService, ObsService, gpus, system_memory
+from sdv2_studio.app.services import ModelService, ObsService, gpus, system_memory, vcam_availability
 from sdv2_studio.app.settings import Settings, SettingsStore, default_record_dir
 from sdv2_studio.app.source_picker import SourcePicker, describe
 from sdv2_studio.app.stats_bar import StatsBar
@@ -43,6 +43,8 @@ from sdv2_studio.app.stats_plot import StatsPlot
 from sdv2_studio.engine.api import EngineConfig
 from sdv2_studio.engine.config import Controls
 from sdv2_studio.engine.errors import EngineError
+from sdv2_studio.obs_bridge.av_sync import SyncTracker
+from sdv2_studio.obs_bridge.errors import ObsAuthError
 
 UNTRAINED_RIBBON = "TINY DEMO MODEL · untrained: noise-like output, not a style"
 RESTART_KEYS = {"model", "device", "gpus", "dtype", "width", "height", "batch", "target_fps", "latency_budget_ms",
@@ -59,7 +61,7 @@ class MainWindow(QMainWindow):
     def __init__(self, *, settings: Settings | None = None, store: SettingsStore | None = None,
                  library: PresetLibrary | None = None, controller: EngineController | None = None,
                  models: ModelService | None = None, obs: ObsService | None = None, first_run: bool = True,
-                 input_size: tuple[int, int] = (360, 640)):
+                 input_size: tuple[int, int] = (360, 640), control: bool = True, vcam_probe=None):
         super().__init__()
         from sdv2_studio.app.services import default_model_service, default_obs_service
 
@@ -70,10 +72,14 @@ class MainWindow(QMainWindow):
         self.obs = obs or default_obs_service()
         self.controller = controller or EngineController(_default_worker(self.obs))
         self.input_size = input_size
+        self._vcam_probe = vcam_probe or vcam_availability
         self.stats: LiveStats | None = None
         self._first_run = first_run
         self._weights_present: bool | None = None
         self._closing = False
+        self._last_error: str | None = None
+        self._av_tracker = SyncTracker(1 / 16)
+        self.control_server = None
         self.setWindowTitle("StreamDiffusionV2 Studio")
         self.resize(1440, 900)
         self._save_timer = QTimer(self, singleShot=True, interval=500)
@@ -81,7 +87,28 @@ class MainWindow(QMainWindow):
         self._build()
         self._wire()
         self._restore()
+        if control:
+            self._serve_control()
         QTimer.singleShot(0, self._scan)
+        QTimer.singleShot(0, self._preview_source)
+
+    def _preview_source(self) -> None:
+        """Show the picked source in the input preview before Start (the worker keeps it after each Stop)."""
+        try:
+            self.controller.preview(self.request())
+        except EngineError:
+            pass  # an invalid setting is reported when Start is pressed
+
+    def _serve_control(self) -> None:
+        """Serve the local control API (the one `sdv2 obs attach` serves) and publish its control file, so the OBS
+        script and `sdv2 obs app ...` drive this window."""
+        from sdv2_studio.app.app_control import AppControl
+        from sdv2_studio.obs_bridge.control import ControlServer
+
+        try:
+            self.control_server = ControlServer(AppControl(self)).start()
+        except (EngineError, OSError) as e:
+            self.banner.showMessage(f"OBS hotkeys and `sdv2 obs app` are off: {e}", "warn")
 
     # -- layout -----------------------------------------------------------------------------------------------------
 
@@ -201,9 +228,13 @@ class MainWindow(QMainWindow):
         self.output_panel.recordDirChosen.connect(lambda p: self._update_settings(record_dir=p))
         self.output_panel.obsRefreshRequested.connect(self._scan_obs)
         self.output_panel.obsConnectRequested.connect(self._configure_obs)
+        self.output_panel.obsSceneChosen.connect(self._on_obs_scene)
+        self.output_panel.obsFallbackChosen.connect(self._on_obs_fallback)
+        self.output_panel.avSyncChanged.connect(self._on_av_sync)
 
     def _restore(self) -> None:
         s = self.settings
+        self.editor.setFrameRate(s.target_fps)
         saved = s.controls  # before activating the preset overwrites them
         self.presets.reload(select=s.preset)
         preset = self.library.get(s.preset) or (self.library.presets[0] if self.library.presets else None)
@@ -229,8 +260,13 @@ class MainWindow(QMainWindow):
         run_task(list_cameras, on_done=self.source_picker.setCameras)
         run_task(lambda: (gpus(), system_memory()), on_done=lambda r: self.engine_panel.setGpus(*r),
                  on_error=lambda m: self.engine_panel.setGpus([], system_memory()))
+        run_task(self._vcam_probe, on_done=self._vcam_checked)
         self._scan_models()
         self._scan_obs()
+
+    def _vcam_checked(self, availability) -> None:
+        self.output_panel.setVcamAvailability(availability.ok, availability.detail)
+        self.outputs.setAvailable("vcam", availability.ok is not False, availability.detail)
 
     def _scan_models(self) -> None:
         run_task(lambda: (self.models.items(), self.models.weights_present()), on_done=self._models_scanned,
@@ -242,18 +278,71 @@ class MainWindow(QMainWindow):
         def query():
             address = self.obs.address()
             try:
-                return address, self.obs.status(), self.obs.list_sources()
+                return (address, self.obs.status(), self.obs.list_sources(), self.obs.list_scenes(),
+                        self.obs.list_audio_inputs())
+            except ObsAuthError:  # the fix is here in the app, not a terminal command
+                return (address, "not connected: OBS rejected the password (or needs one): enter it below and press "
+                        "Save and connect (OBS: Tools > WebSocket Server Settings > Show Connect Info)", [], [], [])
             except EngineError as e:
-                return address, f"not connected: {e}", []
+                return address, f"not connected: {e}", [], [], []
 
         run_task(query, on_done=self._obs_scanned, on_error=lambda m: self.output_panel.setObsStatus(
             f"OBS not reachable: {m}"))
 
     def _obs_scanned(self, result) -> None:
-        (host, port), status, sources = result
+        (host, port), status, sources, scenes, audio = result
         self.output_panel.setObsAddress(host, port)
         self.output_panel.setObsStatus(status[:1].upper() + status[1:])
+        self.output_panel.setObsChoices(scenes, sources, self.settings.obs_scene, self.settings.obs_fallback)
+        self.output_panel.setAudioInputs(audio, self.settings.av_sync_inputs, self.settings.av_sync)
         self.source_picker.setObsSources(sources)
+        if scenes:
+            self._check_feedback()
+
+    def _check_feedback(self) -> None:
+        """With the OBS output on and an OBS source as input: warn now (a banner) if capturing it would show the
+        styled output; Start refuses the OBS output then (BridgeObsService.open_output)."""
+        s = self.settings
+        if s.output_obs and s.source.lower().startswith("obs:"):
+            run_task(self.obs.check_feedback, s.source[4:], s.obs_scene,
+                     on_error=lambda m: self.banner.showMessage(m, "error"))
+
+    def _on_obs_scene(self, scene: str) -> None:
+        self._update_settings(obs_scene=scene)
+        self._check_feedback()
+        if self.controller.state == RUNNING:
+            self.banner.showMessage("the styled source moves to the new scene the next time you press Start", "info")
+
+    def _on_av_sync(self, on: bool, inputs: list) -> None:
+        self._update_settings(av_sync=on, av_sync_inputs=list(inputs))
+        self._av_tracker.applied_ms = None  # apply the current latency at the next figures
+
+    def _follow_latency(self, live: LiveStats) -> None:
+        """A/V sync: delay the chosen OBS audio by the styled video's latency when it moved by more than a frame."""
+        s = self.settings
+        on = s.av_sync and bool(s.av_sync_inputs)
+        offset = self._av_tracker.update(live.stats.latency_p50) if on else None
+        self.output_panel.setAvLatency(live.stats.latency_p50 * 1e3, self._av_tracker.applied_ms if on else None)
+        if offset is not None:
+            run_task(self.obs.set_audio_offset, list(s.av_sync_inputs), offset,
+                     on_error=lambda m: self.banner.showMessage(f"could not set the audio delay in OBS: {m}", "warn"))
+
+    def _on_obs_fallback(self, fallback: str) -> None:
+        self._update_settings(obs_fallback=fallback)
+        self.controller.set_outputs(self._outputs())
+
+    def _outputs(self, outputs: Outputs | None = None) -> Outputs:
+        """The output switches with what the settings add: recording folder, OBS scene and stop fallback."""
+        from sdv2_studio.app.output_panel import FALLBACK_HIDE, FALLBACK_SOURCE
+
+        s = self.settings
+        fallback = s.obs_fallback
+        if fallback == FALLBACK_SOURCE:
+            fallback = s.source[4:] if s.source.lower().startswith("obs:") else ""
+        elif fallback == FALLBACK_HIDE:
+            fallback = ""
+        return dataclasses.replace(outputs or self.outputs.outputs(), record_dir=s.record_dir,
+                                   obs_scene=s.obs_scene, obs_fallback=fallback)
 
     def _configure_obs(self, host: str, port: int, password: str) -> None:
         self.output_panel.setObsStatus("saving and connecting…")
@@ -324,7 +413,7 @@ class MainWindow(QMainWindow):
                            text_device=text_device, **s.model_files(),
                            warm_prompts=tuple(dict.fromkeys(p.controls.prompt for p in self.library.presets)), **extra)
         return StartRequest(cfg, source=s.source, source_fps=s.target_fps, input_size=self.input_size,
-                            outputs=self.outputs.outputs())
+                            outputs=self._outputs())
 
     def toggle_stream(self, _checked: bool = False, *, confirm: bool = True) -> None:
         if self.controller.state in (RUNNING, LOADING):
@@ -350,9 +439,41 @@ class MainWindow(QMainWindow):
         except EngineError as e:
             self.banner.showMessage(str(e), "error")
             return
-        self.styled_view.setNotice("")
-        self.plot.clear()
+        self._reset_run()
         self.controller.start(req)
+
+    def _reset_run(self) -> None:
+        """A new run shows nothing of the previous one: frames, ribbon, banners, figures and plot."""
+        self._last_error = None
+        self.stats = None
+        self._av_tracker = SyncTracker(1 / max(1.0, self.settings.target_fps))
+        self.banner.hide()
+        self.styled_view.clear()
+        self.styled_view.setNotice("")
+        self.input_view.clear()
+        self.stats_bar.reset()
+        self.plot.clear()
+
+    def control_status(self) -> dict:
+        """What the control API's GET /status answers (the shape `sdv2 obs attach` serves; UI thread)."""
+        from sdv2_studio.app.app_control import SESSION_STATE
+
+        preset = self.presets.current
+        engine = self.controller.engine
+        try:
+            controls = engine.controls if engine is not None else self.editor.controls()
+        except EngineError:
+            controls = None
+        live = self.stats if self.controller.state == RUNNING else None
+        figures = None
+        if live is not None:
+            figures = dataclasses.asdict(live.stats)
+            figures.update(fps=live.fps, latency_budget=live.budget)
+        return {"app": "studio", "state": SESSION_STATE.get(self.controller.state, self.controller.state),
+                "error": self._last_error, "preset": preset.id if preset else None,
+                "preset_labels": {p.id: p.name for p in self.library.presets},
+                "controls": dataclasses.asdict(controls) if controls else None, "source": self.settings.source,
+                "outputs": sorted(self.outputs.outputs().enabled()), "engine": figures}
 
     def _on_state(self, state: str) -> None:
         self.stats_bar.setState(state)
@@ -368,9 +489,11 @@ class MainWindow(QMainWindow):
         elif state == IDLE:
             self.styled_view.setProgress(None)
             self.stats_bar.reset()
+            self.output_panel.setAvLatency(None)
             self.styled_view.setPlaceholder("Press Start to see your styled stream")
 
     def _on_error(self, message: str) -> None:
+        self._last_error = message
         self.banner.showMessage(message, "error")
 
     def _on_progress(self, message: str, fraction: float) -> None:
@@ -381,14 +504,16 @@ class MainWindow(QMainWindow):
         frames = self.controller.take_frames()
         if "input" in frames:
             self.input_view.setImage(frames["input"])
-        if "styled" in frames:
+        if "styled" in frames and self.controller.state == RUNNING:  # never a late frame of an ended run
             self.styled_view.setImage(frames["styled"])
 
     def _on_stats(self, live: LiveStats) -> None:
         self.stats = live
         self.stats_bar.setStats(live)
+        if live.stats.frames_out:
+            self._follow_latency(live)
         if live.stats.chunks >= 3:  # the first chunks arrive in a burst: their rate says nothing yet
-            self.plot.addSample(live.elapsed, live.stats.fps, live.stats.latency_p50 * 1e3)
+            self.plot.addSample(live.elapsed, live.fps, live.stats.latency_p50 * 1e3)
 
     def _on_notice(self, text: str) -> None:
         if "untrained" in text.lower():
@@ -412,6 +537,9 @@ class MainWindow(QMainWindow):
             files = [spec, *[f for f in files if f != spec]][:5]
         self._update_settings(source=spec, recent_files=files)
         self.input_view.setBadge(describe(spec), accent=False)
+        self._check_feedback()
+        self.input_view.clear()
+        self._preview_source()
         if self.controller.state == RUNNING:
             self.banner.showMessage("source changed: restarting the stream", "info")
             self.controller.stop()
@@ -424,14 +552,16 @@ class MainWindow(QMainWindow):
             QTimer.singleShot(100, self._restart_when_idle)
 
     def _on_outputs(self, outputs: Outputs) -> None:
-        outputs = dataclasses.replace(outputs, record_dir=self.settings.record_dir)
         self._update_settings(output_obs=outputs.obs, output_vcam=outputs.vcam, output_record=outputs.record)
-        self.controller.set_outputs(outputs)
+        self.controller.set_outputs(self._outputs(outputs))
+        self._check_feedback()
 
     def _on_settings_changed(self, changes: dict) -> None:
         self._update_settings(**changes)
         if "model" in changes:
             self._update_model_badge()
+        if "target_fps" in changes:
+            self.editor.setFrameRate(self.settings.target_fps)
         if RESTART_KEYS & set(changes) and self.controller.state == RUNNING:
             self.banner.showMessage("engine settings apply the next time you press Start", "info")
 
@@ -466,6 +596,9 @@ class MainWindow(QMainWindow):
 
     def closeEvent(self, event) -> None:
         self._closing = True
+        if self.control_server is not None:
+            self.control_server.stop()  # first: no request may reach a window being torn down
+            self.control_server = None
         self.controller.shutdown()
         if self.store is not None:
             self._save_timer.stop()

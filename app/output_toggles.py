@@ -55,6 +55,14 @@ class OutputToggles(QWidget):
             self._outputs = dataclasses.replace(self._outputs, **{kind: False})
         repolish(b)
 
+    def setAvailable(self, kind: str, available: bool, message: str) -> None:
+        """An output that cannot work here cannot be armed: switched off and disabled, the tooltip says why."""
+        b = self.buttons[kind]
+        b.setEnabled(available)
+        b.setToolTip(message if not available else f"{_LABELS[kind][1]} ({message})" if message else _LABELS[kind][1])
+        if not available and b.isChecked():
+            b.setChecked(False)  # emits outputsChanged: the saved setting follows
+
     def _toggled(self, kind: str) -> None:
         b = self.buttons[kind]
         if b.property("failed"):

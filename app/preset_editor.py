@@ -1,7 +1,7 @@
 """PresetEditor: edits the live `Controls` of the current style (prompt, steps, noise scale, seed, transition) and
 offers the preset actions. It emits intents only: `controlsEdited(Controls)` with the whole edited controls (a typed
-prompt joins them when applied), and one signal per library action; `setPreset` / `setControls` / `setModified` set
-its state."""
+prompt joins them once the typing pauses, or on Apply), and one signal per library action; `setPreset` /
+`setControls` / `setModified` / `setFrameRate` (the transition shows in seconds at that rate) set its state."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import random
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import (
+    QDoubleSpinBox,
     QGridLayout,
     QHBoxLayout,
     QLabel,
@@ -22,7 +23,7 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
-from sdv2_studio.engine.config import MAX_STEPS, MAX_TRANSITION, Controls
+from sdv2_studio.engine.config import MAX_STEPS, MAX_TRANSITION, CacheConfig, Controls
 from sdv2_studio.engine.presets import Preset
 
 
@@ -34,6 +35,7 @@ def _label(text: str, role: str) -> QLabel:
 
 class PresetEditor(QWidget):
     controlsEdited = Signal(object)  # Controls
+    PROMPT_DELAY_MS = 1200  # a typed prompt goes live once the typing pauses this long
     saveRequested = Signal()
     saveAsRequested = Signal()
     duplicateRequested = Signal()
@@ -59,7 +61,8 @@ class PresetEditor(QWidget):
         self.prompt.setFixedHeight(96)
         self.apply_prompt = QPushButton("Apply prompt")
         self.apply_prompt.setProperty("kind", "primary")
-        self.apply_prompt.setToolTip("Send the prompt to the stream (Ctrl+Enter)")
+        self.apply_prompt.setToolTip("The prompt goes to the stream by itself a moment after you stop typing, "
+                                     "blending in over the transition; this sends it now (Ctrl+Enter)")
         self.apply_prompt.setEnabled(False)
         QShortcut(QKeySequence("Ctrl+Return"), self.prompt, activated=self._apply_prompt)
 
@@ -75,10 +78,13 @@ class PresetEditor(QWidget):
         self.seed.setRange(0, 2**31 - 1)
         self.dice = QPushButton("Random")
         self.dice.setToolTip("New random seed")
-        self.transition = QSpinBox()
-        self.transition.setRange(0, MAX_TRANSITION)
-        self.transition.setSuffix(" chunks")
-        self.transition.setToolTip("How long a switch to this style blends in (0 = instant)")
+        self.transition = QDoubleSpinBox()
+        self.transition.setDecimals(2)
+        self.transition.setSuffix(" s")
+        self.transition.setToolTip("How long a switch to this style (or a prompt edit) blends in, in seconds at the "
+                                   "target rate (0 = instant). The engine blends per chunk of "
+                                   f"{CacheConfig().chunk_pixels} frames, so the value snaps to whole chunks.")
+        self.setFrameRate(16.0)
 
         grid = QGridLayout()
         grid.setHorizontalSpacing(10)
@@ -135,6 +141,8 @@ class PresetEditor(QWidget):
         lay.addSpacing(4)
         lay.addLayout(actions)
 
+        self._prompt_timer = QTimer(self, singleShot=True, interval=self.PROMPT_DELAY_MS)
+        self._prompt_timer.timeout.connect(self._apply_prompt)
         self._noise_timer = QTimer(self, singleShot=True, interval=150)
         self._noise_timer.timeout.connect(lambda: self._edit(noise_scale=self.noise.value() / 100))
         self.prompt.textChanged.connect(self._prompt_changed)
@@ -143,7 +151,7 @@ class PresetEditor(QWidget):
         self.noise.valueChanged.connect(self._noise_changed)
         self.seed.valueChanged.connect(lambda v: self._edit(seed=int(v)))
         self.dice.clicked.connect(lambda: self.seed.setValue(random.randrange(0, 2**31 - 1)))
-        self.transition.valueChanged.connect(lambda v: self._edit(transition_chunks=int(v)))
+        self.transition.valueChanged.connect(lambda v: self._edit(transition_chunks=self._chunks(v)))
         self.save.clicked.connect(self.saveRequested.emit)
         self.save_as.clicked.connect(self.saveAsRequested.emit)
         self.setPreset(None)
@@ -188,11 +196,27 @@ class PresetEditor(QWidget):
             self.steps.setValue(controls.steps)
             self.noise.setValue(round(controls.noise_scale * 100))
             self.seed.setValue(min(controls.seed, self.seed.maximum()))
-            self.transition.setValue(controls.transition_chunks)
+            self.transition.setValue(controls.transition_chunks * self._chunk_s)
             self._sync_labels()
             self.apply_prompt.setEnabled(False)
+            self._prompt_timer.stop()
         finally:
             self._loading = False
+
+    def setFrameRate(self, fps: float) -> None:
+        """The stream's target rate: what a chunk lasts, so the transition shows in seconds."""
+        chunks = self._controls.transition_chunks
+        self._chunk_s = CacheConfig().chunk_pixels / max(1.0, fps)
+        was, self._loading = self._loading, True
+        try:
+            self.transition.setSingleStep(self._chunk_s)
+            self.transition.setRange(0.0, MAX_TRANSITION * self._chunk_s)
+            self.transition.setValue(chunks * self._chunk_s)
+        finally:
+            self._loading = was
+
+    def _chunks(self, seconds: float) -> int:
+        return max(0, min(MAX_TRANSITION, round(seconds / self._chunk_s)))
 
     # -- intents ----------------------------------------------------------------------------------------------------
 
@@ -209,14 +233,19 @@ class PresetEditor(QWidget):
 
     def _prompt_changed(self) -> None:
         if not self._loading:
-            self.apply_prompt.setEnabled(bool(self.prompt.toPlainText().strip()))
+            typed = bool(self.prompt.toPlainText().strip())
+            self.apply_prompt.setEnabled(typed)
             self.setModified(True)
+            if typed:
+                self._prompt_timer.start()  # live: applied once the typing pauses
 
     def _apply_prompt(self) -> None:
+        self._prompt_timer.stop()
         text = self.prompt.toPlainText().strip()
         if text:
             self.apply_prompt.setEnabled(False)
-            self._edit(prompt=text)
+            if text != self._controls.prompt:
+                self._edit(prompt=text)
 
     def _steps_changed(self, value: int) -> None:
         self._sync_labels()

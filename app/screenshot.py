@@ -21,7 +21,7 @@ def run_screenshot(app: QApplication, path: str, seconds: float = 5.0, *, window
     out.parent.mkdir(parents=True, exist_ok=True)
     settings = Settings(model="tiny", source="test", height=SIZE[0], width=SIZE[1], target_fps=12,
                         first_run_done=True, device="cpu")
-    window = MainWindow(settings=settings, store=None, first_run=False)
+    window = MainWindow(settings=settings, store=None, first_run=False, control=False)  # not discoverable
     window.resize(*window_size)
     window.show()
     result = {"code": 1, "saved": False, "ran": False}

@@ -12,8 +12,10 @@ Every method may block (network, disk, device queries): the window only calls th
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,7 @@ from sdv2_studio.engine.errors import EngineError
 from sdv2_studio.engine.io.protocols import FrameSink, FrameSource
 
 Progress = Callable[[str, float], None]
+log = logging.getLogger(__name__)
 
 
 # -- machine ---------------------------------------------------------------------------------------------------------
@@ -142,8 +145,13 @@ class ObsService(Protocol):
     def configure(self, host: str, port: int, password: str) -> str: ...
     def status(self) -> str: ...
     def list_sources(self) -> list[str]: ...
+    def list_scenes(self) -> list[str]: ...
+    def check_feedback(self, capture: str, scene: str) -> None: ...
+    def list_audio_inputs(self) -> list[str]: ...
+    def set_audio_offset(self, inputs: list[str], offset_ms: int) -> None: ...
     def open_source(self, name: str, size: tuple[int, int], fps: float) -> FrameSource: ...
-    def open_output(self, size: tuple[int, int], fps: float) -> FrameSink: ...
+    def open_output(self, size: tuple[int, int], fps: float, scene: str = "", capture: str | None = None,
+                    fallback: str | None = None) -> FrameSink: ...
 
 
 OBS_INSTALL_HINT = "install the OBS extras: pip install 'streamdiffusion-studio[obs]'"
@@ -167,25 +175,45 @@ class UnavailableObsService:
     def list_sources(self) -> list[str]:
         return []
 
+    def list_scenes(self) -> list[str]:
+        return []
+
+    def check_feedback(self, capture: str, scene: str) -> None:
+        return None
+
+    def list_audio_inputs(self) -> list[str]:
+        return []
+
+    def set_audio_offset(self, inputs: list[str], offset_ms: int) -> None:
+        raise EngineError(self.reason)
+
     def open_source(self, name: str, size: tuple[int, int], fps: float) -> FrameSource:
         raise EngineError(self.reason)
 
-    def open_output(self, size: tuple[int, int], fps: float) -> FrameSink:
+    def open_output(self, size: tuple[int, int], fps: float, scene: str = "", capture: str | None = None,
+                    fallback: str | None = None) -> FrameSink:
         raise EngineError(self.reason)
 
 
 class _ObsStreamSink(FrameSink):
-    """The MPEG-TS sender feeding the OBS media source; closing it also closes its OBS connection."""
+    """The MPEG-TS sender feeding the OBS media source. Closing it (Stop, or the app quitting) hides the styled
+    source in its scene, so no frozen last frame stays on air, shows the fallback source there instead (if any),
+    and closes its OBS connection."""
 
-    def __init__(self, inner: FrameSink, client, url: str, scene: str):
-        self.inner, self.client, self.url, self.scene = inner, client, url, scene
+    def __init__(self, inner: FrameSink, client, url: str, scene: str, fallback: str | None = None):
+        self.inner, self.client, self.url, self.scene, self.fallback = inner, client, url, scene, fallback
 
     def write(self, frame, pts_seconds: float | None = None) -> None:
         self.inner.write(frame, pts_seconds)
 
     def close(self) -> None:
+        from sdv2_studio.obs_bridge.output import park
+
         try:
             self.inner.close()
+            park(self.client, self.scene, self.fallback)
+        except EngineError as e:  # OBS went away: nothing shows on its stream anyway
+            log.warning("could not hide the styled source in OBS: %s", e)
         finally:
             self.client.close()
 
@@ -210,47 +238,80 @@ class BridgeObsService:
         return s.host, s.port
 
     def configure(self, host: str, port: int, password: str) -> str:
-        """Save the connection (password to the OS keyring when available); returns where the password went."""
+        """Save the connection (password to the OS keyring when available); returns where the password went. A new
+        password is tried on OBS first: one OBS refuses is not saved (EngineError saying so)."""
+        from sdv2_studio.obs_bridge.client import check_login
+        from sdv2_studio.obs_bridge.errors import ObsAuthError
         from sdv2_studio.obs_bridge.settings import save_settings
 
         current = self._load_settings()
         current.host, current.port = host, int(port)
         if password:
             current.password = password
+            try:
+                check_login(current)
+            except ObsAuthError:
+                raise EngineError(f"OBS at {current.address} rejected this password, so it was not saved: copy it "
+                                  "from OBS (Tools > WebSocket Server Settings > Show Connect Info) and enter it "
+                                  "again") from None
         return save_settings(current)
 
     def status(self) -> str:
-        client = self._client()
-        try:
-            info = client.connect()
-            return f"connected: {info.summary()}" if hasattr(info, "summary") else "connected"
-        finally:
-            client.close()
+        with self._client() as client:
+            return f"connected: {client.info.summary()}"
 
     def list_sources(self) -> list[str]:
-        client = self._client()
-        try:
-            client.connect()
+        with self._client() as client:
             scenes = client.scene_names()
             inputs = [name for name, _kind in client.input_names()]
-        finally:
-            client.close()
         return scenes + [n for n in inputs if n not in scenes]
+
+    def list_scenes(self) -> list[str]:
+        with self._client() as client:
+            return client.scene_names()
+
+    def list_audio_inputs(self) -> list[str]:
+        from sdv2_studio.obs_bridge.av_sync import audio_inputs
+
+        with self._client() as client:
+            return audio_inputs(client)
+
+    def set_audio_offset(self, inputs: list[str], offset_ms: int) -> None:
+        """Delay the audio of ``inputs`` in OBS by ``offset_ms`` (obs_bridge.av_sync)."""
+        from sdv2_studio.obs_bridge.av_sync import set_audio_offset
+
+        with self._client() as client:
+            set_audio_offset(client, inputs, offset_ms)
+
+    def check_feedback(self, capture: str, scene: str) -> None:
+        """EngineError (one line) when capturing ``capture`` would show the styled source in ``scene`` (default:
+        the program scene): obs_bridge.scenes.refuse_feedback, the check `sdv2 obs attach` makes."""
+        from sdv2_studio.obs_bridge.scenes import refuse_feedback
+
+        with self._client() as client:
+            scene = scene or client.call("GetCurrentProgramScene").get("currentProgramSceneName")
+            refuse_feedback(capture, scene, client)
 
     def open_source(self, name: str, size: tuple[int, int], fps: float) -> FrameSource:
         from sdv2_studio.obs_bridge.capture import ObsCaptureSource
 
         return ObsCaptureSource(name, self._load_settings(), size=size, fps=fps)
 
-    def open_output(self, size: tuple[int, int], fps: float) -> FrameSink:
+    def open_output(self, size: tuple[int, int], fps: float, scene: str = "", capture: str | None = None,
+                    fallback: str | None = None) -> FrameSink:
+        """The styled source in ``scene`` (default: the current program scene). Refused when ``capture`` (the OBS
+        source being styled) would show the output (obs_bridge.scenes.refuse_feedback). ``fallback`` shows in the
+        styled source's place when the stream stops (obs_bridge.output.park)."""
         from sdv2_studio.engine.io.mpegts import open_mpegts_sink
         from sdv2_studio.obs_bridge.client import ObsClient
         from sdv2_studio.obs_bridge.output import attach_stream, free_udp_port, stream_port
+        from sdv2_studio.obs_bridge.scenes import refuse_feedback
 
         client = ObsClient(self._load_settings())
         try:
             client.connect()
-            scene = client.call("GetCurrentProgramScene").get("currentProgramSceneName")
+            scene = scene or client.call("GetCurrentProgramScene").get("currentProgramSceneName")
+            refuse_feedback(capture, scene, client)
             url = f"udp://127.0.0.1:{stream_port(client) or free_udp_port()}"
             out = open_mpegts_sink(url, fps=fps, size=size)
             try:
@@ -261,7 +322,36 @@ class BridgeObsService:
         except BaseException:
             client.close()
             raise
-        return _ObsStreamSink(out, client, url, scene)
+        return _ObsStreamSink(out, client, url, scene, fallback)
+
+
+@dataclass(frozen=True)
+class Availability:
+    ok: bool | None  # None: cannot tell before trying (the output may be armed)
+    detail: str  # what is there, or how to get it
+
+
+def vcam_availability(platform: str = sys.platform, sysfs: Path = Path("/sys")) -> Availability:
+    """Whether a virtual camera can open, without opening one (an open camera may be in use by a meeting app)."""
+    try:
+        import pyvirtualcam  # noqa: F401
+    except ImportError:
+        return Availability(False, "needs pyvirtualcam: pip install pyvirtualcam")
+    from sdv2_studio.engine.io.vcam import vcam_help
+
+    if platform.startswith("linux"):
+        if not (sysfs / "module" / "v4l2loopback").exists():
+            return Availability(False, f"no virtual camera device: {vcam_help(platform)}")
+        names = []
+        for path in sorted((sysfs / "class" / "video4linux").glob("video*/name")):
+            label = path.read_text(errors="replace").lower()  # v4l2loopback names them "Dummy video device ..."
+            if "dummy" in label or "loopback" in label:
+                names.append(path.parent.name)
+        if not names:
+            return Availability(False, f"v4l2loopback is loaded but made no device: {vcam_help(platform)}")
+        return Availability(True, "virtual camera: " + ", ".join(f"/dev/{n}" for n in names))
+    return Availability(None, f"uses the OBS Virtual Camera or Unity Capture; if Start reports none: "
+                              f"{vcam_help(platform)}")
 
 
 def open_virtual_camera(size: tuple[int, int], fps: float) -> FrameSink:

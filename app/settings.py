@@ -52,6 +52,10 @@ class Settings:
     output_vcam: bool = False
     output_record: bool = False
     record_dir: str = ""  # "" = the user's Videos folder
+    obs_scene: str = ""  # the OBS scene that gets the styled source; "" = the current program scene
+    av_sync: bool = False  # delay av_sync_inputs in OBS by the styled video's measured latency
+    av_sync_inputs: list[str] = field(default_factory=list)
+    obs_fallback: str = ""  # shown in OBS when the stream stops: "" the OBS input being styled, ":hide", or a name
     # first run
     first_run_done: bool = False
 

@@ -376,14 +376,23 @@ def import_preset(src: str | os.PathLike, folder: str | os.PathLike | None = Non
     return save_preset(p.replace(id=unique_id(p.name, folder, taken)), folder)
 
 
-def find_preset(presets: Sequence[Preset], key: str) -> Preset:
-    """Look a preset up by id or (case-insensitive) name."""
+def preset_index(entries: Sequence[tuple[str, str]], key: str) -> int:
+    """Index of the preset ``key`` names among ``(id, name)`` pairs: its id, (case-insensitive) name, or its number
+    in the list (1-based, as `sdv2 presets list` shows them). EngineError naming the choices otherwise."""
     low = key.strip().lower()
-    for p in presets:
-        if p.id.lower() == low or p.name.lower() == low:
-            return p
-    names = ", ".join(p.id for p in presets) or "none found"
-    raise EngineError(f"no preset called {key!r}; available: {names} (see `sdv2 presets list`)")
+    for i, (pid, name) in enumerate(entries):
+        if pid.lower() == low or name.lower() == low:
+            return i
+    if low.isdigit() and 1 <= int(low) <= len(entries):
+        return int(low) - 1
+    names = ", ".join(pid for pid, _ in entries) or "none found"
+    raise EngineError(f"no preset called {key!r}; available: {names}, or a number 1-{len(entries)} from "
+                      "`sdv2 presets list`")
+
+
+def find_preset(presets: Sequence[Preset], key: str) -> Preset:
+    """Look a preset up by id, name or list number (:func:`preset_index`)."""
+    return presets[preset_index([(p.id, p.name) for p in presets], key)]
 
 
 # -- CLI ----------------------------------------------------------------------------------------------------------

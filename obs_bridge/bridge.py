@@ -41,10 +41,11 @@ from sdv2_studio.obs_bridge.output import (
     camera_kind,
     check_vcam_backend,
     free_udp_port,
+    park,
     stream_port,
 )
 from sdv2_studio.obs_bridge.preset_book import PresetBook
-from sdv2_studio.obs_bridge.scenes import ScenePresets
+from sdv2_studio.obs_bridge.scenes import ScenePresets, refuse_feedback
 from sdv2_studio.obs_bridge.session import StreamSession
 from sdv2_studio.obs_bridge.settings import ObsSettings
 
@@ -58,7 +59,8 @@ class BridgeConfig:
     ``capture``: an OBS source or scene name to capture (screenshot path); or ``camera``: an engine source spec
     (``camera:0``, ``/dev/video0``, ``test``, a file) read directly with PyAV. ``sink``: ``udp``, ``srt``, a
     virtual camera spec (``vcam``, ``vcam:DEVICE``, ``vcam/BACKEND``) or ``spout[:NAME]`` / ``syphon[:NAME]``
-    (where their packages are installed). ``fps``: capture and output rate.
+    (where their packages are installed). ``fps``: capture and output rate. ``fallback``: the OBS source shown in
+    the styled source's place when the stream stops (None: the styled source is only hidden).
     """
 
     scene: str
@@ -71,6 +73,7 @@ class BridgeConfig:
     scene_presets: dict[str, str] = field(default_factory=dict)
     quality: int = 80
     health_interval: float = 2.0
+    fallback: str | None = None
 
 
 class ObsBridge:
@@ -105,6 +108,7 @@ class ObsBridge:
         scenes = self.client.scene_names()
         if self.config.scene not in scenes:
             raise ObsError(f"OBS has no scene {self.config.scene!r}; pick one of: {', '.join(scenes)}")
+        refuse_feedback(self.config.capture, self.config.scene, self.client, self.config.input_name)
         sink = self.config.sink.lower()
         if sink in ("udp", "srt"):
             info.require_kind("media source", "ffmpeg_source")
@@ -216,11 +220,17 @@ class ObsBridge:
                 self.health = ObsHealth.from_stats(stats)
 
     def stop(self) -> None:
+        """Stop the stream; the styled source is hidden in OBS (no frozen frame on air), the fallback shown."""
         self._stop.set()
         if self.events is not None:
             self.events.stop()
             self.events = None
         self.session.stop()
+        if self.attachment is not None and self.client.connected:
+            try:
+                park(self.client, self.attachment.scene, self.config.fallback, self.config.input_name)
+            except EngineError as e:
+                log.warning("could not hide the styled source in OBS: %s", e)
         if self._health_thread is not None:
             self._health_thread.join(timeout=self.settings.timeout + 1)
             self._health_thread = None

@@ -4,7 +4,8 @@
     sdv2 obs sources                             scenes and inputs (what --scene and --input accept)
     sdv2 obs attach --scene S [--input SOURCE | --camera SPEC] [--sink udp|srt|vcam]
     sdv2 obs detach                              remove the StreamDiffusionV2 input from OBS
-    sdv2 obs set-password                        store the obs-websocket password (OS keyring when available)
+    sdv2 obs set-password                        store the obs-websocket password (OS keyring when available;
+                                                 read from stdin when it is not a terminal)
     sdv2 obs script-path                         where obs_script.py is (OBS: Tools > Scripts > +)
     sdv2 obs install-plugin                      build the native plugin (source + filter) into OBS (Linux)
     sdv2 obs app status|presets|preset NAME|steps N|start|stop     drive the running app (its control API)
@@ -129,21 +130,20 @@ def _cmd_attach(args: argparse.Namespace) -> int:
     from sdv2_studio.obs_bridge.control import ControlServer
     from sdv2_studio.obs_bridge.obs_script import format_status
     from sdv2_studio.obs_bridge.output import start_obs_virtualcam
-    from sdv2_studio.obs_bridge.scenes import parse_scene_map
+    from sdv2_studio.obs_bridge.scenes import parse_scene_map, refuse_feedback
 
     if args.input and args.camera:
         raise EngineError("give --input (an OBS source) or --camera, not both")
-    if args.input and args.input == args.scene:
-        raise EngineError(f"capturing scene {args.scene!r} while showing the result in it feeds the output back "
-                          "into the input; capture a source or another scene")
+    refuse_feedback(args.input, args.scene)  # again with OBS's scene contents once connected (ObsBridge.connect)
     camera = None if args.input else (args.camera or "camera:0")
     presets = _presets(args)
     given = {"steps": args.steps, "prompt": args.prompt or None}
     controls = Controls(**{k: v for k, v in given.items() if v is not None})
     engine_cfg = EngineConfig(model=args.model, device=args.device, dtype=args.dtype, size=_parse_size(args.size),
                               controls=controls, queue_frames=8)
+    fallback = args.input if args.fallback is None else (args.fallback or None)
     cfg = BridgeConfig(scene=args.scene, capture=args.input, camera=camera, sink=args.sink, fps=args.fps,
-                       port=args.udp_port, scene_presets=parse_scene_map(args.scene_presets or ""))
+                       port=args.udp_port, scene_presets=parse_scene_map(args.scene_presets or ""), fallback=fallback)
     bridge = ObsBridge(_settings(args), cfg, engine_cfg, presets)
     if args.preset:
         bridge.apply_preset(args.preset)
@@ -195,11 +195,23 @@ def _cmd_set_password(args: argparse.Namespace) -> int:
     from sdv2_studio.obs_bridge.settings import save_settings
 
     s = _settings(args)
-    s.password = getpass.getpass(f"obs-websocket password for {s.address} (Tools > WebSocket Server Settings > "
-                                 "Show Connect Info): ")
+    if sys.stdin is None or not sys.stdin.isatty():  # piped in: `printf %s "$PW" | sdv2 obs set-password`
+        s.password = (sys.stdin.readline() if sys.stdin else "").rstrip("\r\n")
+    else:
+        s.password = getpass.getpass(f"obs-websocket password for {s.address} (Tools > WebSocket Server Settings > "
+                                     "Show Connect Info): ")
+    checked = None
+    if s.password:
+        try:
+            from sdv2_studio.obs_bridge.client import check_login
+        except ImportError:  # without obsws-python there is nothing to check with
+            pass
+        else:
+            checked = check_login(s)  # a refused password raises: nothing is saved
     where = save_settings(s)
     print({"keyring": "saved in the OS keyring", "file": "saved in the settings file (readable by you only; "
-           "install `keyring` to use the OS keyring)", "none": "password cleared"}[where])
+           "install `keyring` to use the OS keyring)", "none": "password cleared"}[where]
+          + {True: "; OBS accepted it", False: f"; not checked: OBS does not answer at {s.address}", None: ""}[checked])
     return 0
 
 
@@ -286,6 +298,9 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--presets", default=None,
                    help='JSON file {"name": {"prompt": ..., "steps": 2}, ...} instead of the preset library')
     s.add_argument("--scene-presets", default=None, help="switch presets with the program scene: SCENE=PRESET,...")
+    s.add_argument("--fallback", default=None, metavar="SOURCE",
+                   help="OBS source shown in the styled source's place when the stream stops (default: the --input "
+                        "source; '' only hides the styled source)")
     s.add_argument("--obs-virtualcam", action="store_true",
                    help="also start OBS's own virtual camera (for Zoom/Discord) on --scene")
     s.add_argument("--device", default="auto")
@@ -301,7 +316,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--input-name", default="StreamDiffusionV2")
     s.set_defaults(fn=_cmd_detach)
 
-    s = sub.add_parser("set-password", help="store the obs-websocket password (OS keyring when available)")
+    s = sub.add_parser("set-password", help="store the obs-websocket password (OS keyring when available); typed "
+                       "at a prompt, or one line read from stdin when it is not a terminal")
     _connection_args(s)
     s.set_defaults(fn=_cmd_set_password)
 

@@ -141,6 +141,21 @@ def connection_error(settings: ObsSettings, e: BaseException) -> ObsError:
     raise e  # KeyboardInterrupt and friends
 
 
+def check_login(settings: ObsSettings) -> bool:
+    """Log in to OBS once with ``settings`` (to check a password before it is saved): True when OBS accepted it,
+    False when nothing answers (so it could not be checked); :class:`ObsAuthError` when OBS refuses it."""
+    client = ObsClient(settings, auto_reconnect=False)
+    try:
+        client.connect()
+    except ObsAuthError:
+        raise
+    except ObsUnreachable:
+        return False
+    finally:
+        client.close()
+    return True
+
+
 class ObsClient:
     """Thread-safe obs-websocket client (see module docstring).
 

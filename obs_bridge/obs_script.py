@@ -6,6 +6,11 @@ app through the app's local control API (127.0.0.1, token from the app's control
 nothing beyond the standard library. Preset names seen once are remembered, so their hotkeys exist (and keep
 their bindings) even when OBS starts before the app.
 
+Watchdog: every WATCH_SECONDS the script checks the app that published the control file (a clean quit removes the
+file and hides the source itself). When its process is gone (a crash), or it stays silent for WATCH_MISSES checks in
+a row (a hang), the styled source is hidden in every scene, so no frozen frame stays on air; if it answers again
+while streaming, the source is shown again where the watchdog hid it.
+
 Everything OBS-specific goes through :class:`ObsPythonApi`, a thin layer over ``obspython``; the logic
 (:class:`ScriptLogic`) is plain Python and is tested with a stand-in layer and a real control API server.
 """
@@ -13,13 +18,14 @@ Everything OBS-specific goes through :class:`ObsPythonApi`, a thin layer over ``
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 try:
-    from sdv2_studio.obs_bridge.control_client import ControlClient, ControlError
+    from sdv2_studio.obs_bridge.control_client import ControlClient, ControlError, control_file
 except ImportError:  # inside OBS's own Python: expose just this folder as the package (no sys.path changes,
     import types  # so nothing else from the app's environment can shadow OBS's modules)
 
@@ -28,10 +34,13 @@ except ImportError:  # inside OBS's own Python: expose just this folder as the p
     _package = types.ModuleType("sdv2_studio.obs_bridge")
     _package.__path__ = [str(Path(__file__).resolve().parent)]
     sys.modules.setdefault("sdv2_studio.obs_bridge", _package)
-    from sdv2_studio.obs_bridge.control_client import ControlClient, ControlError
+    from sdv2_studio.obs_bridge.control_client import ControlClient, ControlError, control_file
 
 HOTKEY_PREFIX = "sdv2.preset."
+STYLED_SOURCE = "StreamDiffusionV2"  # the styled source's name (obs_bridge.output.INPUT_NAME)
+WATCH_SECONDS, WATCH_MISSES = 2, 3  # a loaded machine may stall a second: only ~6 s of silence counts
 KNOWN_PRESETS_KEY = "sdv2_known_presets"
+PRESET_LABELS_KEY = "sdv2_preset_labels"  # preset id -> display name, as the app last reported them
 DESCRIPTION = ("<b>StreamDiffusionV2</b><br>Restyle your stream in real time. Start the app first "
                "(e.g. <code>sdv2 obs attach --scene SCENE --input SOURCE</code>); presets, steps and start/stop "
                "below control it. Hotkeys per preset: Settings &gt; Hotkeys.")
@@ -77,6 +86,10 @@ class ScriptApi(Protocol):
 
     def log(self, message: str) -> None: ...
 
+    def hide_source(self, name: str) -> list[str]: ...
+
+    def show_source(self, name: str, scenes: list[str]) -> None: ...
+
 
 class ScriptLogic:
     """What the script does, independent of OBS. ``connect()`` returns a control API client (default: the one the
@@ -86,11 +99,47 @@ class ScriptLogic:
         self.api = api
         self._connect = connect or (lambda: ControlClient.from_file(timeout=1.5))
         self.presets: list[str] = []
+        self.labels: dict[str, str] = {}  # preset id -> display name (the app's status "preset_labels")
         self.status_text = "not connected"
         self.hotkeys: dict[str, int] = {}
         self.settings: Settings = None
         self._applied_preset: str | None = None
         self._applied_steps: int | None = None
+        self._silent = 0  # watchdog: status checks in a row the published app did not answer
+        self.hidden_in: list[str] = []  # scenes where the watchdog hid the styled source
+        self._probe = connect or (lambda: ControlClient.from_file(timeout=0.5))  # short: runs on OBS's UI thread
+
+    # -- watchdog -----------------------------------------------------------------------------------------------------
+
+    def watch(self) -> bool:
+        """One watchdog check (see the module docstring); True when it hid the styled source."""
+        path = control_file()
+        if not path.exists():
+            self._silent = 0  # not running, or quit cleanly (then it hid the source itself)
+            return False
+        if _process_gone(path):
+            self._silent = WATCH_MISSES - 1  # a crash: no need to wait for timeouts
+            error: str = "its process ended"
+        else:
+            try:
+                status = self._probe().status()
+            except ControlError as e:
+                error = str(e)
+            else:
+                self._silent = 0
+                if self.hidden_in and status.get("state") == "running":
+                    self.api.show_source(STYLED_SOURCE, self.hidden_in)
+                    self.api.log(f"StreamDiffusionV2: the app answers again; showing {STYLED_SOURCE} again")
+                    self.hidden_in = []
+                return False
+        self._silent += 1
+        if self._silent != WATCH_MISSES:
+            return False
+        self.hidden_in = self.api.hide_source(STYLED_SOURCE)
+        self.status_text = f"the app does not answer ({error}); styled source hidden"
+        self.api.log(f"StreamDiffusionV2: the app stopped answering ({error}); hid {STYLED_SOURCE} in "
+                     f"{len(self.hidden_in)} scene(s)")
+        return True
 
     # -- talking to the app -------------------------------------------------------------------------------------------
 
@@ -104,21 +153,29 @@ class ScriptLogic:
         return reply
 
     def refresh(self) -> None:
-        """Fetch presets and status from the app (keeps the remembered presets when it is away)."""
-        reply = self._call(lambda c: c.presets())
+        """Fetch status and presets from the app (keeps the remembered presets when it is away)."""
+        status = self._call(lambda c: c.status())
+        if status is not None:
+            labels = status.get("preset_labels")
+            if isinstance(labels, dict):
+                self.labels.update({str(k): str(v) for k, v in labels.items()})
+        reply = self._call(lambda c: c.presets()) if status is not None else None
         if reply is not None:
             for name in reply.get("presets", []):
                 if name not in self.presets:
                     self.presets.append(str(name))
             self._register_hotkeys()
-        status = self._call(lambda c: c.status())
         if status is not None:
-            self.status_text = format_status(status)
+            self.status_text = format_status(status, self.labels)
+
+    def label(self, name: str) -> str:
+        """The preset's display name (its id when the app did not say)."""
+        return self.labels.get(name, name)
 
     def apply_preset(self, name: str) -> None:
         if self._call(lambda c: c.apply_preset(name)) is not None:
             self._applied_preset = name
-            self.status_text = f"preset {name}"
+            self.status_text = f"preset {self.label(name)}"
 
     def set_steps(self, steps: int) -> None:
         if self._call(lambda c: c.set_steps(steps)) is not None:
@@ -146,7 +203,8 @@ class ScriptLogic:
                 if down:
                     self.apply_preset(_name)
 
-            hotkey = self.api.register_hotkey(f"{HOTKEY_PREFIX}{name}", f"StreamDiffusionV2: {name}", pressed)
+            hotkey = self.api.register_hotkey(f"{HOTKEY_PREFIX}{name}", f"StreamDiffusionV2: {self.label(name)}",
+                                              pressed)
             self.hotkeys[name] = hotkey
             if self.settings is not None:
                 self.api.load_hotkey(hotkey, self.settings, f"hotkey.{name}")
@@ -164,6 +222,12 @@ class ScriptLogic:
         except ValueError:
             remembered = []
         self.presets = [str(p) for p in remembered if isinstance(p, str)]
+        try:
+            labels = json.loads(self.api.get_str(settings, PRESET_LABELS_KEY) or "{}")
+        except ValueError:
+            labels = {}
+        if isinstance(labels, dict):
+            self.labels = {str(k): str(v) for k, v in labels.items()}
         self._applied_preset = self.api.get_str(settings, "preset") or None  # what was chosen last time
         self._applied_steps = self.api.get_int(settings, "steps") or None
         self._register_hotkeys()
@@ -185,6 +249,7 @@ class ScriptLogic:
 
     def save(self, settings: Settings) -> None:
         self.api.set_str(settings, KNOWN_PRESETS_KEY, json.dumps(self.presets))
+        self.api.set_str(settings, PRESET_LABELS_KEY, json.dumps(self.labels))
         for name, hotkey in self.hotkeys.items():
             self.api.save_hotkey(hotkey, settings, f"hotkey.{name}")
 
@@ -205,7 +270,7 @@ class ScriptLogic:
         return props
 
     def _items(self) -> list[tuple[str, str]]:
-        return [("(choose a preset)", ""), *((name, name) for name in self.presets)]
+        return [("(choose a preset)", ""), *((self.label(name), name) for name in self.presets)]
 
     def _button(self, action: Callable[[], None]) -> Callable[[Props], bool]:
         def clicked(props: Props) -> bool:
@@ -217,20 +282,37 @@ class ScriptLogic:
         return clicked
 
 
-def format_status(status: dict) -> str:
-    """One line for the status box, from the control API's status."""
+def _process_gone(path: Path) -> bool:
+    """The process that wrote control file ``path`` no longer exists (POSIX; elsewhere: unknown, False)."""
+    if os.name != "posix":
+        return False
+    try:
+        pid = int(json.loads(path.read_text(encoding="utf-8"))["pid"])
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except ProcessLookupError:
+        return True
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return False
+
+
+def format_status(status: dict, labels: dict[str, str] | None = None) -> str:
+    """One line for the status box, from the control API's status (presets by display name when known)."""
     state = status.get("state", "?")
     if status.get("error"):
         return f"{state}: {status['error']}"
     parts = [str(state)]
+    labels = labels or status.get("preset_labels") or {}
     if status.get("preset"):
-        parts.append(f"preset {status['preset']}")
+        parts.append(f"preset {labels.get(status['preset'], status['preset'])}")
     controls = status.get("controls") or {}
     if controls.get("steps"):
         parts.append(f"{controls['steps']} step(s)")
     engine = status.get("engine") or {}
     if engine.get("fps"):
         parts.append(f"{engine['fps']:.1f} fps")
+    if engine.get("latency_p50"):
+        parts.append(f"{engine['latency_p50'] * 1e3:.0f} ms")
     obs = status.get("obs") or {}
     for warning in obs.get("warnings", [])[:1]:
         parts.append(warning)
@@ -310,6 +392,28 @@ class ObsPythonApi:
     def log(self, message: str) -> None:
         self.obs.script_log(self.obs.LOG_INFO, message)
 
+    def _set_visible(self, name: str, visible: bool, only: list[str] | None = None) -> list[str]:
+        obs, changed = self.obs, []
+        scenes = obs.obs_frontend_get_scenes() or []
+        try:
+            for source in scenes:
+                scene_name = obs.obs_source_get_name(source)
+                if only is not None and scene_name not in only:
+                    continue
+                item = obs.obs_scene_find_source_recursive(obs.obs_scene_from_source(source), name)
+                if item is not None and obs.obs_sceneitem_visible(item) != visible:
+                    obs.obs_sceneitem_set_visible(item, visible)
+                    changed.append(scene_name)
+        finally:
+            obs.source_list_release(scenes)
+        return changed
+
+    def hide_source(self, name: str) -> list[str]:
+        return self._set_visible(name, False)
+
+    def show_source(self, name: str, scenes: list[str]) -> None:
+        self._set_visible(name, True, scenes)
+
 
 # -- the functions OBS calls ------------------------------------------------------------------------------------------
 
@@ -331,8 +435,16 @@ def script_defaults(settings: Settings) -> None:
     _get_logic().defaults(settings)
 
 
+def _watch() -> None:
+    if _logic is not None:
+        _logic.watch()
+
+
 def script_load(settings: Settings) -> None:
     _get_logic().load(settings)
+    import obspython
+
+    obspython.timer_add(_watch, WATCH_SECONDS * 1000)
 
 
 def script_update(settings: Settings) -> None:
@@ -351,6 +463,9 @@ def script_properties() -> Props:
 
 def script_unload() -> None:
     global _logic
+    import obspython
+
+    obspython.timer_remove(_watch)
     if _logic is not None:
         _logic.unload()
         _logic = None

@@ -242,6 +242,35 @@ def attach_texture_share(client: ObsClient, scene: str, kind: str, sender: str, 
     return ensure_input(client, scene, name, found, {key: sender} if key else {})
 
 
+def show_in_scene(client: ObsClient, scene: str, source: str, visible: bool, *, below: str | None = None) -> bool:
+    """Show or hide ``source`` in ``scene``. Showing a source the scene lacks adds it, fitted to the canvas, just
+    under ``below`` (or on top); hiding one it lacks does nothing. False when there was nothing to hide."""
+    try:
+        item_id = int(client.call("GetSceneItemId", {"sceneName": scene, "sourceName": source})["sceneItemId"])
+    except ObsRequestError as e:
+        if e.code != NOT_FOUND:
+            raise
+        if not visible:
+            return False
+        item_id = int(client.call("CreateSceneItem", {"sceneName": scene, "sourceName": source,
+                                                      "sceneItemEnabled": True})["sceneItemId"])
+        _fit_to_canvas(client, scene, item_id)
+        if below:
+            above = int(client.call("GetSceneItemId", {"sceneName": scene, "sourceName": below})["sceneItemId"])
+            index = client.call("GetSceneItemIndex", {"sceneName": scene, "sceneItemId": above})["sceneItemIndex"]
+            client.call("SetSceneItemIndex", {"sceneName": scene, "sceneItemId": item_id, "sceneItemIndex": index})
+    client.call("SetSceneItemEnabled", {"sceneName": scene, "sceneItemId": item_id, "sceneItemEnabled": visible})
+    return True
+
+
+def park(client: ObsClient, scene: str, fallback: str | None = None, name: str = INPUT_NAME) -> None:
+    """The stream stopped: hide the styled source ``name`` in ``scene`` (it would hold its last frame on air) and
+    show ``fallback`` (e.g. the raw camera) there instead, if given: added under the styled source when the scene
+    lacks it, so the next run covers it again without touching it."""
+    if show_in_scene(client, scene, name, False) and fallback:
+        show_in_scene(client, scene, fallback, True, below=name)
+
+
 def detach(client: ObsClient, name: str = INPUT_NAME) -> bool:
     """Remove our input from OBS (every scene); False if it was not there."""
     try:

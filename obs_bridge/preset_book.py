@@ -14,7 +14,7 @@ from pathlib import Path
 
 from sdv2_studio.engine.config import CONTROL_FIELDS, Controls
 from sdv2_studio.engine.errors import EngineError
-from sdv2_studio.engine.presets import Preset
+from sdv2_studio.engine.presets import Preset, preset_index
 
 ALIASES = {"transition": "transition_chunks"}
 
@@ -33,13 +33,15 @@ def _clean(name: str, kwargs: Mapping[str, object]) -> dict:
 class PresetBook:
     """An ordered set of presets. ``controls(name)`` gives the Controls fields to set."""
 
-    def __init__(self, presets: Mapping[str, Mapping[str, object]]) -> None:
+    def __init__(self, presets: Mapping[str, Mapping[str, object]], labels: Mapping[str, str] | None = None) -> None:
         self._presets = {str(name): _clean(str(name), kw) for name, kw in presets.items()}
+        self.labels = {name: str(labels[name]) for name in self._presets if labels and name in labels}
 
     @classmethod
     def from_presets(cls, presets: Iterable[Preset]) -> PresetBook:
-        """From presets of the library, keyed by id; each sets all of its controls."""
-        return cls({p.id: dataclasses.asdict(p.controls) for p in presets})
+        """From presets of the library, keyed by id (display names in ``labels``); each sets all of its controls."""
+        presets = list(presets)
+        return cls({p.id: dataclasses.asdict(p.controls) for p in presets}, {p.id: p.name for p in presets})
 
     @classmethod
     def from_library(cls) -> tuple[PresetBook, list[str]]:
@@ -73,10 +75,17 @@ class PresetBook:
     def __len__(self) -> int:
         return len(self._presets)
 
-    def controls(self, name: str) -> dict:
-        """The Controls fields preset ``name`` sets; EngineError naming the known presets otherwise."""
+    def resolve(self, key: str) -> str:
+        """The preset name ``key`` means: a name, a display name or a list number (engine.presets.preset_index)."""
+        if key in self._presets:
+            return key
         try:
-            return dict(self._presets[name])
-        except KeyError:
+            names = list(self._presets)
+            return names[preset_index([(n, self.labels.get(n, n)) for n in names], key)]
+        except EngineError:
             known = ", ".join(self._presets) or "(none loaded)"
-            raise EngineError(f"unknown preset {name!r}; known presets: {known}") from None
+            raise EngineError(f"unknown preset {key!r}; known presets: {known}") from None
+
+    def controls(self, name: str) -> dict:
+        """The Controls fields preset ``name`` (see :meth:`resolve`) sets; EngineError naming the presets otherwise."""
+        return dict(self._presets[self.resolve(name)])

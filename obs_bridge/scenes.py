@@ -1,4 +1,5 @@
-"""Scene awareness: switch the style when the program scene changes (optional mapping scene -> preset)."""
+"""Scenes: the feedback-loop guard shared by the CLI and the app (:func:`refuse_feedback`), and scene awareness
+(switch the style when the program scene changes, an optional mapping scene -> preset)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,50 @@ import logging
 from collections.abc import Callable, Mapping
 
 from sdv2_studio.engine.errors import EngineError
+from sdv2_studio.obs_bridge.output import INPUT_NAME
 
 log = logging.getLogger(__name__)
+
+
+
+def _contained(client, scene: str, targets: set[str], scenes: set[str], seen: set[str]) -> list[str] | None:
+    """The path of nested scenes/groups from ``scene`` to an item named in ``targets``, else None."""
+    seen.add(scene)
+    request = "GetSceneItemList" if scene in scenes else "GetGroupSceneItemList"
+    for item in client.call(request, {"sceneName": scene}).get("sceneItems", []):
+        name = str(item.get("sourceName", ""))
+        if name in targets:
+            return [name]
+        if name not in seen and (item.get("isGroup") or name in scenes):
+            path = _contained(client, name, targets, scenes, seen)
+            if path is not None:
+                return [name, *path]
+    return None
+
+
+def refuse_feedback(capture: str | None, output_scene: str, client=None, input_name: str = INPUT_NAME) -> None:
+    """Refuse (EngineError, one line naming the fix) to capture ``capture`` while the styled source ``input_name``
+    shows in ``output_scene``: the capture would contain the output (a feedback loop). Without ``client`` only the
+    names are compared; with a connected ``ObsClient`` nested scenes and groups inside ``capture`` are followed."""
+    if not capture:
+        return
+    fix = "capture your camera or another source, or a scene without the styled source"
+    if capture == output_scene:
+        raise EngineError(f"capturing scene {output_scene!r} while showing the result in it feeds the output back "
+                          f"into the input; {fix}")
+    if capture == input_name:
+        raise EngineError(f"capturing the styled source {input_name!r} itself feeds the output back into the input; "
+                          f"{fix}")
+    if client is None:
+        return
+    scenes = set(client.scene_names())
+    if capture not in scenes:
+        return  # an input: it cannot contain other sources
+    path = _contained(client, capture, {input_name, output_scene}, scenes, set())
+    if path is not None:
+        via = " > ".join([capture, *path])
+        raise EngineError(f"scene {capture!r} shows the styled output ({via}): capturing it feeds the output back "
+                          f"into the input; {fix}")
 
 
 def parse_scene_map(text: str) -> dict[str, str]:

@@ -71,6 +71,8 @@ class StreamSession:
         return self.session.engine.set_controls(controls, **changes)
 
     def apply_preset(self, name: str) -> Controls:
+        """Switch to preset ``name`` (its name, display name or list number)."""
+        name = self.presets.resolve(name)
         controls = self.set_controls(**self.presets.controls(name))
         self.preset = name
         return controls
@@ -84,6 +86,7 @@ class StreamSession:
         """Everything a status line or the OBS script shows, JSON-serialisable."""
         out = dataclasses.asdict(self.session.status())
         out["preset"] = self.preset
+        out["preset_labels"] = {name: self.presets.labels.get(name, name) for name in self.presets.names()}
         out["controls"] = dataclasses.asdict(self.controls)
         for name, fn in list(self.status_extra.items()):
             try:

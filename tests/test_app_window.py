@@ -25,7 +25,7 @@ from sdv2_studio.app.engine_controller import EngineController
 from sdv2_studio.app.engine_worker import IDLE, RUNNING, EngineWorker
 from sdv2_studio.app.main_window import MainWindow
 from sdv2_studio.app.preset_library import PresetLibrary
-from sdv2_studio.app.services import GpuInfo, ModelItem, UnavailableObsService
+from sdv2_studio.app.services import Availability, GpuInfo, ModelItem, UnavailableObsService
 from sdv2_studio.app.settings import Settings, SettingsStore
 from sdv2_studio.app.theme import apply_theme
 from sdv2_studio.engine.api import Engine
@@ -85,10 +85,22 @@ class FakeObs:
     def list_sources(self) -> list[str]:
         return ["Scene", "Webcam"]
 
+    def list_scenes(self) -> list[str]:
+        return ["Scene"]
+
+    def check_feedback(self, capture, scene) -> None:
+        pass
+
+    def list_audio_inputs(self) -> list[str]:
+        return ["Mic/Aux"]
+
+    def set_audio_offset(self, inputs, offset_ms) -> None:
+        self.frames.append(("audio offset", tuple(inputs), offset_ms))
+
     def open_source(self, name, size, fps):
         return TestPatternSource((72, 128), fps=fps, realtime=True)
 
-    def open_output(self, size, fps):
+    def open_output(self, size, fps, scene="", capture=None, fallback=None):
         return CallbackSink(lambda frame, pts: self.frames.append(("obs", frame.shape)))
 
 
@@ -97,7 +109,8 @@ def bundle():
     return tiny_bundle()
 
 
-def make_window(qtbot, tmp_path, bundle, obs=None, models=None, **overrides) -> MainWindow:
+def make_window(qtbot, tmp_path, bundle, obs=None, models=None, control=True, vcam_probe=None,
+                **overrides) -> MainWindow:
     apply_theme(QApplication.instance())
     fields = dict(model="tiny", device="cpu", width=64, height=64, target_fps=16, first_run_done=True,
                   record_dir=str(tmp_path / "recordings"), latency_budget_ms=5000)
@@ -106,7 +119,8 @@ def make_window(qtbot, tmp_path, bundle, obs=None, models=None, **overrides) -> 
     controller = EngineController(EngineWorker(obs_service=obs, bundle=bundle))
     w = MainWindow(settings=Settings(**fields), store=SettingsStore(tmp_path / "settings.json"),
                    library=PresetLibrary(shipped_presets_dir(), tmp_path / "user-presets"), controller=controller,
-                   models=models or FakeModels(), obs=obs, first_run=False, input_size=(72, 128))
+                   models=models or FakeModels(), obs=obs, first_run=False, input_size=(72, 128), control=control,
+                   vcam_probe=vcam_probe or (lambda: Availability(None, "not probed in tests")))
     qtbot.addWidget(w)
     w.show()
     return w
