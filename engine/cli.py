@@ -59,6 +59,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    gpu = args.what == "gpu"
+    args.device = args.device or ("auto" if gpu else "cpu")
+    args.dtype = args.dtype or ("auto" if gpu else "float32")
     if args.what == "roofline":
         return load_bench("roofline").main_roofline(args)
     measure = load_bench("measure")
@@ -67,12 +70,23 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         measure.bench_model(args.preset, points=points, device=args.device, dtype=args.dtype,
                             out=args.out or "bench/results/model.json")
     elif args.what == "parallel":
-        model = args.model if args.model != "tiny" else "random:small"
-        measure.bench_parallel(model, size=_parse_size(args.size) or (256, 256), chunks=args.chunks, steps=args.steps,
-                               out=args.out or "bench/results/parallel.json")
+        model = args.model if args.model not in (None, "tiny") else "random:small"
+        measure.bench_parallel(model, size=_parse_size(args.size) or (256, 256), chunks=args.chunks,
+                               steps=args.steps or 2, out=args.out or "bench/results/parallel.json")
     elif args.what == "pipeline":
-        measure.bench_pipeline(args.model, size=_parse_size(args.size) or (256, 256), chunks=args.chunks,
+        measure.bench_pipeline(args.model or "tiny", size=_parse_size(args.size) or (256, 256), chunks=args.chunks,
                                device=args.device, dtype=args.dtype, out=args.out or "bench/results/pipeline.json")
+    elif args.what == "gpu":
+        sizes = tuple(args.size.split(",")) if args.size else ("480p", "512")
+        for size in sizes:
+            if size not in ("480p", "512"):
+                _parse_size(size)  # WIDTHxHEIGHT, checked (one line on a bad value)
+        gpus = tuple(int(n) for n in args.gpus.split(",")) if args.gpus else None
+        compiled = {"both": (False, True), "eager": (False,), "compiled": (True,)}[args.compiled]
+        load_bench("gpu").bench_gpu(args.model or "random:wan2.1-1.3b", sizes=sizes,
+                                    steps_list=(args.steps,) if args.steps else (1, 2, 3, 4), gpu_counts=gpus,
+                                    compiled=compiled, chunks=args.chunks, device=args.device, dtype=args.dtype,
+                                    out=args.out or "bench/results/gpu.json")
     return 0
 
 
@@ -276,19 +290,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=_cmd_inspect)
 
     s = sub.add_parser("bench", help="benchmarks that print ratios and save JSON")
-    s.add_argument("what", choices=["model", "pipeline", "parallel", "roofline"],
+    s.add_argument("what", choices=["model", "pipeline", "parallel", "roofline", "gpu"],
                    help="model: streaming DiT forward (flat cost, cache speedup, FLOP/s); "
                         "pipeline: stage split, fps and latency for 1-4 steps, Stream-Batch vs no-batch; "
                         "parallel: 1 vs 2 CPU pipeline ranks (one thread each), scaling efficiency; "
-                        "roofline: predicted fps/TTFF/VRAM on H100 and RTX 4090 for 1-4 GPUs vs the paper")
-    s.add_argument("--steps", type=int, default=2, help="parallel: denoising steps")
+                        "roofline: predicted fps/TTFF/VRAM on H100 and RTX 4090 for 1-4 GPUs vs the paper; "
+                        "gpu: the paper's configurations measured on your GPUs (random 1.3B weights; fps, TTFF, "
+                        "stages, VRAM, host-sync check, ratio to the paper)")
+    s.add_argument("--steps", type=int, default=None, help="parallel: denoising steps (default 2); gpu: only these")
+    s.add_argument("--gpus", default=None, help="gpu: GPU counts to run, e.g. 1,2 (default: 1 to all)")
+    s.add_argument("--compiled", default="both", choices=["both", "eager", "compiled"], help="gpu: which hot paths")
     s.add_argument("--preset", default="small", help="model: DiT preset (default: small, dim 512 x 4 layers)")
     s.add_argument("--points", default="10,1000,10000", help="model: chunk indices to measure")
-    s.add_argument("--model", default="tiny", help="pipeline: auto, tiny or a checkpoint path")
-    s.add_argument("--size", default=None, help="pipeline: WIDTHxHEIGHT (default 256x256)")
+    s.add_argument("--model", default=None, help="pipeline: auto, tiny (default) or a checkpoint path; parallel: "
+                                                  "default random:small; gpu: default random:wan2.1-1.3b")
+    s.add_argument("--size", default=None, help="pipeline: WIDTHxHEIGHT (default 256x256); gpu: a comma list of "
+                                                 "480p, 512 or WIDTHxHEIGHT (default 480p,512)")
     s.add_argument("--chunks", type=int, default=10, help="pipeline: chunks measured per configuration")
-    s.add_argument("--device", default="cpu")
-    s.add_argument("--dtype", default="float32", choices=["auto", "float32", "bfloat16", "float16"])
+    s.add_argument("--device", default=None, help="default: cpu (gpu: auto)")
+    s.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"],
+                   help="default: float32 (gpu: auto)")
     s.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     s.add_argument("--out", default=None, help="JSON output path (default bench/results/<what>.json)")
     s.set_defaults(fn=_cmd_bench)

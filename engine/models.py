@@ -180,8 +180,16 @@ def tiny_dit(device: str | torch.device = "cpu", dtype: torch.dtype = torch.floa
     return cast_model(dit.eval().requires_grad_(False), dtype)
 
 
-def tiny_vae(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0) -> WanVAE:
-    vae = WanVAE(get_vae_preset("tiny"))
+def random_vae_preset(dit_preset: str) -> str:
+    """The VAE of a seeded-random model: the real Wan2.1 VAE's shapes beside a real-size DiT (benchmarks measure
+    the real work), the tiny VAE otherwise."""
+    return "wan2.1" if dit_preset.startswith("wan2.1") else "tiny"
+
+
+def tiny_vae(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0,
+             dit_preset: str = "tiny") -> WanVAE:
+    """The VAE of the seeded-random models (`random_vae_preset`), random weights from a fixed seed."""
+    vae = WanVAE(get_vae_preset(random_vae_preset(dit_preset)))
     _seeded_init(vae, seed + 1, std=0.2)
     vae_dtype = dtype if dtype != torch.float16 else torch.float32
     return vae.eval().requires_grad_(False).to(device=device, dtype=vae_dtype)
@@ -194,7 +202,7 @@ def tiny_bundle(device: str | torch.device = "cpu", dtype: torch.dtype = torch.f
     model = _random_model(preset)
     text = tiny_text_encoder(text_dim=model.config.text_dim, text_len=model.config.text_len, seed=seed + 2)
     dit = tiny_dit(device, dtype, seed, select=select, preset=preset)
-    return ModelBundle(model, dit, tiny_vae(device, dtype, seed), text)
+    return ModelBundle(model, dit, tiny_vae(device, dtype, seed, dit_preset=preset), text)
 
 
 def find_downloaded() -> tuple[Path, Path] | None:
@@ -253,7 +261,7 @@ def _random_model(preset: str) -> ResolvedModel:
     cfg = get_preset(preset)
     name = "tiny (untrained test model)" if preset == "tiny" else f"random {preset} (untrained benchmark model)"
     return ResolvedModel("tiny" if preset == "tiny" else f"random:{preset}", cfg, None, None, name, RANDOM_SIZE,
-                         "tiny", tiny_text_config(cfg.text_dim))
+                         random_vae_preset(preset), tiny_text_config(cfg.text_dim))
 
 
 def resolve_model(spec: str = "auto", base: str | os.PathLike | None = None, *, vae=None, text_encoder=None,

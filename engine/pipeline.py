@@ -44,7 +44,7 @@ from sdv2_studio.engine.schedule import (
     v2v_noise,
 )
 from sdv2_studio.engine.text import PromptCache
-from sdv2_studio.engine.transfer import FrameUploader
+from sdv2_studio.engine.transfer import FrameDownloader, FrameUploader
 from sdv2_studio.engine.vae import WanVAE
 
 V2V_NOISE, RENOISE = 0, 1  # kinds of keyed noise
@@ -215,7 +215,7 @@ class StreamPipeline:
         self.controls = controls
         self.motion = MotionNoiseController(s0=self.controls.noise_scale)
         self.first_pixels, self.chunk_pixels = cache_cfg.first_pixels, cache_cfg.chunk_pixels  # 5, 4
-        self._upload = FrameUploader(self.device)
+        self._upload, self._download = FrameUploader(self.device), FrameDownloader(self.device)
         self._pending: Controls | None = None
         self._pending_batch: bool | None = None
         self._flushing = False  # controls that arrive during a flush wait for the next real chunk
@@ -490,7 +490,7 @@ class StreamPipeline:
 
     def _decode(self, x0: torch.Tensor) -> list[np.ndarray]:
         with self._timed("decode"):
-            return list(decode_latent(self.vae, self.decoder, x0).cpu().numpy())
+            return list(self._download(decode_latent(self.vae, self.decoder, x0)))
 
     def flush(self) -> list[np.ndarray]:
         """Finish every chunk still in the Stream-Batch pipeline (feeding repeats of the last frame, whose outputs

@@ -5,7 +5,8 @@ cross the bus (engine/sync_check.py proves it for a whole steady-state chunk on 
 
 * in: the chunk's uint8 frames, one non_blocking copy from a pinned staging buffer (`FrameUploader`), converted to
   float on the device (4x fewer bytes than uploading float32, and no pageable-memory copy, which blocks the host);
-* out: the styled uint8 frames (the caller reads them).
+* out: the styled uint8 frames, one non_blocking copy into a pinned buffer and an explicit wait on its event
+  (`FrameDownloader`): no implicit synchronisation, so `torch.cuda.set_sync_debug_mode("error")` stays quiet.
 
 Constants the hot path needs (latent statistics, ...) are uploaded once per device (`device_constant`), never per
 call: `torch.tensor(list, device=cuda)` is a blocking copy from pageable memory.
@@ -74,3 +75,31 @@ class FrameUploader:
             event = self._events[id(buf)] = torch.cuda.Event()
             event.record()
         return unit_range(on_device)
+
+
+class FrameDownloader:
+    """Styled uint8 frames [T, H, W, 3] on the device -> a host numpy array of the caller's own.
+
+    On CUDA: one non_blocking copy into a pinned buffer (one per shape), an explicit wait on the event recorded
+    behind it (the frames are needed now; explicit, so sync debugging reports nothing), then a host copy the
+    caller may keep while the buffer is reused. Elsewhere: the tensor's own memory (CPU) or `.cpu()`.
+    """
+
+    def __init__(self, device: torch.device | str):
+        self.device = torch.device(device)
+        self.pinned = self.device.type == "cuda" and torch.cuda.is_available()
+        self._buffers: dict[tuple, torch.Tensor] = {}
+
+    def __call__(self, frames: torch.Tensor) -> np.ndarray:
+        if frames.device.type == "cpu":
+            return frames.numpy()
+        if not self.pinned:
+            return frames.cpu().numpy()
+        buf = self._buffers.get(tuple(frames.shape))
+        if buf is None:
+            buf = self._buffers[tuple(frames.shape)] = torch.empty(frames.shape, dtype=frames.dtype, pin_memory=True)
+        buf.copy_(frames, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        event.synchronize()
+        return buf.numpy().copy()
