@@ -157,8 +157,8 @@ def gate(x: torch.Tensor, y: torch.Tensor, g: torch.Tensor, frames: int) -> torc
 # Attention
 
 
-class SelfAttention(nn.Module):
-    """Weights of the self-attention (checkpoint names q, k, v, o, norm_q, norm_k); the cache lives outside."""
+class _AttentionWeights(nn.Module):
+    """The weights both attentions have (checkpoint names q, k, v, o, norm_q, norm_k)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -169,6 +169,10 @@ class SelfAttention(nn.Module):
         self.o = nn.Linear(cfg.dim, cfg.dim)
         self.norm_q = RMSNorm(cfg.dim, cfg.eps) if cfg.qk_norm else nn.Identity()
         self.norm_k = RMSNorm(cfg.dim, cfg.eps) if cfg.qk_norm else nn.Identity()
+
+
+class SelfAttention(_AttentionWeights):
+    """Self-attention over the chunk and the rolling KV cache (which lives outside, engine/kv_cache.py)."""
 
     def qkv(self, x: torch.Tensor, rope: torch.Tensor):
         """x [B, N, C] -> roped q, roped k, v, each [B, H, N, D]."""
@@ -188,18 +192,8 @@ class SelfAttention(nn.Module):
         return self.o(y.transpose(1, 2).flatten(2))
 
 
-class CrossAttention(nn.Module):
+class CrossAttention(_AttentionWeights):
     """Text cross-attention; K/V of the prompt are computed once per prompt (`kv`) and reused every chunk."""
-
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.num_heads, self.head_dim = cfg.num_heads, cfg.head_dim
-        self.q = nn.Linear(cfg.dim, cfg.dim)
-        self.k = nn.Linear(cfg.dim, cfg.dim)
-        self.v = nn.Linear(cfg.dim, cfg.dim)
-        self.o = nn.Linear(cfg.dim, cfg.dim)
-        self.norm_q = RMSNorm(cfg.dim, cfg.eps) if cfg.qk_norm else nn.Identity()
-        self.norm_k = RMSNorm(cfg.dim, cfg.eps) if cfg.qk_norm else nn.Identity()
 
     def kv(self, ctx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """ctx [B, Lt, C] (already text-embedded) -> k, v [B, H, Lt, D]."""
