@@ -131,6 +131,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
                        latency_budget=args.latency_budget, taehv=args.taehv, target_fps=args.target_fps)
     file_out = args.out and "://" not in args.out and args.out.lower() != "vcam" and not args.out.lower().startswith(
         ("vcam:", "vcam/", "spout:", "syphon:", "obs-source"))
+    if file_out:
+        _refuse_output_over_input(args.out, spec)
 
     def open_input(size: tuple[int, int]):
         h, w = size
@@ -148,6 +150,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     session = Session(cfg, open_input, open_outputs, paced=bool(args.out) and not file_out,
                       frames=args.frames or None, seconds=args.seconds or None)
+    _stop_on_signals()
     session.start(progress=progress)
     bundle, (h, w) = session.engine.bundle, session.engine.size
     if bundle.untrained:
@@ -176,8 +179,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         while not session.wait(0.2) and not output_error(st := session.status()):
             report(st)
-    except KeyboardInterrupt:
-        print("\nstopping...", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        _stop_on_signals(ignore=True)  # a second SIGTERM/SIGHUP must not cut the finishing short
+        print(f"\nstopping ({e or 'Ctrl-C'}): finishing the output with what was made...", file=sys.stderr)
     session.stop()
     st = session.status()
     report(st, final=True)
@@ -195,6 +199,34 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print("(untrained tiny test model: the output is noise-like by design; "
               "`sdv2 models download` gets the real model)")
     return 0
+
+
+def _refuse_output_over_input(out: str, source: str) -> None:
+    """EngineError when the output file is the input file (same path, a link to it, or a hard link)."""
+    from pathlib import Path
+
+    src = Path(source.removeprefix("file://")).expanduser()
+    dst = Path(out).expanduser()
+    try:
+        same = src.resolve() == dst.resolve() or (src.exists() and dst.exists() and os.path.samefile(src, dst))
+    except OSError:  # unreadable paths: the source and sink report them
+        same = False
+    if same:
+        raise EngineError(f"--out {out} is the input video {source}; writing it would destroy the input: "
+                          "pick another output path")
+
+
+def _stop_on_signals(ignore: bool = False) -> None:
+    """SIGTERM and SIGHUP (a service manager, a closed terminal) stop `sdv2 run` like Ctrl-C: the outputs get what
+    was made and are finished. ``ignore``: while finishing, they are ignored."""
+    import signal
+
+    def interrupt(signum, frame) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):  # Windows has no SIGHUP
+            signal.signal(getattr(signal, name), signal.SIG_IGN if ignore else interrupt)
 
 
 def _print_summary(st, wall: float, args: argparse.Namespace) -> None:

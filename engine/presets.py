@@ -389,14 +389,19 @@ def find_preset(presets: Sequence[Preset], key: str) -> Preset:
 # -- CLI ----------------------------------------------------------------------------------------------------------
 
 
+def printable(text: object) -> str:
+    """``text`` safe for a terminal: control characters (escape sequences, bells, line breaks) become U+FFFD."""
+    return "".join(c if c.isprintable() else "\ufffd" for c in str(text))
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     presets, errors = load_library()
     for i, p in enumerate(presets, 1):
         where, c = "shipped" if p.builtin else "user", p.controls
-        print(f"{i:>2}. {p.id:<20} {p.name:<22} steps {c.steps}  noise {c.noise_scale:.2f}  seed {c.seed:<6} "
-              f"transition {c.transition_chunks}  ({where})")
+        print(f"{i:>2}. {printable(p.id):<20} {printable(p.name):<22} steps {c.steps}  noise {c.noise_scale:.2f}  "
+              f"seed {c.seed:<6} transition {c.transition_chunks}  ({where})")
     for e in errors:
-        print(f"warning: {e}", file=sys.stderr)
+        print(f"warning: {printable(e)}", file=sys.stderr)
     print(f"user presets folder: {user_presets_dir()}")
     return 0
 

@@ -34,10 +34,11 @@ MIN_SIDE = 64
 
 
 def check_frame(frame: np.ndarray) -> np.ndarray:
-    """Return ``frame`` if it is an ``HxWx3`` uint8 array, else raise ``ValueError`` (a caller bug)."""
-    if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+    """Return ``frame`` if it is an ``HxWx3`` uint8 array of at least 1x1, else raise ``ValueError`` (a caller bug)."""
+    if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3 \
+            or frame.size == 0:
         desc = f"{frame.dtype} {frame.shape}" if isinstance(frame, np.ndarray) else type(frame).__name__
-        raise ValueError(f"expected an HxWx3 uint8 RGB frame, got {desc}")
+        raise ValueError(f"expected an HxWx3 uint8 RGB frame of at least 1x1 pixels, got {desc}")
     return frame
 
 
