@@ -131,6 +131,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                        latency_budget=args.latency_budget, taehv=args.taehv, target_fps=args.target_fps)
     file_out = args.out and "://" not in args.out and args.out.lower() != "vcam" and not args.out.lower().startswith(
         ("vcam:", "vcam/", "spout:", "syphon:", "obs-source"))
+    _check_run_flags(args)
     if file_out:
         _refuse_output_over_input(args.out, spec)
 
@@ -142,7 +143,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if not args.out:
             return {}
         if file_out:
-            Path(args.out).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            folder = Path(args.out).expanduser().parent
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise EngineError(f"cannot create the output folder {folder} ({e.strerror or e}); pick another "
+                                  "--out") from None
         return {"out": open_sink(args.out, fps=source.fps)}
 
     def progress(msg: str, frac: float) -> None:
@@ -201,6 +207,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_run_flags(args: argparse.Namespace) -> None:
+    """The numbers and names of `sdv2 run` that nothing later checks: one line naming the flag."""
+    import math
+    import re
+
+    if args.ranks < 1:
+        raise EngineError(f"--ranks must be 1 or more, not {args.ranks}")
+    for flag, value in (("--latency-budget", args.latency_budget), ("--target-fps", args.target_fps)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise EngineError(f"{flag} must be a positive number, not {value}")
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?|(cpu|cuda:\d+|\d+)(,(cpu|cuda:\d+|\d+))+", args.device):
+        raise EngineError(f"unknown --device {args.device!r}: use auto, cpu, cuda, cuda:N or a list like cuda:0,1")
+
+
 def _refuse_output_over_input(out: str, source: str) -> None:
     """EngineError when the output file is the input file (same path, a link to it, or a hard link)."""
     from pathlib import Path
@@ -245,7 +265,7 @@ def _print_summary(st, wall: float, args: argparse.Namespace) -> None:
         print("(offline run: input was queued faster than real time, so latency includes queueing; "
               "add --realtime to measure live latency)")
     if args.out:
-        print(f"wrote {args.out}")
+        print(f"wrote {args.out}" if written else f"nothing written to {args.out}: no styled frame came out")
 
 
 def build_parser() -> argparse.ArgumentParser:

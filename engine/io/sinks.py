@@ -16,7 +16,7 @@ from pathlib import Path
 import av
 import numpy as np
 from sdv2_studio.engine.errors import EngineError
-from sdv2_studio.engine.io.frames import check_frame, fit_frame
+from sdv2_studio.engine.io.frames import check_frame, even_size, fit_frame
 from sdv2_studio.engine.io.protocols import Frame, FrameSink
 
 __all__ = ["CallbackSink", "FrameSink", "MP4Sink", "SinkOpener", "default_codec", "open_sink", "register_sink"]
@@ -102,7 +102,7 @@ class MP4Sink(FrameSink):
         self.fps = float(fps)
         self.codec = codec or default_codec()
         self.crf, self.preset, self.bitrate = crf, preset, bitrate
-        self.size = None if size is None else (size[0] - size[0] % 2, size[1] - size[1] % 2)
+        self.size = None if size is None else even_size(*size)
         self.frames = 0
         self._last_pts = -1
         self._frame_ticks = max(1, round(1 / (self.fps * TIME_BASE)))  # one frame at ``fps``
@@ -140,7 +140,7 @@ class MP4Sink(FrameSink):
             raise EngineError(f"{self.path} is already closed; open a new output")
         check_frame(frame)
         if self.size is None:
-            self.size = (frame.shape[0] - frame.shape[0] % 2, frame.shape[1] - frame.shape[1] % 2)
+            self.size = even_size(*frame.shape[:2])
         h, w = self.size
         frame = conform_frame(frame, (h, w))
         t = self.frames / self.fps if pts_seconds is None else pts_seconds

@@ -26,7 +26,7 @@ from sdv2_studio.engine.errors import EngineError
 from sdv2_studio.engine.io.cameras import CAMERA_FORMATS, CameraInfo, camera_url, list_cameras
 from sdv2_studio.engine.io.pacing import LatestOnly, Pacer
 from sdv2_studio.engine.io.pattern import TestPatternSource
-from sdv2_studio.engine.io.protocols import Frame, FrameSource
+from sdv2_studio.engine.io.protocols import Frame, FrameSource, check_source_size
 
 __all__ = [
     "AVSource",
@@ -135,6 +135,12 @@ class AVSource(FrameSource):
         self._stream.thread_type = "AUTO" if self.kind == "file" else "SLICE"  # frame threads add latency
         cc = self._stream.codec_context
         self.size = (cc.height, cc.width)  # (0, 0) until the first frame for some streams
+        if self.size != (0, 0):
+            try:
+                check_source_size(*self.size, what=self.label)
+            except EngineError:
+                self._container.close()
+                raise
         rate = self._stream.average_rate or self._stream.guessed_rate or cc.framerate
         self.fps = float(rate) if rate else _DEFAULT_FPS
 
@@ -189,7 +195,7 @@ class AVSource(FrameSource):
                 pts = clock.time(frame.time)
                 array = frame.to_ndarray(format="rgb24")
                 if self.size == (0, 0):
-                    self.size = array.shape[:2]
+                    self.size = check_source_size(*array.shape[:2], what=self.label)
                 decoded += 1
                 if pacer is not None:
                     pacer.wait(pts)
