@@ -28,6 +28,7 @@ import os
 import secrets
 import socket
 import threading
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Protocol, TypeVar
@@ -105,6 +106,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Cache-Control", "no-store")
         self.end_headers()
         self.wfile.write(body)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own refusals (a garbled request line, a line or header set too long): one JSON line too,
+        with a status line even for what parsed as HTTP/0.9, and the connection closed."""
+        self.close_connection = True
+        if getattr(self, "request_version", "HTTP/0.9") == "HTTP/0.9":
+            self.request_version = "HTTP/1.1"
+        self._reply(code, {"error": " ".join((message or HTTPStatus(code).phrase).split())})
 
     def _check(self) -> None:
         host = self.headers.get("Host") or ""
