@@ -13,9 +13,11 @@
 Two threads move frames. The input pump reads the source and pushes into the engine: files and the test source are
 lossless (pushes wait, every frame comes out), live sources (cameras, network streams) never wait and the engine
 drops the oldest frames when behind, so latency stays bounded (``live`` overrides the choice by source kind). The
-output pump pulls styled frames and writes each to every output. With ``paced=True`` (live outputs: a virtual camera,
-OBS, a preview) frames go through one :class:`~engine.io.paced.OutputPacer` first, which turns the engine's 4-frame
-bursts into a steady rate. An output that raises is closed and reported in the status; the others go on.
+output pump pulls styled frames and writes each to every output with its input frame's presentation time (the
+source's ``pts``, carried through the engine), so a file keeps its input's timing. With ``paced=True`` (live outputs:
+a virtual camera, OBS, a preview) frames go through one :class:`~engine.io.paced.OutputPacer` first, which turns the
+engine's 4-frame bursts into a steady rate, and the outputs stamp them with the wall clock. An output that raises is
+closed and reported in the status; the others go on.
 
 When the source ends or fails, or on ``stop()``, the engine finishes the frames pushed so far (a live stream that is
 stopped drops those still waiting and finishes the chunks in flight) and the outputs get them before they close. A
