@@ -187,7 +187,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
             report(st)
     except KeyboardInterrupt as e:
         _stop_on_signals(ignore=True)  # a second SIGTERM/SIGHUP must not cut the finishing short
-        print(f"\nstopping ({e or 'Ctrl-C'}): finishing the output with what was made...", file=sys.stderr)
+        try:
+            print(f"\nstopping ({e or 'Ctrl-C'}): finishing the output with what was made...", file=sys.stderr)
+        except OSError:  # the terminal is gone (SIGHUP): the output is finished all the same
+            pass
     session.stop()
     st = session.status()
     report(st, final=True)
