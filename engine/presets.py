@@ -108,6 +108,9 @@ def _toml_str(text: str) -> str:
 # -- validation -------------------------------------------------------------------------------------------------------
 
 
+THUMBNAIL_TYPES = (".png", ".jpg", ".jpeg", ".webp")
+
+
 def _bad(path: Path, field: str, why: str) -> EngineError:
     return EngineError(f"preset {path}: field '{field}' {why}; fix the file or delete it")
 
@@ -165,7 +168,11 @@ def parse_preset(data: dict, path: Path, *, preset_id: str | None = None, builti
     if thumb is not None:
         if not isinstance(thumb, str) or not thumb.strip():
             raise _bad(path, "thumbnail", f"must be an image file name in quotes, not {thumb!r}")
-        thumbnail = (path.parent / thumb).resolve()
+        folder = path.parent.resolve()
+        thumbnail = (folder / thumb).resolve()  # links followed: what would really be read
+        if thumbnail.parent != folder or thumbnail.suffix.lower() not in THUMBNAIL_TYPES:
+            raise _bad(path, "thumbnail", f"must name a picture ({', '.join(THUMBNAIL_TYPES)}) in the preset's own "
+                       f"folder, not {thumb!r}")
         if not thumbnail.is_file():
             thumbnail = None  # a missing picture is cosmetic: the card shows a placeholder
     return Preset(id=preset_id or path.stem, name=name, controls=controls, thumbnail=thumbnail,
