@@ -185,6 +185,23 @@ def test_obs_settings_file_with_bad_values_is_one_line(tmp_path, content, words)
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("thumb", ["../secret.png", "/etc/passwd", "link.png", "notes.txt"],
+                         ids=["parent", "absolute", "link-out", "not-a-picture"])
+def test_preset_thumbnail_outside_its_folder_is_refused_and_never_copied(tmp_path, thumb):
+    from sdv2_studio.engine.presets import import_preset
+
+    (tmp_path / "secret.png").write_bytes(b"private")
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "link.png").symlink_to(tmp_path / "secret.png")
+    (tmp_path / "shared" / "notes.txt").write_text("private")
+    src = tmp_path / "shared" / "evil.toml"
+    src.write_text(f'name = "Evil"\nprompt = "x"\nthumbnail = "{thumb}"\n')
+    mine = tmp_path / "mine"
+    with pytest.raises(EngineError, match="field 'thumbnail' must name a picture"):
+        import_preset(src, mine)
+    assert not mine.exists() or list(mine.iterdir()) == []
+
+
 # ---------------------------------------------------------------- network
 
 
@@ -347,20 +364,3 @@ def test_cli_output_path_that_cannot_be_written_is_one_line(tmp_path, where, wor
     (tmp_path / "folder.mp4").mkdir()
     refused([*RUN, "--frames", "4", "--out", str(tmp_path / where)], words, capsys)
     assert (tmp_path / "file").read_text() == "a file, not a folder"
-
-
-@pytest.mark.parametrize("thumb", ["../secret.png", "/etc/passwd", "link.png", "notes.txt"],
-                         ids=["parent", "absolute", "link-out", "not-a-picture"])
-def test_preset_thumbnail_outside_its_folder_is_refused_and_never_copied(tmp_path, thumb):
-    from sdv2_studio.engine.presets import import_preset
-
-    (tmp_path / "secret.png").write_bytes(b"private")
-    (tmp_path / "shared").mkdir()
-    (tmp_path / "shared" / "link.png").symlink_to(tmp_path / "secret.png")
-    (tmp_path / "shared" / "notes.txt").write_text("private")
-    src = tmp_path / "shared" / "evil.toml"
-    src.write_text(f'name = "Evil"\nprompt = "x"\nthumbnail = "{thumb}"\n')
-    mine = tmp_path / "mine"
-    with pytest.raises(EngineError, match="field 'thumbnail' must name a picture"):
-        import_preset(src, mine)
-    assert not mine.exists() or list(mine.iterdir()) == []
