@@ -2,8 +2,9 @@
 
     engine = Engine(EngineConfig(model="tiny", size=(256, 256), controls=Controls(steps=2)))
     engine.start(progress=lambda msg, frac: ...)   # load weights, start the worker thread
-    engine.push(frame)                              # HxWx3 uint8 of any size; never blocks unless asked to
+    engine.push(frame, pts=0.04)                    # HxWx3 uint8 of any size; never blocks unless asked to
     styled = engine.pull(timeout=0.1)               # HxWx3 uint8, same size as its input frame, or None
+    styled, pts = engine.pull_timed(timeout=0.1)    # ... with its input frame's presentation time (or None)
     engine.set_controls(prompt="...", steps=1)      # checked now, applied at the next chunk boundary
     engine.set_controls(preset.controls)            # a whole Controls (any state: before start it is the start's)
     engine.stats()                                  # fps, latency p50/p99, deadline misses, TTFF, drops
@@ -23,6 +24,8 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import math
+import numbers
 import threading
 import time
 from dataclasses import dataclass, field
@@ -84,7 +87,10 @@ class EngineConfig:
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise EngineError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise EngineError(f"device {device} requested but CUDA is not available; install the CUDA build of torch "
                           "(see README) or use --device cpu")
@@ -300,14 +306,19 @@ class Engine:
 
     # -- frames -------------------------------------------------------------------------------------------------------
 
-    def push(self, frame: np.ndarray, block: bool | None = None, timeout: float | None = None) -> bool:
-        """Queue one HxWx3 uint8 RGB frame. Returns False if the oldest queued frame had to be dropped."""
+    def push(self, frame: np.ndarray, block: bool | None = None, timeout: float | None = None, *,
+             pts: float | None = None) -> bool:
+        """Queue one HxWx3 uint8 RGB frame (at least 1x1). ``pts`` (seconds, optional) is its presentation time:
+        the styled frame made from it carries it (`pull_timed`). Returns False if the oldest queued frame had to be
+        dropped."""
         self._raise_error()
         if self.pipeline is None:
             raise EngineError("start the engine before pushing frames")
+        if pts is not None and (isinstance(pts, bool) or not isinstance(pts, numbers.Real) or not math.isfinite(pts)):
+            raise ValueError(f"pts must be a finite number of seconds or None, not {pts!r}")
         small = fit_frame(frame, self.pipeline.size)
         block = self.config.lossless if block is None else block
-        item = (small, frame.shape, time.perf_counter())
+        item = (small, frame.shape, time.perf_counter(), None if pts is None else float(pts))
         with self._lock:
             if block:
                 ok = self._lock.wait_for(lambda: len(self._inq) < self.config.queue_frames or self._error,
@@ -327,13 +338,18 @@ class Engine:
 
     def pull(self, timeout: float | None = 0.0) -> np.ndarray | None:
         """The next styled frame (same size as its input frame), or None if none is ready within `timeout`."""
+        got = self.pull_timed(timeout)
+        return None if got is None else got[0]
+
+    def pull_timed(self, timeout: float | None = 0.0) -> tuple[np.ndarray, float | None] | None:
+        """The next styled frame and the ``pts`` its input frame was pushed with, or None as `pull`."""
         with self._lock:
             if not self._outq:
                 self._lock.wait_for(lambda: self._outq or self._error or self._finished(), timeout)
             if self._outq:
-                frame = self._outq.popleft()
+                styled = self._outq.popleft()
                 self._lock.notify_all()
-                return frame
+                return styled
         self._raise_error()
         return None
 
@@ -352,6 +368,9 @@ class Engine:
         top of the controls set last). Checked now (EngineError naming the field); returns the result. Works in any
         state, and `config.controls` always holds the result: before `start()` the stream starts with them, while
         running they apply at the next chunk boundary."""
+        if controls is not None and not isinstance(controls, Controls):
+            raise EngineError(f"set_controls takes a Controls (e.g. a preset's) or keywords like steps=2, "
+                              f"not {type(controls).__name__}")
         unknown = sorted(set(changes) - set(CONTROL_FIELDS))
         if unknown:
             raise EngineError(f"unknown control {', '.join(unknown)}; the controls are {', '.join(CONTROL_FIELDS)}")
@@ -426,7 +445,7 @@ class Engine:
         return items, real
 
     def _run(self) -> None:
-        pending: collections.deque = collections.deque()  # (original shape, push time, backlog) per input frame
+        pending: collections.deque = collections.deque()  # (original shape, push time, backlog, pts) per input frame
         sched = self.scheduler
         applied = sched.plan if sched is not None else None
         try:
@@ -443,8 +462,8 @@ class Engine:
                 t0 = time.perf_counter()
                 backlog = max(0.0, t0 - items[real - 1][2])  # the chunk's newest frame waited behind earlier chunks
                 styled = pipe.process(np.stack([it[0] for it in items]))
-                pending.extend((it[1], it[2], backlog) for it in items[:real])
-                pending.extend((None, None, 0.0) for _ in range(len(items) - real))  # padding: discarded outputs
+                pending.extend((it[1], it[2], backlog, it[3]) for it in items[:real])
+                pending.extend((None, None, 0.0, None) for _ in range(len(items) - real))  # padding: discarded
                 cost = time.perf_counter() - t0
                 self._chunk_times.append(cost)
                 worst = self._emit(styled, pending)
@@ -483,22 +502,22 @@ class Engine:
     def _emit(self, styled: list[np.ndarray], pending: collections.deque) -> tuple[float, float] | None:
         """Hand styled frames to the consumer, a chunk's frames together (one burst for a pacer); returns (latency,
         backlog) of the slowest real frame, if any."""
-        ready = [(restore_frame(frame, shape) if tuple(shape[:2]) != frame.shape[:2] else frame, t_push, backlog)
-                 for frame, (shape, t_push, backlog) in zip(styled, [pending.popleft() for _ in styled])
+        ready = [(restore_frame(frame, shape) if tuple(shape[:2]) != frame.shape[:2] else frame, t_push, backlog, pts)
+                 for frame, (shape, t_push, backlog, pts) in zip(styled, [pending.popleft() for _ in styled])
                  if shape is not None]  # padding frames are discarded
         if not ready:
             return None
         now = time.perf_counter()
         budget, limit = self.config.latency_budget, self.config.queue_frames
         with self._lock:
-            for out, t_push, _ in ready:
+            for out, t_push, _, pts in ready:
                 if self.config.lossless and len(self._outq) >= limit:
                     self._lock.notify_all()
                     self._lock.wait_for(lambda: len(self._outq) < limit or self._joining)
                 if len(self._outq) >= limit:
                     self._outq.popleft()
                     self._stats.dropped_out += 1
-                self._outq.append(out)
+                self._outq.append((out, pts))
                 self._lat.append(now - t_push)
                 self._out_times.append(now)
                 self._stats.frames_out += 1
@@ -507,5 +526,5 @@ class Engine:
             if self._stats.ttff is None:
                 self._stats.ttff = now - self._t_start
             self._lock.notify_all()
-        t_push, backlog = min((t, b) for _, t, b in ready)
+        t_push, backlog = min((t, b) for _, t, b, _ in ready)
         return now - t_push, backlog

@@ -148,6 +148,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
                        compile=args.compile)
     file_out = args.out and "://" not in args.out and args.out.lower() != "vcam" and not args.out.lower().startswith(
         ("vcam:", "vcam/", "spout:", "syphon:", "obs-source"))
+    _check_run_flags(args)
+    if file_out:
+        _refuse_output_over_input(args.out, spec)
 
     def open_input(size: tuple[int, int]):
         h, w = size
@@ -157,7 +160,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if not args.out:
             return {}
         if file_out:
-            Path(args.out).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            folder = Path(args.out).expanduser().parent
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise EngineError(f"cannot create the output folder {folder} ({e.strerror or e}); pick another "
+                                  "--out") from None
         return {"out": open_sink(args.out, fps=source.fps)}
 
     def progress(msg: str, frac: float) -> None:
@@ -165,6 +173,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     session = Session(cfg, open_input, open_outputs, paced=bool(args.out) and not file_out,
                       frames=args.frames or None, seconds=args.seconds or None)
+    _stop_on_signals()
     session.start(progress=progress)
     bundle, (h, w) = session.engine.bundle, session.engine.size
     if bundle.untrained:
@@ -193,8 +202,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         while not session.wait(0.2) and not output_error(st := session.status()):
             report(st)
-    except KeyboardInterrupt:
-        print("\nstopping...", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        _stop_on_signals(ignore=True)  # a second SIGTERM/SIGHUP must not cut the finishing short
+        try:
+            print(f"\nstopping ({e or 'Ctrl-C'}): finishing the output with what was made...", file=sys.stderr)
+        except OSError:  # the terminal is gone (SIGHUP): the output is finished all the same
+            pass
     session.stop()
     st = session.status()
     report(st, final=True)
@@ -214,6 +227,48 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_run_flags(args: argparse.Namespace) -> None:
+    """The numbers and names of `sdv2 run` that nothing later checks: one line naming the flag."""
+    import math
+    import re
+
+    if args.ranks < 1:
+        raise EngineError(f"--ranks must be 1 or more, not {args.ranks}")
+    for flag, value in (("--latency-budget", args.latency_budget), ("--target-fps", args.target_fps)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise EngineError(f"{flag} must be a positive number, not {value}")
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?|(cpu|cuda:\d+|\d+)(,(cpu|cuda:\d+|\d+))+", args.device):
+        raise EngineError(f"unknown --device {args.device!r}: use auto, cpu, cuda, cuda:N or a list like cuda:0,1")
+
+
+def _refuse_output_over_input(out: str, source: str) -> None:
+    """EngineError when the output file is the input file (same path, a link to it, or a hard link)."""
+    from pathlib import Path
+
+    src = Path(source.removeprefix("file://")).expanduser()
+    dst = Path(out).expanduser()
+    try:
+        same = src.resolve() == dst.resolve() or (src.exists() and dst.exists() and os.path.samefile(src, dst))
+    except OSError:  # unreadable paths: the source and sink report them
+        same = False
+    if same:
+        raise EngineError(f"--out {out} is the input video {source}; writing it would destroy the input: "
+                          "pick another output path")
+
+
+def _stop_on_signals(ignore: bool = False) -> None:
+    """SIGTERM and SIGHUP (a service manager, a closed terminal) stop `sdv2 run` like Ctrl-C: the outputs get what
+    was made and are finished. ``ignore``: while finishing, they are ignored."""
+    import signal
+
+    def interrupt(signum, frame) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):  # Windows has no SIGHUP
+            signal.signal(getattr(signal, name), signal.SIG_IGN if ignore else interrupt)
+
+
 def _print_summary(st, wall: float, args: argparse.Namespace) -> None:
     """The lines `sdv2 run` ends with, from the session's final status."""
     es, written = st.engine, st.frames_out
@@ -230,7 +285,7 @@ def _print_summary(st, wall: float, args: argparse.Namespace) -> None:
         print("(offline run: input was queued faster than real time, so latency includes queueing; "
               "add --realtime to measure live latency)")
     if args.out:
-        print(f"wrote {args.out}")
+        print(f"wrote {args.out}" if written else f"nothing written to {args.out}: no styled frame came out")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -905,6 +905,10 @@ def rank_devices(device: str, ranks: int) -> list[torch.device]:
         devs = [torch.device(d if ":" in d or d == "cpu" else f"cuda:{d}") for d in device.split(",")]
         if ranks not in (1, len(devs)) and ranks != 0:
             raise EngineError(f"--ranks {ranks} does not match the {len(devs)} devices in --device {device}")
+        missing = [str(d) for d in devs if d.type == "cuda" and (d.index or 0) >= torch.cuda.device_count()]
+        if missing:
+            raise EngineError(f"--device {device}: {', '.join(missing)} not found ({torch.cuda.device_count()} CUDA "
+                              "devices visible); use the devices `nvidia-smi` lists or --device cpu")
         return devs
     if device in ("auto", "cuda") and torch.cuda.is_available() and torch.cuda.device_count() >= ranks:
         return [torch.device(f"cuda:{i}") for i in range(ranks)]

@@ -108,6 +108,9 @@ def _toml_str(text: str) -> str:
 # -- validation -------------------------------------------------------------------------------------------------------
 
 
+THUMBNAIL_TYPES = (".png", ".jpg", ".jpeg", ".webp")
+
+
 def _bad(path: Path, field: str, why: str) -> EngineError:
     return EngineError(f"preset {path}: field '{field}' {why}; fix the file or delete it")
 
@@ -165,7 +168,11 @@ def parse_preset(data: dict, path: Path, *, preset_id: str | None = None, builti
     if thumb is not None:
         if not isinstance(thumb, str) or not thumb.strip():
             raise _bad(path, "thumbnail", f"must be an image file name in quotes, not {thumb!r}")
-        thumbnail = (path.parent / thumb).resolve()
+        folder = path.parent.resolve()
+        thumbnail = (folder / thumb).resolve()  # links followed: what would really be read
+        if thumbnail.parent != folder or thumbnail.suffix.lower() not in THUMBNAIL_TYPES:
+            raise _bad(path, "thumbnail", f"must name a picture ({', '.join(THUMBNAIL_TYPES)}) in the preset's own "
+                       f"folder, not {thumb!r}")
         if not thumbnail.is_file():
             thumbnail = None  # a missing picture is cosmetic: the card shows a placeholder
     return Preset(id=preset_id or path.stem, name=name, controls=controls, thumbnail=thumbnail,
@@ -398,14 +405,19 @@ def find_preset(presets: Sequence[Preset], key: str) -> Preset:
 # -- CLI ----------------------------------------------------------------------------------------------------------
 
 
+def printable(text: object) -> str:
+    """``text`` safe for a terminal: control characters (escape sequences, bells, line breaks) become U+FFFD."""
+    return "".join(c if c.isprintable() else "\ufffd" for c in str(text))
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     presets, errors = load_library()
     for i, p in enumerate(presets, 1):
         where, c = "shipped" if p.builtin else "user", p.controls
-        print(f"{i:>2}. {p.id:<20} {p.name:<22} steps {c.steps}  noise {c.noise_scale:.2f}  seed {c.seed:<6} "
-              f"transition {c.transition_chunks}  ({where})")
+        print(f"{i:>2}. {printable(p.id):<20} {printable(p.name):<22} steps {c.steps}  noise {c.noise_scale:.2f}  "
+              f"seed {c.seed:<6} transition {c.transition_chunks}  ({where})")
     for e in errors:
-        print(f"warning: {e}", file=sys.stderr)
+        print(f"warning: {printable(e)}", file=sys.stderr)
     print(f"user presets folder: {user_presets_dir()}")
     return 0
 

@@ -13,9 +13,11 @@
 Two threads move frames. The input pump reads the source and pushes into the engine: files and the test source are
 lossless (pushes wait, every frame comes out), live sources (cameras, network streams) never wait and the engine
 drops the oldest frames when behind, so latency stays bounded (``live`` overrides the choice by source kind). The
-output pump pulls styled frames and writes each to every output. With ``paced=True`` (live outputs: a virtual camera,
-OBS, a preview) frames go through one :class:`~engine.io.paced.OutputPacer` first, which turns the engine's 4-frame
-bursts into a steady rate. An output that raises is closed and reported in the status; the others go on.
+output pump pulls styled frames and writes each to every output with its input frame's presentation time (the
+source's ``pts``, carried through the engine), so a file keeps its input's timing. With ``paced=True`` (live outputs:
+a virtual camera, OBS, a preview) frames go through one :class:`~engine.io.paced.OutputPacer` first, which turns the
+engine's 4-frame bursts into a steady rate, and the outputs stamp them with the wall clock. An output that raises is
+closed and reported in the status; the others go on.
 
 When the source ends or fails, or on ``stop()``, the engine finishes the frames pushed so far (a live stream that is
 stopped drops those still waiting and finishes the chunks in flight) and the outputs get them before they close. A
@@ -177,7 +179,7 @@ class Session:
             self._pacer = OutputPacer(2, fps=engine.config.target_fps or source.fps,
                                       max_frames=engine.config.queue_frames) if self.paced else None
             self._halt.clear()
-            frames = iter(source) if limit is None else itertools.islice(source, limit)
+            frames = timed_frames(source, self.frames, self.seconds)
             self._pump_in_thread = threading.Thread(target=self._pump_in, args=(engine, frames, live),
                                                     name="sdv2-session-in", daemon=True)
             pump_out = threading.Thread(target=self._pump_out, args=(engine, self._pacer), name="sdv2-session-out",
@@ -240,7 +242,7 @@ class Session:
         try:
             while not self._halt.is_set():
                 try:
-                    frame, _pts = next(frames)
+                    frame, pts = next(frames)
                 except StopIteration:
                     break
                 except Exception as e:  # the source failed: keep what was made
@@ -248,7 +250,7 @@ class Session:
                         self._source_error = e
                         log.warning("the source stopped: %s", describe(e))
                     break
-                engine.push(frame, block=not live)
+                engine.push(frame, block=not live, pts=pts)
                 with self._lock:
                     self._latest_in = frame
                     self._frames_in += 1
@@ -266,12 +268,12 @@ class Session:
                     pacer = None
                 due = pacer.due_in() if pacer is not None else None
                 burst = _pull_burst(engine, 0.05 if due is None else min(due, 0.05))
-                if pacer is None:
-                    for frame in burst:
-                        self._deliver(frame)
+                if pacer is None:  # files: each styled frame keeps its input frame's presentation time
+                    for frame, pts in burst:
+                        self._deliver(frame, pts)
                     continue
-                if burst:
-                    pacer.put_many(burst)
+                if burst:  # live outputs: the pacer spaces them, the sinks stamp them with the wall clock
+                    pacer.put_many([frame for frame, _ in burst])
                 while (frame := pacer.get()) is not None:
                     self._deliver(frame)
             if pacer is not None:  # the end of the source: the tail, still paced
@@ -294,11 +296,11 @@ class Session:
                 log.warning("the stream stopped: %s", self._error)
             self._ended.set()
 
-    def _deliver(self, frame: Frame) -> None:
+    def _deliver(self, frame: Frame, pts: float | None = None) -> None:
         with self._deliver_lock:
             for name, sink in list(self._sinks.items()):
                 try:
-                    sink.write(frame)
+                    sink.write(frame, pts)
                     self._outputs[name].written += 1
                 except Exception as e:  # this output is closed, the others go on
                     del self._sinks[name]
@@ -376,14 +378,24 @@ class Session:
         return st
 
 
-def _pull_burst(engine: Engine, timeout: float) -> list[Frame]:
-    """The styled frames ready now (waiting up to ``timeout`` for the first): a chunk's frames arrive together."""
+def _pull_burst(engine: Engine, timeout: float) -> list[tuple[Frame, float | None]]:
+    """The styled frames ready now with their presentation times (waiting up to ``timeout`` for the first): a
+    chunk's frames arrive together."""
     burst = []
-    frame = engine.pull(timeout)
-    while frame is not None:
-        burst.append(frame)
-        frame = engine.pull(0)
+    got = engine.pull_timed(timeout)
+    while got is not None:
+        burst.append(got)
+        got = engine.pull_timed(0)
     return burst
+
+
+def timed_frames(source: FrameSource, frames: int | None = None, seconds: float | None = None):
+    """The source's ``(frame, pts)`` items, the first ``frames`` of them and those before ``seconds`` of source
+    time (its presentation times: a variable-frame-rate file is cut at the right moment, not after N frames)."""
+    items = iter(source) if frames is None else itertools.islice(source, frames)
+    if seconds is None:
+        return items
+    return itertools.takewhile(lambda item: item[1] < seconds - 1e-9, items)
 
 
 def _close_quietly(thing: FrameSink | FrameSource, name: str) -> str | None:

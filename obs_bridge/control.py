@@ -8,8 +8,14 @@ The target is any object with ``status()``, ``preset_names()``, ``apply_preset(n
 ``start(wait=False)`` and ``stop()`` (a :class:`~obs_bridge.session.StreamSession` or the OBS bridge around
 one). Requests need the token in the ``X-SDV2-Token`` header (compared in constant time); browsers cannot send
 that header cross-origin without a CORS preflight, which this server never approves, and requests whose
-``Host`` is not a loopback name are refused (DNS rebinding). Bodies are limited to 64 KiB. Built on the
-standard library's ``http.server`` in one daemon thread per request; no Qt, no framework.
+``Host`` is not a loopback name are refused (DNS rebinding). Built on the standard library's ``http.server`` in
+one daemon thread per connection; no Qt, no framework.
+
+Hostile or broken clients cost little and block nobody: a body needs an exact ``Content-Length`` of at most 64 KiB
+(a negative, non-numeric, repeated or oversized one, or chunked transfer, is answered 400/411/413 with one line and
+the connection closed; nothing beyond the stated length is read); a connection that sends nothing for
+``IDLE_SECONDS``, or does not finish a request within ``REQUEST_SECONDS``, is dropped; at most ``MAX_CONNECTIONS``
+are served at once (more get a 503 at once).
 """
 
 from __future__ import annotations
@@ -20,7 +26,9 @@ import json
 import logging
 import os
 import secrets
+import socket
 import threading
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Protocol, TypeVar
@@ -33,6 +41,9 @@ from sdv2_studio.obs_bridge.paths import write_private
 log = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024
+IDLE_SECONDS = 5.0  # a connection silent this long (before or between requests, or mid-request) is dropped
+REQUEST_SECONDS = 10.0  # a request (line, headers and body) must arrive within this time, however slowly it drips
+MAX_CONNECTIONS = 16
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "[::1]"}
 
 
@@ -61,6 +72,29 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "sdv2-control/1"
 
+    def setup(self) -> None:
+        self.timeout = self.server.idle_seconds  # every read and write on the socket (StreamRequestHandler's)
+        super().setup()
+
+    def handle_one_request(self) -> None:
+        """One request, with a deadline for receiving it: a client that drips bytes cannot hold the connection."""
+        self._deadline = threading.Timer(self.server.request_seconds, self._drop)
+        self._deadline.daemon = True
+        self._deadline.start()
+        try:
+            super().handle_one_request()
+        except OSError:  # dropped (deadline, idle) or the client went away
+            self.close_connection = True
+        finally:
+            self._deadline.cancel()
+
+    def _drop(self) -> None:
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)  # the blocked read returns; the handler ends
+        except OSError:
+            pass
+
     def log_message(self, format: str, *args: object) -> None:  # no access log on stderr
         log.debug("control API: " + format, *args)
 
@@ -73,6 +107,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own refusals (a garbled request line, a line or header set too long): one JSON line too,
+        with a status line even for what parsed as HTTP/0.9, and the connection closed."""
+        self.close_connection = True
+        if getattr(self, "request_version", "HTTP/0.9") == "HTTP/0.9":
+            self.request_version = "HTTP/1.1"
+        self._reply(code, {"error": " ".join((message or HTTPStatus(code).phrase).split())})
+
     def _check(self) -> None:
         host = self.headers.get("Host") or ""
         name = host[: host.find("]") + 1] if host.startswith("[") else host.split(":", 1)[0]
@@ -83,13 +125,18 @@ class _Handler(BaseHTTPRequestHandler):
             raise _ApiError(401, f"missing or wrong {TOKEN_HEADER}: read the token from the app's control file")
 
     def _body(self) -> dict:
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            raise _ApiError(400, "bad Content-Length") from None
+        if self.headers.get("Transfer-Encoding"):
+            raise _ApiError(411, "chunked bodies are not accepted: send the body with a Content-Length")
+        lengths = self.headers.get_all("Content-Length") or []
+        text = lengths[0].strip() if lengths else "0"
+        if len(lengths) > 1 or not (text.isascii() and text.isdigit()):
+            raise _ApiError(400, "bad Content-Length: send one header with the body's size in bytes")
+        length = int(text)
         if length > MAX_BODY:
             raise _ApiError(413, f"request body larger than {MAX_BODY} bytes")
         raw = self.rfile.read(length) if length else b""
+        if len(raw) < length:
+            raise _ApiError(400, f"the request body ended after {len(raw)} of {length} bytes")
         if not raw:
             return {}
         try:
@@ -104,6 +151,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             self._check()
             body = self._body() if method == "POST" else {}
+            self._deadline.cancel()  # the request is in; handling it may take as long as it needs
             path = self.path.split("?", 1)[0]
             if not path.startswith(API_PREFIX + "/"):
                 raise _ApiError(404, f"unknown endpoint {path}")
@@ -115,6 +163,7 @@ class _Handler(BaseHTTPRequestHandler):
                 raise _ApiError(status, f"unknown endpoint {method} {path}")
             self._reply(200, handler(self.server.target, body))
         except _ApiError as e:
+            self.close_connection = True  # a body we did not read must not be taken for the next request
             self._reply(e.status, {"error": str(e)})
         except EngineError as e:
             self._reply(400, {"error": str(e)})
@@ -176,19 +225,43 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = False
 
-    def __init__(self, address: tuple[str, int], target: ControlTarget, token: str) -> None:
+    def __init__(self, address: tuple[str, int], target: ControlTarget, token: str, *, idle_seconds: float,
+                 request_seconds: float, max_connections: int) -> None:
         super().__init__(address, _Handler)
         self.target, self.token = target, token
+        self.idle_seconds, self.request_seconds = idle_seconds, request_seconds
+        self._slots = threading.BoundedSemaphore(max_connections)
+
+    def process_request(self, request, client_address) -> None:
+        if not self._slots.acquire(blocking=False):  # full: answer at once instead of queueing behind the others
+            try:
+                request.settimeout(1.0)
+                body = b'{"error": "too many connections to the control API; retry in a moment"}'
+                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                                b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class ControlServer:
     """Serves ``target`` on ``host:port`` (port 0: a free one) with ``token`` (default: 32 random bytes).
 
     ``publish`` (default on) writes ``{"url", "token", "pid"}`` to ``control_path`` (default: the control
-    file every client reads) for the lifetime of the server."""
+    file every client reads) for the lifetime of the server. ``idle_seconds``, ``request_seconds`` and
+    ``max_connections`` bound what one client can hold (see the module docstring)."""
 
     def __init__(self, target: ControlTarget, *, host: str = "127.0.0.1", port: int = 0, token: str | None = None,
-                 publish: bool = True, control_path: Path | None = None) -> None:
+                 publish: bool = True, control_path: Path | None = None, idle_seconds: float = IDLE_SECONDS,
+                 request_seconds: float = REQUEST_SECONDS, max_connections: int = MAX_CONNECTIONS) -> None:
         if host not in ("127.0.0.1", "localhost"):
             raise EngineError(f"the control API only binds to the loopback interface 127.0.0.1, not {host}")
         self.target = target
@@ -196,7 +269,8 @@ class ControlServer:
         self.publish = publish
         self.control_path = control_path or control_file()
         try:
-            self._server = _Server((host, port), target, self.token)
+            self._server = _Server((host, port), target, self.token, idle_seconds=idle_seconds,
+                                   request_seconds=request_seconds, max_connections=max_connections)
         except OSError as e:
             raise EngineError(f"cannot open the control API on {host}:{port} ({e.strerror}); pick another "
                               "--control-port") from None

@@ -111,7 +111,10 @@ def load_settings(path: Path | None = None, *, env: dict[str, str] | None = None
     env = os.environ if env is None else env
     path = path or settings_path()
     data = _read_file(path)
-    host = env.get("SDV2_OBS_HOST") or str(data.get("host") or DEFAULT_HOST)
+    host = env.get("SDV2_OBS_HOST") or data.get("host") or DEFAULT_HOST
+    if not isinstance(host, str) or not host.strip() or not host.isprintable():
+        raise EngineError(f"OBS host {host!r} must be a host name or address like 127.0.0.1; fix {path} or "
+                          "$SDV2_OBS_HOST")
     if env.get("SDV2_OBS_PORT"):
         port = _port(env["SDV2_OBS_PORT"], "$SDV2_OBS_PORT")
     else:
@@ -121,7 +124,9 @@ def load_settings(path: Path | None = None, *, env: dict[str, str] | None = None
         password = keyring_get(host, port)
     if password is None:
         password = str(data.get("password") or "")
-    timeout = float(data.get("timeout", 5.0))
+    timeout = data.get("timeout", 5.0)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0.1 <= timeout <= 120:
+        raise EngineError(f"OBS timeout {timeout!r} in {path} must be seconds from 0.1 to 120; fix or delete the file")
     return ObsSettings(host=host, port=port, password=password, timeout=timeout)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -374,3 +375,89 @@ def test_av_source_latest_frame_reader(tmp_path):
     assert len(got) + src.dropped == 30
     src.close()
     assert src._container is None  # the reader thread released the file
+
+
+# ---------------------------------------------------------------- time is data: presentation times survive a run
+
+
+def write_timed(path: Path, pts: list[int], time_base: Fraction, fmt: str, size: tuple[int, int] = (64, 64)) -> None:
+    """A clip whose frames sit at ``pts`` (in ``time_base``): gaps are slots the container repeats (AVI writes
+    "repeat the previous frame" entries for them, as old captures and variable-frame-rate phone videos have)."""
+    frames = TestPatternSource(size, fps=30, frames=len(pts))
+    with av.open(str(path), "w", format=fmt) as c:
+        stream = c.add_stream("mpeg4", rate=30)
+        stream.width, stream.height, stream.pix_fmt = size[1], size[0], "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 30000)  # exact for all of them; mpeg4 allows at most 1/65535
+        stream.time_base = time_base  # the container's (mp4 may pick its own)
+        for p, (array, _) in zip(pts, frames):
+            vf = av.VideoFrame.from_ndarray(array, format="rgb24")
+            vf.pts, vf.time_base = p, time_base
+            c.mux(stream.encode(vf))
+        c.mux(stream.encode(None))
+
+
+def read_times(path: Path) -> tuple[list[float], float]:
+    """Every frame's presentation time (seconds from the first) and the container's duration."""
+    with av.open(str(path)) as c:
+        times = [f.time for f in c.decode(video=0)]
+        return [t - times[0] for t in times], c.duration / 1e6
+
+
+def gapped_pts(n: int = 30, slots: int = 300, seed: int = 12) -> list[int]:
+    """``n`` frames spread irregularly over ``slots`` frame slots, starting at 0 and ending in the last slot."""
+    import random
+
+    return [0, *sorted(random.Random(seed).sample(range(1, slots - 1), n - 2)), slots - 1]
+
+
+@pytest.mark.parametrize("fmt, time_base", [("avi", Fraction(1001, 30000)), ("mpegts", Fraction(1, 90000)),
+                                            ("mp4", Fraction(1, 90000)), ("avi", Fraction(1, 30))],
+                         ids=["ntsc-1001/30000", "mpegts-1/90000", "mp4-1/90000", "avi-1/30"])
+def test_odd_time_bases_keep_every_frames_time_through_source_and_sink(tmp_path, fmt, time_base):
+    ticks = 3003 if time_base == Fraction(1, 90000) else 1  # one NTSC frame in 1/90000
+    pts = [p * ticks for p in gapped_pts(12, 60)]
+    clip = tmp_path / f"in.{fmt}"
+    write_timed(clip, pts, time_base, fmt)
+    expected = [float((p - pts[0]) * time_base) for p in pts]
+    with AVSource(clip) as src:
+        got = list(src)
+    assert [read_counter(f) for f, _ in got] == list(range(12))  # every coded frame, in order
+    assert np.allclose([t for _, t in got], expected, atol=1e-6)  # at its own time, not at index / fps
+    out = tmp_path / "out.mp4"
+    with MP4Sink(out, fps=30) as sink:
+        for frame, t in got:
+            sink.write(frame, t)
+    times, _ = read_times(out)
+    assert np.allclose(times, expected, atol=1 / 60000)  # the sink's time base: exact to a tick
+
+
+def test_presentation_clock_repairs_missing_and_backward_timestamps():
+    from sdv2_studio.engine.io.sources import PresentationClock
+
+    clock = PresentationClock(0.1)
+    assert [clock.time(t) for t in (5.0, 5.5, None, 6.0)] == pytest.approx([0.0, 0.5, 0.6, 1.0])
+    assert clock.time(2.0) == pytest.approx(1.1)  # a timestamp reset: one period on, not back in time
+    assert clock.time(2.3) == pytest.approx(1.4)  # ... and the frames after it keep their spacing
+    clock.restart()  # a looping file: the next pass starts one period after the last frame
+    assert [clock.time(t) for t in (5.0, 5.5)] == pytest.approx([1.5, 2.0])
+
+
+def test_cli_file_run_keeps_the_inputs_duration_and_frame_times(tmp_path):
+    """The issue's case: a clip whose container stores few coded frames for many slots (30 frames over 10 s at a
+    1/30 time base) came out 10x too fast. Through the real CLI it keeps its duration and every frame's time."""
+    import subprocess
+    import sys
+
+    clip = tmp_path / "gapped.avi"
+    write_timed(clip, gapped_pts(30, 300), Fraction(1, 30), "avi")
+    in_times, in_duration = read_times(clip)
+    assert len(in_times) == 30 and in_duration == pytest.approx(10.0, abs=0.05)
+    out = tmp_path / "styled.mp4"
+    r = subprocess.run([sys.executable, "-m", "sdv2_studio.engine.cli", "run", "--model", "tiny", "--source", str(clip),
+                        "--size", "64x64", "--steps", "1", "--out", str(out)], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr
+    out_times, out_duration = read_times(out)
+    assert len(out_times) == 30
+    assert np.allclose(out_times, in_times, atol=1 / 30)  # every styled frame at its input frame's time
+    assert out_duration == pytest.approx(in_duration, abs=1 / 30)  # within one frame

@@ -319,3 +319,116 @@ def test_cli_prints_the_script_path(capsys):
     args = cli("obs", "script-path")
     assert args.fn(args) == 0
     assert capsys.readouterr().out.strip().endswith("obs_bridge/obs_script.py")
+
+
+# ---------------------------------------------------------------- hostile clients on raw sockets
+
+
+def _raw(port: int, data: bytes = b"", timeout: float = 30.0):
+    import socket
+
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    if data:
+        sock.sendall(data)
+    return sock
+
+
+def _response(sock) -> bytes:
+    """Everything the server sends until it closes the connection (bounded by the socket's timeout)."""
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _post(server, headers: str, body: bytes = b"") -> bytes:
+    head = (f"POST /v1/steps HTTP/1.1\r\nHost: 127.0.0.1\r\n{TOKEN_HEADER}: {server.token}\r\n{headers}"
+            "\r\n").encode()
+    return head + body
+
+
+@pytest.mark.parametrize("headers, status, words", [
+    ("Content-Length: -5\r\n", 400, "bad Content-Length"),
+    ("Content-Length: abc\r\n", 400, "bad Content-Length"),
+    ("Content-Length: +12\r\n", 400, "bad Content-Length"),
+    ("Content-Length: 2\r\nContent-Length: 12\r\n", 400, "bad Content-Length"),
+    ("Content-Length: 99999999999\r\n", 413, "larger than"),
+    ("Transfer-Encoding: chunked\r\n", 411, "chunked"),
+], ids=["negative", "non-numeric", "signed", "repeated", "oversized", "chunked"])
+def test_control_api_refuses_bad_body_lengths_with_one_line_and_reads_no_further(server, headers, status, words):
+    sock = _raw(server.port, _post(server, headers, b'{"steps": 1}'))  # we keep our side open: no EOF to wait for
+    try:
+        reply = _response(sock)  # the server answers and closes; it never waits for more bytes
+    finally:
+        sock.close()
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(f"HTTP/1.1 {status}".encode()), reply
+    error = json.loads(body)["error"]
+    assert words in error and "\n" not in error
+
+
+def test_control_api_refuses_a_body_shorter_than_its_length(server):
+    import socket
+
+    sock = _raw(server.port, _post(server, "Content-Length: 100\r\n", b'{"steps": 1'))
+    sock.shutdown(socket.SHUT_WR)
+    reply = _response(sock)
+    sock.close()
+    assert reply.startswith(b"HTTP/1.1 400") and b"ended after 11 of 100 bytes" in reply
+
+
+@pytest.fixture
+def strict_server(session, tmp_path):
+    srv = ControlServer(session, publish=False, idle_seconds=1.0, request_seconds=3.0, max_connections=4).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.mark.parametrize("first", [b"", b"GET /v1/status HTTP/1.1\r\nHost: 127.0.0.1\r\n"], ids=["silent", "half"])
+def test_idle_and_half_sent_connections_are_dropped_and_block_nobody(strict_server, first):
+    idle = _raw(strict_server.port, first)
+    try:
+        # meanwhile another client is served
+        assert ControlClient(strict_server.url, strict_server.token).status()["state"] == "stopped"
+        assert _response(idle) == b""  # dropped by the server (the socket's own 30 s timeout would raise instead)
+    finally:
+        idle.close()
+
+
+def test_a_client_dripping_bytes_is_dropped_at_the_request_deadline(strict_server):
+    request = _post(strict_server, "Content-Length: 12\r\n", b'{"steps": 1}')
+    sock = _raw(strict_server.port)
+    sent = 0
+    try:
+        for byte in request:  # one byte per 0.2 s: each read is in time, the whole request never is
+            sock.sendall(bytes([byte]))
+            sent += 1
+            time.sleep(0.2)
+    except OSError:  # the server closed the connection under us
+        pass
+    finally:
+        sock.close()
+    assert sent < len(request)  # dropped before the request was complete (~15 of its bytes at 3 s)
+
+
+def test_connections_beyond_the_bound_get_503_and_the_server_recovers(session):
+    srv = ControlServer(session, publish=False, idle_seconds=60.0, max_connections=2).start()
+    try:
+        idle = [_raw(srv.port) for _ in range(2)]  # both slots held by silent clients
+        extra = _raw(srv.port)
+        reply = _response(extra)
+        extra.close()
+        assert reply.startswith(b"HTTP/1.1 503") and b"too many connections" in reply
+        for sock in idle:
+            sock.close()
+        client = ControlClient(srv.url, srv.token)
+
+        def served() -> bool:
+            try:
+                return client.status()["state"] == "stopped"
+            except ControlError:
+                return False
+
+        assert wait_for(served)  # the slots come back once the clients are gone
+    finally:
+        srv.stop()

@@ -31,13 +31,20 @@ from sdv2_studio.engine.errors import EngineError
 SIZE_MULTIPLE = 16
 #: Smallest side the model is run at.
 MIN_SIDE = 64
+#: Largest side the model is run at: beyond it one chunk's activations outgrow any machine (8192x8192 asked 960 GB).
+MAX_SIDE = 2048
+def even_size(h: int, w: int) -> tuple[int, int]:
+    """The size a yuv420p encoder takes for an ``h x w`` picture: even sides (an odd last row/column dropped), at
+    least 2x2."""
+    return max(2, h - h % 2), max(2, w - w % 2)
 
 
 def check_frame(frame: np.ndarray) -> np.ndarray:
-    """Return ``frame`` if it is an ``HxWx3`` uint8 array, else raise ``ValueError`` (a caller bug)."""
-    if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+    """Return ``frame`` if it is an ``HxWx3`` uint8 array of at least 1x1, else raise ``ValueError`` (a caller bug)."""
+    if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3 \
+            or frame.size == 0:
         desc = f"{frame.dtype} {frame.shape}" if isinstance(frame, np.ndarray) else type(frame).__name__
-        raise ValueError(f"expected an HxWx3 uint8 RGB frame, got {desc}")
+        raise ValueError(f"expected an HxWx3 uint8 RGB frame of at least 1x1 pixels, got {desc}")
     return frame
 
 
@@ -53,6 +60,9 @@ def check_size(h: int, w: int, multiple: int = SIZE_MULTIPLE) -> tuple[int, int]
     """Validate a model resolution and return it; EngineError naming the nearest valid size otherwise."""
     if h < MIN_SIDE or w < MIN_SIDE:
         raise EngineError(f"size {w}x{h} is too small: the model needs at least {MIN_SIDE}x{MIN_SIDE}")
+    if h > MAX_SIDE or w > MAX_SIDE:
+        raise EngineError(f"size {w}x{h} is too large: the model runs at most {MAX_SIDE}x{MAX_SIDE} (its memory "
+                          "grows with the pixels); use e.g. 832x480")
     if h % multiple or w % multiple:
         rh, rw = round_size(h, w, multiple)
         raise EngineError(

@@ -23,7 +23,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import av
 from sdv2_studio.engine.errors import EngineError
-from sdv2_studio.engine.io.frames import check_frame
+from sdv2_studio.engine.io.frames import check_frame, even_size
 from sdv2_studio.engine.io.protocols import Frame, FrameSink
 from sdv2_studio.engine.io.sinks import add_video_stream, conform_frame, default_codec, encode_rgb
 
@@ -88,7 +88,7 @@ class MpegTsSink(FrameSink):
         self.fps = float(fps)
         self.codec = codec or default_codec()
         self.crf, self.keyframe_seconds = crf, keyframe_seconds
-        self.size = None if size is None else (size[0] - size[0] % 2, size[1] - size[1] % 2)
+        self.size = None if size is None else even_size(*size)
         self.frames = 0
         self._clock = clock
         self._t0: float | None = None
@@ -126,7 +126,7 @@ class MpegTsSink(FrameSink):
         if self._t0 is None:
             self._t0 = now
         if self.size is None:
-            self.size = (frame.shape[0] - frame.shape[0] % 2, frame.shape[1] - frame.shape[1] % 2)
+            self.size = even_size(*frame.shape[:2])
         h, w = self.size
         frame = conform_frame(frame, (h, w))
         t = now - self._t0 if pts_seconds is None else pts_seconds

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import numpy as np
 from sdv2_studio.engine.errors import EngineError
 from sdv2_studio.engine.io.pacing import Pacer
-from sdv2_studio.engine.io.protocols import Frame, FrameSource
+from sdv2_studio.engine.io.protocols import Frame, FrameSource, check_source_size
 
 COUNTER_BITS = 16
 
@@ -35,9 +35,7 @@ class TestPatternSource(FrameSource):
         seed: int = 0,
         realtime: bool = False,
     ) -> None:
-        h, w = size
-        if h < 16 or w < 16:
-            raise EngineError(f"test source size {w}x{h} is too small: use at least 16x16")
+        h, w = check_source_size(*size, what="the test source")
         if fps <= 0:
             raise EngineError(f"test source fps must be positive, not {fps}")
         if frames is not None and seconds is not None:

@@ -12,8 +12,23 @@ from collections.abc import Iterator
 from types import TracebackType
 
 import numpy as np
+from sdv2_studio.engine.errors import EngineError
 
 Frame = np.ndarray  # HxWx3 uint8 RGB
+#: Sources (video files, streams, cameras, the test pattern): smaller frames carry no picture to restyle.
+MIN_SOURCE_SIDE = 16
+#: Largest source side (8K video fits): beyond it one frame alone takes gigabytes on its way to the model.
+MAX_SOURCE_SIDE = 8192
+
+
+def check_source_size(h: int, w: int, what: str) -> tuple[int, int]:
+    """``(h, w)`` of a source's frames if within MIN_SOURCE_SIDE..MAX_SOURCE_SIDE, else EngineError naming ``what``."""
+    if min(h, w) < MIN_SOURCE_SIDE:
+        raise EngineError(f"{what} is {w}x{h}: too small to restyle; use a source of at least "
+                          f"{MIN_SOURCE_SIDE}x{MIN_SOURCE_SIDE}")
+    if max(h, w) > MAX_SOURCE_SIDE:
+        raise EngineError(f"{what} is {w}x{h}: larger than {MAX_SOURCE_SIDE} pixels a side; scale it down first")
+    return h, w
 
 
 class FrameSource(ABC):

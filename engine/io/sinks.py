@@ -16,7 +16,7 @@ from pathlib import Path
 import av
 import numpy as np
 from sdv2_studio.engine.errors import EngineError
-from sdv2_studio.engine.io.frames import check_frame, fit_frame
+from sdv2_studio.engine.io.frames import check_frame, even_size, fit_frame
 from sdv2_studio.engine.io.protocols import Frame, FrameSink
 
 __all__ = ["CallbackSink", "FrameSink", "MP4Sink", "SinkOpener", "default_codec", "open_sink", "register_sink"]
@@ -55,12 +55,18 @@ def add_video_stream(container, codec: str, fps: float, h: int, w: int, time_bas
     return stream
 
 
-def encode_rgb(container, stream, frame: Frame, pts: int, time_base) -> None:
-    """Encode one RGB frame (BT.709, limited range, yuv420p) and mux its packets."""
-    vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
-    vf = vf.reformat(format="yuv420p", dst_colorspace="ITU709", dst_color_range="MPEG")
-    vf.pts, vf.time_base = pts, time_base
-    container.mux(stream.encode(vf))
+def encode_rgb(container, stream, frame: Frame | None, pts: int = 0, time_base=None, duration: int = 0) -> None:
+    """Encode one RGB frame (BT.709, limited range, yuv420p) and mux its packets; ``frame`` None flushes the
+    encoder. ``duration`` (ticks of ``time_base``) is given to packets that have none: the last frame's says how long
+    it shows, so a file ends when its input did."""
+    vf = None
+    if frame is not None:
+        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+        vf = vf.reformat(format="yuv420p", dst_colorspace="ITU709", dst_color_range="MPEG")
+        vf.pts, vf.time_base = pts, time_base
+    for packet in stream.encode(vf):
+        packet.duration = packet.duration or duration
+        container.mux(packet)
 
 
 class MP4Sink(FrameSink):
@@ -96,11 +102,14 @@ class MP4Sink(FrameSink):
         self.fps = float(fps)
         self.codec = codec or default_codec()
         self.crf, self.preset, self.bitrate = crf, preset, bitrate
-        self.size = None if size is None else (size[0] - size[0] % 2, size[1] - size[1] % 2)
+        self.size = None if size is None else even_size(*size)
         self.frames = 0
         self._last_pts = -1
+        self._frame_ticks = max(1, round(1 / (self.fps * TIME_BASE)))  # one frame at ``fps``
         self._stream: av.video.stream.VideoStream | None = None
         folder = self.path.parent
+        if self.path.is_dir():
+            raise EngineError(f"output {self.path} is a folder; give a file name like {self.path / 'styled.mp4'}")
         if not folder.is_dir():
             raise EngineError(f"output folder {folder} does not exist; create it or pick another path")
         try:
@@ -120,8 +129,8 @@ class MP4Sink(FrameSink):
         cc = stream.codec_context
         cc.colorspace = cc.color_primaries = cc.color_trc = 1  # BT.709
         cc.color_range = 1  # limited ("MPEG") range
-        if self.codec == "libx264":
-            stream.options = {"crf": str(self.crf), "preset": self.preset}
+        if self.codec == "libx264":  # no B-frames: with reordering, mp4 cuts a variable-rate file's end short
+            stream.options = {"crf": str(self.crf), "preset": self.preset, "bf": "0"}
         else:
             cc.bit_rate = self.bitrate or max(500_000, int(0.5 * w * h * self.fps))
         return stream
@@ -133,7 +142,7 @@ class MP4Sink(FrameSink):
             raise EngineError(f"{self.path} is already closed; open a new output")
         check_frame(frame)
         if self.size is None:
-            self.size = (frame.shape[0] - frame.shape[0] % 2, frame.shape[1] - frame.shape[1] % 2)
+            self.size = even_size(*frame.shape[:2])
         h, w = self.size
         frame = conform_frame(frame, (h, w))
         t = self.frames / self.fps if pts_seconds is None else pts_seconds
@@ -141,7 +150,7 @@ class MP4Sink(FrameSink):
         try:
             if self._stream is None:
                 self._stream = self._open_stream(h, w)
-            encode_rgb(self._container, self._stream, frame, pts, TIME_BASE)
+            encode_rgb(self._container, self._stream, frame, pts, TIME_BASE, self._frame_ticks)
         except (av.FFmpegError, OSError) as e:
             self._discard()
             raise EngineError(f"cannot write {self.path} ({e}); check free disk space and permissions") from e
@@ -154,7 +163,7 @@ class MP4Sink(FrameSink):
             return
         try:
             if self._stream is not None:
-                self._container.mux(self._stream.encode(None))
+                encode_rgb(self._container, self._stream, None, duration=self._frame_ticks)
             self._container.close()
         except (av.FFmpegError, OSError) as e:
             self._discard()
@@ -205,7 +214,9 @@ _OPENERS: list[tuple[str, SinkOpener]] = []
 
 def register_sink(prefix: str, opener: SinkOpener) -> None:
     """Make ``open_sink`` send specs starting with ``prefix`` (e.g. ``"udp://"``, ``"vcam"``) to
-    ``opener(spec, fps=..., size=...)``. Registering a prefix again replaces its opener."""
+    ``opener(spec, fps=..., size=...)``. A prefix that ends in a letter or digit (``vcam``, ``obs-source``) matches
+    the word itself and the word followed by ``:`` or ``/`` (so ``vcam.mp4`` stays a file). Registering a prefix
+    again replaces its opener."""
     _OPENERS[:] = [(p, o) for p, o in _OPENERS if p != prefix.lower()]
     _OPENERS.append((prefix.lower(), opener))
 
@@ -213,8 +224,9 @@ def register_sink(prefix: str, opener: SinkOpener) -> None:
 def open_sink(spec: str, *, fps: float, size: tuple[int, int] | None = None) -> FrameSink:
     """Open the output a user typed: a ``.mp4`` path, or anything registered with :func:`register_sink`."""
     spec = spec.strip()
+    low = spec.lower()
     for prefix, opener in _OPENERS:
-        if spec.lower().startswith(prefix):
+        if low.startswith(prefix) and (not prefix[-1].isalnum() or low[len(prefix):len(prefix) + 1] in ("", ":", "/")):
             return opener(spec, fps=fps, size=size)
     if spec.lower().endswith(".mp4") and "://" not in spec:
         return MP4Sink(spec, fps, size)
@@ -235,8 +247,7 @@ def _lazy(module: str, name: str) -> SinkOpener:
 
 register_sink("udp://", _lazy("sdv2_studio.engine.io.mpegts", "open_mpegts_sink"))
 register_sink("srt://", _lazy("sdv2_studio.engine.io.mpegts", "open_mpegts_sink"))
-register_sink("vcam:", _lazy("sdv2_studio.engine.io.vcam", "open_vcam_sink"))
-register_sink("vcam/", _lazy("sdv2_studio.engine.io.vcam", "open_vcam_sink"))
+register_sink("vcam", _lazy("sdv2_studio.engine.io.vcam", "open_vcam_sink"))
 register_sink("spout:", _lazy("sdv2_studio.engine.io.texshare", "open_texshare_sink"))
 register_sink("syphon:", _lazy("sdv2_studio.engine.io.texshare", "open_texshare_sink"))
 register_sink("obs-source", _lazy("sdv2_studio.engine.io.shm", "open_shm_sink"))

@@ -26,7 +26,7 @@ from sdv2_studio.engine.errors import EngineError
 from sdv2_studio.engine.io.cameras import CAMERA_FORMATS, CameraInfo, camera_url, list_cameras
 from sdv2_studio.engine.io.pacing import LatestOnly, Pacer
 from sdv2_studio.engine.io.pattern import TestPatternSource
-from sdv2_studio.engine.io.protocols import Frame, FrameSource
+from sdv2_studio.engine.io.protocols import Frame, FrameSource, check_source_size
 
 __all__ = [
     "AVSource",
@@ -56,6 +56,34 @@ def _reason(e: BaseException) -> str:
     """One short line describing an FFmpeg/OS error."""
     text = getattr(e, "strerror", None) or str(e) or type(e).__name__
     return " ".join(str(text).split())
+
+
+class PresentationClock:
+    """A decoded frame's presentation time in seconds from the first frame: the container's own (``pts *
+    time_base``, whatever the time base), so variable frame rates and skipped ("repeat the previous frame") slots
+    keep their timing. A frame without a timestamp, or one that does not move forward (a damaged file, a timestamp
+    reset), comes one ``period`` after the previous frame, and the frames after it continue from there.
+    ``restart()`` continues the timeline one period after the last frame (a looping file)."""
+
+    def __init__(self, period: float) -> None:
+        self.period = period
+        self.last = -period  # the previous frame's time
+        self._zero: float | None = None  # the container time that maps to ``offset``
+        self._offset = 0.0
+
+    def time(self, t: float | None) -> float:
+        if t is not None and self._zero is None:  # the first timestamp of a pass
+            self._zero = t
+        pts = None if t is None else t - self._zero + self._offset
+        if pts is None or pts <= self.last:
+            pts = self.last + self.period
+            if t is not None:  # re-anchor: the frames after this one keep their spacing from here
+                self._zero, self._offset = t, pts
+        self.last = pts
+        return pts
+
+    def restart(self) -> None:
+        self._zero, self._offset = None, self.last + self.period
 
 
 class AVSource(FrameSource):
@@ -107,6 +135,12 @@ class AVSource(FrameSource):
         self._stream.thread_type = "AUTO" if self.kind == "file" else "SLICE"  # frame threads add latency
         cc = self._stream.codec_context
         self.size = (cc.height, cc.width)  # (0, 0) until the first frame for some streams
+        if self.size != (0, 0):
+            try:
+                check_source_size(*self.size, what=self.label)
+            except EngineError:
+                self._container.close()
+                raise
         rate = self._stream.average_rate or self._stream.guessed_rate or cc.framerate
         self.fps = float(rate) if rate else _DEFAULT_FPS
 
@@ -154,19 +188,15 @@ class AVSource(FrameSource):
 
     def _frames(self) -> Iterator[tuple[Frame, float]]:
         pacer = Pacer() if self.realtime else None
-        period = 1.0 / self.fps
-        start: float | None = None
-        offset, last, index = 0.0, -period, 0
+        clock = PresentationClock(1.0 / self.fps)
         while not self._closed:
             decoded = 0
             for frame in self._decode():
-                t = frame.time if frame.time is not None else index * period
-                start = t if start is None else start
-                pts = t - start + offset
+                pts = clock.time(frame.time)
                 array = frame.to_ndarray(format="rgb24")
                 if self.size == (0, 0):
-                    self.size = array.shape[:2]
-                decoded, index, last = decoded + 1, index + 1, pts
+                    self.size = check_source_size(*array.shape[:2], what=self.label)
+                decoded += 1
                 if pacer is not None:
                     pacer.wait(pts)
                 yield array, pts
@@ -184,7 +214,7 @@ class AVSource(FrameSource):
                 self._container.seek(0)
             except (av.FFmpegError, OSError, ValueError) as e:
                 raise EngineError(f"cannot loop {self.label} ({_reason(e)}): it is not seekable") from e
-            offset = last + period  # the next pass continues the timeline; ``start`` stays the reference
+            clock.restart()  # the next pass continues the timeline
 
     def __iter__(self) -> Iterator[tuple[Frame, float]]:
         if self._closed:

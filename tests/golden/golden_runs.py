@@ -71,7 +71,7 @@ def run_case(name: str, args: list[str], workdir: Path) -> np.ndarray:
         def __init__(self, spec, **kw):
             pass
 
-        def write(self, frame):
+        def write(self, frame, pts_seconds=None):
             frames.append(np.array(frame, copy=True))
 
         def close(self):
