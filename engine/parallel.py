@@ -551,7 +551,7 @@ class _Tail:
         if random_preset(spec.model):
             from sdv2_studio.engine.models import tiny_vae
 
-            self.vae = tiny_vae(device, geo.dtype)
+            self.vae = tiny_vae(device, geo.dtype, dit_preset=random_preset(spec.model))
         else:
             from sdv2_studio.engine.models import resolve_model
             from sdv2_studio.engine.vae import load_vae
