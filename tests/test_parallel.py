@@ -191,7 +191,8 @@ def test_every_rank_makes_its_own_cuda_device_current(monkeypatch):
     class Ctx:  # the spawn context: records the ranks' specs instead of starting processes
         def Process(self, target, args, **kw):
             spawned.append(args[0])
-            return type("P", (), {"start": lambda s: None, "is_alive": lambda s: False, "join": lambda s, t=None: None})()
+            return type("P", (), {"start": lambda s: None, "is_alive": lambda s: False,
+                                  "join": lambda s, t=None: None})()
 
     def no_nccl(*a, **kw):
         raise RuntimeError("no NCCL here")
@@ -278,17 +279,17 @@ def test_rebalance_moves_kv_layers_only_between_neighbours(monkeypatch):
 
     monkeypatch.setattr(par.dist, "send", send)
     monkeypatch.setattr(par.dist, "recv", recv)
+    def rank_main(rank, cache, a, b, moved, errors):
+        me.rank = rank
+        try:
+            moved[rank] = par.move_kv_layers(cache, a, b, rank)
+        except BaseException as e:
+            errors.append(e)
+
     for a, b in ((old, new), (new, old)):
         moved, errors = {}, []
-
-        def rank_main(rank, cache):
-            me.rank = rank
-            try:
-                moved[rank] = par.move_kv_layers(cache, a, b, rank)
-            except BaseException as e:
-                errors.append(e)
-
-        threads = [threading.Thread(target=rank_main, args=(r, c)) for r, c in enumerate(caches(a))]
+        threads = [threading.Thread(target=rank_main, args=(r, c, a, b, moved, errors))
+                   for r, c in enumerate(caches(a))]
         for t in threads:
             t.start()
         for t in threads:
