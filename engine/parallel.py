@@ -25,12 +25,13 @@ weights (re-read by the new owner) and KV-cache layers (`KVCache.export_layers` 
 neighbouring ranks (a run of layers that changes owner over several ranks is relayed through the ranks between)
 and only while the ring is drained (rank 0 waits for every job in flight before it sends REBALANCE).
 
-On CUDA the host never waits for the GPU in steady state. Every rank (rank 0 too) makes its device the current
-one (`engine.device.use_device`). Each rank has three streams (`Streams`): compute (the current stream), send and
+On CUDA the host never waits for the GPU in steady state. Every rank (rank 0 too) makes its device the current one
+(`engine.device.use_device`). Each rank has three streams (`Streams`): compute (the current stream), send and
 receive; a send records an event on the compute stream and the send stream waits on it, so the host queues the next
-job while the activations go out; received payloads are waited for by the compute stream through an event, not by
-the host. Headers go up through pinned memory without blocking. Busy time per rank comes from CUDA events around
-the work, read once they have passed (`BusyClock`), not from `torch.cuda.synchronize`.
+job while the activations go out; the next job's activations arrive on the receive stream while the compute stream
+works, and the compute stream (not the host) waits for them through an event. Headers go up through pinned memory
+without blocking. Busy time per rank comes from CUDA events around the work, read once they have passed
+(`BusyClock`), not from `torch.cuda.synchronize`.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import contextlib
 import dataclasses
 import datetime
 import enum
+import functools
 import os
 import queue
 import socket
@@ -198,9 +200,10 @@ class Streams:
     `sending()`: the send stream waits on an event recorded on the compute stream (what the send reads is
     computed), then the messages are queued from it; the host does not wait. `receiving(into_computed=...)`:
     receives are queued from the receive stream (a header's host read then waits for that stream alone, not for
-    the compute queued behind it); received buffers that the compute stream allocated are written only after an
-    event of the compute stream (`into_computed`), and on leaving, the compute stream waits on an event of the
-    receive stream before it uses them. Off CUDA both are no-ops (gloo on the CPU is synchronous per op).
+    the compute queued behind it); buffers that the compute stream allocated are written only after an event of the
+    compute stream (`into_computed`; buffers the receive stream allocates need no wait but `hand_over`), and on
+    leaving, the compute stream waits on an event of the receive stream before it uses them. Off CUDA all are
+    no-ops (gloo on the CPU is synchronous per op).
     """
 
     def __init__(self, device: torch.device):
@@ -228,6 +231,13 @@ class Streams:
         with torch.cuda.stream(self.recv):
             yield
         self.compute.wait_event(self._event(self.recv))
+
+    def hand_over(self, tensors: list[torch.Tensor]) -> None:
+        """Tensors the receive stream allocated, now used by the compute stream: their memory goes back to the
+        receive stream only after the compute stream's work queued when they are freed (`record_stream`)."""
+        if self.cuda:
+            for t in tensors:
+                t.record_stream(self.compute)
 
     @staticmethod
     def _event(stream) -> torch.cuda.Event:
@@ -372,10 +382,14 @@ class Link:
             self.wait(dist.irecv(h, src), f"rank {src} sent nothing")
             return Header.from_tensor(h)
 
-    def recv(self, src: int, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-        with self.streams.receiving():
+    def recv(self, src: int, buffers: Callable[[], list[torch.Tensor]]) -> list[torch.Tensor]:
+        """Receive a message's tensors into `buffers()`, allocated on the receive stream: on CUDA the next job's
+        activations arrive while the compute stream still runs the current one (`Streams.hand_over`)."""
+        with self.streams.receiving(into_computed=False):
+            tensors = buffers()
             for w in self.post_recv(src, tensors):
                 self.wait(w, f"rank {src} stopped mid-message")
+        self.streams.hand_over(tensors)
         return tensors
 
     def wait(self, work, what: str, timeout: float | None = None) -> None:
@@ -714,7 +728,7 @@ def _serve(rank, world, link: Link, stage: Stage, tail: _Tail | None, geo: Geome
     while True:
         h = link.recv_header(prev)
         if h.kind == Kind.JOB:
-            tokens, e0, e, x_t = link.recv(prev, geo.job_payload(h.frames, device))
+            tokens, e0, e, x_t = link.recv(prev, functools.partial(geo.job_payload, h.frames, device))
             tokens = stage.run_blocks(tokens, e0, h)
             if tail is None:
                 link.send(nxt, h.with_busy(rank, stage.clock.seconds), [tokens, e0, e, x_t])
@@ -725,10 +739,10 @@ def _serve(rank, world, link: Link, stage: Stage, tail: _Tail | None, geo: Geome
                                                                            + tail.clock.seconds)
                     link.send(0, done, out)
         elif h.kind == Kind.TIMES:  # the ring is drained: waiting for the last timing events costs nothing
-            times = link.recv(prev, [torch.empty(3 * world, dtype=torch.float64, device=device)])[0]
+            times = link.recv(prev, lambda: [torch.empty(3 * world, dtype=torch.float64, device=device)])[0]
             clocks = [stage.clock] + ([tail.clock] if tail is not None else [])
-            mine = [c.settle() for c in clocks] + [0.0]
-            times[3 * rank:3 * rank + 3] = torch.tensor([mine[0], mine[1], block_params(stage.dit)],
+            blocks_s, *extra_s = [c.settle() for c in clocks]
+            times[3 * rank:3 * rank + 3] = torch.tensor([blocks_s, sum(extra_s), block_params(stage.dit)],
                                                         dtype=torch.float64)
             if h.arg:  # reset the counters for the next measurement
                 for c in clocks:
@@ -747,7 +761,7 @@ def _serve(rank, world, link: Link, stage: Stage, tail: _Tail | None, geo: Geome
                 link.wait_sent(nxt)
             return
         else:
-            payload = link.recv(prev, control_payload(h.kind, geo, device))
+            payload = link.recv(prev, functools.partial(control_payload, h.kind, geo, device))
             stage.apply(h, payload)
             if tail is None:
                 link.send(nxt, h, payload)

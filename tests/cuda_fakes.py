@@ -1,8 +1,8 @@
-"""Recording stand-ins for the parts of torch.cuda the pipeline ranks use (streams, events, synchronize,
-set_device), so that their CUDA code path runs on a CPU over gloo and can be checked: `install(setattr)` swaps
-them in (and makes engine.parallel treat its devices as CUDA); `LOG` is what this process recorded. Ranks spawned by
-the engine run `stage_main`, which installs the fakes in the child and writes its LOG to `$SDV2_FAKE_CUDA_LOG.rankN`
-when the rank ends."""
+"""Recording stand-ins for the parts of torch.cuda the pipeline ranks use (streams, events, synchronize, set_device,
+Tensor.record_stream), so that their CUDA code path runs on a CPU over gloo and can be checked: `install(setattr)`
+swaps them in (and makes engine.parallel treat its devices as CUDA); `LOG` is what this process recorded. Ranks
+spawned by the engine run `stage_main`, which installs the fakes in the child and writes its LOG to
+`$SDV2_FAKE_CUDA_LOG.rankN` when the rank ends."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ _numbers = itertools.count(1)
 
 def reset() -> None:
     LOG.clear()
-    LOG.update(synchronize=[], set_device=[], timing_events=0, sends=[], receives=[])
+    LOG.update(synchronize=[], set_device=[], timing_events=0, sends=[], receives=[], handed_to=[])
 
 
 class FakeStream:
@@ -96,6 +96,7 @@ def install(setattr_) -> None:
     setattr_(torch.cuda, "current_stream", current_stream)
     setattr_(dist, "isend", _on("sends", _real_isend))
     setattr_(dist, "irecv", _on("receives", _real_irecv))
+    setattr_(torch.Tensor, "record_stream", lambda t, s: LOG["handed_to"].append(s.name))
     setattr_(par, "on_cuda", lambda device: True)
 
 

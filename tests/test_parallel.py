@@ -214,7 +214,8 @@ def test_every_rank_makes_its_own_cuda_device_current(monkeypatch):
 def test_cuda_path_never_synchronizes_and_sends_from_a_side_stream(single, monkeypatch, tmp_path):
     """The ranks' CUDA code path (streams, events; torch.cuda replaced by recording fakes, gloo underneath) over 20
     chunks with control changes: no synchronize of any kind on any rank, every send queued from a side stream that
-    was made to wait on the compute stream, busy time from timing events, and the frames of one rank."""
+    was made to wait on the compute stream, receives on a third stream, busy time from timing events, and the
+    frames of one rank."""
     import json
 
     import cuda_fakes
@@ -235,6 +236,8 @@ def test_cuda_path_never_synchronizes_and_sends_from_a_side_stream(single, monke
         assert all(s["after"] == "compute" for s in log["sends"]), rank  # ordered after the compute, by an event
     recv_streams = {r["stream"] for r in logs[1]["receives"]}  # rank 1 (rank 0 receives on its gloo thread)
     assert len(recv_streams) == 1 and not recv_streams & ({"compute"} | send_streams)
+    # the activations rank 1 received (4 tensors a job) were allocated by the receive stream, handed to compute
+    assert len(logs[1]["handed_to"]) >= 4 * jobs and set(logs[1]["handed_to"]) == {"compute"}
     assert len(util) == 2 and all(0.0 < u <= 1.0 for u in util), util  # from the events' elapsed times
     worst, mean = compare(single, out)
     assert worst <= 4 and mean < 0.05, (worst, mean)
