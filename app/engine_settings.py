@@ -33,7 +33,7 @@ from sdv2_studio.engine.models import UMT5_XXL, ResolvedModel, resolve_model
 
 RESOLUTIONS = [(512, 512), (480, 832), (832, 480), (384, 384), (320, 576), (256, 256), (192, 192), (128, 128),
                (64, 64)]
-DTYPES = [("auto", "Auto (bf16 GPU, fp32 CPU)"), ("bfloat16", "bfloat16"), ("float16", "float16"),
+DTYPES = [("auto", "Auto (bf16/fp16 GPU, fp32 CPU)"), ("bfloat16", "bfloat16"), ("float16", "float16"),
           ("float32", "float32")]
 _STATUS = {"downloaded": "✓ downloaded", "partial": "◐ partial", "missing": "○ not downloaded"}
 UMT5_GB = round(t5_encoder_params(UMT5_XXL) * 2 / GiB)  # umT5-XXL in bf16

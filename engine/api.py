@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from sdv2_studio.engine.config import CONTROL_FIELDS, CacheConfig, Controls, check_model_files
+from sdv2_studio.engine.device import auto_dtype, use_device
 from sdv2_studio.engine.errors import EngineError
 from sdv2_studio.engine.io.frames import check_size, fit_frame, restore_frame
 from sdv2_studio.engine.models import ModelBundle, Progress, ResolvedModel, load_bundle, resolve_model
@@ -50,7 +51,7 @@ class EngineConfig:
     tokenizer: str | None = None  # its tokenizer folder or spiece.model; None: beside the weights, or embedded
     loras: tuple = ()  # "FILE[:STRENGTH]" or (path, strength) each; normalised to ((path, strength), ...)
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1"
-    dtype: str = "auto"  # "auto" (bfloat16 on CUDA, float32 on CPU), "bfloat16", "float16", "float32"
+    dtype: str = "auto"  # "auto" (bf16 on GPUs >= sm80, fp16 older, fp32 CPU), "bfloat16", "float16", "float32"
     text_device: str = "cpu"  # umT5 runs here (CPU saves ~11 GB of VRAM; prompts are cached anyway)
     size: tuple[int, int] | None = None  # (h, w) model resolution; None = the model's default
     batch: bool = True  # Stream-Batch over denoising steps (False: steps in sequence, lower memory)
@@ -85,10 +86,9 @@ class EngineConfig:
 
 
 def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The device `device` names, checked, and set up for this process (engine.device.use_device)."""
     try:
-        dev = torch.device(device)
+        dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
     except (RuntimeError, TypeError):
         raise EngineError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -96,12 +96,13 @@ def resolve_device(device: str) -> torch.device:
                           "(see README) or use --device cpu")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise EngineError(f"device {device} does not exist ({torch.cuda.device_count()} CUDA devices)")
+    use_device(dev)
     return dev
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        return auto_dtype(device)
     names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
              "float16": torch.float16, "fp16": torch.float16}
     if dtype not in names:

@@ -328,7 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto, cpu, cuda, cuda:N, or a list for pipeline ranks: cuda:0,1,2,3")
     s.add_argument("--ranks", type=int, default=1,
                    help="pipeline-parallel stages: GPUs when that many exist, else CPU processes (gloo)")
-    s.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), bfloat16, float16, float32")
+    s.add_argument("--dtype", default="auto",
+                   help="auto (bf16 on sm80+ GPUs, fp16 on older; fp32 on CPU), bfloat16, float16, float32")
     s.add_argument("--latency-budget", type=float, default=None, help="seconds; slower frames count as misses")
     s.add_argument("--target-fps", type=float, default=None,
                    help="SLO scheduling: adapt Stream-Batch/no-batch, steps and resolution to reach this rate")

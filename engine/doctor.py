@@ -63,6 +63,8 @@ def check_torch() -> list[Check]:
     except Exception as e:  # a broken install is exactly what this reports
         return [Check("torch", FAIL, f"cannot import torch ({type(e).__name__}: {e})",
                       "reinstall it: pip install --force-reinstall torch (CUDA: add --index-url " + CUDA_INDEX + ")")]
+    from sdv2_studio.engine.device import native_bf16
+
     cuda = torch.version.cuda
     build = f"CUDA {cuda} build" if cuda else "CPU-only build"
     checks = [Check("torch", OK, f"{torch.__version__} ({build})")]
@@ -95,7 +97,7 @@ def check_torch() -> list[Check]:
                                  "shows a memory estimate per setting)")
         else:
             status, fix = OK, ""
-        bf16 = "bf16" if torch.cuda.is_bf16_supported() else "no bf16: use float16"
+        bf16 = "bf16" if native_bf16(torch.device("cuda", i)) else "no native bf16: auto uses float16"
         checks.append(Check(f"GPU {i}", status, f"{name}, {gb:.1f} GB VRAM, compute {cc}, {bf16}", fix))
     return checks
 

@@ -21,7 +21,17 @@ slot inputs come from N calls earlier, which changes the output with the number 
 Transfers use isend with one message in flight per link (overlapping the next job's compute); rank 0 posts the
 receive for a job's result when it submits the job, so the ring cannot deadlock. A rank that dies or stops
 answering is detected within `timeout` seconds and reported as an EngineError naming it. Block rebalancing moves
-weights (re-read by the new owner) and KV-cache layers (`KVCache.export_layers` / `import_layers`).
+weights (re-read by the new owner) and KV-cache layers (`KVCache.export_layers` / `import_layers`), only between
+neighbouring ranks (a run of layers that changes owner over several ranks is relayed through the ranks between)
+and only while the ring is drained (rank 0 waits for every job in flight before it sends REBALANCE).
+
+On CUDA the host never waits for the GPU in steady state. Every rank (rank 0 too) makes its device the current one
+(`engine.device.use_device`). Each rank has three streams (`Streams`): compute (the current stream), send and
+receive; a send records an event on the compute stream and the send stream waits on it, so the host queues the next
+job while the activations go out; the next job's activations arrive on the receive stream while the compute stream
+works, and the compute stream (not the host) waits for them through an event. Headers go up through pinned memory
+without blocking. Busy time per rank comes from CUDA events around the work, read once they have passed
+(`BusyClock`), not from `torch.cuda.synchronize`.
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ import contextlib
 import dataclasses
 import datetime
 import enum
+import functools
 import os
 import queue
 import socket
@@ -43,6 +54,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from sdv2_studio.engine.config import CacheConfig, ModelConfig
+from sdv2_studio.engine.device import use_device
 from sdv2_studio.engine.errors import EngineError
 from sdv2_studio.engine.kv_cache import KVCache
 from sdv2_studio.engine.pipeline import RENOISE, DenoiseJob, StreamPipeline, decode_latent, keyed_noise
@@ -109,9 +121,14 @@ class Header:
         return dataclasses.replace(self, busy_us=tuple(busy))
 
     def to_tensor(self, device) -> torch.Tensor:
+        """On a CUDA device: uploaded from pinned memory without blocking (torch's pinned-memory cache keeps the
+        buffer until the copy has run)."""
         scalars = [int(getattr(self, name)) for name in _SCALARS]
         ranges = [v for r in self.ranges for v in r] + [0] * (2 * (MAX_RANKS - len(self.ranges)))
-        return torch.tensor(scalars + ranges + list(self.busy_us), dtype=torch.long).to(device)
+        host = torch.tensor(scalars + ranges + list(self.busy_us), dtype=torch.long)
+        if torch.device(device).type == "cuda" and torch.cuda.is_available():
+            return host.pin_memory().to(device, non_blocking=True)
+        return host.to(device)
 
     @classmethod
     def from_tensor(cls, t: torch.Tensor) -> Header:
@@ -171,16 +188,119 @@ def balanced_split(ranges: list[range], stage_s: list[float], block_s: list[floa
     return out
 
 
+def on_cuda(device: torch.device) -> bool:
+    """Whether work on `device` is queued on CUDA streams (the seam the tests drive to run the stream and event code
+    on a CPU with recording fakes of torch.cuda)."""
+    return device.type == "cuda"
+
+
+class Streams:
+    """A rank's CUDA streams: compute (the current stream: embeddings, blocks, head, decode), send and receive.
+
+    `sending()`: the send stream waits on an event recorded on the compute stream (what the send reads is
+    computed), then the messages are queued from it; the host does not wait. `receiving(into_computed=...)`:
+    receives are queued from the receive stream (a header's host read then waits for that stream alone, not for
+    the compute queued behind it); buffers that the compute stream allocated are written only after an event of the
+    compute stream (`into_computed`; buffers the receive stream allocates need no wait but `hand_over`), and on
+    leaving, the compute stream waits on an event of the receive stream before it uses them. Off CUDA all are
+    no-ops (gloo on the CPU is synchronous per op).
+    """
+
+    def __init__(self, device: torch.device):
+        self.cuda = on_cuda(device)
+        if self.cuda:
+            self.compute = torch.cuda.current_stream(device)
+            self.send, self.recv = torch.cuda.Stream(device), torch.cuda.Stream(device)
+
+    @contextlib.contextmanager
+    def sending(self):
+        if not self.cuda:
+            yield
+            return
+        self.send.wait_event(self._event(self.compute))
+        with torch.cuda.stream(self.send):
+            yield
+
+    @contextlib.contextmanager
+    def receiving(self, into_computed: bool = True):
+        if not self.cuda:
+            yield
+            return
+        if into_computed:
+            self.recv.wait_event(self._event(self.compute))
+        with torch.cuda.stream(self.recv):
+            yield
+        self.compute.wait_event(self._event(self.recv))
+
+    def hand_over(self, tensors: list[torch.Tensor]) -> None:
+        """Tensors the receive stream allocated, now used by the compute stream: their memory goes back to the
+        receive stream only after the compute stream's work queued when they are freed (`record_stream`)."""
+        if self.cuda:
+            for t in tensors:
+                t.record_stream(self.compute)
+
+    @staticmethod
+    def _event(stream) -> torch.cuda.Event:
+        event = torch.cuda.Event()
+        event.record(stream)
+        return event
+
+
+class BusyClock:
+    """Seconds a rank spends computing (per-rank utilisation, stage times for rebalancing).
+
+    CPU: host wall time around the work. CUDA: a pair of timing events around the work on the compute stream,
+    added once the end event has passed (`query`, which never waits), so the total trails the GPU by the work
+    still queued; `settle()` waits for that rest and is called only on a drained ring (stage times).
+    """
+
+    def __init__(self, device: torch.device):
+        self.cuda = on_cuda(device)
+        self._seconds = 0.0
+        self._pending: collections.deque = collections.deque()  # (start, end) events not yet read
+
+    @contextlib.contextmanager
+    def measure(self):
+        if not self.cuda:
+            t0 = time.perf_counter()
+            yield
+            self._seconds += time.perf_counter() - t0
+            return
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        yield
+        end.record()
+        self._pending.append((start, end))
+        self._read(wait=False)
+
+    def _read(self, wait: bool) -> None:
+        while self._pending and (wait or self._pending[0][1].query()):
+            start, end = self._pending.popleft()
+            if wait:
+                end.synchronize()
+            self._seconds += start.elapsed_time(end) / 1000
+
+    @property
+    def seconds(self) -> float:
+        self._read(wait=False)
+        return self._seconds
+
+    def settle(self) -> float:
+        self._read(wait=True)
+        return self._seconds
+
+    def reset(self) -> None:
+        self.settle()
+        self._seconds = 0.0
+
+
 def run_own_blocks(dit, cache: KVCache, tokens: torch.Tensor, e0: torch.Tensor, *, start: int,
-                   grid: tuple[int, int, int], advance: bool, slot: int) -> tuple[torch.Tensor, float]:
-    """One micro-batch through this rank's blocks (writing their KV cache); returns (tokens, seconds spent)."""
-    t0 = time.perf_counter()
-    plan = cache.plan([start], grid, advance, slot=slot)
-    rope = dit.rope.tables(grid, plan.start_frames_dev)
-    out = dit.run_blocks(tokens, e0, rope, cache.cross_for(plan), blocks=cache.blocks, cache=cache, plan=plan)
-    if tokens.device.type == "cuda":
-        torch.cuda.synchronize(tokens.device)
-    return out, time.perf_counter() - t0
+                   grid: tuple[int, int, int], advance: bool, slot: int, clock: BusyClock) -> torch.Tensor:
+    """One micro-batch through this rank's blocks (writing their KV cache), timed on `clock`."""
+    with clock.measure():
+        plan = cache.plan([start], grid, advance, slot=slot)
+        rope = dit.rope.tables(grid, plan.start_frames_dev)
+        return dit.run_blocks(tokens, e0, rope, cache.cross_for(plan), blocks=cache.blocks, cache=cache, plan=plan)
 
 
 def stage_select(blocks: range, first: bool, last: bool) -> Callable[[str], bool]:
@@ -235,14 +355,17 @@ class Link:
     def __init__(self, device: torch.device, timeout: float, alive: Callable[[], str | None] | None = None):
         self.device, self.timeout = device, timeout
         self.alive = alive  # returns a message when a peer is known dead
+        self.streams = Streams(device)
         self._inflight: dict[int, list] = collections.defaultdict(list)
         self.waited_s = 0.0  # time spent blocked on peers (excluded from this rank's busy time)
 
     def send(self, dst: int, header: Header, tensors: list[torch.Tensor] = ()) -> None:
-        """Non-blocking; waits for the previous message to `dst` first (one message in flight per link)."""
+        """Non-blocking, from the send stream; waits for the previous message to `dst` first (one message in flight
+        per link; the sent tensors are kept until then, so their memory is not reused while a send reads it)."""
         self.wait_sent(dst)
-        sent = [t.contiguous() for t in (header.to_tensor(self.device), *tensors)]
-        self._inflight[dst] = [dist.isend(t, dst) for t in sent] + sent
+        with self.streams.sending():
+            sent = [t.contiguous() for t in (header.to_tensor(self.device), *tensors)]
+            self._inflight[dst] = [dist.isend(t, dst) for t in sent] + sent
 
     def wait_sent(self, dst: int) -> None:
         works = [w for w in self._inflight.get(dst, []) if isinstance(w, dist.Work)]
@@ -254,13 +377,19 @@ class Link:
         return [dist.irecv(t, src) for t in tensors]
 
     def recv_header(self, src: int) -> Header:
-        h = Header.buffer(self.device)
-        self.wait(dist.irecv(h, src), f"rank {src} sent nothing")
-        return Header.from_tensor(h)
+        with self.streams.receiving(into_computed=False):
+            h = Header.buffer(self.device)
+            self.wait(dist.irecv(h, src), f"rank {src} sent nothing")
+            return Header.from_tensor(h)
 
-    def recv(self, src: int, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-        for w in self.post_recv(src, tensors):
-            self.wait(w, f"rank {src} stopped mid-message")
+    def recv(self, src: int, buffers: Callable[[], list[torch.Tensor]]) -> list[torch.Tensor]:
+        """Receive a message's tensors into `buffers()`, allocated on the receive stream: on CUDA the next job's
+        activations arrive while the compute stream still runs the current one (`Streams.hand_over`)."""
+        with self.streams.receiving(into_computed=False):
+            tensors = buffers()
+            for w in self.post_recv(src, tensors):
+                self.wait(w, f"rank {src} stopped mid-message")
+        self.streams.hand_over(tensors)
         return tensors
 
     def wait(self, work, what: str, timeout: float | None = None) -> None:
@@ -332,7 +461,8 @@ class Receiver:
         if self.threaded:
             self._todo.put(bufs)
         else:
-            self._pending.append((bufs, self.link.post_recv(self.src, bufs)))
+            with self.link.streams.receiving():
+                self._pending.append((bufs, self.link.post_recv(self.src, bufs)))
 
     def _deliver(self, bufs: list[torch.Tensor] | None, error: BaseException | None = None):
         if error is not None:
@@ -343,7 +473,10 @@ class Receiver:
             raise EngineError(dead or f"pipeline receive failed ({str(error).splitlines()[0][:160]}); "
                               "restart the engine")
         self.outstanding -= 1
-        return Header.from_tensor(bufs[0]), bufs[1:]
+        h = Header.from_tensor(bufs[0])
+        if h.kind == Kind.FRAMES:  # read by the host: copied out here, on the receive stream
+            return h, [t.cpu() for t in bufs[1:]]
+        return h, bufs[1:]
 
     def poll(self) -> list[tuple[Header, list[torch.Tensor]]]:
         out = []
@@ -355,9 +488,10 @@ class Receiver:
                     return out
         while self._pending and all(w.is_completed() for w in self._pending[0][1]):
             bufs, works = self._pending.popleft()
-            for w in works:
-                w.wait()
-            out.append(self._deliver(bufs))
+            with self.link.streams.receiving(into_computed=False):
+                for w in works:
+                    w.wait()
+                out.append(self._deliver(bufs))
         return out
 
     def get(self) -> tuple[Header, list[torch.Tensor]]:
@@ -376,9 +510,10 @@ class Receiver:
                                   f"{self.link.timeout:.0f} s (a rank hung?); restart the engine") from None
             return self._deliver(*item)
         bufs, works = self._pending.popleft()
-        for w in works:
-            self.link.wait(w, f"rank {self.src} did not return its result")
-        return self._deliver(bufs)
+        with self.link.streams.receiving(into_computed=False):
+            for w in works:
+                self.link.wait(w, f"rank {self.src} did not return its result")
+            return self._deliver(bufs)
 
     def close(self) -> None:
         if self.threaded:
@@ -464,7 +599,7 @@ class Stage:
                  device: torch.device):
         self.dit, self.geo, self.device, self.cache_cfg = dit, geo, device, cache_cfg
         self.cache = self._new_cache(blocks, slots, steps)
-        self.busy_s = 0.0  # compute time spent in blocks (for rebalancing)
+        self.clock = BusyClock(device)  # compute time spent in blocks (utilisation, rebalancing)
         self.jobs = 0
 
     def _new_cache(self, blocks: range, slots: int, steps: int) -> KVCache:
@@ -477,9 +612,8 @@ class Stage:
         """tokens [1, N, C] -> [1, N, C] through this rank's blocks (writing their cache)."""
         lh, lw = self.geo.latent_hw
         grid = (h.frames, lh // self.dit.cfg.patch_size[1], lw // self.dit.cfg.patch_size[2])
-        out, spent = run_own_blocks(self.dit, self.cache, tokens, e0, start=h.start, grid=grid, advance=h.advance,
-                                    slot=h.slot)
-        self.busy_s += spent
+        out = run_own_blocks(self.dit, self.cache, tokens, e0, start=h.start, grid=grid, advance=h.advance,
+                             slot=h.slot, clock=self.clock)
         self.jobs += 1
         return out
 
@@ -510,8 +644,7 @@ def stage_main(spec: StageSpec) -> None:
     """Entry point of ranks 1..N-1 (spawned by the engine, or started by torchrun)."""
     torch.set_num_threads(max(1, spec.threads))
     device = torch.device(spec.device)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
+    use_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
     if not dist.is_initialized():  # port 0: launched by torchrun (env:// rendezvous)
         method = f"tcp://127.0.0.1:{spec.port}" if spec.port else "env://"
@@ -563,7 +696,7 @@ class _Tail:
 
             self.decoder = load_taehv(spec.taehv, dtype=torch.float16 if device.type == "cuda" else torch.float32,
                                       device=device)
-        self.busy_s = 0.0
+        self.clock = BusyClock(device)  # head, re-noising and decode
 
     def reset(self) -> None:
         """A new stream: fresh decoder state."""
@@ -572,13 +705,8 @@ class _Tail:
             self.decoder.reset_stream()
 
     def finish(self, dit, tokens, e, x_t, h: Header) -> tuple[Kind | None, list[torch.Tensor]]:
-        t0 = time.perf_counter()
-        try:
+        with self.clock.measure():
             return self._finish(dit, tokens, e, x_t, h)
-        finally:
-            if x_t.device.type == "cuda":
-                torch.cuda.synchronize(x_t.device)
-            self.busy_s += time.perf_counter() - t0
 
     def _finish(self, dit, tokens, e, x_t, h: Header) -> tuple[Kind | None, list[torch.Tensor]]:
         """Head + flow -> x0; then either re-noise (RESULT) or decode (FRAMES) or drop (pipeline fill)."""
@@ -600,24 +728,25 @@ def _serve(rank, world, link: Link, stage: Stage, tail: _Tail | None, geo: Geome
     while True:
         h = link.recv_header(prev)
         if h.kind == Kind.JOB:
-            tokens, e0, e, x_t = link.recv(prev, geo.job_payload(h.frames, device))
+            tokens, e0, e, x_t = link.recv(prev, functools.partial(geo.job_payload, h.frames, device))
             tokens = stage.run_blocks(tokens, e0, h)
             if tail is None:
-                link.send(nxt, h.with_busy(rank, stage.busy_s), [tokens, e0, e, x_t])
+                link.send(nxt, h.with_busy(rank, stage.clock.seconds), [tokens, e0, e, x_t])
             else:
                 out_kind, out = tail.finish(stage.dit, tokens, e, x_t, h)
                 if out_kind is not None:
-                    done = dataclasses.replace(h, kind=out_kind).with_busy(rank, stage.busy_s + tail.busy_s)
+                    done = dataclasses.replace(h, kind=out_kind).with_busy(rank, stage.clock.seconds
+                                                                           + tail.clock.seconds)
                     link.send(0, done, out)
-        elif h.kind == Kind.TIMES:
-            times = link.recv(prev, [torch.empty(3 * world, dtype=torch.float64, device=device)])[0]
-            extra = tail.busy_s if tail is not None else 0.0
-            times[3 * rank:3 * rank + 3] = torch.tensor([stage.busy_s, extra, block_params(stage.dit)],
+        elif h.kind == Kind.TIMES:  # the ring is drained: waiting for the last timing events costs nothing
+            times = link.recv(prev, lambda: [torch.empty(3 * world, dtype=torch.float64, device=device)])[0]
+            clocks = [stage.clock] + ([tail.clock] if tail is not None else [])
+            blocks_s, *extra_s = [c.settle() for c in clocks]
+            times[3 * rank:3 * rank + 3] = torch.tensor([blocks_s, sum(extra_s), block_params(stage.dit)],
                                                         dtype=torch.float64)
             if h.arg:  # reset the counters for the next measurement
-                stage.busy_s = 0.0
-                if tail is not None:
-                    tail.busy_s = 0.0
+                for c in clocks:
+                    c.reset()
             link.send(nxt, h, [times])
         elif h.kind == Kind.REBALANCE:
             new = [range(a, b) for a, b in h.ranges]
@@ -632,7 +761,7 @@ def _serve(rank, world, link: Link, stage: Stage, tail: _Tail | None, geo: Geome
                 link.wait_sent(nxt)
             return
         else:
-            payload = link.recv(prev, control_payload(h.kind, geo, device))
+            payload = link.recv(prev, functools.partial(control_payload, h.kind, geo, device))
             stage.apply(h, payload)
             if tail is None:
                 link.send(nxt, h, payload)
@@ -661,23 +790,46 @@ def block_transfers(old: list[range], new: list[range]) -> list[tuple[int, int, 
     return runs
 
 
-def move_blocks(dit, cache: KVCache, old: list[range], new: list[range], rank: int, model: str, device,
-                dtype: torch.dtype) -> KVCache:
-    """Hand blocks (weights + KV cache layers) to their new owners; every rank runs the same transfer schedule, so
-    the blocking send/recv pairs match (the pipeline is drained before a rebalance). Weights are not sent: the new
-    owner reads them from the checkpoint (or the tiny model's seeds); the old owner frees them."""
+def neighbour_hops(old: list[range], new: list[range]) -> list[tuple[int, int, range]]:
+    """`block_transfers` as hops between neighbouring ranks, in order: a run moving from rank 0 to rank 2 goes
+    0 -> 1, then 1 -> 2 (rank 1 relays it), so layers travel only over the ring's own links."""
+    hops = []
+    for src, dst, blocks in block_transfers(old, new):
+        step = 1 if dst > src else -1
+        hops += [(r, r + step, blocks) for r in range(src, dst, step)]
+    return hops
+
+
+def move_kv_layers(cache: KVCache, old: list[range], new: list[range], rank: int) -> tuple[KVCache, list[int]]:
+    """This rank's part of moving KV-cache layers from `old` to `new` ranges: (its cache for new[rank], the blocks
+    it gained). Every rank runs the same hop schedule (`neighbour_hops`), so the blocking send/recv pairs match;
+    called only on a drained ring."""
     moved = cache.for_blocks(new[rank])
     gained: list[int] = []
-    for src, dst, blocks in block_transfers(old, new):
+    relayed: dict[tuple[int, int], list[torch.Tensor]] = {}  # layers passing through this rank
+    one = cache.export_layers(range(cache.blocks.start, cache.blocks.start + 1))  # every rank holds >= 1 block
+    for src, dst, blocks in neighbour_hops(old, new):
+        key = (blocks.start, blocks.stop)
         if src == rank:
-            for t in cache.export_layers(blocks):
+            for t in relayed.pop(key, None) or cache.export_layers(blocks):
                 dist.send(t.contiguous(), dst)
         elif dst == rank:
-            state = [torch.empty_like(t) for t in moved.export_layers(blocks)]
+            state = [torch.empty((len(blocks), *t.shape[1:]), dtype=t.dtype, device=t.device) for t in one]
             for t in state:
                 dist.recv(t, src)
-            moved.import_layers(blocks, state)
-            gained += blocks
+            if blocks.start in new[rank]:
+                moved.import_layers(blocks, state)
+                gained += blocks
+            else:
+                relayed[key] = state
+    return moved, gained
+
+
+def move_blocks(dit, cache: KVCache, old: list[range], new: list[range], rank: int, model: str, device,
+                dtype: torch.dtype) -> KVCache:
+    """Hand blocks (weights + KV cache layers) to their new owners (`move_kv_layers`). Weights are not sent: the
+    new owner reads them from the checkpoint (or the tiny model's seeds); the old owner frees them."""
+    moved, gained = move_kv_layers(cache, old, new, rank)
     materialise_blocks(dit, model, gained, device, dtype)
     release_blocks(dit, [b for b in old[rank] if b not in new[rank]])
     return moved
@@ -704,7 +856,8 @@ class RingDenoiser:
         self.rebalances: list[list[tuple[int, int]]] = []
         self.cache: KVCache | None = None
         self.inbox = Receiver(link, self.world - 1)
-        self.busy_blocks_s = self.busy_other_s = 0.0
+        self.clock = BusyClock(link.device)  # rank 0's blocks
+        self.busy_other_s = 0.0  # rank 0's other work (host time: encode, embeddings, text)
         self._busy: collections.deque = collections.deque(maxlen=256)  # (time, cumulative busy us per rank)
         self._arrived: list[np.ndarray] = []  # decoded frames not yet collected
         self._returns: collections.deque[torch.Tensor] = collections.deque()  # re-noised results not yet used
@@ -774,11 +927,11 @@ class RingDenoiser:
     def chunk_scope(self):
         """Accounts rank 0's own work besides its blocks (VAE encode, embeddings, text: wall time minus blocks and
         waits), rebalances once after `rebalance_after` chunks, and names a failed rank."""
-        t0, blocks0, waited0 = time.perf_counter(), self.busy_blocks_s, self.link.waited_s
+        t0, blocks0, waited0 = time.perf_counter(), self.clock.seconds, self.link.waited_s
         try:
             yield
-            self.busy_other_s += (time.perf_counter() - t0 - (self.busy_blocks_s - blocks0)
-                                  - (self.link.waited_s - waited0))
+            self.busy_other_s += max(0.0, time.perf_counter() - t0 - (self.clock.seconds - blocks0)
+                                     - (self.link.waited_s - waited0))
             if self.rebalance_after and self._chunks == self.rebalance_after and not self.rebalances:
                 self.rebalance()
         except RuntimeError as e:
@@ -814,12 +967,11 @@ class RingDenoiser:
         F = x.shape[2]
         tt = torch.full((1, F), float(t), device=self.device)
         tokens, e, e0, grid = self.dit.embed(x, tt)
-        tokens, spent = run_own_blocks(self.dit, self.cache, tokens, e0, start=start, grid=grid, advance=advance,
-                                       slot=slot)
-        self.busy_blocks_s += spent
+        tokens = run_own_blocks(self.dit, self.cache, tokens, e0, start=start, grid=grid, advance=advance, slot=slot,
+                                clock=self.clock)
         h = Header(Kind.JOB, chunk=job.chunk, slot=slot, start=start, frames=F, t=t, t_next=t_next, advance=advance,
                    decode=decode, seed=job.seed, noise_index=noise_index)
-        self.link.send(1, h.with_busy(0, self.busy_blocks_s + self.busy_other_s), [tokens, e0, e, x.to(self.geo.dtype)])
+        self.link.send(1, h.with_busy(0, self.clock.seconds + self.busy_other_s), [tokens, e0, e, x.to(self.geo.dtype)])
         if t_next >= 0:
             self.inbox.expect(self.geo.result_payload(F, self.device))
         elif decode:
@@ -833,7 +985,7 @@ class RingDenoiser:
         while len(self._busy) > 2 and now - self._busy[0][0] > 3.0:
             self._busy.popleft()
         if h.kind == Kind.FRAMES:
-            self._arrived += list(payload[0].cpu().numpy())
+            self._arrived += list(payload[0].numpy())
         else:
             self._returns.append(payload[0])
 
@@ -861,9 +1013,10 @@ class RingDenoiser:
         """(block seconds, other seconds, materialised block parameters) per rank since the last reset (drains)."""
         self._drain()
         buf = torch.zeros(3 * self.world, dtype=torch.float64, device=self.device)
-        buf[0:3] = torch.tensor([self.busy_blocks_s, self.busy_other_s, block_params(self.dit)], dtype=torch.float64)
+        buf[0:3] = torch.tensor([self.clock.settle(), self.busy_other_s, block_params(self.dit)], dtype=torch.float64)
         if reset:
-            self.busy_blocks_s = self.busy_other_s = 0.0
+            self.clock.reset()
+            self.busy_other_s = 0.0
         self.inbox.expect([torch.empty(3 * self.world, dtype=torch.float64, device=self.device)])
         self._send(Header(Kind.TIMES, arg=int(reset)), [buf])
         _, (got,) = self.inbox.get()
@@ -928,6 +1081,7 @@ class RankGroup:
         self.devices = devices
         self.ranges = split_blocks(num_layers, self.world)
         self.timeout = timeout
+        use_device(devices[0])  # rank 0 too: else NCCL and the caching allocator open a context on cuda:0
         torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
         port = 0 if torchrun else free_port()
         ctx = torch.multiprocessing.get_context("spawn")

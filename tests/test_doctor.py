@@ -40,11 +40,13 @@ def test_vram_advice_comes_from_the_memory_estimator(monkeypatch):
     monkeypatch.setattr(torch.version, "cuda", "12.8")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: len(sizes))
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    majors = [7, 8, 9]  # a T4-class GPU (7.5) has no native bf16; "auto" picks float16 there
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: SimpleNamespace(
-        name=f"GPU {sizes[i]} GB", total_memory=int(sizes[i] * GiB), major=8, minor=9))
+        name=f"GPU {sizes[i]} GB", total_memory=int(sizes[i] * GiB), major=majors[i], minor=5))
     checks = doctor.check_torch()
     assert [c.status for c in checks[1:]] == [FAIL, WARN, OK]
+    assert "no native bf16: auto uses float16" in checks[1].detail
+    assert checks[2].detail.endswith("compute 8.5, bf16") and checks[3].detail.endswith("compute 9.5, bf16")
     assert f"{recommended_gb}+ GB" in checks[1].fix and "512x512" in checks[2].fix
 
 

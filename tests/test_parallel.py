@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import time
 
 import numpy as np
@@ -176,3 +177,129 @@ def test_cli_runs_two_ranks_end_to_end(tmp_path):
     assert main(["run", "--ranks", "2", "--model", "tiny", "--size", "64x64", "--frames", "13", "--out", str(out)]) == 0
     with av.open(str(out)) as c:
         assert sum(1 for _ in c.decode(video=0)) == 13
+
+
+def test_every_rank_makes_its_own_cuda_device_current(monkeypatch):
+    """`--device cuda:1,2`: rank 0 sets cuda:1 (before anything touches CUDA), rank 1 sets cuda:2."""
+    import cuda_fakes
+    from sdv2_studio.engine.config import CacheConfig
+
+    cuda_fakes.install(monkeypatch.setattr)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: (8, 9))
+    spawned = []
+
+    class Ctx:  # the spawn context: records the ranks' specs instead of starting processes
+        def Process(self, target, args, **kw):
+            spawned.append(args[0])
+            return type("P", (), {"start": lambda s: None, "is_alive": lambda s: False,
+                                  "join": lambda s, t=None: None})()
+
+    def no_nccl(*a, **kw):
+        raise RuntimeError("no NCCL here")
+
+    monkeypatch.setattr(torch.multiprocessing, "get_context", lambda method: Ctx())
+    monkeypatch.setattr(par.dist, "init_process_group", no_nccl)
+    devices = [torch.device("cuda:1"), torch.device("cuda:2")]
+    with pytest.raises(EngineError, match="could not start"):
+        par.RankGroup(devices=devices, model="tiny", base=None, dtype=torch.bfloat16, size=SIZE, slots=2, steps=2,
+                      cache=CacheConfig(), num_layers=4)
+    assert cuda_fakes.LOG["set_device"] == ["cuda:1"]  # rank 0, before the process group
+    [spec] = spawned
+    assert spec.rank == 1 and spec.device == "cuda:2"
+    with pytest.raises(RuntimeError, match="no NCCL"):
+        par.stage_main(spec)  # what rank 1 does first in its own process
+    assert cuda_fakes.LOG["set_device"] == ["cuda:1", "cuda:2"]
+
+
+def test_cuda_path_never_synchronizes_and_sends_from_a_side_stream(single, monkeypatch, tmp_path):
+    """The ranks' CUDA code path (streams, events; torch.cuda replaced by recording fakes, gloo underneath) over 20
+    chunks with control changes: no synchronize of any kind on any rank, every send queued from a side stream that
+    was made to wait on the compute stream, receives on a third stream, busy time from timing events, and the
+    frames of one rank."""
+    import json
+
+    import cuda_fakes
+
+    cuda_fakes.install(monkeypatch.setattr)
+    monkeypatch.setattr(par, "stage_main", cuda_fakes.stage_main)  # spawned ranks install the fakes too
+    monkeypatch.setenv("SDV2_FAKE_CUDA_LOG", str(tmp_path / "log"))
+    out, eng = stream(2, rebalance_after=0, changes=CHANGES)
+    util = eng.stats().rank_utilisation
+    eng.stop()
+    logs = [cuda_fakes.LOG, json.loads((tmp_path / "log.rank1").read_text())]
+    jobs = 2 * 20  # Stream-Batch: one job per slot and chunk, at least
+    for rank, log in enumerate(logs):
+        assert log["synchronize"] == [], (rank, log["synchronize"][:5])
+        assert log["timing_events"] >= 2 * jobs, rank  # a start and an end event around each job's work
+        send_streams = {s["stream"] for s in log["sends"]}
+        assert len(log["sends"]) >= jobs and len(send_streams) == 1 and "compute" not in send_streams, rank
+        assert all(s["after"] == "compute" for s in log["sends"]), rank  # ordered after the compute, by an event
+    recv_streams = {r["stream"] for r in logs[1]["receives"]}  # rank 1 (rank 0 receives on its gloo thread)
+    assert len(recv_streams) == 1 and not recv_streams & ({"compute"} | send_streams)
+    # the activations rank 1 received (4 tensors a job) were allocated by the receive stream, handed to compute
+    assert len(logs[1]["handed_to"]) >= 4 * jobs and set(logs[1]["handed_to"]) == {"compute"}
+    assert len(util) == 2 and all(0.0 < u <= 1.0 for u in util), util  # from the events' elapsed times
+    worst, mean = compare(single, out)
+    assert worst <= 4 and mean < 0.05, (worst, mean)
+
+
+def test_rebalance_moves_kv_layers_only_between_neighbours(monkeypatch):
+    """A move that skips a rank (blocks 2-3 from rank 2 to rank 0) is relayed through rank 1; every rank's layers
+    end where the new ranges say, and no two ranks that are not neighbours exchange anything."""
+    import dataclasses
+    import queue
+    import threading
+
+    from sdv2_studio.engine.config import CacheConfig, get_preset
+    from sdv2_studio.engine.kv_cache import KVCache
+
+    old, new = [range(0, 1), range(1, 2), range(2, 6)], [range(0, 4), range(4, 5), range(5, 6)]
+    assert par.block_transfers(old, new) == [(1, 0, range(1, 2)), (2, 0, range(2, 4)), (2, 1, range(4, 5))]
+    assert par.neighbour_hops(old, new) == [(1, 0, range(1, 2)), (2, 1, range(2, 4)), (1, 0, range(2, 4)),
+                                            (2, 1, range(4, 5))]
+    cfg = dataclasses.replace(get_preset("tiny"), num_layers=6)
+
+    def caches(ranges):  # each block's layers hold its own number
+        out = []
+        for rg in ranges:
+            c = KVCache(cfg, CacheConfig(), 2, 4, device="cpu", dtype=torch.float32, blocks=rg)
+            for b in rg:
+                for t in c.export_layers(range(b, b + 1)):
+                    t.fill_(b + 1)
+            out.append(c)
+        return out
+
+    links = collections.defaultdict(queue.Queue)  # (src, dst) -> tensors in flight
+    me = threading.local()
+    talks = []
+
+    def send(t, dst):
+        talks.append((me.rank, dst))
+        links[me.rank, dst].put(t.clone())
+
+    def recv(t, src):
+        t.copy_(links[src, me.rank].get(timeout=30))
+
+    monkeypatch.setattr(par.dist, "send", send)
+    monkeypatch.setattr(par.dist, "recv", recv)
+    def rank_main(rank, cache, a, b, moved, errors):
+        me.rank = rank
+        try:
+            moved[rank] = par.move_kv_layers(cache, a, b, rank)
+        except BaseException as e:
+            errors.append(e)
+
+    for a, b in ((old, new), (new, old)):
+        moved, errors = {}, []
+        threads = [threading.Thread(target=rank_main, args=(r, c, a, b, moved, errors))
+                   for r, c in enumerate(caches(a))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not errors and len(moved) == 3, errors
+        for rank, (cache, gained) in moved.items():
+            assert cache.blocks == b[rank] and gained == [x for x in b[rank] if x not in a[rank]]
+            for x in b[rank]:
+                assert all(bool((t == x + 1).all()) for t in cache.export_layers(range(x, x + 1))), (rank, x)
+    assert talks and all(abs(src - dst) == 1 for src, dst in talks), talks
