@@ -165,6 +165,8 @@ class Engine:
             raise EngineError(f"queue_frames {cfg.queue_frames!r} is too small: a chunk needs {need} input frames "
                               f"waiting together; use queue_frames >= {need}")
         if cfg.ranks > 1 or "," in cfg.device:
+            if cfg.compile:
+                raise EngineError("--compile runs on one device for now; drop --compile or use one device")
             return self._start_parallel(progress)
         device = resolve_device(cfg.device)
         dtype = resolve_dtype(cfg.dtype, device)
@@ -284,6 +286,8 @@ class Engine:
             self._thread.join(timeout)
         if self.pipeline is not None:
             self.pipeline.close()
+            if self.config.compile:
+                self.pipeline.dit.compiled_step = None  # a shared bundle's next engine may not want it
         self._stats.running = False
         group = getattr(self, "_group", None)
         if group is not None:

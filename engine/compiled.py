@@ -4,14 +4,16 @@
 cache is full every steady chunk has the same shapes (fixed cache buffers, a fixed number of tokens attended), the
 same Python-level decisions and tensors at the same addresses (the plan lives in preallocated `DeviceInts`), so
 `chunk_step` compiles to ONE graph per configuration (slots, latent frames per chunk, resolution, dtype) with
-`fullgraph=True` (a graph break is an error) and never recompiles: Inductor on the CPU, and on CUDA
+`fullgraph=True` (a graph break is an error) and does not recompile chunk to chunk: Inductor on the CPU; on CUDA
 `mode="reduce-overhead"` (CUDA graphs: one launch per chunk; the cache buffers are marked as static addresses so
 their in-place updates stay inside the graph). While the cache is filling (the stream's first chunks, whose
 shapes differ chunk to chunk) the eager step runs: eager is always there and is the reference.
 
 Compiling takes seconds to minutes once per configuration; Inductor caches the result on disk (its FX graph cache,
-under the user's cache folder) so later runs load it. `warm_up` pays it before the stream starts, so neither the
-first frame nor the first steady chunk waits for the compiler.
+under the user's cache folder) so later runs load it. `warm_up` pays it before the stream starts, on the stream's
+own cache (no second cache in memory), so neither the first frame nor the first steady chunk waits for the
+compiler. Only warmed-up configurations run compiled: a configuration first met mid-stream (a steps, mode or
+resolution change, e.g. by the SLO scheduler) runs eager rather than stall the live stream for a compile.
 """
 
 from __future__ import annotations
@@ -39,34 +41,46 @@ class CompiledStep:
         self.eager = model.chunk_step
         mode = "reduce-overhead" if self.device.type == "cuda" else None
         self.fn = torch.compile(model.chunk_step, fullgraph=True, dynamic=False, mode=mode)
-        self._static: set[int] = set()  # caches whose buffers are marked as static addresses
+        self.warmed: set[tuple] = set()  # configurations compiled by `warm_up`
         self.calls = self.compiled_calls = 0
+
+    @staticmethod
+    def key(x: torch.Tensor, cache: KVCache) -> tuple:
+        """What one compiled graph serves: the input's shape and dtype, the cache's slots, blocks and dtype."""
+        return tuple(x.shape), x.dtype, cache.B, cache.S, cache.blocks, cache.dtype
+
+    def steady(self, plan: StepPlan, cache: KVCache) -> bool:
+        """The cache is full: fixed shapes from here on (while filling they change every chunk)."""
+        return plan.any_full and plan.length == cache.S and plan.mask is None
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, cache: KVCache, plan: StepPlan) -> torch.Tensor:
         self.calls += 1
-        if not plan.any_full or plan.length != cache.S or plan.mask is not None:  # filling: shapes change
+        if not self.steady(plan, cache) or self.key(x, cache) not in self.warmed:
             return self.eager(x, t, cache, plan)
-        if self.device.type == "cuda" and id(cache) not in self._static:  # CUDA graphs replay fixed addresses
-            for buf in cache.device_buffers():
-                torch._dynamo.mark_static_address(buf)
-            self._static.add(id(cache))
         self.compiled_calls += 1
+        return self.fn(x, t, cache, plan)
+
+    def compile_for(self, x: torch.Tensor, t: torch.Tensor, cache: KVCache, plan: StepPlan) -> torch.Tensor:
+        """Compile (or load from disk) the graph for this steady call and run it (`warm_up`)."""
+        if self.device.type == "cuda" and not getattr(cache, "static_marked", False):  # CUDA graphs: fixed addresses
+            for buf in cache.device_buffers():
+                torch._dynamo.mark_static_address(buf, guard=False)
+            cache.static_marked = True
+        self.warmed.add(self.key(x, cache))
         return self.fn(x, t, cache, plan)
 
 
 def compile_model(model, device: torch.device | str) -> CompiledStep:
-    """Make `model.forward_chunk` run its steady chunks compiled (see the module docstring)."""
+    """Make `model.forward_chunk` run its steady chunks compiled, for the configurations `warm_up` compiled (see
+    the module docstring); `model.compiled_step = None` detaches it."""
     model.compiled_step = CompiledStep(model, device)
     return model.compiled_step
 
 
-def warm_up(model, cache_like: KVCache, frames: int, grid_hw: tuple[int, int], dtype: torch.dtype) -> None:
-    """Compile the steady step for `cache_like`'s configuration now, on a throwaway cache of the same shape filled
-    with eager chunks of zeros (the stream's own cache is untouched)."""
-    cache = KVCache(cache_like.cfg, cache_like.cc, cache_like.B, cache_like.L, device=cache_like.device,
-                    dtype=cache_like.dtype, blocks=cache_like.blocks)
-    cache.cross_k.copy_(cache_like.cross_k)
-    cache.cross_v.copy_(cache_like.cross_v)
+def warm_up(model, cache: KVCache, frames: int, grid_hw: tuple[int, int], dtype: torch.dtype) -> None:
+    """Compile the steady step for `cache`'s configuration now, before the stream: the cache is filled with eager
+    chunks of zeros, the steady chunk is compiled and run once, and the cache is reset (its prompt is kept)."""
+    step: CompiledStep = model.compiled_step
     clock, (h, w) = StreamClock(cache.cc), grid_hw
     cfg = model.cfg
     with torch.inference_mode():  # as in the stream: inputs are inference tensors, the cache is not (KVCache)
@@ -74,7 +88,10 @@ def warm_up(model, cache_like: KVCache, frames: int, grid_hw: tuple[int, int], d
             n = frames if clock.chunks else cache.cc.first_chunk_frames
             x = torch.zeros(cache.B, cfg.in_dim, n, h, w, device=cache.device, dtype=dtype)
             t = torch.full((cache.B, n), 500.0, device=cache.device)
-            steady = all(e >= cache.S for e in cache.local_end)
-            model.forward_chunk(x, t, cache, [clock.next(n)] * cache.B)
-            if steady:
-                return
+            pt, ph, pw = cfg.patch_size
+            plan = cache.plan([clock.next(n)] * cache.B, (n // pt, h // ph, w // pw))
+            if step.steady(plan, cache):
+                step.compile_for(x, t, cache, plan)
+                break
+            step.eager(x, t, cache, plan)
+    cache.reset()

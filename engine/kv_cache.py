@@ -19,10 +19,11 @@ Slot rule (upstream's behaviour, reproduced exactly by default; see README "Stre
     replaces it (and it leaves the rotation). Each layer decides for itself.
   * The chunk attends to every valid slot including the one just written (no mask inside the cache).
 
-Host/device split (no host sync and no host-to-device copy in the hot path; engine/sync_check.py proves it on a
-fake CUDA device): everything that depends only on chunk positions (phase, fill offsets, queue appends, attention
-lengths) is host bookkeeping in `plan()`, done once per forward. Its results live in preallocated device tensors
-(`DeviceInts`) updated in place with scalar fills, only where a value changed: no `torch.tensor(list, device=...)`.
+Host/device split (no host sync and no host-to-device copy in the hot path; engine/sync_check.py proves it with
+fake tensors on a non-host device): everything that depends only on chunk positions (phase, fill offsets, queue
+appends, attention lengths) is host bookkeeping in `plan()`, done once per forward. Its results live in
+preallocated device tensors (`DeviceInts`) updated in place with scalar fills, only where a value changed: no
+`torch.tensor(list, device=...)`.
 The only data-dependent state, the sink-refresh decisions, lives on the device: per layer and slot a small stack of
 pending sink refreshes (the queue's front part) and a pointer into the rolling FIFO (its back part). Targets are
 chosen with `torch.where`, writes are `scatter_`.

@@ -11,7 +11,7 @@ Two ways in:
   * `forward(x, t, context, frame_blocks=None)`: the whole sequence at once (bidirectional, or block-causal
     when `frame_blocks` gives the frames per block). Used by tests and as the no-cache reference.
   * `forward_chunk(x, t, cache, start_frames, advance)`: one chunk against the rolling `KVCache`
-    (engine/kv_cache.py). This is the hot path; it never syncs with the host.
+    (engine/kv_cache.py). This is the hot path; it reads no device value on the host.
 The stages `embed` -> `run_blocks` -> `unembed` are public so pipeline parallelism (engine/parallel.py) can run a
 range of blocks per rank without this file knowing anything about torch.distributed.
 

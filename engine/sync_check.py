@@ -1,16 +1,21 @@
-"""Proof, on a machine without a GPU, that a steady-state chunk never makes the host wait for the GPU.
+"""Proof, on a machine without a GPU, that a steady-state chunk reads no device value on the host and copies only
+the frames in and the styled frames out.
 
 On a GPU the fps of a streaming pipeline is decided by whether the host can queue chunk n+1 while chunk n runs.
 Every host read of a device value (`.item()`, `float()`, `bool()`, `.tolist()`, an op whose output shape depends on
 data such as `nonzero`) and every copy from pageable host memory stops that. `check_steady_chunk` runs a whole
-`StreamPipeline` (VAE encode, noise controller, DiT against its KV cache, decode) on torch's fake tensors with
-device "cuda:0" (shapes, dtypes and devices are tracked; nothing is computed; no GPU or CUDA build needed) and
-watches every op of the steady-state chunks:
+`StreamPipeline` (VAE encode, noise controller, DiT against its KV cache, decode) with its device work on torch's
+fake tensors of a non-host device (`FAKE_DEVICE`, below: shapes, dtypes and devices are tracked, nothing is
+computed, no GPU or CUDA build needed; host work runs for real) and watches every op of the steady-state chunks:
 
 * host reads and data-dependent ops on a device tensor fail at once, naming the line of our code that did it;
 * host-to-device copies are allowed only as one non_blocking copy of uint8 frames from the pipeline's staging
   buffer (engine/transfer.py); device-to-host copies only of the uint8 styled frames;
 * ops are counted (all, and those that are not views: a proxy for kernel launches per chunk).
+
+Not covered (they need a real GPU, `sdv2 bench gpu` checks them with `torch.cuda.set_sync_debug_mode("error")`):
+the branches taken only when CUDA is available (pinned staging, event waits, CUDA graphs of the compiled step),
+pipeline ranks, and the eager-only check does not run the compiled step.
 
 CUDA random generators keep their seed and offset on the host (seeding is not a sync); fake tensors cannot carry
 one, so inside the check `torch.Generator(device="cuda...")` makes a host generator with the same seed semantics.
@@ -167,16 +172,18 @@ class _Watch(OpCounter):
             when = "" if self.strict else " in a warm-up chunk (fake tensors hold no data to give)"
             raise HostSyncError(f"host sync{when}: {name} needs the device's data at {_our_frame()}") from e
         if self.strict:
-            self._copies(args, kwargs, out)
+            self._copies(func, args, kwargs, out)
             self.count(func, args, out)
         return out
 
-    def _copies(self, args, kwargs, out) -> None:
+    def _copies(self, func, args, kwargs, out) -> None:
         """An op with a host input (not a 0-dim scalar, which travels as a kernel argument) and a device output is
         an upload; one with a device input and a host output is a download."""
         ins = [a for a in pytree.tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)]
         outs = [o for o in pytree.tree_leaves(out) if isinstance(o, torch.Tensor)]
-        host_in = [a for a in ins if a.device.type == "cpu" and a.dim() > 0]
+        copying = func._schema.name in ("aten::copy_", "aten::_to_copy", "aten::to", "aten::index_put_",
+                                        "aten::index_put")  # a 0-dim host tensor is data here, not an argument
+        host_in = [a for a in ins if a.device.type == "cpu" and (a.dim() > 0 or copying)]
         if host_in and any(o.device.type != "cpu" for o in outs):
             self.uploads += 1
             src = host_in[0]

@@ -1,7 +1,8 @@
 """What crosses between host and device in the hot path, and how.
 
-A GPU stays busy only if the host never waits for it and never makes it wait. So per chunk exactly two copies
-cross the bus (engine/sync_check.py proves it for a whole steady-state chunk on a fake CUDA device):
+A GPU stays busy only if the host does not wait for it inside a chunk and never makes it wait. So per chunk exactly
+two copies cross the bus (engine/sync_check.py proves it for a whole steady-state chunk, on fake tensors of a
+non-host device). The one wait is explicit, at the chunk's end, for the styled frames the caller takes:
 
 * in: the chunk's uint8 frames, one non_blocking copy from a pinned staging buffer (`FrameUploader`), converted to
   float on the device (4x fewer bytes than uploading float32, and no pageable-memory copy, which blocks the host);
@@ -41,7 +42,7 @@ class FrameUploader:
     On a CUDA device the frames go through a pinned staging buffer with one non_blocking copy; two buffers per
     shape alternate, and a buffer is refilled only after the event recorded behind its last copy has passed, so the
     host never overwrites a copy still in flight (and in steady state never waits: that copy ended a chunk ago).
-    Without CUDA (a CPU device, or the fake CUDA device of the sync check) the buffers are ordinary host memory.
+    Without CUDA (a CPU device, or the fake device of the sync check) the buffers are ordinary host memory.
     """
 
     def __init__(self, device: torch.device | str):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from sdv2_studio.engine import cli
-from sdv2_studio.engine.compiled import compile_model
+from sdv2_studio.engine.compiled import compile_model, warm_up
 from sdv2_studio.engine.config import CacheConfig, get_preset
 from sdv2_studio.engine.kv_cache import KVCache, StreamClock
 from sdv2_studio.engine.model import CausalWanModel
@@ -23,13 +23,17 @@ def shared_inductor_cache(tmp_path_factory, monkeypatch):
     """One Inductor cache for this file: the CLI run below loads the kernels the first test compiled."""
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "inductor"))
     torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
     yield
     torch._dynamo.reset()
 
 
-def stream(model, xs, ctx):
+def stream(model, xs, ctx, compiled: bool = False):
     cache = KVCache(CFG, CacheConfig(), SLOTS, (H // 2) * (W // 2), device="cpu", dtype=torch.float32)
     cache.set_prompt(model, ctx)
+    if compiled:  # compiled for this configuration before the stream, on the stream's own cache
+        compile_model(model, "cpu")
+        warm_up(model, cache, 1, (H, W), torch.float32)
     clock = StreamClock(CacheConfig())
     outs, queues, starts = [], [], []
     with torch.inference_mode():
@@ -50,13 +54,14 @@ def test_compiled_equals_eager_over_a_long_stream(monkeypatch):
     with monkeypatch.context() as m:  # count the adaptive sink refreshes of the eager run
         m.setattr(KVCache, "_push", lambda self, layer, p, *a: (pushes.append(int(p.sum())), push(self, layer, p, *a)))
         ref, ref_queues, starts = stream(model, xs, ctx)
-    step = compile_model(model, "cpu")
-    out, queues, _ = stream(model, xs, ctx)
+    out, queues, _ = stream(model, xs, ctx, compiled=True)
+    step = model.compiled_step
 
     assert starts.index(CacheConfig().cache_frames - 1, 10) < 100  # a RoPE refresh happened in the stream
     assert sum(pushes) > 10  # and sink refreshes
     assert queues == ref_queues  # every discrete cache decision equal, chunk by chunk
     assert step.compiled_calls >= 90 and step.calls == 100  # all steady chunks compiled, the filling ones eager
+    assert torch.equal(ref[0], out[0])  # the warm-up left nothing behind in the cache (first chunk: eager both)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1  # one graph, no recompiles
     worst = max((a - b).abs().max().item() for a, b in zip(ref, out))
     assert worst < 1e-5, worst  # fp32: Inductor reorders reductions; tolerance 1e-5 on O(1) flows
@@ -71,6 +76,8 @@ def test_run_compile_through_the_cli(tmp_path):
         assert cli.main(argv + flag) == 0
         with av.open(str(out)) as f:
             outs[len(flag)] = np.stack([fr.to_ndarray(format="rgb24") for fr in f.decode(video=0)])
+        if flag:  # the engine compiled before streaming; the stream itself compiled nothing more
+            assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
     eager, compiled = outs[0].astype(int), outs[1].astype(int)
     assert eager.shape == compiled.shape and len(eager) == 41
     assert np.abs(eager - compiled).mean() < 1.0  # the same video up to a few codec steps
