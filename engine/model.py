@@ -351,17 +351,24 @@ class CausalWanModel(nn.Module):
 
         The host bookkeeping (`cache.plan`) runs here; the device work is `chunk_step`, the function a compiled
         engine replaces (`self.step`, engine/compiled.py)."""
-        pt, ph, pw = self.cfg.patch_size
-        grid = (x.shape[2] // pt, x.shape[3] // ph, x.shape[4] // pw)
-        plan = cache.plan(start_frames, grid, advance, slot=slot)
+        plan = cache.plan(start_frames, self.grid(*x.shape[2:]), advance, slot=slot)
         return self.step(x, t, cache, plan)
 
     def chunk_step(self, x: torch.Tensor, t: torch.Tensor, cache: KVCache, plan: StepPlan) -> torch.Tensor:
         """The device work of one streaming call (no host reads; static shapes once the cache is full)."""
         tokens, e, e0, grid = self.embed(x, t)
+        return self.unembed(self.cached_blocks(tokens, e0, grid, cache, plan), e, grid)
+
+    def cached_blocks(self, tokens: torch.Tensor, e0: torch.Tensor, grid: tuple[int, int, int], cache: KVCache,
+                      plan: StepPlan) -> torch.Tensor:
+        """tokens [B, N, C] through the blocks `cache` holds, against it (pipeline ranks run this part alone)."""
         rope = self.rope.tables(grid, plan.start_frames_dev)
-        out = self.run_blocks(tokens, e0, rope, cache.cross_for(plan), blocks=cache.blocks, cache=cache, plan=plan)
-        return self.unembed(out, e, grid)
+        return self.run_blocks(tokens, e0, rope, cache.cross_for(plan), blocks=cache.blocks, cache=cache, plan=plan)
+
+    def grid(self, frames: int, h: int, w: int) -> tuple[int, int, int]:
+        """Token grid (F, h, w) of latents with `frames` x h x w positions."""
+        pt, ph, pw = self.cfg.patch_size
+        return frames // pt, h // ph, w // pw
 
     @property
     def step(self):

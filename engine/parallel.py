@@ -298,9 +298,7 @@ def run_own_blocks(dit, cache: KVCache, tokens: torch.Tensor, e0: torch.Tensor, 
                    grid: tuple[int, int, int], advance: bool, slot: int, clock: BusyClock) -> torch.Tensor:
     """One micro-batch through this rank's blocks (writing their KV cache), timed on `clock`."""
     with clock.measure():
-        plan = cache.plan([start], grid, advance, slot=slot)
-        rope = dit.rope.tables(grid, plan.start_frames_dev)
-        return dit.run_blocks(tokens, e0, rope, cache.cross_for(plan), blocks=cache.blocks, cache=cache, plan=plan)
+        return dit.cached_blocks(tokens, e0, grid, cache, cache.plan([start], grid, advance, slot=slot))
 
 
 def stage_select(blocks: range, first: bool, last: bool) -> Callable[[str], bool]:
@@ -610,8 +608,7 @@ class Stage:
 
     def run_blocks(self, tokens, e0, h: Header) -> torch.Tensor:
         """tokens [1, N, C] -> [1, N, C] through this rank's blocks (writing their cache)."""
-        lh, lw = self.geo.latent_hw
-        grid = (h.frames, lh // self.dit.cfg.patch_size[1], lw // self.dit.cfg.patch_size[2])
+        grid = self.dit.grid(h.frames, *self.geo.latent_hw)
         out = run_own_blocks(self.dit, self.cache, tokens, e0, start=h.start, grid=grid, advance=h.advance,
                              slot=h.slot, clock=self.clock)
         self.jobs += 1
@@ -710,8 +707,7 @@ class _Tail:
 
     def _finish(self, dit, tokens, e, x_t, h: Header) -> tuple[Kind | None, list[torch.Tensor]]:
         """Head + flow -> x0; then either re-noise (RESULT) or decode (FRAMES) or drop (pipeline fill)."""
-        lh, lw = x_t.shape[-2:]
-        grid = (h.frames, lh // dit.cfg.patch_size[1], lw // dit.cfg.patch_size[2])
+        grid = dit.grid(h.frames, *x_t.shape[-2:])
         flow = dit.unembed(tokens, e, grid)
         t = torch.full((1, grid[0]), float(h.t), device=x_t.device)
         x0 = self.grid.to_x0(flow, x_t, t)

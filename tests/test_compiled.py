@@ -40,7 +40,7 @@ def stream(model, xs, ctx, compiled: bool = False):
         for x in xs:
             s = clock.next()
             starts.append(s)
-            x = x.clone()  # an inference tensor, as the pipeline's inputs are (a normal one is another graph input kind)
+            x = x.clone()  # an inference tensor, as the pipeline's inputs are (a normal tensor recompiles)
             outs.append(model.forward_chunk(x, torch.full((SLOTS, x.shape[2]), 600.0), cache, [s] * SLOTS))
             queues.append([cache.queue(layer, b) for layer in range(CFG.num_layers) for b in range(SLOTS)])
     return outs, queues, starts
