@@ -28,7 +28,7 @@ from sdv2_studio.app.settings import Settings
 from sdv2_studio.app.theme import repolish
 from sdv2_studio.engine.config import SEEDED_MODELS, Controls
 from sdv2_studio.engine.errors import EngineError
-from sdv2_studio.engine.memory import GiB, MemoryEstimate, check_fit, estimate, t5_encoder_params
+from sdv2_studio.engine.memory import GiB, MemoryEstimate, check_fit, for_settings, t5_encoder_params
 from sdv2_studio.engine.models import UMT5_XXL, ResolvedModel, resolve_model
 
 RESOLUTIONS = [(512, 512), (480, 832), (832, 480), (384, 384), (320, 576), (256, 256), (192, 192), (128, 128),
@@ -161,7 +161,7 @@ class EngineSettingsPanel(QWidget):
 
         self.model.activated.connect(self._model_chosen)
         self.device.activated.connect(lambda: self._emit(device=self.device.currentData()))
-        self.gpus.valueChanged.connect(lambda v: self._emit(gpus=int(v)))
+        self.gpus.valueChanged.connect(lambda v: self._emit(gpus=max(1, int(v))))
         self.resolution.activated.connect(self._resolution_chosen)
         self.dtype.activated.connect(lambda: self._emit(dtype=self.dtype.currentData()))
         self.batch.toggled.connect(lambda on: self._emit(batch=bool(on)))
@@ -213,14 +213,17 @@ class EngineSettingsPanel(QWidget):
         self._loading = True
         try:
             self.device.clear()
-            self.device.addItem("Auto (GPU if available)", "auto")
+            self.device.addItem("Auto (GPU if available)" if gpus else "Auto (no GPU: CPU)", "auto")
             self.device.addItem("CPU (tiny demo only)", "cpu")
             for g in gpus:
                 self.device.addItem(g.label, f"cuda:{g.index}")
             self._select(self.device, self._settings.device)
             self.gpus.setEnabled(len(gpus) > 1)
-            self.gpus.setMaximum(max(1, min(4, len(gpus))))
-            self.gpus.setValue(max(1, min(self.gpus.maximum(), self._settings.gpus)))
+            # no GPU: the spin box reads "no GPU: CPU" (its special value at 0) instead of a count that is not there
+            self.gpus.setSpecialValueText("" if gpus else "no GPU: CPU")
+            self.gpus.setMinimum(1 if gpus else 0)
+            self.gpus.setMaximum(max(1, min(4, len(gpus))) if gpus else 0)
+            self.gpus.setValue(max(self.gpus.minimum(), min(self.gpus.maximum(), self._settings.gpus)))
         finally:
             self._loading = False
         self._update_estimate()
@@ -270,16 +273,13 @@ class EngineSettingsPanel(QWidget):
         return found
 
     def estimate_now(self) -> MemoryEstimate:
-        """The memory of the fullest device for these settings (engine.memory.estimate); EngineError when the model
-        setting names no usable model."""
+        """The memory of the fullest device for these settings (engine.memory.for_settings, the figure `sdv2 doctor`
+        gives for the same settings); EngineError when the model setting names no usable model."""
         s = self._settings
-        model = self.resolved_model()
         on_gpu = s.device.startswith("cuda") or (s.device == "auto" and bool(self._gpus))
-        dtype = s.dtype if s.dtype != "auto" else ("bfloat16" if on_gpu else "float32")
-        steps = (s.controls or Controls()).steps
-        return estimate(model.config, (s.height, s.width), dtype=dtype, steps=steps, batch=s.batch,
-                        ranks=s.gpus if on_gpu else 1, gpu=on_gpu, text_here=s.text_on_gpu or not on_gpu,
-                        text=model.text_config, vae=model.vae, text_dtype=None if on_gpu else model.text_dtype_cpu)
+        return for_settings(self.resolved_model(), (s.height, s.width), gpu=on_gpu, dtype=s.dtype,
+                            steps=(s.controls or Controls()).steps, batch=s.batch, gpus=s.gpus,
+                            text_on_gpu=s.text_on_gpu)
 
     def fit_level(self) -> tuple[str, str]:
         cap, _kind = self.capacity()
