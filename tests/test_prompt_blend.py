@@ -1,0 +1,137 @@
+"""Weighted prompt blends (issue 14, as Daydream Scope does): Controls carries (prompt, weight) pairs, the engine mixes
+the prompts' text embeddings by normalised weight into the cross-attention K/V, a blend change uses the prompt
+transition, and the CLI takes several --prompt TEXT:WEIGHT. One prompt stays exactly today's stream."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from sdv2_studio.engine.api import Engine, EngineConfig
+from sdv2_studio.engine.config import MAX_BLEND, Controls, InvalidControl, parse_weighted_prompt
+from sdv2_studio.engine.io.pattern import TestPatternSource
+from sdv2_studio.engine.models import tiny_bundle
+from sdv2_studio.engine.pipeline import StreamPipeline
+from sdv2_studio.engine.text import PromptCache
+
+SIZE = (64, 64)
+A, B = "ink wash painting, bold brush strokes", "neon cyberpunk city at night"
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    return tiny_bundle()
+
+
+@pytest.fixture(scope="module")
+def clip():
+    src = TestPatternSource(size=SIZE, fps=16)
+    return np.stack([src.frame(i) for i in range(21)])
+
+
+def make(bundle, controls: Controls) -> StreamPipeline:
+    return StreamPipeline(bundle.dit, bundle.vae, PromptCache(bundle.text), size=SIZE, controls=controls)
+
+
+def run(pipe: StreamPipeline, frames: np.ndarray, on_chunk=None) -> list[np.ndarray]:
+    out, i = [], 0
+    while i + pipe.frames_needed <= len(frames):
+        n = pipe.frames_needed
+        out += pipe.process(frames[i:i + n])
+        i += n
+        if on_chunk:
+            on_chunk(pipe)
+    return out + pipe.flush()
+
+
+def cross(pipe: StreamPipeline) -> tuple[torch.Tensor, torch.Tensor]:
+    return pipe.cache.cross_k.clone(), pipe.cache.cross_v.clone()
+
+
+def test_controls_normalise_weights_and_check_every_pair():
+    c = Controls(prompt=A).with_prompts([(A, 3), [B, 1]])  # lists (JSON) become pairs
+    assert c.prompt == A and c.prompt_weight == 3.0 and c.blend == ((B, 1.0),)
+    assert c.weighted_prompts == ((A, 0.75), (B, 0.25))
+    assert Controls(**json.loads(json.dumps(dataclasses.asdict(c)))) == c  # settings / API round trip
+    assert Controls(prompt=A).weighted_prompts == ((A, 1.0),)
+    assert c.with_prompts([(A, 0.0), (B, 2.0)]).weighted_prompts == ((B, 1.0),)  # weight 0 is left out
+    assert Controls(prompt=A, prompt_weight=0.25).prompt_weight == 1.0  # no blend: the prompt alone, weight 1
+    for bad, why in [([(A, -1), (B, 1)], "from 0 to"), ([(A, 0), (B, 0)], "all 0"), ([(A, 1), (" ", 1)], "empty"),
+                     ([(A, 1), (B, float("nan"))], "from 0 to"), ([(A, 1)] * (MAX_BLEND + 1), "at most"),
+                     ([(A, 1), (B, "1")], "from 0 to")]:
+        with pytest.raises(InvalidControl, match=why) as err:
+            Controls().with_prompts(bad)
+        assert "\n" not in str(err.value)
+    with pytest.raises(InvalidControl, match="pairs"):
+        Controls(blend=("just text",))
+    assert parse_weighted_prompt("style: anime:0.7") == ("style: anime", 0.7)
+    assert parse_weighted_prompt("ratio 16:9 frame") == ("ratio 16:9 frame", 1.0)
+    assert parse_weighted_prompt("a:b") == ("a:b", 1.0) and parse_weighted_prompt("neon:2") == ("neon", 2.0)
+
+
+def test_a_blend_of_one_prompt_is_that_prompt_bit_for_bit(bundle, clip):
+    alone = make(bundle, Controls(prompt=A))  # (the bundle's VAE streams are shared: one pipeline at a time)
+    kv, frames = cross(alone), run(alone, clip)
+    blend = make(bundle, Controls().with_prompts([(A, 1.0), (B, 0.0)]))
+    for x, y in zip(kv, cross(blend)):
+        assert torch.equal(x, y)
+    out = run(blend, clip)
+    assert len(out) == len(frames) and all(np.array_equal(x, y) for x, y in zip(frames, out))
+
+
+def test_a_blend_of_two_sets_the_weighted_sum_of_their_contexts(bundle):
+    cache = PromptCache(bundle.text)
+    blend = make(bundle, Controls().with_prompts([(A, 0.7), (B, 0.3)]))
+    ref = make(bundle, Controls(prompt=A))
+    ref.executor.set_prompt(0.7 * cache.encode(A, dtype=torch.float32) + 0.3 * cache.encode(B, dtype=torch.float32))
+    for x, y in zip(cross(blend), cross(ref)):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+    only_a, only_b = cross(make(bundle, Controls(prompt=A))), cross(make(bundle, Controls(prompt=B)))
+    assert not torch.allclose(cross(blend)[0], only_a[0]) and not torch.allclose(cross(blend)[0], only_b[0])
+
+
+def test_a_weight_change_blends_in_over_the_transition(bundle, clip):
+    start = Controls(prompt=A, transition_chunks=2).with_prompts([(A, 1.0), (B, 1.0)])
+    pipe = make(bundle, start)
+    target = cross(make(bundle, dataclasses.replace(start, prompt_weight=0.2)))
+    seen = []
+
+    def change_then_watch(p: StreamPipeline) -> None:
+        if p.chunks == 2:
+            p.set_controls(prompt_weight=0.2)  # only a weight changes
+        seen.append(cross(p)[0])
+
+    run(pipe, clip, on_chunk=change_then_watch)
+    steps_after = seen[2:]
+    assert not torch.allclose(steps_after[0], target[0])  # the chunk after the change: part way
+    assert torch.allclose(seen[-1], target[0], atol=1e-6)  # after the transition: the new blend
+    assert torch.allclose(seen[1], cross(make(bundle, start))[0])  # before: the old one
+
+
+def test_engine_controls_take_a_blend_as_json_gives_it(bundle):
+    eng = Engine(EngineConfig(model="tiny", size=SIZE, controls=Controls(prompt=A)))
+    new = eng.set_controls(prompt_weight=0.6, blend=[[B, 0.4]])
+    assert new.weighted_prompts == ((A, 0.6), (B, 0.4))
+    with pytest.raises(InvalidControl, match="blend"):
+        eng.set_controls(blend=[[B]])
+
+
+def _run_cli(*prompts) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sdv2_studio.engine.cli", "run", "--model", "tiny", "--source",
+                           "test:64x64@16", "--size", "64x64", "--frames", "9", "--out", "",
+                           *(a for p in prompts for a in ("--prompt", p))], capture_output=True, text=True, timeout=600)
+
+
+def test_cli_blends_several_prompts_by_weight():
+    done = _run_cli(f"{A}:0.7", f"{B}:0.3")
+    assert done.returncode == 0, done.stderr
+    assert f"prompt blend: 70% {A!r}, 30% {B!r}" in done.stderr
+    one = _run_cli("portrait, ratio 16:9")  # one prompt is taken as typed, colons and all
+    assert one.returncode == 0 and "prompt blend" not in one.stderr
+    bad = _run_cli(f"{A}:0.7", f"{B}:-3")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "from 0 to" in bad.stderr
