@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import numpy as np
 import pytest
 import torch
+from PySide6.QtCore import Qt
 from sdv2_studio.engine.api import Engine, EngineConfig
 from sdv2_studio.engine.config import MAX_BLEND, Controls, InvalidControl, parse_weighted_prompt
 from sdv2_studio.engine.io.pattern import TestPatternSource
@@ -135,3 +139,40 @@ def test_cli_blends_several_prompts_by_weight():
     assert one.returncode == 0 and "prompt blend" not in one.stderr
     bad = _run_cli(f"{A}:0.7", f"{B}:-3")
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "from 0 to" in bad.stderr
+
+
+def test_style_tab_edits_a_blend_live_and_a_preset_keeps_it(qtbot, tmp_path):
+    pytest.importorskip("pytestqt")
+    from sdv2_studio.app.preset_editor import PresetEditor
+    from sdv2_studio.engine.presets import Preset, read_preset, save_preset
+
+    ed = PresetEditor()
+    qtbot.addWidget(ed)
+    ed.setControls(Controls(prompt=A))
+    assert ed.blend_rows == [] and ed.prompt_weight_row.isHidden()
+    edited = []
+    ed.controlsEdited.connect(edited.append)
+    qtbot.mouseClick(ed.add_blend, Qt.LeftButton)
+    row = ed.blend_rows[0]
+    assert not ed.prompt_weight_row.isHidden() and edited == []  # an empty row changes nothing
+    qtbot.keyClicks(row.text, B)
+    qtbot.keyClick(row.text, Qt.Key_Return)  # Enter sends it (else the typing pause does)
+    assert edited[-1].weighted_prompts == ((A, 0.5), (B, 0.5))
+    row.weight.setValue(3.0)  # a weight goes live at once
+    assert edited[-1].weighted_prompts == ((A, 0.25), (B, 0.75)) and not ed.modified.isHidden()
+    ed.prompt_weight.setValue(0.0)
+    assert edited[-1].weighted_prompts == ((B, 1.0),)
+    row.weight.setValue(0.0)  # every weight 0: refused with a hint, the stream keeps the last blend
+    assert edited[-1].blend == ((B, 3.0),) and "above 0" in ed.blend_hint.text() and not ed.blend_hint.isHidden()
+    row.weight.setValue(1.0)
+    ed.prompt_weight.setValue(1.0)
+    assert ed.blend_hint.isHidden() and ed.controls().weighted_prompts == ((A, 0.5), (B, 0.5))
+
+    saved = save_preset(Preset(id="mix", name="Mix", controls=ed.controls()), tmp_path)  # TOML keeps the blend
+    assert "blend = [" in saved.path.read_text() and read_preset(saved.path).controls == ed.controls()
+    ed.setControls(Controls(prompt=A))  # another style: the rows go
+    assert ed.blend_rows == [] and ed.controls().blend == ()
+    ed.setControls(read_preset(saved.path).controls)  # and come back with the preset
+    assert [r.pair() for r in ed.blend_rows] == [(B, 1.0)] and ed.prompt_weight.value() == 1.0
+    qtbot.mouseClick(ed.blend_rows[0].remove, Qt.LeftButton)
+    assert edited[-1].blend == () and edited[-1].weighted_prompts == ((A, 1.0),)
