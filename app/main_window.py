@@ -411,7 +411,8 @@ class MainWindow(QMainWindow):
         cfg = EngineConfig(model=s.model, device=s.device, dtype=s.dtype, size=(s.height, s.width), batch=s.batch,
                            controls=controls, queue_frames=8, latency_budget=s.latency_budget_ms / 1000,
                            text_device=text_device, **s.model_files(),
-                           warm_prompts=tuple(dict.fromkeys(p.controls.prompt for p in self.library.presets)), **extra)
+                           warm_prompts=tuple(dict.fromkeys(
+                               t for p in self.library.presets for t in p.controls.prompt_texts)), **extra)
         return StartRequest(cfg, source=s.source, source_fps=s.target_fps, input_size=self.input_size,
                             outputs=self._outputs())
 

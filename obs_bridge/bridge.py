@@ -284,6 +284,9 @@ class ObsBridge:
     def set_steps(self, steps: int) -> Controls:
         return self.session.set_steps(steps)
 
+    def set_prompts(self, pairs) -> Controls:
+        return self.session.set_prompts(pairs)
+
     def read_health(self) -> ObsHealth:
         self.health = read_health(self.client)
         return self.health

@@ -22,7 +22,7 @@ import os
 import sys
 import time
 
-from sdv2_studio.engine.config import MAX_STEPS, Controls
+from sdv2_studio.engine.config import MAX_STEPS, Controls, parse_weighted_prompt
 from sdv2_studio.engine.errors import EngineError
 
 
@@ -227,13 +227,18 @@ def _cmd_app(args: argparse.Namespace) -> int:
         elif args.action == "presets":
             reply = client.presets()
         elif args.action == "preset":
-            if not args.value:
+            if len(args.value) != 1:
                 raise EngineError("name the preset: sdv2 obs app preset NAME")
-            reply = client.apply_preset(args.value)
+            reply = client.apply_preset(args.value[0])
         elif args.action == "steps":
-            if not args.value or not args.value.isdigit():
+            if len(args.value) != 1 or not args.value[0].isdigit():
                 raise EngineError(f"give the number of steps: sdv2 obs app steps 1-{MAX_STEPS}")
-            reply = client.set_steps(int(args.value))
+            reply = client.set_steps(int(args.value[0]))
+        elif args.action == "prompt":
+            if not args.value:
+                raise EngineError("give the prompt: sdv2 obs app prompt TEXT, or a blend: TEXT:WEIGHT TEXT:WEIGHT")
+            reply = client.set_prompts([(args.value[0], 1.0)] if len(args.value) == 1 else
+                                       [parse_weighted_prompt(p) for p in args.value])
         elif args.action == "start":
             reply = client.start()
         else:
@@ -330,6 +335,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     s.set_defaults(fn=_cmd_install_plugin)
 
     s = sub.add_parser("app", help="drive the running app through its control API")
-    s.add_argument("action", choices=["status", "presets", "preset", "steps", "start", "stop"])
-    s.add_argument("value", nargs="?", default=None, help="preset name or number of steps")
+    s.add_argument("action", choices=["status", "presets", "preset", "steps", "prompt", "start", "stop"])
+    s.add_argument("value", nargs="*", default=[], help="preset name, number of steps, or the prompt (several "
+                   "TEXT:WEIGHT blend them, as sdv2 run --prompt)")
     s.set_defaults(fn=_cmd_app)

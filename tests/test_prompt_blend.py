@@ -176,3 +176,46 @@ def test_style_tab_edits_a_blend_live_and_a_preset_keeps_it(qtbot, tmp_path):
     assert [r.pair() for r in ed.blend_rows] == [(B, 1.0)] and ed.prompt_weight.value() == 1.0
     qtbot.mouseClick(ed.blend_rows[0].remove, Qt.LeftButton)
     assert edited[-1].blend == () and edited[-1].weighted_prompts == ((A, 1.0),)
+
+
+def test_control_api_sets_a_blend_on_attach_and_says_what_is_wrong(bundle, tmp_path):
+    from sdv2_studio.obs_bridge.control import ControlServer
+    from sdv2_studio.obs_bridge.control_client import ControlClient, ControlError
+    from sdv2_studio.obs_bridge.preset_book import PresetBook
+    from sdv2_studio.obs_bridge.session import StreamSession
+
+    session = StreamSession(EngineConfig(model="tiny", size=SIZE, prompt_cache_dir="", controls=Controls(prompt=A)),
+                            open_source=lambda size: TestPatternSource(size, fps=30),
+                            open_sinks=lambda source: {}, presets=PresetBook({}), bundle=bundle)
+    server = ControlServer(session, control_path=tmp_path / "control.json").start()
+    try:
+        api = ControlClient(server.url, server.token)
+        c = api.set_prompts([(A, 0.7), (B, 0.3)])["controls"]
+        assert (c["prompt"], c["prompt_weight"], c["blend"]) == (A, 0.7, [[B, 0.3]])
+        assert session.engine.controls.weighted_prompts == ((A, 0.7), (B, 0.3))
+        assert api.request("POST", "/prompt", {"prompt": B})["controls"]["blend"] == []  # one prompt: no blend
+        assert session.engine.controls.weighted_prompts == ((B, 1.0),)
+        with pytest.raises(ControlError, match="from 0 to"):
+            api.set_prompts([(A, 1.0), (B, -2)])
+        with pytest.raises(ControlError, match="pairs"):
+            api.request("POST", "/prompt", {"prompts": [A, B]})
+    finally:
+        server.stop()
+        session.stop()
+
+
+def test_obs_app_prompt_blends_in_the_running_app(qtbot, tmp_path):
+    from test_app_control import app_cli
+    from test_app_window import make_window
+
+    w = make_window(qtbot, tmp_path, tiny_bundle())
+    try:
+        r = app_cli(qtbot, "prompt", f"{A}:0.7", f"{B}:0.3")
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["controls"]["blend"] == [[B, 0.3]]
+        assert [row.pair() for row in w.editor.blend_rows] == [(B, 0.3)] and w.editor.prompt_weight.value() == 0.7
+        assert w.editor.controls().weighted_prompts == ((A, 0.7), (B, 0.3))
+        r = app_cli(qtbot, "prompt", f"{A}:0", f"{B}:0")
+        assert r.returncode == 2 and "above 0" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    finally:
+        w.close()
