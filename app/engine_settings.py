@@ -1,7 +1,7 @@
-"""EngineSettingsPanel: model (and its download status), the model files (DiT, VAE, text encoder, tokenizer and
-LoRAs with strengths, each picked file shown with what `sdv2 inspect` says about it: app/model_pickers.py), device
-and GPUs, resolution, dtype, Stream-Batch, target fps / latency budget, with a live memory estimate that warns before
-a setting that will not fit.
+"""EngineSettingsPanel: model (and its download status), the model files (DiT, VAE, text encoder, tokenizer and LoRAs
+with strengths, each picked file shown with what `sdv2 inspect` says about it: app/model_pickers.py), device and
+GPUs, resolution, framing (crop to fill or fit with bars, for every source), dtype, Stream-Batch, target fps /
+latency budget, with a live memory estimate that warns before a setting that will not fit.
 
 Emits `settingsChanged(dict)` (Settings field -> value), `downloadRequested()`, `browseModelRequested()` and
 `openModelsFolderRequested()`; `setSettings`, `setGpus`, `setModelItems`, `setMemory` set its state."""
@@ -33,6 +33,7 @@ from sdv2_studio.engine.models import UMT5_XXL, ResolvedModel, resolve_model
 
 RESOLUTIONS = [(512, 512), (480, 832), (832, 480), (384, 384), (320, 576), (256, 256), (192, 192), (128, 128),
                (64, 64)]
+FRAMING = [("crop", "Crop to fill"), ("bars", "Fit with bars")]
 DTYPES = [("auto", "Auto (bf16 GPU, fp32 CPU)"), ("bfloat16", "bfloat16"), ("float16", "float16"),
           ("float32", "float32")]
 _STATUS = {"downloaded": "✓ downloaded", "partial": "◐ partial", "missing": "○ not downloaded"}
@@ -99,6 +100,12 @@ class EngineSettingsPanel(QWidget):
         self.dtype = QComboBox()
         for key, text in DTYPES:
             self.dtype.addItem(text, key)
+        self.framing = QComboBox()
+        for key, text in FRAMING:
+            self.framing.addItem(text, key)
+        self.framing.setToolTip("A source whose shape differs from the resolution (a 16:9 camera, OBS scene or file at "
+                            "512 × 512): crop it to fill the frame (edges cut off), or fit it whole with black bars. "
+                            "The same rule for every source")
         self.batch = QCheckBox("Stream-Batch (faster, more VRAM)")
         self.batch.setToolTip("Overlap the denoising steps of consecutive chunks: higher fps, one KV cache per step")
         self.text_gpu = QCheckBox(f"Text encoder on GPU (+{UMT5_GB} GB)")
@@ -126,6 +133,7 @@ class EngineSettingsPanel(QWidget):
         form.addRow("Device", self.device)
         form.addRow("GPUs", self.gpus)
         form.addRow("Resolution", self.resolution)
+        form.addRow("Framing", self.framing)
         form.addRow("Precision", self.dtype)
         form.addRow("Target rate", self.fps)
         form.addRow("Latency budget", self.budget)
@@ -135,7 +143,7 @@ class EngineSettingsPanel(QWidget):
         files_row.addWidget(self.open_folder)
         files_row.addStretch(1)
 
-        for combo in (self.model, self.device, self.resolution, self.dtype):
+        for combo in (self.model, self.device, self.resolution, self.dtype, self.framing):
             combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
             combo.setMinimumContentsLength(12)
         lay = QVBoxLayout(self)
@@ -164,6 +172,7 @@ class EngineSettingsPanel(QWidget):
         self.gpus.valueChanged.connect(lambda v: self._emit(gpus=max(1, int(v))))
         self.resolution.activated.connect(self._resolution_chosen)
         self.dtype.activated.connect(lambda: self._emit(dtype=self.dtype.currentData()))
+        self.framing.activated.connect(lambda: self._emit(fit=self.framing.currentData()))
         self.batch.toggled.connect(lambda on: self._emit(batch=bool(on)))
         self.text_gpu.toggled.connect(lambda on: self._emit(text_on_gpu=bool(on)))
         self.fps.valueChanged.connect(lambda v: self._emit(target_fps=float(v)))
@@ -200,6 +209,7 @@ class EngineSettingsPanel(QWidget):
                 self.resolution.addItem(f"{s.width} × {s.height}", key)
             self._select(self.resolution, key)
             self._select(self.dtype, s.dtype)
+            self._select(self.framing, s.fit)
             self.batch.setChecked(s.batch)
             self.text_gpu.setChecked(s.text_on_gpu)
             self.fps.setValue(round(s.target_fps))

@@ -11,7 +11,7 @@ import os
 import sys
 
 from sdv2_studio.engine import extensions
-from sdv2_studio.engine.config import MAX_STEPS, MAX_TRANSITION, Controls, parse_weighted_prompt
+from sdv2_studio.engine.config import FIT_MODES, MAX_STEPS, MAX_TRANSITION, Controls, parse_weighted_prompt
 from sdv2_studio.engine.errors import EngineError
 
 
@@ -132,7 +132,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return _run_torchrun_stage(args)  # launched by torchrun: ranks >= 1 serve their blocks
     cfg = EngineConfig(model=args.model, base=args.base, vae=args.vae, text_encoder=args.text_encoder,
                        tokenizer=args.tokenizer, loras=tuple(args.lora), device=args.device, dtype=args.dtype,
-                       ranks=args.ranks, size=_parse_size(args.size), batch=not args.no_batch, controls=controls,
+                       ranks=args.ranks, size=_parse_size(args.size), fit=args.fit, batch=not args.no_batch,
+                       controls=controls,
                        latency_budget=args.latency_budget, taehv=args.taehv, target_fps=args.target_fps,
                        compile=args.compile)
     file_out = args.out and "://" not in args.out and args.out.lower() != "vcam" and not args.out.lower().startswith(
@@ -261,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--transition", type=int, default=None, help=f"chunks (0-{MAX_TRANSITION}) over which a prompt "
                    f"change blends in (default {default.transition_chunks})")
     s.add_argument("--size", default=None, help="model resolution WIDTHxHEIGHT (multiples of 16)")
+    s.add_argument("--fit", choices=FIT_MODES, default="crop", help="framing of a source whose aspect differs from "
+                   "the model size: crop (fill, cut the edges; default) or bars (show it all, black bars)")
     s.add_argument("--no-batch", action="store_true", help="run steps in sequence instead of Stream-Batch")
     s.add_argument("--device", default="auto",
                    help="auto, cpu, cuda, cuda:N, or a list for pipeline ranks: cuda:0,1,2,3")

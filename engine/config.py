@@ -21,6 +21,9 @@ MAX_SEED = 2**63 - 1
 MAX_PROMPT_CHARS = 2000
 MAX_BLEND = 8  # prompts in one blend, the main prompt included
 MAX_WEIGHT = 100.0
+#: How a frame of another aspect ratio is framed to the model size (engine.io.frames.fit_frame): crop to fill, or
+#: fit with black bars.
+FIT_MODES = ("crop", "bars")
 
 
 class InvalidControl(EngineError):

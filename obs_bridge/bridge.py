@@ -130,7 +130,7 @@ class ObsBridge:
     def _open_source(self, size: tuple[int, int]) -> FrameSource:
         if self.config.capture:
             self._capture = ObsCaptureSource(self.config.capture, self.settings, size=size, fps=self.config.fps,
-                                             quality=self.config.quality)
+                                             quality=self.config.quality, fit=self.session.engine.config.fit)
             return self._capture
         spec = self.config.camera or ""
         if spec.lower() == "test":

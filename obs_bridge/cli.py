@@ -22,7 +22,7 @@ import os
 import sys
 import time
 
-from sdv2_studio.engine.config import MAX_STEPS, Controls, parse_weighted_prompt
+from sdv2_studio.engine.config import FIT_MODES, MAX_STEPS, Controls, parse_weighted_prompt
 from sdv2_studio.engine.errors import EngineError
 
 
@@ -140,7 +140,7 @@ def _cmd_attach(args: argparse.Namespace) -> int:
     given = {"steps": args.steps, "prompt": args.prompt or None}
     controls = Controls(**{k: v for k, v in given.items() if v is not None})
     engine_cfg = EngineConfig(model=args.model, device=args.device, dtype=args.dtype, size=_parse_size(args.size),
-                              controls=controls, queue_frames=8)
+                              fit=args.fit, controls=controls, queue_frames=8)
     fallback = args.input if args.fallback is None else (args.fallback or None)
     cfg = BridgeConfig(scene=args.scene, capture=args.input, camera=camera, sink=args.sink, fps=args.fps,
                        port=args.udp_port, scene_presets=parse_scene_map(args.scene_presets or ""), fallback=fallback)
@@ -297,6 +297,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--udp-port", type=int, default=None, help="stream port (default: reuse the input's, else free)")
     s.add_argument("--model", default="auto", help="auto, tiny, or a checkpoint path")
     s.add_argument("--size", default=None, help="model resolution WIDTHxHEIGHT (multiples of 16)")
+    s.add_argument("--fit", choices=FIT_MODES, default="crop",
+                   help="framing of the input: crop (fill, cut the edges; default) or bars (show it all)")
     s.add_argument("--steps", type=int, default=None, help=f"denoising steps 1-{MAX_STEPS} (default {Controls.steps})")
     s.add_argument("--prompt", default=None)
     s.add_argument("--preset", default=None, help="preset id to start with (see `sdv2 obs app presets`)")
