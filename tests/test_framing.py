@@ -189,3 +189,38 @@ def test_the_engine_tab_sets_the_framing_of_the_next_start(qtbot, tmp_path):
     (tmp_path / "settings.json").write_text('{"version": 2, "fit": "stretch"}')
     s, notes = SettingsStore(tmp_path / "settings.json").load()
     assert s.fit == "crop" and any("framing 'stretch'" in n for n in notes)
+
+
+@pytest.mark.parametrize("fit", ["crop", "bars"])
+def test_real_obs_capture_of_a_16_9_image_keeps_its_aspect(tmp_path, fit):
+    from sdv2_studio.obs_bridge.capture import ObsCaptureSource
+    from sdv2_studio.obs_bridge.client import ObsClient
+    from sdv2_studio.obs_bridge.headless import HeadlessObs, obs_binary
+
+    if obs_binary() is None:
+        pytest.skip("the `obs` binary is not installed (apt-get install obs-studio xvfb)")
+    image = tmp_path / "wide.png"
+    frame = av.VideoFrame.from_ndarray(picture(), format="rgb24")
+    with av.open(str(image), "w", format="image2") as out:
+        stream = out.add_stream("png", rate=1)
+        stream.width, stream.height, stream.pix_fmt = SRC[1], SRC[0], "rgb24"
+        for packet in [*stream.encode(frame), *stream.encode()]:
+            out.mux(packet)
+    with HeadlessObs(tmp_path / "obs") as obs:
+        client = ObsClient(obs.settings)
+        client.connect()
+        try:
+            client.call("CreateScene", {"sceneName": "Wide"})
+            client.call("CreateInput", {"sceneName": "Wide", "inputName": "wide-image",
+                                        "inputKind": client.info.find_kind("image_source"),
+                                        "inputSettings": {"file": str(image)}})
+        finally:
+            client.close()
+        cap = ObsCaptureSource("wide-image", obs.settings, size=MODEL, fps=10, fit=fit)
+        try:
+            assert cap.native_size == SRC
+            got = cap.get(timeout=60)
+        finally:
+            cap.close()
+    assert got is not None
+    check_framed(got[0], fit)
