@@ -14,6 +14,7 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import numpy as np
 import pytest
+import test_pipeline
 import torch
 from PySide6.QtCore import Qt
 from sdv2_studio.engine.api import Engine, EngineConfig
@@ -22,35 +23,10 @@ from sdv2_studio.engine.io.pattern import TestPatternSource
 from sdv2_studio.engine.models import tiny_bundle
 from sdv2_studio.engine.pipeline import StreamPipeline
 from sdv2_studio.engine.text import PromptCache
+from test_pipeline import SIZE, make, run
 
-SIZE = (64, 64)
+bundle, clip = test_pipeline.bundle, test_pipeline.clip  # the pipeline tests' fixtures
 A, B = "ink wash painting, bold brush strokes", "neon cyberpunk city at night"
-
-
-@pytest.fixture(scope="module")
-def bundle():
-    return tiny_bundle()
-
-
-@pytest.fixture(scope="module")
-def clip():
-    src = TestPatternSource(size=SIZE, fps=16)
-    return np.stack([src.frame(i) for i in range(21)])
-
-
-def make(bundle, controls: Controls) -> StreamPipeline:
-    return StreamPipeline(bundle.dit, bundle.vae, PromptCache(bundle.text), size=SIZE, controls=controls)
-
-
-def run(pipe: StreamPipeline, frames: np.ndarray, on_chunk=None) -> list[np.ndarray]:
-    out, i = [], 0
-    while i + pipe.frames_needed <= len(frames):
-        n = pipe.frames_needed
-        out += pipe.process(frames[i:i + n])
-        i += n
-        if on_chunk:
-            on_chunk(pipe)
-    return out + pipe.flush()
 
 
 def cross(pipe: StreamPipeline) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,9 +55,9 @@ def test_controls_normalise_weights_and_check_every_pair():
 
 
 def test_a_blend_of_one_prompt_is_that_prompt_bit_for_bit(bundle, clip):
-    alone = make(bundle, Controls(prompt=A))  # (the bundle's VAE streams are shared: one pipeline at a time)
+    alone = make(bundle, controls=Controls(prompt=A))  # (the bundle's VAE streams are shared: one pipeline at a time)
     kv, frames = cross(alone), run(alone, clip)
-    blend = make(bundle, Controls().with_prompts([(A, 1.0), (B, 0.0)]))
+    blend = make(bundle, controls=Controls().with_prompts([(A, 1.0), (B, 0.0)]))
     for x, y in zip(kv, cross(blend)):
         assert torch.equal(x, y)
     out = run(blend, clip)
@@ -90,19 +66,19 @@ def test_a_blend_of_one_prompt_is_that_prompt_bit_for_bit(bundle, clip):
 
 def test_a_blend_of_two_sets_the_weighted_sum_of_their_contexts(bundle):
     cache = PromptCache(bundle.text)
-    blend = make(bundle, Controls().with_prompts([(A, 0.7), (B, 0.3)]))
-    ref = make(bundle, Controls(prompt=A))
+    blend = make(bundle, controls=Controls().with_prompts([(A, 0.7), (B, 0.3)]))
+    ref = make(bundle, controls=Controls(prompt=A))
     ref.executor.set_prompt(0.7 * cache.encode(A, dtype=torch.float32) + 0.3 * cache.encode(B, dtype=torch.float32))
     for x, y in zip(cross(blend), cross(ref)):
         torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
-    only_a, only_b = cross(make(bundle, Controls(prompt=A))), cross(make(bundle, Controls(prompt=B)))
+    only_a, only_b = cross(make(bundle, controls=Controls(prompt=A))), cross(make(bundle, controls=Controls(prompt=B)))
     assert not torch.allclose(cross(blend)[0], only_a[0]) and not torch.allclose(cross(blend)[0], only_b[0])
 
 
 def test_a_weight_change_blends_in_over_the_transition(bundle, clip):
     start = Controls(prompt=A, transition_chunks=2).with_prompts([(A, 1.0), (B, 1.0)])
-    pipe = make(bundle, start)
-    target = cross(make(bundle, dataclasses.replace(start, prompt_weight=0.2)))
+    pipe = make(bundle, controls=start)
+    target = cross(make(bundle, controls=dataclasses.replace(start, prompt_weight=0.2)))
     seen = []
 
     def change_then_watch(p: StreamPipeline) -> None:
@@ -114,7 +90,7 @@ def test_a_weight_change_blends_in_over_the_transition(bundle, clip):
     steps_after = seen[2:]
     assert not torch.allclose(steps_after[0], target[0])  # the chunk after the change: part way
     assert torch.allclose(seen[-1], target[0], atol=1e-6)  # after the transition: the new blend
-    assert torch.allclose(seen[1], cross(make(bundle, start))[0])  # before: the old one
+    assert torch.allclose(seen[1], cross(make(bundle, controls=start))[0])  # before: the old one
 
 
 def test_engine_controls_take_a_blend_as_json_gives_it(bundle):
