@@ -124,7 +124,11 @@ def check_memory() -> list[Check]:
     import torch
     from sdv2_studio.engine.memory import available_host_memory, check_fit
 
-    model, est = memory_estimate()
+    try:
+        model, est = memory_estimate()
+    except EngineError as e:  # e.g. a downloaded checkpoint that does not read
+        return [Check("memory", WARN, f"cannot size the model Auto would run: {e}",
+                      "`sdv2 models download` repairs the download; `sdv2 inspect FILE` says what a file is")]
     on_gpu = torch.cuda.is_available()
     capacity = torch.cuda.get_device_properties(0).total_memory if on_gpu else available_host_memory()
     level, text = check_fit(est, capacity)

@@ -82,3 +82,15 @@ def test_no_gpu_is_said_and_the_tiny_demo_on_the_cpu_is_recommended(qtbot, monke
     texts = " ".join(lab.text() for lab in dlg.findChildren(type(dlg.size_label)))
     assert f"about {est.total / GiB:.1f} GB of RAM" in texts  # the tiny demo's figure, from the one estimator
     assert f"about {doctor.vram_needs()[1]} GB of VRAM" in texts  # the real model's, as doctor quotes it
+
+
+def test_doctor_memory_line_is_the_model_auto_runs(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    [check] = doctor.check_memory()
+    model, est = doctor.memory_estimate()
+    assert model.untrained and check.status == doctor.OK  # nothing downloaded: the tiny demo, which fits
+    assert "no GPU: CPU" in check.detail and est.breakdown() in check.detail and model.name in check.detail
+    monkeypatch.setattr(doctor, "memory_estimate", lambda: (_ for _ in ()).throw(
+        doctor.EngineError("model.pt is not a checkpoint")))
+    [broken] = doctor.check_memory()
+    assert broken.status == doctor.WARN and "not a checkpoint" in broken.detail and "sdv2 models download" in broken.fix
