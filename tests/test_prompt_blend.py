@@ -182,16 +182,20 @@ def test_control_api_sets_a_blend_on_attach_and_says_what_is_wrong(bundle, tmp_p
 
 def test_obs_app_prompt_blends_in_the_running_app(qtbot, tmp_path):
     from test_app_control import app_cli
-    from test_app_window import make_window
+    from test_app_window import make_window, start, stop
 
     w = make_window(qtbot, tmp_path, tiny_bundle())
     try:
+        start(qtbot, w)
         r = app_cli(qtbot, "prompt", f"{A}:0.7", f"{B}:0.3")
         assert r.returncode == 0, r.stderr
         assert json.loads(r.stdout)["controls"]["blend"] == [[B, 0.3]]
         assert [row.pair() for row in w.editor.blend_rows] == [(B, 0.3)] and w.editor.prompt_weight.value() == 0.7
         assert w.editor.controls().weighted_prompts == ((A, 0.7), (B, 0.3))
+        qtbot.waitUntil(lambda: w.controller.engine.controls.weighted_prompts == ((A, 0.7), (B, 0.3)),
+                        timeout=60_000)  # the running stream took it at a chunk boundary
         r = app_cli(qtbot, "prompt", f"{A}:0", f"{B}:0")
         assert r.returncode == 2 and "above 0" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+        stop(qtbot, w)
     finally:
         w.close()
