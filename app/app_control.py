@@ -84,14 +84,21 @@ class AppControl(QObject):
         return self._ui(apply)
 
     def set_steps(self, steps: int) -> Controls:
-        def change() -> Controls:
-            controls = dataclasses.replace(self.window.editor.controls(), steps=steps)  # Controls checks the range
+        return self._edit(lambda c: dataclasses.replace(c, steps=steps))  # Controls checks the range
+
+    def set_prompts(self, pairs) -> Controls:
+        return self._edit(lambda c: c.with_prompts(pairs))  # a prompt or a weighted blend, checked by Controls
+
+    def _edit(self, change: Callable[[Controls], Controls]) -> Controls:
+        """The Style tab's controls changed by `change`, shown there and streamed (as an edit in the tab)."""
+        def apply() -> Controls:
+            controls = change(self.window.editor.controls())
             self.window.editor.setControls(controls)
             self.window.editor.setModified(True)
             self.window.presets.applyControls.emit(controls)
             return controls
 
-        return self._ui(change)
+        return self._ui(apply)
 
     def start(self, wait: bool = True) -> None:
         self._ui(lambda: self.window.toggle_stream(confirm=False) if self.window.controller.state == IDLE else None)

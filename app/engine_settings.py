@@ -1,7 +1,7 @@
-"""EngineSettingsPanel: model (and its download status), the model files (DiT, VAE, text encoder, tokenizer and
-LoRAs with strengths, each picked file shown with what `sdv2 inspect` says about it: app/model_pickers.py), device
-and GPUs, resolution, dtype, Stream-Batch, target fps / latency budget, with a live memory estimate that warns before
-a setting that will not fit.
+"""EngineSettingsPanel: model (and its download status), the model files (DiT, VAE, text encoder, tokenizer and LoRAs
+with strengths, each picked file shown with what `sdv2 inspect` says about it: app/model_pickers.py), device and
+GPUs, resolution, framing (crop to fill or fit with bars, for every source), dtype, Stream-Batch, target fps /
+latency budget, with a live memory estimate that warns before a setting that will not fit.
 
 Emits `settingsChanged(dict)` (Settings field -> value), `downloadRequested()`, `browseModelRequested()` and
 `openModelsFolderRequested()`; `setSettings`, `setGpus`, `setModelItems`, `setMemory` set its state."""
@@ -28,11 +28,12 @@ from sdv2_studio.app.settings import Settings
 from sdv2_studio.app.theme import repolish
 from sdv2_studio.engine.config import SEEDED_MODELS, Controls
 from sdv2_studio.engine.errors import EngineError
-from sdv2_studio.engine.memory import GiB, MemoryEstimate, check_fit, estimate, t5_encoder_params
+from sdv2_studio.engine.memory import GiB, MemoryEstimate, check_fit, for_settings, t5_encoder_params
 from sdv2_studio.engine.models import UMT5_XXL, ResolvedModel, resolve_model
 
 RESOLUTIONS = [(512, 512), (480, 832), (832, 480), (384, 384), (320, 576), (256, 256), (192, 192), (128, 128),
                (64, 64)]
+FRAMING = [("crop", "Crop to fill"), ("bars", "Fit with bars")]
 DTYPES = [("auto", "Auto (bf16/fp16 GPU, fp32 CPU)"), ("bfloat16", "bfloat16"), ("float16", "float16"),
           ("float32", "float32")]
 _STATUS = {"downloaded": "✓ downloaded", "partial": "◐ partial", "missing": "○ not downloaded"}
@@ -99,6 +100,12 @@ class EngineSettingsPanel(QWidget):
         self.dtype = QComboBox()
         for key, text in DTYPES:
             self.dtype.addItem(text, key)
+        self.framing = QComboBox()
+        for key, text in FRAMING:
+            self.framing.addItem(text, key)
+        self.framing.setToolTip("A source whose shape differs from the resolution (a 16:9 camera, OBS scene or file at "
+                            "512 × 512): crop it to fill the frame (edges cut off), or fit it whole with black bars. "
+                            "The same rule for every source")
         self.batch = QCheckBox("Stream-Batch (faster, more VRAM)")
         self.batch.setToolTip("Overlap the denoising steps of consecutive chunks: higher fps, one KV cache per step")
         self.text_gpu = QCheckBox(f"Text encoder on GPU (+{UMT5_GB} GB)")
@@ -126,6 +133,7 @@ class EngineSettingsPanel(QWidget):
         form.addRow("Device", self.device)
         form.addRow("GPUs", self.gpus)
         form.addRow("Resolution", self.resolution)
+        form.addRow("Framing", self.framing)
         form.addRow("Precision", self.dtype)
         form.addRow("Target rate", self.fps)
         form.addRow("Latency budget", self.budget)
@@ -135,7 +143,7 @@ class EngineSettingsPanel(QWidget):
         files_row.addWidget(self.open_folder)
         files_row.addStretch(1)
 
-        for combo in (self.model, self.device, self.resolution, self.dtype):
+        for combo in (self.model, self.device, self.resolution, self.dtype, self.framing):
             combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
             combo.setMinimumContentsLength(12)
         lay = QVBoxLayout(self)
@@ -161,9 +169,10 @@ class EngineSettingsPanel(QWidget):
 
         self.model.activated.connect(self._model_chosen)
         self.device.activated.connect(lambda: self._emit(device=self.device.currentData()))
-        self.gpus.valueChanged.connect(lambda v: self._emit(gpus=int(v)))
+        self.gpus.valueChanged.connect(lambda v: self._emit(gpus=max(1, int(v))))
         self.resolution.activated.connect(self._resolution_chosen)
         self.dtype.activated.connect(lambda: self._emit(dtype=self.dtype.currentData()))
+        self.framing.activated.connect(lambda: self._emit(fit=self.framing.currentData()))
         self.batch.toggled.connect(lambda on: self._emit(batch=bool(on)))
         self.text_gpu.toggled.connect(lambda on: self._emit(text_on_gpu=bool(on)))
         self.fps.valueChanged.connect(lambda v: self._emit(target_fps=float(v)))
@@ -200,6 +209,7 @@ class EngineSettingsPanel(QWidget):
                 self.resolution.addItem(f"{s.width} × {s.height}", key)
             self._select(self.resolution, key)
             self._select(self.dtype, s.dtype)
+            self._select(self.framing, s.fit)
             self.batch.setChecked(s.batch)
             self.text_gpu.setChecked(s.text_on_gpu)
             self.fps.setValue(round(s.target_fps))
@@ -213,14 +223,17 @@ class EngineSettingsPanel(QWidget):
         self._loading = True
         try:
             self.device.clear()
-            self.device.addItem("Auto (GPU if available)", "auto")
+            self.device.addItem("Auto (GPU if available)" if gpus else "Auto (no GPU: CPU)", "auto")
             self.device.addItem("CPU (tiny demo only)", "cpu")
             for g in gpus:
                 self.device.addItem(g.label, f"cuda:{g.index}")
             self._select(self.device, self._settings.device)
             self.gpus.setEnabled(len(gpus) > 1)
-            self.gpus.setMaximum(max(1, min(4, len(gpus))))
-            self.gpus.setValue(max(1, min(self.gpus.maximum(), self._settings.gpus)))
+            # no GPU: the spin box reads "no GPU: CPU" (its special value at 0) instead of a count that is not there
+            self.gpus.setSpecialValueText("" if gpus else "no GPU: CPU")
+            self.gpus.setMinimum(1 if gpus else 0)
+            self.gpus.setMaximum(max(1, min(4, len(gpus))) if gpus else 0)
+            self.gpus.setValue(max(self.gpus.minimum(), min(self.gpus.maximum(), self._settings.gpus)))
         finally:
             self._loading = False
         self._update_estimate()
@@ -270,16 +283,13 @@ class EngineSettingsPanel(QWidget):
         return found
 
     def estimate_now(self) -> MemoryEstimate:
-        """The memory of the fullest device for these settings (engine.memory.estimate); EngineError when the model
-        setting names no usable model."""
+        """The memory of the fullest device for these settings (engine.memory.for_settings, the figure `sdv2 doctor`
+        gives for the same settings); EngineError when the model setting names no usable model."""
         s = self._settings
-        model = self.resolved_model()
         on_gpu = s.device.startswith("cuda") or (s.device == "auto" and bool(self._gpus))
-        dtype = s.dtype if s.dtype != "auto" else ("bfloat16" if on_gpu else "float32")
-        steps = (s.controls or Controls()).steps
-        return estimate(model.config, (s.height, s.width), dtype=dtype, steps=steps, batch=s.batch,
-                        ranks=s.gpus if on_gpu else 1, gpu=on_gpu, text_here=s.text_on_gpu or not on_gpu,
-                        text=model.text_config, vae=model.vae, text_dtype=None if on_gpu else model.text_dtype_cpu)
+        return for_settings(self.resolved_model(), (s.height, s.width), gpu=on_gpu, dtype=s.dtype,
+                            steps=(s.controls or Controls()).steps, batch=s.batch, gpus=s.gpus,
+                            text_on_gpu=s.text_on_gpu)
 
     def fit_level(self) -> tuple[str, str]:
         cap, _kind = self.capacity()

@@ -308,7 +308,7 @@ class EngineWorker(QObject):
         if spec.lower().startswith("obs:"):
             if self._obs is None:
                 raise EngineError("OBS sources need the OBS bridge; install the [obs] extras")
-            return self._obs.open_source(spec[4:], size, req.source_fps)
+            return self._obs.open_source(spec[4:], size, req.source_fps, req.config.fit)
         from sdv2_studio.engine.io.sources import open_source
 
         return open_source(spec, loop=True, realtime=True)

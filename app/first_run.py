@@ -1,7 +1,8 @@
 """FirstRunDialog: no model weights yet: download the real model (size and free space shown, progress, cancel) or
 start with the built-in tiny demo model, clearly labelled as untrained. `choice` is "download", "tiny" or None.
-The recommendation follows the machine: the real model with an NVIDIA GPU, the tiny demo without one (the GPU query
-runs in the background, `gpu_probe`, default `services.gpus`)."""
+The recommendation follows the machine: the real model with an NVIDIA GPU, the tiny demo on the CPU without one (the
+GPU query runs in the background, `gpu_probe`, default `services.gpus`). The sizes quoted come from the one memory
+estimator, as `sdv2 doctor` quotes them (doctor.vram_needs for the real model, doctor.memory_estimate for the tiny)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from PySide6.QtWidgets import (
 from sdv2_studio.app import theme
 from sdv2_studio.app.background import Task, run_task
 from sdv2_studio.app.services import ModelItem, ModelService, gpus
-from sdv2_studio.engine.doctor import vram_needs
+from sdv2_studio.engine.doctor import memory_estimate, vram_needs
+from sdv2_studio.engine.memory import gib
 
 
 def _gb(n: int | None) -> str:
@@ -61,8 +63,11 @@ class FirstRunDialog(QDialog):
                           [self.size_label, self.progress, self.progress_text], self.download_btn)
 
         self.tiny_btn = QPushButton("Use the tiny demo")
+        tiny_model, tiny_est = memory_estimate("tiny", device="cpu")
+        h, w = tiny_model.default_size
         tiny = self._card(self.TINY_TITLE,
-                          "Built in, starts in seconds on any computer. It checks that your camera, OBS and outputs "
+                          "Built in, starts in seconds on any computer (the CPU is enough: about "
+                          f"{gib(tiny_est.total)} of RAM at {w}×{h}). It checks that your camera, OBS and outputs "
                           "work, but its output is noise-like, not a style.", [], self.tiny_btn)
 
         self.cancel_btn = QPushButton("Decide later")
@@ -95,7 +100,7 @@ class FirstRunDialog(QDialog):
         if found:
             return
         self.real_title.setText("StreamDiffusionV2 1.3B  ·  needs an NVIDIA GPU (none found here)")
-        self.tiny_title.setText(f"{self.TINY_TITLE}  ·  recommended on this computer")
+        self.tiny_title.setText(f"{self.TINY_TITLE}  ·  recommended on this computer (no GPU: CPU)")
         self.download_btn.setProperty("kind", "")
         self.tiny_btn.setProperty("kind", "primary")
         theme.repolish(self.download_btn)

@@ -48,7 +48,7 @@ from sdv2_studio.obs_bridge.errors import ObsAuthError
 
 UNTRAINED_RIBBON = "TINY DEMO MODEL · untrained: noise-like output, not a style"
 RESTART_KEYS = {"model", "device", "gpus", "dtype", "width", "height", "batch", "target_fps", "latency_budget_ms",
-                "text_on_gpu"}
+                "text_on_gpu", "fit"}
 
 
 def _section(text: str) -> QLabel:
@@ -408,10 +408,12 @@ class MainWindow(QMainWindow):
             extra["ranks"] = s.gpus
         if "target_fps" in fields:
             extra["target_fps"] = s.target_fps
-        cfg = EngineConfig(model=s.model, device=s.device, dtype=s.dtype, size=(s.height, s.width), batch=s.batch,
+        cfg = EngineConfig(model=s.model, device=s.device, dtype=s.dtype, size=(s.height, s.width), fit=s.fit,
+                           batch=s.batch,
                            controls=controls, queue_frames=8, latency_budget=s.latency_budget_ms / 1000,
                            text_device=text_device, **s.model_files(),
-                           warm_prompts=tuple(dict.fromkeys(p.controls.prompt for p in self.library.presets)), **extra)
+                           warm_prompts=tuple(dict.fromkeys(
+                               t for p in self.library.presets for t in p.controls.prompt_texts)), **extra)
         return StartRequest(cfg, source=s.source, source_fps=s.target_fps, input_size=self.input_size,
                             outputs=self._outputs())
 

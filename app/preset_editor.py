@@ -1,7 +1,8 @@
-"""PresetEditor: edits the live `Controls` of the current style (prompt, steps, noise scale, seed, transition) and
-offers the preset actions. It emits intents only: `controlsEdited(Controls)` with the whole edited controls (a typed
-prompt joins them once the typing pauses, or on Apply), and one signal per library action; `setPreset` /
-`setControls` / `setModified` / `setFrameRate` (the transition shows in seconds at that rate) set its state."""
+"""PresetEditor: edits the live `Controls` of the current style (prompt, a weighted blend of further prompts, steps,
+noise scale, seed, transition) and offers the preset actions. It emits intents only: `controlsEdited(Controls)` with
+the whole edited controls (a typed prompt joins them once the typing pauses, or on Apply; a blend weight at once),
+and one signal per library action; `setPreset` / `setControls` / `setModified` / `setFrameRate` (the transition
+shows in seconds at that rate) set its state."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from PySide6.QtWidgets import (
     QGridLayout,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QMenu,
     QPlainTextEdit,
     QPushButton,
@@ -23,7 +25,8 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
-from sdv2_studio.engine.config import MAX_STEPS, MAX_TRANSITION, CacheConfig, Controls
+from sdv2_studio.engine.config import MAX_BLEND, MAX_STEPS, MAX_TRANSITION, MAX_WEIGHT, CacheConfig, Controls
+from sdv2_studio.engine.errors import EngineError
 from sdv2_studio.engine.presets import Preset
 
 
@@ -31,6 +34,38 @@ def _label(text: str, role: str) -> QLabel:
     lab = QLabel(text)
     lab.setProperty("role", role)
     return lab
+
+
+def _weight_box(tip: str) -> QDoubleSpinBox:
+    box = QDoubleSpinBox()
+    box.setRange(0.0, MAX_WEIGHT)
+    box.setDecimals(2)
+    box.setSingleStep(0.05)
+    box.setValue(1.0)
+    box.setToolTip(tip)
+    return box
+
+
+class BlendRow(QWidget):
+    """One more prompt of the blend: its text, its weight and a remove button."""
+
+    def __init__(self, prompt: str = "", weight: float = 1.0, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.text = QLineEdit(prompt)
+        self.text.setPlaceholderText("Another look to mix in, e.g. 'neon glow'")
+        self.weight = _weight_box("This prompt's weight in the blend (weights are normalised to sum to 1)")
+        self.weight.setValue(weight)
+        self.remove = QPushButton("✕")
+        self.remove.setProperty("kind", "flat")
+        self.remove.setToolTip("Remove this prompt from the blend")
+        row = QHBoxLayout(self)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.text, 1)
+        row.addWidget(self.weight)
+        row.addWidget(self.remove)
+
+    def pair(self) -> tuple[str, float]:
+        return self.text.text().strip(), self.weight.value()
 
 
 class PresetEditor(QWidget):
@@ -65,6 +100,23 @@ class PresetEditor(QWidget):
                                      "blending in over the transition; this sends it now (Ctrl+Enter)")
         self.apply_prompt.setEnabled(False)
         QShortcut(QKeySequence("Ctrl+Return"), self.prompt, activated=self._apply_prompt)
+        # the blend (as Daydream Scope does): the prompt above at `prompt_weight`, plus weighted rows
+        self.prompt_weight = _weight_box("The prompt's weight in the blend (weights are normalised to sum to 1)")
+        self.prompt_weight_row = QWidget()
+        pw = QHBoxLayout(self.prompt_weight_row)
+        pw.setContentsMargins(0, 0, 0, 0)
+        pw.addWidget(_label("Weight of the prompt above", "muted"), 1)
+        pw.addWidget(self.prompt_weight)
+        self.blend_rows: list[BlendRow] = []
+        self.blend_box = QVBoxLayout()
+        self.blend_box.setSpacing(6)
+        self.add_blend = QPushButton("+ Blend in another prompt")
+        self.add_blend.setProperty("kind", "flat")
+        self.add_blend.setToolTip("Mix the look of several prompts by weight; weight changes blend in over the "
+                                  "transition")
+        self.blend_hint = _label("", "hint")
+        self.blend_hint.setWordWrap(True)
+        self.blend_hint.hide()
 
         self.steps = QSlider(Qt.Horizontal)
         self.steps.setRange(1, MAX_STEPS)
@@ -135,6 +187,10 @@ class PresetEditor(QWidget):
         lay.addWidget(self.subtitle)
         lay.addWidget(_label("PROMPT", "section"))
         lay.addWidget(self.prompt)
+        lay.addWidget(self.prompt_weight_row)
+        lay.addLayout(self.blend_box)
+        lay.addWidget(self.blend_hint)
+        prompt_row.insertWidget(0, self.add_blend)
         lay.addLayout(prompt_row)
         lay.addWidget(_label("CONTROLS", "section"))
         lay.addLayout(grid)
@@ -147,6 +203,8 @@ class PresetEditor(QWidget):
         self._noise_timer.timeout.connect(lambda: self._edit(noise_scale=self.noise.value() / 100))
         self.prompt.textChanged.connect(self._prompt_changed)
         self.apply_prompt.clicked.connect(self._apply_prompt)
+        self.prompt_weight.valueChanged.connect(self._blend_weight_changed)
+        self.add_blend.clicked.connect(lambda: self._add_blend_row().text.setFocus())
         self.steps.valueChanged.connect(self._steps_changed)
         self.noise.valueChanged.connect(self._noise_changed)
         self.seed.valueChanged.connect(lambda v: self._edit(seed=int(v)))
@@ -184,8 +242,39 @@ class PresetEditor(QWidget):
         self.action_export.setEnabled(self._preset is not None or bool(self.prompt.toPlainText().strip()))
 
     def controls(self) -> Controls:
-        """The controls as shown, the prompt as typed (what Save and Start use); EngineError for an empty prompt."""
-        return dataclasses.replace(self._controls, prompt=self.prompt.toPlainText().strip())
+        """The controls as shown, the prompts and blend as typed (what Save and Start use); EngineError for an empty
+        prompt or a blend whose weights are all 0."""
+        return self._controls.with_prompts(self._typed_prompts())
+
+    def _typed_prompts(self) -> list[tuple[str, float]]:
+        """(prompt, weight) as shown: the main prompt first, then the blend rows with text."""
+        rows = [r.pair() for r in self.blend_rows if r.pair()[0]]
+        return [(self.prompt.toPlainText().strip(), self.prompt_weight.value() if rows else 1.0), *rows]
+
+    def _add_blend_row(self, prompt: str = "", weight: float = 1.0) -> BlendRow:
+        row = BlendRow(prompt, weight)
+        row.text.textEdited.connect(lambda _text: self._prompt_changed())
+        row.text.returnPressed.connect(self._apply_prompt)
+        row.weight.valueChanged.connect(self._blend_weight_changed)
+        row.remove.clicked.connect(lambda: self._remove_blend_row(row))
+        self.blend_rows.append(row)
+        self.blend_box.addWidget(row)
+        self._sync_blend()
+        return row
+
+    def _remove_blend_row(self, row: BlendRow) -> None:
+        self.blend_rows.remove(row)
+        row.deleteLater()
+        self._sync_blend()
+        self._apply_prompt()
+
+    def _sync_blend(self) -> None:
+        self.prompt_weight_row.setVisible(bool(self.blend_rows))
+        self.add_blend.setEnabled(len(self.blend_rows) + 1 < MAX_BLEND)
+
+    def _blend_weight_changed(self) -> None:
+        if not self._loading:
+            self._apply_prompt()  # a weight goes live at once (with the transition)
 
     def setControls(self, controls: Controls) -> None:
         """Show `controls` without emitting (a preset, restored settings)."""
@@ -193,6 +282,14 @@ class PresetEditor(QWidget):
         self._loading = True
         try:
             self.prompt.setPlainText(controls.prompt)
+            for row in self.blend_rows:
+                row.deleteLater()
+            self.blend_rows = []
+            for p, w in controls.blend:
+                self._add_blend_row(p, w)
+            self.prompt_weight.setValue(controls.prompt_weight)
+            self._sync_blend()
+            self.blend_hint.hide()
             self.steps.setValue(controls.steps)
             self.noise.setValue(round(controls.noise_scale * 100))
             self.seed.setValue(min(controls.seed, self.seed.maximum()))
@@ -240,12 +337,20 @@ class PresetEditor(QWidget):
                 self._prompt_timer.start()  # live: applied once the typing pauses
 
     def _apply_prompt(self) -> None:
+        """The prompt and the blend as typed go live (when they changed)."""
         self._prompt_timer.stop()
-        text = self.prompt.toPlainText().strip()
-        if text:
-            self.apply_prompt.setEnabled(False)
-            if text != self._controls.prompt:
-                self._edit(prompt=text)
+        if not self.prompt.toPlainText().strip():
+            return
+        try:
+            new = self._controls.with_prompts(self._typed_prompts())
+        except EngineError as e:  # e.g. every weight 0: say so, keep streaming what was applied
+            self.blend_hint.setText(str(e)[0].upper() + str(e)[1:])
+            self.blend_hint.show()
+            return
+        self.blend_hint.hide()
+        self.apply_prompt.setEnabled(False)
+        if new != self._controls:
+            self._edit(prompt=new.prompt, prompt_weight=new.prompt_weight, blend=new.blend)
 
     def _steps_changed(self, value: int) -> None:
         self._sync_labels()

@@ -149,7 +149,7 @@ class ObsService(Protocol):
     def check_feedback(self, capture: str, scene: str) -> None: ...
     def list_audio_inputs(self) -> list[str]: ...
     def set_audio_offset(self, inputs: list[str], offset_ms: int) -> None: ...
-    def open_source(self, name: str, size: tuple[int, int], fps: float) -> FrameSource: ...
+    def open_source(self, name: str, size: tuple[int, int], fps: float, fit: str = "crop") -> FrameSource: ...
     def open_output(self, size: tuple[int, int], fps: float, scene: str = "", capture: str | None = None,
                     fallback: str | None = None) -> FrameSink: ...
 
@@ -187,7 +187,7 @@ class UnavailableObsService:
     def set_audio_offset(self, inputs: list[str], offset_ms: int) -> None:
         raise EngineError(self.reason)
 
-    def open_source(self, name: str, size: tuple[int, int], fps: float) -> FrameSource:
+    def open_source(self, name: str, size: tuple[int, int], fps: float, fit: str = "crop") -> FrameSource:
         raise EngineError(self.reason)
 
     def open_output(self, size: tuple[int, int], fps: float, scene: str = "", capture: str | None = None,
@@ -292,10 +292,10 @@ class BridgeObsService:
             scene = scene or client.call("GetCurrentProgramScene").get("currentProgramSceneName")
             refuse_feedback(capture, scene, client)
 
-    def open_source(self, name: str, size: tuple[int, int], fps: float) -> FrameSource:
+    def open_source(self, name: str, size: tuple[int, int], fps: float, fit: str = "crop") -> FrameSource:
         from sdv2_studio.obs_bridge.capture import ObsCaptureSource
 
-        return ObsCaptureSource(name, self._load_settings(), size=size, fps=fps)
+        return ObsCaptureSource(name, self._load_settings(), size=size, fps=fps, fit=fit)
 
     def open_output(self, size: tuple[int, int], fps: float, scene: str = "", capture: str | None = None,
                     fallback: str | None = None) -> FrameSink:

@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sdv2_studio.engine.config import CONTROL_FIELDS, Controls
+from sdv2_studio.engine.config import CONTROL_FIELDS, FIT_MODES, Controls
 from sdv2_studio.engine.errors import EngineError
 from sdv2_studio.engine.presets import APP_NAME, atomic_write_text, backup_corrupt
 
@@ -36,6 +36,7 @@ class Settings:
     width: int = 512
     height: int = 512
     batch: bool = True  # Stream-Batch
+    fit: str = "crop"  # framing of sources of another aspect: "crop" to fill or "bars" (engine.io.frames.fit_frame)
     target_fps: float = 16.0
     latency_budget_ms: int = 1000
     text_on_gpu: bool = False
@@ -154,6 +155,8 @@ class SettingsStore:
                 values[f.name] = _coerce(f.name, data[f.name], default)
             except TypeError as e:
                 notes.append(f"settings: {e}; using the default")
+        if values.get("fit", defaults.fit) not in FIT_MODES:
+            notes.append(f"settings: framing {values.pop('fit')!r} is not one of {', '.join(FIT_MODES)}; using crop")
         try:
             values["controls"] = _read_controls(data)
         except EngineError as e:

@@ -35,7 +35,7 @@ import torch
 from sdv2_studio.engine.config import CONTROL_FIELDS, CacheConfig, Controls, check_model_files
 from sdv2_studio.engine.device import auto_dtype, use_device
 from sdv2_studio.engine.errors import EngineError
-from sdv2_studio.engine.io.frames import check_size, fit_frame, restore_frame
+from sdv2_studio.engine.io.frames import check_fit, check_size, fit_frame, restore_frame
 from sdv2_studio.engine.models import ModelBundle, Progress, ResolvedModel, load_bundle, resolve_model
 from sdv2_studio.engine.pipeline import StreamPipeline
 from sdv2_studio.engine.slo import Plan, SLOConfig, SLOScheduler, SLOStats
@@ -54,6 +54,7 @@ class EngineConfig:
     dtype: str = "auto"  # "auto" (bf16 on GPUs >= sm80, fp16 older, fp32 CPU), "bfloat16", "float16", "float32"
     text_device: str = "cpu"  # umT5 runs here (CPU saves ~11 GB of VRAM; prompts are cached anyway)
     size: tuple[int, int] | None = None  # (h, w) model resolution; None = the model's default
+    fit: str = "crop"  # frames of another aspect: "crop" to fill or "bars" to fit (engine.io.frames.fit_frame)
     batch: bool = True  # Stream-Batch over denoising steps (False: steps in sequence, lower memory)
     controls: Controls = field(default_factory=Controls)
     cache: CacheConfig = field(default_factory=CacheConfig)
@@ -79,6 +80,7 @@ class EngineConfig:
     def __post_init__(self) -> None:
         """Model files checked here, at the boundary (engine.config.check_model_files: one line naming the fix)."""
         self.loras = check_model_files(self.model, self.base, self.vae, self.text_encoder, self.tokenizer, self.loras)
+        check_fit(self.fit)
 
     def resolve_model(self) -> ResolvedModel:
         return resolve_model(self.model, self.base, vae=self.vae, text_encoder=self.text_encoder,
@@ -321,7 +323,7 @@ class Engine:
             raise EngineError("start the engine before pushing frames")
         if pts is not None and (isinstance(pts, bool) or not isinstance(pts, numbers.Real) or not math.isfinite(pts)):
             raise ValueError(f"pts must be a finite number of seconds or None, not {pts!r}")
-        small = fit_frame(frame, self.pipeline.size)
+        small = fit_frame(frame, self.pipeline.size, self.config.fit)
         block = self.config.lossless if block is None else block
         item = (small, frame.shape, time.perf_counter(), None if pts is None else float(pts))
         with self._lock:
@@ -446,7 +448,8 @@ class Engine:
                 real = len(items)
         items += [items[-1]] * (need - real)
         # frames fitted before a resolution change
-        items = [it if it[0].shape[:2] == pipe.size else (fit_frame(it[0], pipe.size), *it[1:]) for it in items]
+        items = [it if it[0].shape[:2] == pipe.size else (fit_frame(it[0], pipe.size, self.config.fit), *it[1:])
+                 for it in items]
         return items, real
 
     def _run(self) -> None:
@@ -507,7 +510,8 @@ class Engine:
     def _emit(self, styled: list[np.ndarray], pending: collections.deque) -> tuple[float, float] | None:
         """Hand styled frames to the consumer, a chunk's frames together (one burst for a pacer); returns (latency,
         backlog) of the slowest real frame, if any."""
-        ready = [(restore_frame(frame, shape) if tuple(shape[:2]) != frame.shape[:2] else frame, t_push, backlog, pts)
+        ready = [(restore_frame(frame, shape, fit=self.config.fit) if tuple(shape[:2]) != frame.shape[:2] else frame,
+                  t_push, backlog, pts)
                  for frame, (shape, t_push, backlog, pts) in zip(styled, [pending.popleft() for _ in styled])
                  if shape is not None]  # padding frames are discarded
         if not ready:

@@ -11,7 +11,7 @@ import os
 import sys
 
 from sdv2_studio.engine import extensions
-from sdv2_studio.engine.config import MAX_STEPS, MAX_TRANSITION, Controls
+from sdv2_studio.engine.config import FIT_MODES, MAX_STEPS, MAX_TRANSITION, Controls, parse_weighted_prompt
 from sdv2_studio.engine.errors import EngineError
 
 
@@ -134,16 +134,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from sdv2_studio.engine.presets import find_preset, load_library
 
         base = find_preset(load_library()[0], args.preset).controls
-    given = {"prompt": args.prompt, "steps": args.steps, "noise_scale": args.noise_scale, "seed": args.seed,
+    given = {"steps": args.steps, "noise_scale": args.noise_scale, "seed": args.seed,
              "transition_chunks": args.transition}
     controls = dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
+    if args.prompt:  # one --prompt is the prompt as typed; several are a blend, each TEXT[:WEIGHT]
+        controls = controls.with_prompts([(args.prompt[0], 1.0)] if len(args.prompt) == 1 else
+                                         [parse_weighted_prompt(p) for p in args.prompt])
     args.steps = controls.steps  # torchrun stages below read it
     spec = args.source
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) > 0:
         return _run_torchrun_stage(args)  # launched by torchrun: ranks >= 1 serve their blocks
     cfg = EngineConfig(model=args.model, base=args.base, vae=args.vae, text_encoder=args.text_encoder,
                        tokenizer=args.tokenizer, loras=tuple(args.lora), device=args.device, dtype=args.dtype,
-                       ranks=args.ranks, size=_parse_size(args.size), batch=not args.no_batch, controls=controls,
+                       ranks=args.ranks, size=_parse_size(args.size), fit=args.fit, batch=not args.no_batch,
+                       controls=controls,
                        latency_budget=args.latency_budget, taehv=args.taehv, target_fps=args.target_fps,
                        compile=args.compile)
     file_out = args.out and "://" not in args.out and args.out.lower() != "vcam" and not args.out.lower().startswith(
@@ -183,6 +187,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print("live source: press Ctrl-C to stop", file=sys.stderr)
     print(f"model {bundle.name} | {w}x{h} | {controls.steps} step(s) | "
           f"{'Stream-Batch' if cfg.batch else 'no-batch'} | source {session.source!r}", file=sys.stderr)
+    if len(controls.weighted_prompts) > 1:
+        print("prompt blend: " + ", ".join(f"{w:.0%} {p!r}" for p, w in controls.weighted_prompts), file=sys.stderr)
     t0 = time.perf_counter()
     tty = sys.stderr.isatty()
     last_report = [0.0]
@@ -315,7 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--preset", default=None, help="start from a style preset (`sdv2 presets list`); the options "
                    "below override its fields")
     default = Controls()
-    s.add_argument("--prompt", default=None, help=f"default: {default.prompt!r}")
+    s.add_argument("--prompt", action="append", default=[], metavar="TEXT[:WEIGHT]",
+                   help=f"default: {default.prompt!r}; repeat to blend prompts by weight, e.g. --prompt 'ink:0.7' "
+                   "--prompt 'neon:0.3'")
     s.add_argument("--steps", type=int, default=None,
                    help=f"denoising steps 1-{MAX_STEPS} (default {default.steps})")
     s.add_argument("--noise-scale", type=float, default=None, help=f"(0, 1] (default {default.noise_scale})")
@@ -323,6 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--transition", type=int, default=None, help=f"chunks (0-{MAX_TRANSITION}) over which a prompt "
                    f"change blends in (default {default.transition_chunks})")
     s.add_argument("--size", default=None, help="model resolution WIDTHxHEIGHT (multiples of 16)")
+    s.add_argument("--fit", choices=FIT_MODES, default="crop", help="framing of a source whose aspect differs from "
+                   "the model size: crop (fill, cut the edges; default) or bars (show it all, black bars)")
     s.add_argument("--no-batch", action="store_true", help="run steps in sequence instead of Stream-Batch")
     s.add_argument("--device", default="auto",
                    help="auto, cpu, cuda, cuda:N, or a list for pipeline ranks: cuda:0,1,2,3")

@@ -19,6 +19,11 @@ MAX_STEPS = len(DEFAULT_TIMESTEPS)
 MAX_TRANSITION = 64  # chunks
 MAX_SEED = 2**63 - 1
 MAX_PROMPT_CHARS = 2000
+MAX_BLEND = 8  # prompts in one blend, the main prompt included
+MAX_WEIGHT = 100.0
+#: How a frame of another aspect ratio is framed to the model size (engine.io.frames.fit_frame): crop to fill, or
+#: fit with black bars.
+FIT_MODES = ("crop", "bars")
 
 
 class InvalidControl(EngineError):
@@ -45,22 +50,86 @@ class Controls:
     noise_scale: float = 0.8  # (0, 1]: s0 of the motion-aware controller; more = stronger restyle
     seed: int = 0
     transition_chunks: int = 2  # a prompt change blends in over this many chunks (0 = at once)
+    # A weighted blend of prompts (as Daydream Scope does): `prompt` at `prompt_weight` plus the (prompt, weight)
+    # pairs of `blend`; the engine mixes their text embeddings by normalised weight (`weighted_prompts`). Without
+    # a blend `prompt_weight` is 1 and the stream is exactly the single prompt's.
+    prompt_weight: float = 1.0
+    blend: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
-        if not isinstance(self.prompt, str):
-            raise InvalidControl("prompt", f"must be text, not {self.prompt!r}")
-        if not self.prompt.strip():
-            raise InvalidControl("prompt", "is empty; type what the stream should look like")
-        if len(self.prompt) > MAX_PROMPT_CHARS:
-            raise InvalidControl("prompt", f"is too long ({len(self.prompt)} characters, at most {MAX_PROMPT_CHARS})")
+        _check_prompt("prompt", self.prompt)
+        set_ = object.__setattr__  # frozen: normalise numpy / int values to the declared types
+        blend = self.blend
+        if isinstance(blend, (str, bytes)) or not isinstance(blend, (list, tuple)):
+            raise InvalidControl("blend", f"must be a list of [prompt, weight] pairs, not {blend!r}")
+        if len(blend) + 1 > MAX_BLEND:
+            raise InvalidControl("blend", f"has {len(blend) + 1} prompts with the main one, at most {MAX_BLEND}")
+        pairs = []
+        for pair in blend:
+            if isinstance(pair, (str, bytes)) or not isinstance(pair, (list, tuple)) or len(pair) != 2:
+                raise InvalidControl("blend", f"entries must be [prompt, weight] pairs, not {pair!r}")
+            pairs.append((_check_prompt("blend", pair[0]), _weight("blend", pair[1])))
+        set_(self, "blend", tuple(pairs))
+        set_(self, "prompt_weight", _weight("prompt_weight", self.prompt_weight) if pairs else 1.0)
+        if pairs and not self.prompt_weight + sum(w for _, w in pairs) > 0:
+            raise InvalidControl("blend", "weights are all 0; give at least one prompt a weight above 0")
         noise = self.noise_scale
         if isinstance(noise, bool) or not isinstance(noise, numbers.Real) or not 0.0 < noise <= 1.0:
             raise InvalidControl("noise_scale", f"must be in (0, 1], not {noise!r}")
-        set_ = object.__setattr__  # frozen: normalise numpy / int values to the declared types
         set_(self, "steps", _whole("steps", self.steps, 1, MAX_STEPS))
         set_(self, "noise_scale", float(noise))
         set_(self, "seed", _whole("seed", self.seed, 0, MAX_SEED))
         set_(self, "transition_chunks", _whole("transition_chunks", self.transition_chunks, 0, MAX_TRANSITION))
+
+
+    @property
+    def weighted_prompts(self) -> tuple[tuple[str, float], ...]:
+        """The prompts the stream mixes, each with its normalised weight (they sum to 1; weight-0 prompts left
+        out): ((prompt, 1.0),) without a blend. The one definition of a blend's weights."""
+        pairs = [(p, w) for p, w in ((self.prompt, self.prompt_weight), *self.blend) if w > 0]
+        total = sum(w for _, w in pairs)
+        return tuple((p, w / total) for p, w in pairs) if len(pairs) > 1 else ((pairs[0][0], 1.0),)
+
+    @property
+    def prompt_texts(self) -> tuple[str, ...]:
+        """Every prompt text these controls name (the main one first), blended in or at weight 0."""
+        return (self.prompt, *(p for p, _ in self.blend))
+
+    def with_prompts(self, pairs) -> Controls:
+        """These controls with the blend `pairs` ((prompt, weight), ...): the first is the main prompt."""
+        if not pairs:
+            raise InvalidControl("prompt", "is empty; type what the stream should look like")
+        (prompt, weight), *rest = pairs
+        return dataclasses.replace(self, prompt=prompt, prompt_weight=weight, blend=tuple(rest))
+
+
+def _check_prompt(field: str, prompt) -> str:
+    if not isinstance(prompt, str):
+        raise InvalidControl(field, f"must be text, not {prompt!r}")
+    if not prompt.strip():
+        raise InvalidControl(field, "is empty; type what the stream should look like")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise InvalidControl(field, f"is too long ({len(prompt)} characters, at most {MAX_PROMPT_CHARS})")
+    return prompt
+
+
+def _weight(field: str, w) -> float:
+    if isinstance(w, bool) or not isinstance(w, numbers.Real) or not 0.0 <= w <= MAX_WEIGHT:
+        raise InvalidControl(field, f"weights must be numbers from 0 to {MAX_WEIGHT:g}, not {w!r}")
+    return float(w)
+
+
+def parse_weighted_prompt(text: str) -> tuple[str, float]:
+    """"TEXT:WEIGHT" -> (TEXT, WEIGHT) (`sdv2 run --prompt "neon city:0.7"`); only a trailing ":number" is a
+    weight, so a prompt with colons of its own keeps them; no weight: 1."""
+    head, sep, tail = text.rpartition(":")
+    try:
+        weight = float(tail) if sep else None
+    except ValueError:
+        weight = None
+    if weight is None or not head.strip() or not math.isfinite(weight):
+        return text, 1.0
+    return head.strip(), weight
 
 
 CONTROL_FIELDS = tuple(f.name for f in dataclasses.fields(Controls))

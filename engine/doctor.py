@@ -1,6 +1,7 @@
 """`sdv2 doctor`: one screen that says whether this machine can stream, and what to fix for each problem.
 
-Checks: Python and torch (CPU or CUDA build), GPUs and their VRAM, the model files, disk space for them, PyAV's
+Checks: Python and torch (CPU or CUDA build), GPUs and their VRAM, the model files, what the model that will run
+needs (`memory_estimate`: the figure the app's Engine tab shows), disk space for them, PyAV's
 H.264 encoder (recording, the OBS stream), OBS reachability (registered by the OBS bridge, see
 engine/extensions.py), virtual-camera support (pyvirtualcam and its backends, a v4l2loopback device on
 Linux), Spout (Windows) / Syphon (macOS), and the desktop GUI toolkit (found without importing it: `engine` never
@@ -54,6 +55,23 @@ def vram_needs() -> tuple[int, int]:
     return math.ceil(low.total / GiB), math.ceil(default.total / GiB)
 
 
+def memory_estimate(model: str = "auto", size: tuple[int, int] | None = None, *, device: str = "auto",
+                    dtype: str = "auto", steps: int = 2, batch: bool = True, gpus: int = 1,
+                    text_on_gpu: bool = False, **files):
+    """(the model that will actually run, the memory its stream needs) for settings as the app's Engine tab holds
+    them (`device` "auto": a CUDA GPU when torch sees one, else the CPU; `size` (h, w), default the model's own;
+    `files`: vae/text_encoder/tokenizer/loras). The Engine tab shows this same figure (engine.memory.for_settings).
+    EngineError when `model` names no usable model."""
+    import torch
+    from sdv2_studio.engine.memory import for_settings
+    from sdv2_studio.engine.models import resolve_model
+
+    resolved = resolve_model(model, **files)
+    gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    return resolved, for_settings(resolved, size or resolved.default_size, gpu=gpu, dtype=dtype, steps=steps,
+                                  batch=batch, gpus=gpus, text_on_gpu=text_on_gpu)
+
+
 # -- individual checks --------------------------------------------------------------------------------------------
 
 
@@ -100,6 +118,28 @@ def check_torch() -> list[Check]:
         bf16 = "bf16" if native_bf16(torch.device("cuda", i)) else "no native bf16: auto uses float16"
         checks.append(Check(f"GPU {i}", status, f"{name}, {gb:.1f} GB VRAM, compute {cc}, {bf16}", fix))
     return checks
+
+
+def check_memory() -> list[Check]:
+    """What Model = Auto will run here (the tiny demo until the real model is downloaded) and what it needs at its
+    own size with 2-step Stream-Batch, against this machine's VRAM or RAM."""
+    import torch
+    from sdv2_studio.engine.memory import available_host_memory, check_fit
+
+    try:
+        model, est = memory_estimate()
+    except EngineError as e:  # e.g. a downloaded checkpoint that does not read
+        return [Check("memory", WARN, f"cannot size the model Auto would run: {e}",
+                      "`sdv2 models download` repairs the download; `sdv2 inspect FILE` says what a file is")]
+    on_gpu = torch.cuda.is_available()
+    capacity = torch.cuda.get_device_properties(0).total_memory if on_gpu else available_host_memory()
+    level, text = check_fit(est, capacity)
+    h, w = model.default_size
+    where = "GPU 0" if on_gpu else "no GPU: CPU"
+    detail = f"{model.name} at {w}x{h}, 2 steps, Stream-Batch on {where}: {est.breakdown()}"
+    if level == "no":
+        return [Check("memory", WARN, detail, text)]
+    return [Check("memory", OK, detail)]
 
 
 def check_models() -> list[Check]:
@@ -220,8 +260,8 @@ def check_gui() -> list[Check]:
     return [Check("desktop app", OK, f"PySide6 {version}")]
 
 
-CHECKS: tuple[Callable[[], list[Check]], ...] = (check_torch, check_models, check_video, check_virtual_camera,
-                                                 check_texture_sharing, check_gui)
+CHECKS: tuple[Callable[[], list[Check]], ...] = (check_torch, check_models, check_memory, check_video,
+                                                 check_virtual_camera, check_texture_sharing, check_gui)
 
 
 def run_checks(checks=None) -> list[Check]:

@@ -27,6 +27,7 @@ activations (one prompt at a time), frame queues (a few MB), TAEHV (smaller than
 `estimate` applies this to the engine's layout: one device holds everything; with N pipeline ranks rank 0 holds the
 embeddings, the first ceil(layers / N) blocks, umT5 when it is on the GPU and the VAE (it encodes), the last rank
 the head, its blocks and the VAE (it decodes), and every job between ranks is a batch-1 micro-batch.
+`for_settings` is the one mapping from the app's engine settings to `estimate` (the Engine tab and `doctor` use it);
 `reference` is the default download at its trained size (what `doctor` and the first-run dialog quote);
 `check_fit` turns an estimate and a device's capacity into the app's warning.
 """
@@ -190,6 +191,18 @@ def estimate(cfg: ModelConfig, size: tuple[int, int], *, dtype: str | torch.dtyp
     last = device_memory(cfg, size, blocks=cfg.num_layers // ranks, micro_batch=1, embed=False, encode=False,
                          **share)
     return replace(max(first, last, key=lambda m: m.total), ranks=ranks)
+
+
+def for_settings(model, size: tuple[int, int], *, gpu: bool, dtype: str = "auto", steps: int = 2,
+                 batch: bool = True, gpus: int = 1, text_on_gpu: bool = False) -> MemoryEstimate:
+    """The estimate for a stream of the resolved model `model` (engine.models.ResolvedModel: the model that will
+    actually run, the tiny one for "auto" with nothing downloaded) as the app's Engine tab and `sdv2 doctor` set it
+    up: on a GPU when `gpu` (split over `gpus` pipeline ranks), else the CPU with umT5 beside the DiT; `dtype`
+    "auto" is bfloat16 on a GPU and float32 on the CPU."""
+    dt = dtype if dtype != "auto" else ("bfloat16" if gpu else "float32")
+    return estimate(model.config, size, dtype=dt, steps=steps, batch=batch, ranks=gpus if gpu else 1, gpu=gpu,
+                    text_here=text_on_gpu or not gpu, text=model.text_config, vae=model.vae,
+                    text_dtype=None if gpu else model.text_dtype_cpu)
 
 
 def reference(steps: int = 2, batch: bool = True, size: tuple[int, int] = REAL_SIZE) -> MemoryEstimate:

@@ -10,7 +10,9 @@ Per chunk (StreamDiffusionV2's v2v loop):
        (slot i -> i + 1, re-noised to the next timestep), so each call finishes one chunk, n - 1 chunks late;
   5. de-normalise and decode the clean latent with the streaming VAE (4 frames; 5 for the first chunk).
 Controls (prompt with optional smooth transition, steps, noise scale, seed) are queued and applied at the next
-chunk boundary; a prompt change only replaces the cross-attention K/V, never the stream's self-attention cache.
+chunk boundary; a prompt change only replaces the cross-attention K/V, never the stream's self-attention cache. A
+weighted blend of prompts (Controls.weighted_prompts) is the weighted sum of their umT5 contexts
+(PromptCache.encode_blend), set and transitioned like one prompt.
 
 Where the DiT runs is the pipeline's denoise executor, composed from outside: `LocalDenoiser` (the default) runs
 every block on this device; `engine.parallel.RingDenoiser` sends the work around pipeline ranks. The pipeline keeps
@@ -249,7 +251,7 @@ class StreamPipeline:
         cache.set_steps(self.controls.steps)
         self.executor.reset(cache)
         self._encoding = None  # a new stream starts with its own prompt, encoded now
-        self._ctx = self._encode_prompt(self.controls.prompt)
+        self._ctx = self._encode_prompt(self.controls.weighted_prompts)
         self.executor.set_prompt(self._ctx)
         self._transition: tuple[torch.Tensor, torch.Tensor, int, int] | None = None
         self.chunks = 0
@@ -268,9 +270,10 @@ class StreamPipeline:
             torch.cuda.synchronize(self.device)
         self.timings[stage] += time.perf_counter() - t0
 
-    def _encode_prompt(self, prompt: str) -> torch.Tensor:
+    def _encode_prompt(self, weighted: tuple[tuple[str, float], ...]) -> torch.Tensor:
+        """The context of a prompt blend (Controls.weighted_prompts; one prompt: its own context)."""
         with self._timed("text"):
-            ctx = self.prompts.encode(prompt, device=self.device, dtype=torch.float32)  # [1, Lt, text_dim]
+            ctx = self.prompts.encode_blend(weighted, device=self.device, dtype=torch.float32)  # [1, Lt, text_dim]
         if ctx.shape[-1] != self.dit.cfg.text_dim:
             raise EngineError(f"the text encoder gives {ctx.shape[-1]}-wide embeddings but the model expects "
                               f"{self.dit.cfg.text_dim}; use the text encoder that belongs to this model")
@@ -333,18 +336,20 @@ class StreamPipeline:
         if new.noise_scale != old.noise_scale:
             self.motion.set_s0(new.noise_scale)
         self.controls = new
-        if new.prompt != old.prompt:
-            if self.background_prompts and self.chunks > 0 and new.prompt not in self.prompts:
+        if new.weighted_prompts != old.weighted_prompts:  # a new prompt or blend: its transition
+            cached = all(p in self.prompts for p, _ in new.weighted_prompts)
+            if self.background_prompts and self.chunks > 0 and not cached:
                 # a newer prompt replaces one still on its way (that one is cached when done, nothing more); it
                 # goes before the warm-up prompts still waiting
                 waiting = [p for p, f in self._warming.items() if f.cancel()]
                 if self._encoding is not None:
                     self._encoding[0].cancel()  # superseded: dropped unless it already started
-                self._encoding = (self._pool().submit(self._encode_prompt, new.prompt), new.transition_chunks)
+                self._encoding = (self._pool().submit(self._encode_prompt, new.weighted_prompts),
+                                  new.transition_chunks)
                 self.warm_prompts(waiting)
             else:
                 self._encoding = None
-                self._switch_prompt(self._encode_prompt(new.prompt), new.transition_chunks)
+                self._switch_prompt(self._encode_prompt(new.weighted_prompts), new.transition_chunks)
         return out
 
     def close(self) -> None:
@@ -374,8 +379,8 @@ class StreamPipeline:
         """Live streams: once the warm-up prompts and the prompts in use are cached, the text encoder's weights
         are freed (PromptCache.release_encoder); a prompt typed later loads them again in the background (and
         they are freed again after it)."""
-        pending = (self._pending.prompt,) if self._pending is not None else ()
-        self.prompts.release_encoder((*self._warm, self.controls.prompt, *pending))
+        pending = self._pending.prompt_texts if self._pending is not None else ()
+        self.prompts.release_encoder((*self._warm, *self.controls.prompt_texts, *pending))
 
     def _switch_prompt(self, target: torch.Tensor, transition_chunks: int) -> None:
         if transition_chunks > 0 and self.chunks > 0:

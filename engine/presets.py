@@ -9,18 +9,20 @@ A preset file (`presets/*.toml` ships with the app; the user's own live in the u
     noise_scale = 0.75                  # (0, 1]: how strongly the picture is restyled
     seed = 7                            # >= 0
     transition_chunks = 3               # 0-64: chunks over which a switch to this preset blends in
+    prompt_weight = 0.7                 # optional, with blend: the prompt's weight in a blend
+    blend = [["neon glow", 0.3]]        # optional: more [prompt, weight] pairs mixed in by normalised weight
     thumbnail = "anime-cel.png"         # optional, relative to the preset file
     tags = ["anime", "bold"]            # optional
     description = "..."                 # optional, one line
     order = 10                          # optional: position in the gallery (default 1000, then by name)
 
-prompt, steps, noise_scale, seed and transition_chunks are the preset's `Controls` (engine/config.py: their
-defaults and their one validation). A preset's id is its file name without `.toml`; a later folder overrides an
-earlier one with the same id (so a user preset called `anime-cel.toml` replaces the shipped one). A bad file never
-stops the others loading: every problem becomes one `EngineError` line naming the file and the field. In folders
-the app writes to (the user's presets), a file that is not valid TOML at all is renamed to
-`<name>.corrupt-<timestamp>` and reported, never silently discarded. Writes go to a temp file in the same folder
-and are renamed over the target (`os.replace`), so a crash never leaves half a preset behind.
+prompt, steps, noise_scale, seed, transition_chunks, prompt_weight and blend are the preset's `Controls`
+(engine/config.py: their defaults and their one validation). A preset's id is its file name without `.toml`; a later
+folder overrides an earlier one with the same id (so a user preset called `anime-cel.toml` replaces the shipped
+one). A bad file never stops the others loading: every problem becomes one `EngineError` line naming the file and
+the field. In folders the app writes to (the user's presets), a file that is not valid TOML at all is renamed to
+`<name>.corrupt-<timestamp>` and reported, never silently discarded. Writes go to a temp file in the same folder and
+are renamed over the target (`os.replace`), so a crash never leaves half a preset behind.
 
 Only the standard library (+ platformdirs) is imported: the OBS script runs this inside OBS's own Python.
 """
@@ -89,6 +91,9 @@ class Preset:
         lines = [f"schema = {SCHEMA_VERSION}", f"name = {_toml_str(self.name)}", f"prompt = {_toml_str(c.prompt)}",
                  f"steps = {c.steps}", f"noise_scale = {c.noise_scale!r}", f"seed = {c.seed}",
                  f"transition_chunks = {c.transition_chunks}"]
+        if c.blend:
+            pairs = ", ".join(f"[{_toml_str(p)}, {w!r}]" for p, w in c.blend)
+            lines += [f"prompt_weight = {c.prompt_weight!r}", f"blend = [{pairs}]"]
         if thumb:
             lines.append(f"thumbnail = {_toml_str(thumb)}")
         if self.tags:

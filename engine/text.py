@@ -564,6 +564,15 @@ class PromptCache:
 
     __call__ = encode
 
+    def encode_blend(self, weighted, *, dtype: torch.dtype | None = None, device=None) -> torch.Tensor:
+        """[1, text_len, text_dim]: the weighted sum of the prompts' contexts (`weighted`: ((prompt, weight), ...)
+        with weights summing to 1, `Controls.weighted_prompts`), summed in float32; one prompt is exactly `encode`
+        (a single-prompt stream is unchanged by blending)."""
+        if len(weighted) == 1:
+            return self.encode(weighted[0][0], dtype=dtype, device=device)
+        out = sum(w * self.encode(p, dtype=torch.float32, device=device) for p, w in weighted)
+        return out.to(dtype=dtype)
+
     def encode_trimmed(self, prompt: str) -> torch.Tensor:
         """[1, n, text_dim] on the CPU (n = valid tokens). Do not modify the returned tensor in place."""
         key = self.key(prompt)

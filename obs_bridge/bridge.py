@@ -130,7 +130,7 @@ class ObsBridge:
     def _open_source(self, size: tuple[int, int]) -> FrameSource:
         if self.config.capture:
             self._capture = ObsCaptureSource(self.config.capture, self.settings, size=size, fps=self.config.fps,
-                                             quality=self.config.quality)
+                                             quality=self.config.quality, fit=self.session.engine.config.fit)
             return self._capture
         spec = self.config.camera or ""
         if spec.lower() == "test":
@@ -283,6 +283,9 @@ class ObsBridge:
 
     def set_steps(self, steps: int) -> Controls:
         return self.session.set_steps(steps)
+
+    def set_prompts(self, pairs) -> Controls:
+        return self.session.set_prompts(pairs)
 
     def read_health(self) -> ObsHealth:
         self.health = read_health(self.client)

@@ -7,8 +7,9 @@ into a bounded drop-oldest queue (default 2 frames) so a slow consumer always ge
 stays bounded. The poller has its own connection (obsws-python is not thread-safe) that reconnects with
 backoff: when OBS is closed or restarted the source simply yields nothing until OBS is back.
 
-The screenshot is requested at a size that *covers* the wanted ``size`` with the source's aspect ratio
-(learned from one full-size probe), then centre-cropped to ``size`` exactly, like every other source.
+The screenshot is requested at the source's own aspect ratio (learned from one full-size probe; OBS would squash
+it to any other), large enough to cover the wanted ``size`` (``fit="crop"``) or to fit inside it (``"bars"``),
+then framed to ``size`` exactly by ``engine.io.frames.fit_frame``, the one framing rule of every source.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from collections.abc import Iterator
 
 import av
 from sdv2_studio.engine.errors import EngineError
-from sdv2_studio.engine.io.frames import fit_frame
+from sdv2_studio.engine.io.frames import check_fit, fit_frame
 from sdv2_studio.engine.io.protocols import Frame, FrameSource
 from sdv2_studio.obs_bridge.client import ObsClient
 from sdv2_studio.obs_bridge.errors import ObsError, ObsRequestError, ObsUnreachable
@@ -49,10 +50,12 @@ class JpegDecoder:
         return frames[0].to_ndarray(format="rgb24")
 
 
-def covering_size(native: tuple[int, int], want: tuple[int, int]) -> tuple[int, int]:
-    """(h, w) with ``native``'s aspect ratio that covers ``want``, never above ``native`` nor outside 8..4096."""
+def covering_size(native: tuple[int, int], want: tuple[int, int], fit: str = "crop") -> tuple[int, int]:
+    """(h, w) with ``native``'s aspect ratio that covers ``want`` (``fit="crop"``) or fits inside it (``"bars"``),
+    never above ``native`` nor outside 8..4096."""
     nh, nw = native
-    scale = min(1.0, max(want[0] / nh, want[1] / nw))
+    pick = max if check_fit(fit) == "crop" else min
+    scale = min(1.0, pick(want[0] / nh, want[1] / nw))
     h = min(4096, max(8, math.ceil(nh * scale)))
     w = min(4096, max(8, math.ceil(nw * scale)))
     return h, w
@@ -61,7 +64,8 @@ def covering_size(native: tuple[int, int], want: tuple[int, int]) -> tuple[int, 
 class ObsCaptureSource(FrameSource):
     """Frames of the OBS source or scene ``source`` at up to ``fps`` per second (see module docstring).
 
-    ``size=(h, w)``: frames are delivered at exactly this size (None: the source's own size). ``quality``: JPEG
+    ``size=(h, w)``: frames are delivered at exactly this size (None: the source's own size), framed per ``fit``
+    ("crop" to fill or "bars", engine.io.frames.fit_frame). ``quality``: JPEG
     quality 1-100 (80 is the measured sweet spot). ``queue``: frames kept for a slow consumer (drop-oldest).
     ``client``: an :class:`ObsClient` to use (default: a new one from ``settings``, owned and closed here).
     Raises EngineError at construction if OBS is unreachable or has no such source; later outages are ridden
@@ -71,7 +75,8 @@ class ObsCaptureSource(FrameSource):
     kind = "obs"
 
     def __init__(self, source: str, settings: ObsSettings | None = None, *, size: tuple[int, int] | None = None,
-                 fps: float = 15.0, quality: int = 80, queue: int = 2, client: ObsClient | None = None) -> None:
+                 fps: float = 15.0, quality: int = 80, queue: int = 2, client: ObsClient | None = None,
+                 fit: str = "crop") -> None:
         if fps <= 0:
             raise EngineError(f"capture rate must be positive, not {fps}")
         if not 1 <= quality <= 100:
@@ -80,7 +85,7 @@ class ObsCaptureSource(FrameSource):
             raise ValueError("queue must hold at least one frame")
         if client is None and settings is None:
             raise ValueError("give settings or a client")
-        self.source, self.fps, self.quality = source, float(fps), quality
+        self.source, self.fps, self.quality, self.fit = source, float(fps), quality, check_fit(fit)
         self._own_client = client is None
         self.client = client or ObsClient(settings)  # type: ignore[arg-type]
         self.captured = 0
@@ -106,7 +111,7 @@ class ObsCaptureSource(FrameSource):
             raise
         self.native_size = native
         self.size = size or native
-        self._request = covering_size(native, self.size)
+        self._request = covering_size(native, self.size, self.fit)
         self._t0 = time.monotonic()
         self._thread = threading.Thread(target=self._run, name=f"obs-capture {source}", daemon=True)
         self._thread.start()
@@ -175,7 +180,7 @@ class ObsCaptureSource(FrameSource):
             self.last_error = None
             self.call_times.append(time.monotonic() - t)
             if frame.shape[:2] != tuple(self.size):
-                frame = fit_frame(frame, self.size)
+                frame = fit_frame(frame, self.size, self.fit)
             with self._cond:
                 if len(self._queue) == self._queue.maxlen:
                     self.dropped += 1

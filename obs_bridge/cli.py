@@ -22,7 +22,7 @@ import os
 import sys
 import time
 
-from sdv2_studio.engine.config import MAX_STEPS, Controls
+from sdv2_studio.engine.config import FIT_MODES, MAX_STEPS, Controls, parse_weighted_prompt
 from sdv2_studio.engine.errors import EngineError
 
 
@@ -140,7 +140,7 @@ def _cmd_attach(args: argparse.Namespace) -> int:
     given = {"steps": args.steps, "prompt": args.prompt or None}
     controls = Controls(**{k: v for k, v in given.items() if v is not None})
     engine_cfg = EngineConfig(model=args.model, device=args.device, dtype=args.dtype, size=_parse_size(args.size),
-                              controls=controls, queue_frames=8)
+                              fit=args.fit, controls=controls, queue_frames=8)
     fallback = args.input if args.fallback is None else (args.fallback or None)
     cfg = BridgeConfig(scene=args.scene, capture=args.input, camera=camera, sink=args.sink, fps=args.fps,
                        port=args.udp_port, scene_presets=parse_scene_map(args.scene_presets or ""), fallback=fallback)
@@ -227,13 +227,18 @@ def _cmd_app(args: argparse.Namespace) -> int:
         elif args.action == "presets":
             reply = client.presets()
         elif args.action == "preset":
-            if not args.value:
+            if len(args.value) != 1:
                 raise EngineError("name the preset: sdv2 obs app preset NAME")
-            reply = client.apply_preset(args.value)
+            reply = client.apply_preset(args.value[0])
         elif args.action == "steps":
-            if not args.value or not args.value.isdigit():
+            if len(args.value) != 1 or not args.value[0].isdigit():
                 raise EngineError(f"give the number of steps: sdv2 obs app steps 1-{MAX_STEPS}")
-            reply = client.set_steps(int(args.value))
+            reply = client.set_steps(int(args.value[0]))
+        elif args.action == "prompt":
+            if not args.value:
+                raise EngineError("give the prompt: sdv2 obs app prompt TEXT, or a blend: TEXT:WEIGHT TEXT:WEIGHT")
+            reply = client.set_prompts([(args.value[0], 1.0)] if len(args.value) == 1 else
+                                       [parse_weighted_prompt(p) for p in args.value])
         elif args.action == "start":
             reply = client.start()
         else:
@@ -292,6 +297,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--udp-port", type=int, default=None, help="stream port (default: reuse the input's, else free)")
     s.add_argument("--model", default="auto", help="auto, tiny, or a checkpoint path")
     s.add_argument("--size", default=None, help="model resolution WIDTHxHEIGHT (multiples of 16)")
+    s.add_argument("--fit", choices=FIT_MODES, default="crop",
+                   help="framing of the input: crop (fill, cut the edges; default) or bars (show it all)")
     s.add_argument("--steps", type=int, default=None, help=f"denoising steps 1-{MAX_STEPS} (default {Controls.steps})")
     s.add_argument("--prompt", default=None)
     s.add_argument("--preset", default=None, help="preset id to start with (see `sdv2 obs app presets`)")
@@ -330,6 +337,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     s.set_defaults(fn=_cmd_install_plugin)
 
     s = sub.add_parser("app", help="drive the running app through its control API")
-    s.add_argument("action", choices=["status", "presets", "preset", "steps", "start", "stop"])
-    s.add_argument("value", nargs="?", default=None, help="preset name or number of steps")
+    s.add_argument("action", choices=["status", "presets", "preset", "steps", "prompt", "start", "stop"])
+    s.add_argument("value", nargs="*", default=[], help="preset name, number of steps, or the prompt (several "
+                   "TEXT:WEIGHT blend them, as sdv2 run --prompt)")
     s.set_defaults(fn=_cmd_app)

@@ -5,11 +5,11 @@
     server.stop()                             # removes control.json (if it is still ours)
 
 The target is any object with ``status()``, ``preset_names()``, ``apply_preset(name)``, ``set_steps(n)``,
-``start(wait=False)`` and ``stop()`` (a :class:`~obs_bridge.session.StreamSession` or the OBS bridge around
-one). Requests need the token in the ``X-SDV2-Token`` header (compared in constant time); browsers cannot send
-that header cross-origin without a CORS preflight, which this server never approves, and requests whose
-``Host`` is not a loopback name are refused (DNS rebinding). Built on the standard library's ``http.server`` in
-one daemon thread per connection; no Qt, no framework.
+``set_prompts(pairs)`` (a prompt or a weighted blend: ((prompt, weight), ...)), ``start(wait=False)`` and ``stop()``
+(a :class:`~obs_bridge.session.StreamSession` or the OBS bridge around one). Requests need the token in the
+``X-SDV2-Token`` header (compared in constant time); browsers cannot send that header cross-origin without a CORS
+preflight, which this server never approves, and requests whose ``Host`` is not a loopback name are refused (DNS
+rebinding). Built on the standard library's ``http.server`` in one daemon thread per connection; no Qt, no framework.
 
 Hostile or broken clients cost little and block nobody: a body needs an exact ``Content-Length`` of at most 64 KiB
 (a negative, non-numeric, repeated or oversized one, or chunked transfer, is answered 400/411/413 with one line and
@@ -55,6 +55,8 @@ class ControlTarget(Protocol):
     def apply_preset(self, name: str) -> Controls: ...
 
     def set_steps(self, steps: int) -> Controls: ...
+
+    def set_prompts(self, pairs: list[tuple[str, float]]) -> Controls: ...
 
     def start(self, wait: bool = True) -> None: ...
 
@@ -201,6 +203,16 @@ def _set_steps(target: ControlTarget, body: dict) -> dict:
     return {"controls": dataclasses.asdict(target.set_steps(_require(body, "steps", int)))}
 
 
+def _set_prompts(target: ControlTarget, body: dict) -> dict:
+    """{"prompt": TEXT} or {"prompts": [[TEXT, WEIGHT], ...]} (a weighted blend, Controls checks the values)."""
+    if "prompts" not in body:
+        return {"controls": dataclasses.asdict(target.set_prompts([(_require(body, "prompt", str), 1.0)]))}
+    pairs = body["prompts"]
+    if not isinstance(pairs, list) or not pairs or not all(isinstance(p, list) and len(p) == 2 for p in pairs):
+        raise _ApiError(400, "'prompts' must be a list of [prompt, weight] pairs")
+    return {"controls": dataclasses.asdict(target.set_prompts([tuple(p) for p in pairs]))}
+
+
 def _start(target: ControlTarget, body: dict) -> dict:
     target.start(wait=False)
     return {"state": target.status().get("state")}
@@ -216,6 +228,7 @@ ROUTES = {
     ("GET", "/presets"): _presets,
     ("POST", "/preset"): _apply_preset,
     ("POST", "/steps"): _set_steps,
+    ("POST", "/prompt"): _set_prompts,
     ("POST", "/start"): _start,
     ("POST", "/stop"): _stop,
 }

@@ -7,6 +7,7 @@ clients read it, so nothing has to be typed. Protocol (JSON over HTTP on 127.0.0
     GET  /v1/presets                 -> {"presets": [...], "current": name | null}
     POST /v1/preset  {"name": N}     -> {"controls": {...}}
     POST /v1/steps   {"steps": 1-4}  -> {"controls": {...}}
+    POST /v1/prompt  {"prompt": TEXT} or {"prompts": [[TEXT, WEIGHT], ...]} (a weighted blend) -> {"controls": {...}}
     POST /v1/start | /v1/stop        -> {"state": ...}
 
 Errors come back as ``{"error": "one line naming the fix"}`` with status 400 (bad request), 401 (token),
@@ -97,6 +98,10 @@ class ControlClient:
 
     def set_steps(self, steps: int) -> dict:
         return self.request("POST", "/steps", {"steps": int(steps)})
+
+    def set_prompts(self, pairs) -> dict:
+        """A prompt or a weighted blend: ((prompt, weight), ...), the first the main prompt."""
+        return self.request("POST", "/prompt", {"prompts": [[p, w] for p, w in pairs]})
 
     def start(self) -> dict:
         return self.request("POST", "/start", {})

@@ -80,6 +80,11 @@ class StreamSession:
     def set_steps(self, steps: int) -> Controls:
         return self.set_controls(steps=steps)
 
+    def set_prompts(self, pairs) -> Controls:
+        """A prompt or a weighted blend ((prompt, weight), ...), blended in over the transition."""
+        new = self.controls.with_prompts(pairs)
+        return self.set_controls(prompt=new.prompt, prompt_weight=new.prompt_weight, blend=new.blend)
+
     # -- readouts -----------------------------------------------------------------------------------------------------
 
     def status(self) -> dict:

@@ -18,9 +18,13 @@ def test_round_trip(tmp_path):
     assert [p.name for p in store.path.parent.iterdir()] == ["settings.json"]  # no temp file left
     data = json.loads(store.path.read_text())
     assert data["version"] == SETTINGS_VERSION
-    assert data["controls"] == {"prompt": "ink", "steps": 3, "noise_scale": 0.55, "seed": 9, "transition_chunks": 0}
+    assert data["controls"] == {"prompt": "ink", "steps": 3, "noise_scale": 0.55, "seed": 9, "transition_chunks": 0,
+                                "prompt_weight": 1.0, "blend": []}
     back, notes = store.load()
     assert notes == [] and back == s
+    s.controls = s.controls.with_prompts([("ink", 0.7), ("neon", 0.3)])  # a prompt blend comes back as it went
+    store.save(s)
+    assert json.loads(store.path.read_text())["controls"]["blend"] == [["neon", 0.3]] and store.load() == (s, [])
     store.save(Settings())
     assert store.load() == (Settings(), []) and Settings().controls is None  # None: the preset's controls
 

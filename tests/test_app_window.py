@@ -97,7 +97,7 @@ class FakeObs:
     def set_audio_offset(self, inputs, offset_ms) -> None:
         self.frames.append(("audio offset", tuple(inputs), offset_ms))
 
-    def open_source(self, name, size, fps):
+    def open_source(self, name, size, fps, fit="crop"):
         return TestPatternSource((72, 128), fps=fps, realtime=True)
 
     def open_output(self, size, fps, scene="", capture=None, fallback=None):

@@ -97,7 +97,7 @@ def test_smooth_prompt_transition_interpolates(bundle, clip):
     pipe = make(bundle, batch=False)
     pipe.process(clip[:5])
     a = pipe._ctx.clone()
-    b = pipe._encode_prompt("oil painting, thick brush strokes")
+    b = pipe._encode_prompt((("oil painting, thick brush strokes", 1.0),))
     pipe.set_controls(prompt="oil painting, thick brush strokes", transition_chunks=4)
     seen = []
     for k in range(5):

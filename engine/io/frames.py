@@ -2,13 +2,16 @@
 
 Frames are ``HxWx3`` uint8 RGB numpy arrays; sizes are ``(height, width)`` tuples throughout.
 
-``fit_frame`` scales the frame so it *covers* the model size and crops the centre (aspect ratio is
-preserved, nothing is stretched). ``restore_frame`` is its geometric inverse: the styled frame is
+``fit_frame`` is the one framing rule for every source (files, cameras, OBS capture), the user's choice
+``fit``: ``"crop"`` (default) scales the frame so it *covers* the model size and crops the centre; ``"bars"``
+scales it to fit *inside* and fills the rest with black bars (nothing is cut off). Either way the aspect ratio is
+preserved, nothing is stretched. ``restore_frame`` is its geometric inverse: the styled frame is
 scaled back up to exactly the region that was cropped and put where it came from, so the styled
 content lines up pixel-for-pixel with the source (useful when compositing over the original in OBS).
 The parts of the source that were cropped away have no styled content; by default they are filled
 with a blurred, dimmed, stretched copy of the styled frame (the familiar "blur fill"), so the output
-is the source's size and never has black bars. ``border="black"`` gives plain bars instead.
+is the source's size and never has black bars. ``border="black"`` gives plain bars instead. After ``"bars"`` the
+picture's region of the styled frame is scaled back to the whole source (the bars are dropped).
 
 Resizing: downscaling uses ``torch.nn.functional.interpolate`` (bilinear, antialias=True) on uint8,
 upscaling uses PyAV's swscale reformatter (bilinear). Both were measured on CPU (one thread,
@@ -25,6 +28,7 @@ import av
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sdv2_studio.engine.config import FIT_MODES
 from sdv2_studio.engine.errors import EngineError
 
 #: Frame sides must be multiples of this: the VAE downsamples 8x and the DiT patchifies latents 2x2.
@@ -37,6 +41,14 @@ def even_size(h: int, w: int) -> tuple[int, int]:
     """The size a yuv420p encoder takes for an ``h x w`` picture: even sides (an odd last row/column dropped), at
     least 2x2."""
     return max(2, h - h % 2), max(2, w - w % 2)
+
+
+def check_fit(fit: str) -> str:
+    """A framing choice from outside (flag, settings): returned if known, else one EngineError line."""
+    if fit not in FIT_MODES:
+        raise EngineError(f"unknown framing {fit!r}: use crop (fill the frame, cut the edges) or bars (show it "
+                          "all, black bars)")
+    return fit
 
 
 def check_frame(frame: np.ndarray) -> np.ndarray:
@@ -95,8 +107,9 @@ def resize(img: np.ndarray, h: int, w: int) -> np.ndarray:
     return frame.reformat(width=w, height=h, interpolation="BILINEAR").to_ndarray()
 
 
-def fit_frame(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Scale ``frame`` to cover ``size=(h, w)`` and crop the centre, preserving the aspect ratio.
+def fit_frame(frame: np.ndarray, size: tuple[int, int], fit: str = "crop") -> np.ndarray:
+    """Frame ``frame`` to ``size=(h, w)`` keeping its aspect ratio: ``fit="crop"`` scales it to cover the size
+    and crops the centre, ``"bars"`` scales it to fit inside, centred on black.
 
     Returns an ``h x w x 3`` uint8 array (``frame`` itself when it already has that size).
     """
@@ -104,6 +117,11 @@ def fit_frame(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     h, w = size
     if frame.shape[:2] == (h, w):
         return frame
+    if check_fit(fit) == "bars":
+        top, left, ch, cw = crop_box(h, w, frame.shape[0], frame.shape[1])  # the picture's region of the output
+        out = np.zeros((h, w, 3), np.uint8)
+        out[top : top + ch, left : left + cw] = resize(frame, ch, cw)
+        return out
     top, left, ch, cw = crop_box(frame.shape[0], frame.shape[1], h, w)
     return resize(frame[top : top + ch, left : left + cw], h, w)
 
@@ -113,16 +131,21 @@ def restore_frame(
     original_shape: tuple[int, ...],
     *,
     border: Literal["blur", "black"] = "blur",
+    fit: str = "crop",
 ) -> np.ndarray:
     """Place a model-resolution frame back at the source size: the inverse of :func:`fit_frame`.
 
     ``original_shape`` is the source frame's ``(H, W)`` or ``(H, W, 3)``. The styled frame is scaled to
     the region ``fit_frame`` cropped and placed there; the cropped-away borders (if any) are filled per
-    ``border``: ``"blur"`` (a blurred, dimmed, stretched copy of the styled frame) or ``"black"``.
+    ``border``: ``"blur"`` (a blurred, dimmed, stretched copy of the styled frame) or ``"black"``. With
+    ``fit="bars"`` (the frame was fitted with bars) the picture's region is scaled back to the whole source.
     Returns an ``H x W x 3`` uint8 array (``styled`` itself when nothing needs to change).
     """
     check_frame(styled)
     H, W = int(original_shape[0]), int(original_shape[1])
+    if check_fit(fit) == "bars":
+        top, left, ch, cw = crop_box(styled.shape[0], styled.shape[1], H, W)
+        return resize(styled[top : top + ch, left : left + cw], H, W)
     top, left, ch, cw = crop_box(H, W, styled.shape[0], styled.shape[1])
     centre = resize(styled, ch, cw)
     if (ch, cw) == (H, W):
