@@ -22,18 +22,23 @@ from sdv2_studio.engine.model import CausalWanModel, cast_model
 from sdv2_studio.engine.models import UMT5_XXL, load_bundle, resolve_model
 from sdv2_studio.engine.pipeline import StreamPipeline
 from sdv2_studio.engine.text import PromptCache, tiny_text_config, tiny_text_encoder
+from torch._subclasses.fake_tensor import FakeTensor
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 
 def _storages() -> dict[int, int]:
-    """data_ptr -> bytes of the storage of every CPU tensor the garbage collector can see."""
+    """data_ptr -> bytes of the storage of every CPU tensor the garbage collector can see (fake tensors, e.g. those
+    torch.compile keeps from an earlier test, hold no memory and are skipped)."""
     out = {}
     for o in gc.get_objects():
-        if issubclass(type(o), torch.Tensor) and o.device.type == "cpu":  # (type(): no proxy's __class__)
-            st = o.untyped_storage()
-            out[st.data_ptr()] = st.nbytes()
+        if issubclass(type(o), torch.Tensor) and not issubclass(type(o), FakeTensor) and o.device.type == "cpu":
+            st = o.untyped_storage()  # (type() above: no proxy's __class__)
+            try:
+                out[st.data_ptr()] = st.nbytes()
+            except RuntimeError:  # another tensor subclass without data of its own
+                continue
     return out
 
 
