@@ -857,7 +857,11 @@ def _cli_confirm(yes: bool) -> Confirm:
         print("\n".join(_plan_lines(plans, links, free)), flush=True)
         if not need or yes:
             return True
-        return input(f"download {format_size(need)}? [y/N] ").strip().lower() in ("y", "yes")
+        try:
+            return input(f"download {format_size(need)}? [y/N] ").strip().lower() in ("y", "yes")
+        except EOFError:  # Ctrl-D
+            print()
+            return False
 
     return confirm
 

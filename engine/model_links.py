@@ -16,8 +16,13 @@ from pathlib import Path, PurePosixPath
 
 from sdv2_studio.engine.errors import EngineError
 
-# the kind `identify` must find in a weights file the hub lists under this name (other files: name and size only)
-EXPECTED_KIND = {"model.pt": "dit", "Wan2.1_VAE.pth": "vae", "models_t5_umt5-xxl-enc-bf16.pth": "text-encoder"}
+
+def expected_kind(name: str) -> str | None:
+    """The kind `identify` must find in a weights file the hub lists under this name (others: name and size only)."""
+    from sdv2_studio.engine.models import ORIGINAL_VAE
+    from sdv2_studio.engine.text import WAN_T5_FILE
+
+    return {"model.pt": "dit", ORIGINAL_VAE: "vae", WAN_T5_FILE: "text-encoder"}.get(name)
 
 
 def _kind(path: Path) -> str | None:
@@ -49,7 +54,7 @@ class LinkFolder:
     def find(self, rel: str, size: int) -> Path | None:
         """The resolved file that can stand in for the hub's `rel` of `size` bytes, or None."""
         name = PurePosixPath(rel).name
-        want = EXPECTED_KIND.get(name)
+        want = expected_kind(name)
         for path in self.by_name.get(name.lower(), []):
             target = path.resolve()
             if not target.is_file():

@@ -861,6 +861,9 @@ def test_the_question_before_downloading(fake_hub, capsys, monkeypatch):
     assert len(plan_lines(out)) == len(SMALLEST) + 1 and out.rstrip().endswith(
         f"download {need}? [y/N] nothing was downloaded")
     assert fake_hub.body_gets() == [] and hub.status("wan2.1-1.3b-original") == hub.MISSING
+    monkeypatch.setattr(sys, "stdin", Terminal(""))  # Ctrl-D at the question: no
+    assert run_cli(["models", "download"]) == 1 and "nothing was downloaded" in capsys.readouterr().out
+    assert fake_hub.body_gets() == []
 
     monkeypatch.setattr(sys, "stdin", Terminal("y\n"))
     assert run_cli(["models", "download"]) == 0
