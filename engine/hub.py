@@ -1,10 +1,16 @@
 """`sdv2 models list|download|path`: fetch the StreamDiffusionV2 / Wan2.1 weights from the Hugging Face hub.
 
 The catalogue below is data: which hub repo, which files in it, where they land under the models folder
-(`engine.models.models_dir()`, or `--dir`). The layout matches what `engine.models.find_downloaded()` looks for:
+(`engine.models.models_dir()`, or `--dir`), in the layouts `engine.models` reads (`base_parts`):
 
-    <models>/StreamDiffusionV2/wan_causal_dmd_v2v/model.pt            sdv2-1.3b
-    <models>/Wan2.1-T2V-1.3B-Diffusers/{model_index.json,text_encoder,tokenizer,vae}/   wan2.1-1.3b-base
+    <models>/StreamDiffusionV2/wan_causal_dmd_v2v/model.pt            sdv2-1.3b (default)
+    <models>/Wan2.1-T2V-1.3B/{Wan2.1_VAE.pth,models_t5_umt5-xxl-enc-bf16.pth,google/umt5-xxl/}   wan2.1-1.3b-original
+        (default: the smallest complete base, bf16 umT5, ~11.9 GB)
+    <models>/Wan2.1-T2V-1.3B-Diffusers/{model_index.json,text_encoder,tokenizer,vae}/   wan2.1-1.3b-base (fp32, ~23 GB)
+
+The CLI shows every file with its size (the hub's listing) and the total, checks the free space, and asks before
+the first byte (`--yes` skips the question). `--link FOLDER` symlinks files the user already has (engine/model_links.py
+finds them by name, size and kind; the hub's hash decides) instead of downloading them.
 
 The transfer is `huggingface_hub.snapshot_download(local_dir=..., allow_patterns=..., tqdm_class=...)`: files in
 parallel, a dropped connection resumed within the run, finished files kept. Around it:
@@ -44,6 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sdv2_studio.engine.errors import EngineError
+from sdv2_studio.engine.model_links import LinkFolder, link
 
 Progress = Callable[[str, float], None]  # (message, fraction done 0..1), as in engine.models
 
@@ -94,6 +101,21 @@ _CATALOGUE: tuple[Item, ...] = (
         verified=True,
     ),
     Item(
+        name="wan2.1-1.3b-original",
+        repo="Wan-AI/Wan2.1-T2V-1.3B",
+        patterns=("Wan2.1_VAE.pth", "models_t5_umt5-xxl-enc-bf16.pth", "google/umt5-xxl/*"),
+        local="Wan2.1-T2V-1.3B",
+        folder="Wan2.1-T2V-1.3B",
+        required=("Wan2.1_VAE.pth", "models_t5_umt5-xxl-enc-bf16.pth", "google/umt5-xxl/*"),
+        size=11_900_000_000,
+        size_note="estimate: umT5-XXL encoder (5.68e9 parameters) in bf16 = 11.4 GB, VAE about 0.5 GB, tokenizer "
+                  "about 20 MB; the release's own DiT (not needed) is skipped",
+        purpose="Wan2.1 1.3B base, original release: bf16 umT5-XXL text encoder, its tokenizer and the VAE (needed "
+                "by every DiT; half the size of wan2.1-1.3b-base)",
+        default=True,
+        verified=True,
+    ),
+    Item(
         name="wan2.1-1.3b-base",
         repo="Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
         patterns=("model_index.json", "text_encoder/*", "tokenizer/*", "vae/*"),
@@ -103,8 +125,9 @@ _CATALOGUE: tuple[Item, ...] = (
         size=23_300_000_000,
         size_note="estimate: umT5-XXL encoder (5.68e9 parameters) in fp32 = 22.7 GB, VAE about 0.5 GB, tokenizer "
                   "about 20 MB; the diffusers transformer/ (not needed) is skipped",
-        purpose="Wan2.1 1.3B base, diffusers format: umT5-XXL text encoder, tokenizer and VAE (needed by every DiT)",
-        default=True,
+        purpose="Wan2.1 1.3B base, diffusers format: fp32 umT5-XXL text encoder, tokenizer and VAE (an alternative "
+                "to wan2.1-1.3b-original, twice its size)",
+        default=False,
         verified=True,
     ),
     Item(
@@ -222,10 +245,15 @@ def _listing(info, it: Item) -> tuple[str, dict[str, _Remote]]:
 
 
 def _local(base: Path, rel: str) -> Path:
-    """`base/rel` for a checked name, refusing one that leads out of `base` through a link."""
+    """`base/rel` for a checked name, refusing one whose folder leads out of `base` through a link. The file itself
+    may be a link to a file (made by --link): it is read through, and removed (never written through) when the hub's
+    copy replaces it; a link to nothing (a disk not mounted?) or to a folder stops everything."""
     path = base / rel
-    if not path.resolve().is_relative_to(base.resolve()):
+    if not path.parent.resolve().is_relative_to(base.resolve()):
         raise EngineError(f"{path} leads outside {base} (through a link): remove the link or pass --dir FOLDER")
+    if path.is_symlink() and not path.is_file():
+        what = "not a file" if path.exists() else "missing (a disk not mounted?)"
+        raise EngineError(f"{path} is a link to {os.readlink(path)}, which is {what}: fix or remove the link")
     return path
 
 
@@ -611,13 +639,16 @@ class _Plan:
     files: dict[str, _Remote]
     record: dict[str, dict]
     todo: list[str]
+    links: dict[str, Path]  # repo path -> the user's file (--link) a symlink will point to, hash checked
 
 
-def _plan(it: Item, base: Path, commit: str, files: dict[str, _Remote], progress: _Transfer) -> _Plan:
+def _plan(it: Item, base: Path, commit: str, files: dict[str, _Remote], progress: _Transfer,
+          links: LinkFolder | None = None) -> _Plan:
     """Which files to fetch: those missing, or whose copy on disk is not the listed one (deleted here: the hub's
-    copy replaces it). Copies never verified (put there by hand, damaged, outdated) are hashed first."""
+    copy replaces it), less those a user's file in `links` stands in for. Copies never verified (put there by hand,
+    damaged, outdated) and the user's files are hashed first."""
     old = _read_record(base, it)
-    record, todo = {}, []
+    record, todo, linked = {}, [], {}
     for rel, f in files.items():
         path = _local(base, rel)
         rec = old.get(rel) if (old.get(rel) or {}).get("digest") == f.digest else None
@@ -631,10 +662,27 @@ def _plan(it: Item, base: Path, commit: str, files: dict[str, _Remote], progress
         if path.is_file():
             path.unlink()
         record[rel] = {"size": f.size, "digest": f.digest, "mtime_ns": None}
+        target = links.find(rel, f.size) if links is not None else None
+        if target is not None:
+            progress.say(f"checking {target} ({'sha256' if f.lfs else 'git blob id'})")
+            if _digest(target, f.lfs) == f.digest:
+                linked[rel] = target
+                continue
+            links.notes.append(f"not linked: {target} is not the hub's {rel} (its hash differs)")
         todo.append(rel)
     if record != old:
         _write_record(base, it, record)
-    return _Plan(it, base, commit, files, record, todo)
+    return _Plan(it, base, commit, files, record, todo, linked)
+
+
+def _link(plan: _Plan) -> None:
+    """Symlink the user's files chosen by `_plan` into the models folder and record them as verified."""
+    for rel, target in plan.links.items():
+        path = _local(plan.base, rel)
+        link(target, path)
+        plan.record[rel]["mtime_ns"] = path.stat().st_mtime_ns
+    if plan.links:
+        _write_record(plan.base, plan.it, plan.record)
 
 
 def _verify(plan: _Plan, progress: _Transfer) -> None:
@@ -656,10 +704,18 @@ def _verify(plan: _Plan, progress: _Transfer) -> None:
         _write_record(plan.base, it, plan.record)
 
 
+Confirm = Callable[[list[_Plan], LinkFolder | None, int], bool]  # (plans, --link folder, free bytes) -> go ahead
+
+
 def download(items: Iterable[str | Item] | str | Item | None = None, root: str | os.PathLike | None = None,
-             progress: Progress | None = None) -> list[Path]:
-    """Download `items` (names or `Item`s; default: the 1.3B causal model + the 1.3B base) into `root`
-    (default: the models dir) and return the folders the engine reads, one per item.
+             progress: Progress | None = None, link_from: str | os.PathLike | None = None,
+             confirm: Confirm | None = None) -> list[Path]:
+    """Download `items` (names or `Item`s; default: the 1.3B causal model + the original 1.3B base) into `root`
+    (default: the models dir) and return the folders the engine reads, one per item ([] when `confirm` says no).
+
+    `link_from`: a folder of the user's model files; a file there with the name, size, kind and hash of a missing
+    one is symlinked instead of downloaded. `confirm(plans, links, free)` is asked once everything is planned and
+    the free space checked, before any link or byte is written.
 
     `progress(message, fraction)` gets throttled updates (fraction = bytes done / bytes to download); it may be
     called from worker threads. An exception raised by it stops the download (and is raised here): finished files
@@ -667,6 +723,7 @@ def download(items: Iterable[str | Item] | str | Item | None = None, root: str |
     downloaded again."""
     its = _resolve_items(items)
     root = _root(root)
+    links = LinkFolder(link_from) if link_from is not None else None
     transfer = _Transfer(progress)
     hub = _import_hub()
     from huggingface_hub.utils import filter_repo_objects, tqdm
@@ -692,13 +749,17 @@ def download(items: Iterable[str | Item] | str | Item | None = None, root: str |
         if not files:
             raise EngineError(f"{it.repo} on the hub has no files matching {', '.join(it.patterns)} (its layout may "
                               f"have changed); copy the files to {root / it.folder} by hand")
-        plans.append(_plan(it, root / it.local, commit, files, transfer))
+        plans.append(_plan(it, root / it.local, commit, files, transfer, links))
 
     transfer.total = sum(p.files[rel].size for p in plans for rel in p.todo)
-    free = _free_bytes(root) if transfer.total else None
-    if free is not None and free < transfer.total + _DISK_MARGIN:
+    free = _free_bytes(root)
+    if transfer.total and free is not None and free < transfer.total + _DISK_MARGIN:
         raise EngineError(f"not enough disk space in {root}: the download needs {format_size(transfer.total)}, "
                           f"{format_size(free)} is free; free some space or pass --dir FOLDER on another disk")
+    if confirm is not None and not confirm(plans, links, free):
+        return []
+    for plan in plans:
+        _link(plan)
 
     bar = transfer.bar_class(tqdm)
     for plan in (p for p in plans if p.todo):
@@ -770,10 +831,48 @@ def _cmd_path(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan_lines(plans: list[_Plan], links: LinkFolder | None, free: int | None) -> list[str]:
+    """Every file with its size from the hub's listing and what happens to it, then the totals."""
+    lines, sizes = [], {"download": 0, "link": 0, "present": 0}
+    for p in plans:
+        for rel, f in p.files.items():
+            what = "download" if rel in p.todo else "link" if rel in p.links else "present"
+            sizes[what] += f.size
+            extra = f" -> {p.links[rel]}" if what == "link" else ""
+            lines.append(f"  {p.it.local}/{rel}  {format_size(f.size)}  {what}{extra}")
+    lines += [f"  {note}" for note in (links.notes if links else [])]
+    lines.append(f"total {format_size(sum(sizes.values()))}: download {format_size(sizes['download'])}, link "
+                 f"{format_size(sizes['link'])} (no copy), present {format_size(sizes['present'])}; "
+                 f"{format_size(free)} free")
+    return lines
+
+
+def _cli_confirm(yes: bool) -> Confirm:
+    """Print the plan; ask on a terminal before downloading anything (`--yes`: do not ask)."""
+
+    def confirm(plans: list[_Plan], links: LinkFolder | None, free: int | None) -> bool:
+        need = sum(p.files[rel].size for p in plans for rel in p.todo)
+        if need and not yes and not sys.stdin.isatty():
+            raise EngineError(f"the download of {format_size(need)} needs a yes: pass --yes (stdin is not a terminal)")
+        print("\n".join(_plan_lines(plans, links, free)), flush=True)
+        if not need or yes:
+            return True
+        try:
+            return input(f"download {format_size(need)}? [y/N] ").strip().lower() in ("y", "yes")
+        except EOFError:  # Ctrl-D
+            print()
+            return False
+
+    return confirm
+
+
 def _cmd_download(args: argparse.Namespace) -> int:
     its = _resolve_items(args.items or None)
     root = _root(args.dir)
-    folders = download(its, root, progress=_cli_progress())
+    folders = download(its, root, progress=_cli_progress(), link_from=args.link, confirm=_cli_confirm(args.yes))
+    if not folders:
+        print("nothing was downloaded")
+        return 1
     for it, folder in zip(its, folders):
         print(f"{it.name}: {status(it, root)} in {folder} ({format_size(local_size(it, root))})")
     from sdv2_studio.engine.models import models_dir
@@ -795,8 +894,12 @@ def register_cli(subparsers) -> argparse.ArgumentParser:
     s.add_argument("--dir", default=None, metavar="FOLDER", help="models folder (default: $SDV2_MODELS or user data)")
     s.set_defaults(fn=_cmd_list)
 
-    s = sub.add_parser("download", help="download items (default: the 1.3B causal model and the 1.3B base)")
+    s = sub.add_parser("download", help="download items (default: the 1.3B causal model and the original 1.3B "
+                                        "base, the smallest complete set)")
     s.add_argument("items", nargs="*", metavar="ITEM", help=f"what to download: {names}")
+    s.add_argument("--yes", "-y", action="store_true", help="do not ask before downloading")
+    s.add_argument("--link", default=None, metavar="FOLDER", help="use model files you already have (e.g. "
+                   "ComfyUI/models): symlink those with the right name, size and hash instead of downloading them")
     s.add_argument("--dir", default=None, metavar="FOLDER", help="models folder (default: $SDV2_MODELS or user data)")
     s.set_defaults(fn=_cmd_download)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import _thread
 import argparse
 import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -33,10 +34,20 @@ hf_utils = pytest.importorskip("huggingface_hub.utils")
 
 from sdv2_studio.engine import hub  # noqa: E402
 from sdv2_studio.engine.errors import EngineError  # noqa: E402
-from sdv2_studio.engine.models import BASE_DIR, CAUSAL_DIR, find_downloaded, models_dir  # noqa: E402
+from sdv2_studio.engine.models import (  # noqa: E402
+    BASE_DIR,
+    CAUSAL_DIR,
+    ORIGINAL_DIR,
+    base_parts,
+    find_downloaded,
+    models_dir,
+    resolve_model,
+)
 
 SDV2 = "jerryfeng/StreamDiffusionV2"
 BASE = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
+ORIG = "Wan-AI/Wan2.1-T2V-1.3B"
+DIFFUSERS = ["sdv2-1.3b", "wan2.1-1.3b-base"]  # the DiT with the diffusers base (the default set before)
 LFS_SUFFIXES = (".pt", ".pth", ".safetensors", ".model")
 
 
@@ -48,9 +59,40 @@ def _json(obj) -> bytes:
     return json.dumps(obj).encode()
 
 
+def saved(obj, legacy: bool = False) -> bytes:
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf, _use_new_zipfile_serialization=not legacy)
+    return buf.getvalue()
+
+
+@functools.cache
+def tiny_weights() -> dict[str, bytes]:
+    """The tiny model's DiT, VAE and umT5 (Wan names, bf16) as the released .pt / .pth files hold them."""
+    from sdv2_studio.engine.models import tiny_dit, tiny_vae
+    from sdv2_studio.engine.text import tiny_text_encoder
+    from test_text import wan_names
+
+    te = tiny_text_encoder(text_dim=64, text_len=32, seed=5).model.state_dict()
+    t5 = {k: v.bfloat16() for k, v in wan_names({k: v for k, v in te.items() if k != "encoder.embed_tokens.weight"})
+          .items()}
+    return {"dit": saved(tiny_dit().state_dict()), "vae": saved(tiny_vae().state_dict()), "t5": saved(t5)}
+
+
 def fake_repos() -> dict[str, dict[str, bytes]]:
     """Small stand-ins with the real repos' paths (names of files not used by the engine are illustrative)."""
     return {
+        ORIG: {
+            "config.json": _json({"dim": 1536}),
+            "diffusion_pytorch_model.safetensors": _bytes(10, 60_000),
+            "Wan2.1_VAE.pth": tiny_weights()["vae"],
+            "models_t5_umt5-xxl-enc-bf16.pth": tiny_weights()["t5"],
+            "google/umt5-xxl/special_tokens_map.json": _json({}),
+            "google/umt5-xxl/spiece.model": _bytes(11, 30_000),
+            "google/umt5-xxl/tokenizer.json": _json({"version": "1.0"}),
+            "google/umt5-xxl/tokenizer_config.json": _json({}),
+        },
         SDV2: {
             "README.md": b"# StreamDiffusionV2\n",
             "wan_causal_dmd_v2v/model.pt": _bytes(1, 300_000),
@@ -298,20 +340,21 @@ def messages(stderr: str) -> list[str]:
 def test_catalogue_is_data_with_the_default_set():
     names = [it.name for it in hub.catalogue()]
     assert {"sdv2-1.3b", "wan2.1-1.3b-base", "sdv2-14b", "taehv"} <= set(names)
-    assert [it.name for it in hub.default_items()] == ["sdv2-1.3b", "wan2.1-1.3b-base"]
+    assert [it.name for it in hub.default_items()] == ["sdv2-1.3b", "wan2.1-1.3b-original"]
     assert all(it.verified for it in hub.default_items())
     assert not hub.get_item("taehv").verified and "github" in hub.get_item("taehv").note
     assert hub.item_path("sdv2-1.3b", "/m") == Path("/m") / CAUSAL_DIR
     assert hub.item_path("wan2.1-1.3b-base", "/m") == Path("/m") / BASE_DIR
+    assert hub.item_path("wan2.1-1.3b-original", "/m") == Path("/m") / ORIGINAL_DIR
     with pytest.raises(EngineError, match="unknown model 'nope': choose from sdv2-1.3b"):
         hub.get_item("nope")
 
 
-def test_default_download_layout_find_downloaded_and_noop(fake_hub):
+def test_diffusers_download_layout_find_downloaded_and_noop(fake_hub):
     assert find_downloaded() is None
     assert hub.status("sdv2-1.3b") == hub.MISSING
     calls = []
-    folders = hub.download(progress=lambda msg, frac: calls.append((msg, frac)))
+    folders = hub.download(DIFFUSERS, progress=lambda msg, frac: calls.append((msg, frac)))
     root = models_dir()
     assert folders == [root / CAUSAL_DIR, root / BASE_DIR]
 
@@ -337,7 +380,7 @@ def test_default_download_layout_find_downloaded_and_noop(fake_hub):
 
     # a second download transfers no file data: one metadata call per repo, no HEAD, no GET of a file
     n = len(fake_hub.log)
-    hub.download()
+    hub.download(DIFFUSERS)
     again = fake_hub.log[n:]
     assert [(r["method"], r["path"]) for r in again] == [("GET", f"/api/models/{SDV2}/revision/main"),
                                                           ("GET", f"/api/models/{BASE}/revision/main")]
@@ -398,7 +441,7 @@ def check_stopped_then_completed(fake_hub):
     assert all((root / BASE_DIR / n).read_bytes() == repos[BASE][n] for n in present)
     n = len(fake_hub.log)
 
-    hub.download()
+    hub.download(DIFFUSERS)
     again = [r for r in fake_hub.log[n:] if r["method"] == "GET" and r["file"]]
     assert sorted(r["file"] for r in again) == sorted(set(base_files_wanted(repos)) - present)
     assert [r["range"] for r in again if r["file"] == STOP_AT] == [None]  # the cut file starts over
@@ -414,7 +457,7 @@ def test_cancel_from_progress_is_completed_by_the_next_run(fake_hub, monkeypatch
 
     progress, seen = stop_inside_the_second_shard(monkeypatch, cancel)
     with pytest.raises(Cancelled):
-        hub.download(progress=progress)
+        hub.download(DIFFUSERS, progress=progress)
     assert seen.count("stopped") == 1 and seen[-1] == "stopped"  # nothing reported after the cancel
     check_stopped_then_completed(fake_hub)
 
@@ -431,7 +474,7 @@ def test_ctrl_c_stops_the_transfers(fake_hub, monkeypatch, capsys):
 
     progress, _ = stop_inside_the_second_shard(monkeypatch, ctrl_c)
     monkeypatch.setattr(hub, "_cli_progress", lambda: progress)
-    assert run_cli(["models", "download"]) == 130
+    assert run_cli(["models", "download", *DIFFUSERS, "--yes"]) == 130
     assert capsys.readouterr().err.strip().splitlines()[-1] == "sdv2: interrupted"
     check_stopped_then_completed(fake_hub)
 
@@ -463,13 +506,13 @@ def test_damaged_file_on_disk_is_replaced(fake_hub):
 
 
 def test_hub_update_fetches_only_changed_files(fake_hub):
-    hub.download()
+    hub.download(DIFFUSERS)
     n = len(fake_hub.log)
     old = fake_hub.repos[BASE]["vae/config.json"]
     fake_hub.repos[BASE]["vae/config.json"] = old.replace(b"16", b"32")  # same size, new git blob
     fake_hub.repos[SDV2]["wan_causal_dmd_v2v/model.pt"] = _bytes(9, 300_000)  # same size, new LFS sha256
     fake_hub.commit = hashlib.sha1(b"commit-2").hexdigest()
-    hub.download()
+    hub.download(DIFFUSERS)
     assert sorted(r["file"] for r in fake_hub.log[n:] if r["method"] == "GET" and r["file"]) == [
         "vae/config.json", "wan_causal_dmd_v2v/model.pt"]
     root = models_dir()
@@ -529,7 +572,7 @@ def test_not_enough_disk_space(fake_hub, monkeypatch):
     assert hub.format_size(need) == "640.1 kB"  # exact sizes from the hub's metadata, not the catalogue's estimates
     with pytest.raises(EngineError, match=r"^not enough disk space in .*: the download needs 640\.1 kB, 1\.0 kB is "
                                           r"free; free some space or pass --dir FOLDER"):
-        hub.download()
+        hub.download(DIFFUSERS)
     assert fake_hub.body_gets() == []
 
 
@@ -538,7 +581,8 @@ def test_disk_full_while_writing_is_one_line(fake_hub):
     # the OS refuses to write past 100 kB (RLIMIT_FSIZE: EFBIG, as a full disk refuses with ENOSPC)
     limit = "import resource, signal\nsignal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n" \
             "resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))"
-    res = run_cli_process(["models", "download", "sdv2-1.3b"], {"HF_ENDPOINT": fake_hub.url}, prelude=limit)
+    res = run_cli_process(["models", "download", "sdv2-1.3b", "--yes"], {"HF_ENDPOINT": fake_hub.url},
+                          prelude=limit)
     assert res.returncode == 2, res.stderr
     err = messages(res.stderr)
     assert len(err) == 1 and err[0].startswith(f"sdv2: error: cannot write sdv2-1.3b to {models_dir()} (File too "
@@ -596,7 +640,7 @@ def test_unsafe_names_from_the_hub_touch_nothing(fake_hub, capsys, name, why):
     victim.write_bytes(b"the user's file")
     fake_hub.repos[BASE][name] = b"overwritten"
 
-    assert run_cli(["models", "download"]) == 2
+    assert run_cli(["models", "download", *DIFFUSERS]) == 2
     assert messages(capsys.readouterr().err) == [
         f"sdv2: error: the hub lists an unsafe file name {name!r} in {BASE} ({why}); nothing was downloaded: check "
         "HF_ENDPOINT and any proxy in front of the hub"]
@@ -709,9 +753,10 @@ def test_cli_list_path_download(fake_hub, capsys, tmp_path):
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert lines[0].split() == ["ITEM", "STATUS", "SIZE", "DEFAULT", "PATH"]
-    row = {ln.split()[0]: ln.split() for ln in lines[1:5]}
+    row = {ln.split()[0]: ln.split() for ln in lines[1:6]}
     assert row["sdv2-1.3b"][1:3] == ["missing", "unknown"]
-    assert row["wan2.1-1.3b-base"][1:4] == ["missing", "~23.3", "GB"]
+    assert row["wan2.1-1.3b-base"][1:5] == ["missing", "~23.3", "GB", "no"]
+    assert row["wan2.1-1.3b-original"][1:5] == ["missing", "~11.9", "GB", "yes"]
     assert "taehv*" in row
     assert f"models folder: {models_dir()}" in out
 
@@ -720,16 +765,16 @@ def test_cli_list_path_download(fake_hub, capsys, tmp_path):
     assert run_cli(["models", "path", "sdv2-1.3b"]) == 0
     assert capsys.readouterr().out.strip() == str(models_dir() / CAUSAL_DIR)
 
-    assert run_cli(["models", "download"]) == 0
+    assert run_cli(["models", "download", "--yes"]) == 0
     cap = capsys.readouterr()
-    assert "sdv2-1.3b: downloaded in" in cap.out and "wan2.1-1.3b-base: downloaded in" in cap.out
+    assert "sdv2-1.3b: downloaded in" in cap.out and "wan2.1-1.3b-original: downloaded in" in cap.out
     assert "[100%]" in cap.err and "Traceback" not in cap.err
     assert run_cli(["models", "list"]) == 0
-    row = {ln.split()[0]: ln.split() for ln in capsys.readouterr().out.splitlines()[1:5]}
+    row = {ln.split()[0]: ln.split() for ln in capsys.readouterr().out.splitlines()[1:6]}
     assert row["sdv2-1.3b"][1:4] == ["downloaded", "300.0", "kB"]
 
     other = tmp_path / "other"
-    assert run_cli(["models", "download", "sdv2-14b", "--dir", str(other)]) == 0
+    assert run_cli(["models", "download", "sdv2-14b", "--dir", str(other), "--yes"]) == 0
     assert f"set SDV2_MODELS={other}" in capsys.readouterr().out
 
     assert run_cli(["models", "download", "bogus"]) == 2
@@ -743,3 +788,196 @@ def test_cli_progress_without_a_terminal():
         show(f"downloading a/b.pt: {i} kB of 100 kB", i / 100)
     lines = buf.getvalue().splitlines()
     assert 10 <= len(lines) <= 12 and lines[-1].startswith("[100%]")
+
+
+# ---- the smallest complete set, its sizes, the question before downloading, --link
+
+
+class Terminal(io.StringIO):
+    """stdin on a terminal, with the user's answers."""
+
+    def isatty(self):
+        return True
+
+
+def plan_lines(out: str) -> list[str]:
+    return [ln for ln in out.splitlines() if ln.startswith("  ") or ln.startswith("total ")]
+
+
+SMALLEST = [f"StreamDiffusionV2/{n}" for n in ["wan_causal_dmd_v2v/model.pt"]] + [
+    f"Wan2.1-T2V-1.3B/{n}" for n in ["Wan2.1_VAE.pth", "google/umt5-xxl/special_tokens_map.json",
+                                     "google/umt5-xxl/spiece.model", "google/umt5-xxl/tokenizer.json",
+                                     "google/umt5-xxl/tokenizer_config.json", "models_t5_umt5-xxl-enc-bf16.pth"]]
+
+
+def size_of(local_name: str, repos) -> int:
+    folder, rel = local_name.split("/", 1)
+    return len(repos[SDV2 if folder == "StreamDiffusionV2" else ORIG][rel])
+
+
+def test_smallest_set_with_sizes_then_yes_downloads_a_loadable_folder(fake_hub, capsys, monkeypatch):
+    fake_hub.repos[SDV2]["wan_causal_dmd_v2v/model.pt"] = tiny_weights()["dit"]  # a real (tiny) causal checkpoint
+    repos = fake_hub.repos
+    monkeypatch.setattr(sys, "stdin", io.StringIO())  # piped: --yes decides
+    assert run_cli(["models", "download", "--yes"]) == 0
+    lines = plan_lines(capsys.readouterr().out)
+    # every file of the bf16 original release's base (not the diffusers fp32 encoder, not the release's own DiT),
+    # with its size from the hub's listing
+    assert lines[:-1] == [f"  {n}  {hub.format_size(size_of(n, repos))}  download" for n in SMALLEST]
+    total = hub.format_size(sum(size_of(n, repos) for n in SMALLEST))
+    assert lines[-1].startswith(f"total {total}: download {total}, link 0 B (no copy), present 0 B; ")
+    assert sorted(r["file"] for r in fake_hub.body_gets()) == sorted(n.split("/", 1)[1] for n in SMALLEST)
+
+    root = models_dir()
+    parts = base_parts(root / ORIGINAL_DIR)
+    assert parts is not None and parts.layout == "wan"
+    m = resolve_model(str(root / CAUSAL_DIR / "model.pt"))  # the base is found beside the checkpoint
+    assert (m.base, m.vae_file, m.text_file, m.tokenizer) == (
+        root / ORIGINAL_DIR, root / ORIGINAL_DIR / "Wan2.1_VAE.pth",
+        root / ORIGINAL_DIR / "models_t5_umt5-xxl-enc-bf16.pth", root / ORIGINAL_DIR / "google" / "umt5-xxl")
+    assert m.config.name == "tiny"
+    assert hub.status("wan2.1-1.3b-original") == hub.DOWNLOADED
+
+    # nothing left to download: no question, no --yes needed
+    n = len(fake_hub.body_gets())
+    assert run_cli(["models", "download"]) == 0
+    assert plan_lines(capsys.readouterr().out)[-1].startswith(f"total {total}: download 0 B, link 0 B (no copy), "
+                                                              f"present {total}; ")
+    assert len(fake_hub.body_gets()) == n
+
+
+def test_the_question_before_downloading(fake_hub, capsys, monkeypatch):
+    need = hub.format_size(sum(size_of(n, fake_hub.repos) for n in SMALLEST))
+    monkeypatch.setattr(sys, "stdin", io.StringIO("y\n"))  # piped, without --yes: one line, nothing fetched
+    assert run_cli(["models", "download"]) == 2
+    cap = capsys.readouterr()
+    assert cap.out == "" and messages(cap.err) == [
+        f"sdv2: error: the download of {need} needs a yes: pass --yes (stdin is not a terminal)"]
+    assert fake_hub.body_gets() == []
+
+    monkeypatch.setattr(sys, "stdin", Terminal("n\n"))  # a terminal: the plan, then the question
+    assert run_cli(["models", "download"]) == 1
+    out = capsys.readouterr().out
+    assert len(plan_lines(out)) == len(SMALLEST) + 1 and out.rstrip().endswith(
+        f"download {need}? [y/N] nothing was downloaded")
+    assert fake_hub.body_gets() == [] and hub.status("wan2.1-1.3b-original") == hub.MISSING
+    monkeypatch.setattr(sys, "stdin", Terminal(""))  # Ctrl-D at the question: no
+    assert run_cli(["models", "download"]) == 1 and "nothing was downloaded" in capsys.readouterr().out
+    assert fake_hub.body_gets() == []
+
+    monkeypatch.setattr(sys, "stdin", Terminal("y\n"))
+    assert run_cli(["models", "download"]) == 0
+    assert hub.status("sdv2-1.3b") == hub.status("wan2.1-1.3b-original") == hub.DOWNLOADED
+
+
+def test_not_enough_disk_space_is_one_line_before_the_question(fake_hub, capsys, monkeypatch):
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(hub.shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 1000, 1000))
+    monkeypatch.setattr(sys, "stdin", Terminal("y\n"))
+    assert run_cli(["models", "download"]) == 2
+    cap = capsys.readouterr()
+    need = hub.format_size(sum(size_of(n, fake_hub.repos) for n in SMALLEST))
+    assert cap.out == "" and messages(cap.err) == [
+        f"sdv2: error: not enough disk space in {models_dir()}: the download needs {need}, 1.0 kB is free; free some "
+        "space or pass --dir FOLDER on another disk"]
+
+
+def comfy_folder(tmp_path: Path) -> Path:
+    """A ComfyUI models/ folder holding the StreamDiffusionV2 DiT and the Wan2.1 VAE (not the bf16 umT5)."""
+    comfy = tmp_path / "ComfyUI" / "models"
+    for sub in ("diffusion_models", "vae", "text_encoders", "loras"):
+        (comfy / sub).mkdir(parents=True)
+    (comfy / "diffusion_models" / "model.pt").write_bytes(tiny_weights()["dit"])
+    (comfy / "vae" / "Wan2.1_VAE.pth").write_bytes(tiny_weights()["vae"])
+    (comfy / "text_encoders" / "umt5_xxl_fp8_e4m3fn_scaled.safetensors").write_bytes(_bytes(12, 5000))
+    return comfy
+
+
+def test_link_a_comfyui_folder_downloads_only_the_rest(fake_hub, capsys, tmp_path):
+    fake_hub.repos[SDV2]["wan_causal_dmd_v2v/model.pt"] = tiny_weights()["dit"]
+    comfy = comfy_folder(tmp_path)
+    before = {p: p.read_bytes() for p in comfy.rglob("*") if p.is_file()}
+    assert run_cli(["models", "download", "--yes", "--link", str(comfy)]) == 0
+    lines = plan_lines(capsys.readouterr().out)
+    root = models_dir()
+    dit, vae = root / CAUSAL_DIR / "model.pt", root / ORIGINAL_DIR / "Wan2.1_VAE.pth"
+    assert f"  StreamDiffusionV2/wan_causal_dmd_v2v/model.pt  3.9 MB  link -> {comfy / 'diffusion_models/model.pt'}" \
+        in lines
+    assert dit.is_symlink() and dit.resolve() == (comfy / "diffusion_models" / "model.pt").resolve()
+    assert vae.is_symlink() and vae.resolve() == (comfy / "vae" / "Wan2.1_VAE.pth").resolve()
+    # only what the folder lacks came from the hub; the user's files are untouched and not copied
+    assert sorted(r["file"] for r in fake_hub.body_gets()) == sorted(
+        n.split("/", 1)[1] for n in SMALLEST if not n.endswith(("model.pt", "Wan2.1_VAE.pth")))
+    assert {p: p.read_bytes() for p in comfy.rglob("*") if p.is_file()} == before
+    assert not (root / ORIGINAL_DIR / "models_t5_umt5-xxl-enc-bf16.pth").is_symlink()
+    assert hub.status("sdv2-1.3b") == hub.status("wan2.1-1.3b-original") == hub.DOWNLOADED
+    assert resolve_model(str(dit)).vae_file == vae
+
+    # again: nothing fetched, nothing hashed, the links kept
+    n = len(fake_hub.body_gets())
+    assert run_cli(["models", "download", "--link", str(comfy)]) == 0
+    assert len(fake_hub.body_gets()) == n and dit.is_symlink() and vae.is_symlink()
+
+
+def test_link_skips_a_file_of_the_right_name_but_the_wrong_kind(fake_hub, capsys, tmp_path):
+    fake_hub.repos[SDV2]["wan_causal_dmd_v2v/model.pt"] = tiny_weights()["dit"]
+    comfy = comfy_folder(tmp_path)
+    # a text encoder named model.pt, exactly the size of the hub's DiT
+    wrong = comfy / "diffusion_models" / "model.pt"
+    t5 = torch_load(tiny_weights()["t5"])
+    pad = len(tiny_weights()["dit"]) - len(saved(t5, legacy=True))
+    for _ in range(5):  # pickle's length fields grow with the pad: settle on the exact size
+        data = saved({**t5, "pad": torch_zeros(pad)}, legacy=True)
+        pad -= len(data) - len(tiny_weights()["dit"])
+    assert len(data) == len(tiny_weights()["dit"])
+    wrong.write_bytes(data)
+    (comfy / "vae" / "Wan2.1_VAE.pth").unlink()
+    (comfy / "vae" / "Wan2.1_VAE.pth").symlink_to(tmp_path / "gone.pth")  # a broken link: not followed
+
+    assert run_cli(["models", "download", "--yes", "--link", str(comfy)]) == 0
+    lines = plan_lines(capsys.readouterr().out)
+    assert f"  not linked: {wrong} is a text encoder, not a DiT" in lines
+    assert f"  not linked: {comfy / 'vae' / 'Wan2.1_VAE.pth'} is a broken link" in lines
+    root = models_dir()
+    for path in (root / CAUSAL_DIR / "model.pt", root / ORIGINAL_DIR / "Wan2.1_VAE.pth"):
+        assert path.is_file() and not path.is_symlink()
+    assert (root / CAUSAL_DIR / "model.pt").read_bytes() == tiny_weights()["dit"] and wrong.read_bytes() == data
+    assert len(fake_hub.body_gets()) == len(SMALLEST)
+
+
+def test_link_outside_the_folder_and_a_broken_link_in_the_models_folder(fake_hub, capsys, tmp_path):
+    comfy = comfy_folder(tmp_path)
+    outside = tmp_path / "elsewhere" / "Wan2.1_VAE.pth"
+    outside.parent.mkdir()
+    outside.write_bytes(tiny_weights()["vae"])
+    (comfy / "vae" / "Wan2.1_VAE.pth").unlink()
+    (comfy / "vae" / "Wan2.1_VAE.pth").symlink_to(outside)
+    assert run_cli(["models", "download", "wan2.1-1.3b-original", "--yes", "--link", str(comfy)]) == 0
+    assert f"  not linked: {comfy / 'vae' / 'Wan2.1_VAE.pth'} leads outside {comfy}" in plan_lines(
+        capsys.readouterr().out)
+    vae = models_dir() / ORIGINAL_DIR / "Wan2.1_VAE.pth"
+    assert not vae.is_symlink() and outside.read_bytes() == tiny_weights()["vae"]
+
+    vae.unlink()
+    vae.symlink_to(tmp_path / "unmounted" / "Wan2.1_VAE.pth")  # a link the user made to a disk not mounted
+    assert run_cli(["models", "download", "wan2.1-1.3b-original", "--yes"]) == 2
+    assert messages(capsys.readouterr().err) == [
+        f"sdv2: error: {vae} is a link to {tmp_path / 'unmounted' / 'Wan2.1_VAE.pth'}, which is missing (a disk not "
+        "mounted?): fix or remove the link"]
+    assert vae.is_symlink()
+    assert run_cli(["models", "download", "--link", str(tmp_path / "nope")]) == 2
+    assert messages(capsys.readouterr().err) == [
+        f"sdv2: error: --link {tmp_path / 'nope'}: no such folder; pass the folder that holds your model files (for "
+        "example ComfyUI/models)"]
+
+
+def torch_load(data: bytes) -> dict:
+    import torch
+
+    return torch.load(io.BytesIO(data), weights_only=True)
+
+
+def torch_zeros(n: int):
+    import torch
+
+    return torch.zeros(n, dtype=torch.uint8)
