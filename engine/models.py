@@ -206,11 +206,14 @@ def tiny_bundle(device: str | torch.device = "cpu", dtype: torch.dtype = torch.f
 
 
 def find_downloaded() -> tuple[Path, Path] | None:
-    """(causal checkpoint folder, base folder) if both are in the models dir."""
+    """(causal checkpoint folder, base folder) if both are in the models dir (the base: the diffusers folder or the
+    original release's, which `sdv2 models download` fetches by default)."""
     root = models_dir()
-    ckpt, base = root / CAUSAL_DIR, root / BASE_DIR
-    if (ckpt / "model.pt").is_file() and base_parts(base) is not None:
-        return ckpt, base
+    ckpt = root / CAUSAL_DIR
+    if (ckpt / "model.pt").is_file():
+        for base in (root / BASE_DIR, root / ORIGINAL_DIR):
+            if base_parts(base) is not None:
+                return ckpt, base
     return None
 
 

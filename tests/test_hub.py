@@ -836,6 +836,7 @@ def test_smallest_set_with_sizes_then_yes_downloads_a_loadable_folder(fake_hub, 
         root / ORIGINAL_DIR, root / ORIGINAL_DIR / "Wan2.1_VAE.pth",
         root / ORIGINAL_DIR / "models_t5_umt5-xxl-enc-bf16.pth", root / ORIGINAL_DIR / "google" / "umt5-xxl")
     assert m.config.name == "tiny"
+    assert find_downloaded() == (root / CAUSAL_DIR, root / ORIGINAL_DIR)  # what "auto" runs (sdv2 run, the app)
     assert hub.status("wan2.1-1.3b-original") == hub.DOWNLOADED
 
     # nothing left to download: no question, no --yes needed
