@@ -81,6 +81,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         for size in sizes:
             if size not in ("480p", "512"):
                 _parse_size(size)  # WIDTHxHEIGHT, checked (one line on a bad value)
+        if args.model is None and args.device in ("auto", "cpu") and not torch.cuda.is_available():
+            raise EngineError("no CUDA GPU here: `sdv2 bench gpu` measures GPUs (its default, the 1.3B model at 480p, "
+                              "would take hours on a CPU); to run its code path on the CPU pass --model tiny "
+                              "--size 64x64")
         gpus = tuple(int(n) for n in args.gpus.split(",")) if args.gpus else None
         compiled = {"both": (False, True), "eager": (False,), "compiled": (True,)}[args.compiled]
         load_bench("gpu").bench_gpu(args.model or "random:wan2.1-1.3b", sizes=sizes,

@@ -28,3 +28,9 @@ def test_bench_gpu_bad_size_is_one_line(capsys):
     assert cli.main(["bench", "gpu", "--size", "480p,huge"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "huge" in err[0]
+
+
+def test_bench_gpu_without_a_gpu_says_how_to_try_it(capsys):
+    assert cli.main(["bench", "gpu"]) == 2  # no CUDA here: the real-size default would run for hours
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no CUDA GPU" in err[0] and "--model tiny" in err[0]
