@@ -75,16 +75,15 @@ def _run(cfg, frames, warmup_chunks: int, sync_check: bool):
         t_first = time.perf_counter()
         for i, f in enumerate(frames):
             eng.push(f)
-            while (out := eng.pull()) is not None:
+            while eng.pull() is not None:
                 stamps.append(time.perf_counter())
             if sync_check and not checking and i >= 5 + 4 * warmup_chunks and torch.cuda.is_available():
                 torch.cuda.set_sync_debug_mode("error")  # process-wide: covers the engine's worker thread
                 checking = True
         eng.finish()
         while not eng.done():
-            if (out := eng.pull(timeout=0.5)) is not None:
+            if eng.pull(timeout=0.5) is not None:
                 stamps.append(time.perf_counter())
-        del out
         stats = eng.stats()
     finally:
         if checking:

@@ -206,7 +206,7 @@ class _Watch(OpCounter):
 
 
 @contextlib.contextmanager
-def _fake_cuda_generators():
+def _host_generators():
     real = torch.Generator
 
     class Generator(real):  # isinstance(g, torch.Generator) keeps working
@@ -228,7 +228,7 @@ def check_steady_chunk(build_pipeline, frames: np.ndarray, *, warmup_chunks: int
     `frames`: uint8 [T, H, W, 3] host frames, enough for all chunks. Returns one report per checked chunk; raises
     HostSyncError at the first violation."""
     reports: list[ChunkReport] = []
-    with FakeTensorMode(allow_non_fake_inputs=True), _fake_cuda_generators():
+    with FakeTensorMode(allow_non_fake_inputs=True), _host_generators():
         built: list[StreamPipeline] = []
         watch = _Watch(lambda: built[0]._upload.staging)
         with _HostReads(watch), watch:

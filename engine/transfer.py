@@ -37,12 +37,13 @@ def unit_range(frames: torch.Tensor) -> torch.Tensor:
 
 
 class FrameUploader:
-    """Host uint8 frames [T, H, W, 3] -> float32 [1, 3, T, H, W] in [-1, 1] on `device`.
+    """Host uint8 frames [T, H, W, 3] -> float32 [1, 3, T, H, W] in [-1, 1] on `device`, a device that is not the
+    host (on the CPU the pipeline uses its host frames as they are).
 
     On a CUDA device the frames go through a pinned staging buffer with one non_blocking copy; two buffers per
     shape alternate, and a buffer is refilled only after the event recorded behind its last copy has passed, so the
     host never overwrites a copy still in flight (and in steady state never waits: that copy ended a chunk ago).
-    Without CUDA (a CPU device, or the fake device of the sync check) the buffers are ordinary host memory.
+    Without CUDA (the fake device of the sync check) the buffers are ordinary host memory.
     """
 
     def __init__(self, device: torch.device | str):
@@ -59,8 +60,6 @@ class FrameUploader:
 
     def __call__(self, frames: np.ndarray) -> torch.Tensor:
         host = torch.from_numpy(np.ascontiguousarray(frames))
-        if self.device.type == "cpu":
-            return unit_range(host)
         bufs = self._buffers.get(host.shape)
         if bufs is None:
             bufs = self._buffers[host.shape] = [torch.empty(host.shape, dtype=torch.uint8, pin_memory=self.pinned)
