@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from sdv2_studio.engine.config import CacheConfig, get_preset
 from sdv2_studio.engine.kv_cache import KVCache, StreamClock
-from sdv2_studio.engine.model import CausalWanModel, cast_model
+from sdv2_studio.engine.model import CausalWanModel, cast_model, fuse_qkv
 
 from .flops import forward_flops
 
@@ -71,6 +71,7 @@ def bench_model(preset: str = "small", points: tuple[int, ...] = (10, 1000, 1000
     torch.manual_seed(0)
     with torch.device(dev):
         model = cast_model(CausalWanModel(cfg).eval(), dt)
+    fuse_qkv(model)  # as loaded
     h, w = frame_hw
     L = (h // cfg.patch_size[1]) * (w // cfg.patch_size[2])
     ctx = torch.randn(1, cfg.text_len, cfg.text_dim, device=dev)
@@ -161,6 +162,7 @@ def bench_hot_path(cfg, frame_hw: tuple[int, int], device: torch.device, chunks:
     L = (h // cfg.patch_size[1]) * (w // cfg.patch_size[2])
     torch.manual_seed(0)
     base = CausalWanModel(cfg).eval().to(device)
+    fuse_qkv(base)  # as loaded (copies and casts keep it)
     ctx = torch.randn(1, cfg.text_len, cfg.text_dim, device=device)
     xs = [torch.randn(1, cfg.in_dim, 2 if i == 0 else 1, h, w, device=device) for i in range(cc.cache_frames + chunks)]
     rows, ref = {}, None

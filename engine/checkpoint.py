@@ -48,7 +48,7 @@ import torch
 from safetensors.torch import save_file
 from sdv2_studio.engine.config import PRESETS, ModelConfig, get_preset
 from sdv2_studio.engine.errors import EngineError
-from sdv2_studio.engine.model import CausalWanModel, cast_model, keep_fp32
+from sdv2_studio.engine.model import CausalWanModel, cast_model, fuse_qkv, keep_fp32
 from sdv2_studio.engine.weights import TensorFile, open_tensors, some, strip_prefix
 
 LAYOUTS = ("wan", "diffusers", "causal-wan")
@@ -137,7 +137,7 @@ def load_model(path: str | os.PathLike, *, dtype: torch.dtype | str = torch.bflo
         del sd
         info = _info(w, cfg)
     cast_model(model, want)  # a no-op after the per-tensor casts; keeps the fp32-island rule in one place
-    model.eval().requires_grad_(False)
+    fuse_qkv(model.eval().requires_grad_(False))  # one q/k/v GEMM per self-attention (names unchanged)
     return model, info
 
 

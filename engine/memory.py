@@ -129,8 +129,9 @@ def frame_tokens(cfg: ModelConfig, size: tuple[int, int]) -> int:
 
 
 def dit_work_bytes(cfg: ModelConfig, tokens: int, dtype: str | torch.dtype) -> int:
-    """Temporaries of one DiT forward over `tokens` tokens (all samples of the batch together)."""
-    return int(tokens * ((1.5 * cfg.ffn_dim + 6 * cfg.dim) * as_dtype(dtype).itemsize + 5 * cfg.dim))
+    """Temporaries of one DiT forward over `tokens` tokens (all samples of the batch together); 7 x dim includes the
+    fused q/k/v GEMM's [N, 3C] output, alive while q and k are normed."""
+    return int(tokens * ((1.5 * cfg.ffn_dim + 7 * cfg.dim) * as_dtype(dtype).itemsize + 5 * cfg.dim))
 
 
 def vae_state_bytes(vae: str, size: tuple[int, int], dtype: str | torch.dtype, *, encode: bool = True,

@@ -46,7 +46,15 @@ def cast_model(model: nn.Module, dtype: torch.dtype) -> nn.Module:
         want = torch.float32 if keep_fp32(name) else dtype
         if p.dtype != want:
             p.data = p.data.to(want)
+    for m in model.modules():  # a fused q/k/v follows its parameters (`SelfAttention.fuse`)
+        if getattr(m, "wqkv", None) is not None:
+            m.fuse()
     return model
+
+
+def fuse_qkv(model: nn.Module) -> int:
+    """One GEMM for each self-attention's q, k, v (`SelfAttention.fuse`), for the layers with weights; -> how many."""
+    return sum(m.fuse() for m in model.modules() if isinstance(m, SelfAttention))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -172,14 +180,54 @@ class _AttentionWeights(nn.Module):
 
 
 class SelfAttention(_AttentionWeights):
-    """Self-attention over the chunk and the rolling KV cache (which lives outside, engine/kv_cache.py)."""
+    """Self-attention over the chunk and the rolling KV cache (which lives outside, engine/kv_cache.py).
+
+    `fuse()` (done at load, `fuse_qkv`) puts q, k and v's weights in one [3C, C] tensor, `wqkv`, and makes the three
+    parameters views of it: one GEMM per chunk instead of three, while the checkpoint names, the state dict and
+    in-place edits of q/k/v (LoRA merges) stay as they are. Casts, moves and copies keep them aliased (`_apply`,
+    `__setstate__`, `cast_model`).
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        self.register_buffer("wqkv", None, persistent=False)  # [3C, C] once fused; q/k/v.weight are its rows
+        self.register_buffer("bqkv", None, persistent=False)  # [3C]
+
+    @torch.no_grad()
+    def fuse(self) -> bool:
+        """(Re)build `wqkv`/`bqkv` from q, k, v and make their parameters views of it; False on the meta device."""
+        lins = (self.q, self.k, self.v)
+        if any(lin.weight.is_meta for lin in lins):
+            return False
+        w, b = torch.cat([lin.weight for lin in lins]), torch.cat([lin.bias for lin in lins])
+        for lin, wi, bi in zip(lins, w.chunk(3), b.chunk(3)):
+            lin.weight, lin.bias = nn.Parameter(wi, requires_grad=False), nn.Parameter(bi, requires_grad=False)
+        self.wqkv, self.bqkv = w, b
+        return True
+
+    def _apply(self, fn, recurse=True):
+        """.to()/.half()/... convert q, k, v and `wqkv` separately; fuse again so the parameters stay its views."""
+        out = super()._apply(fn, recurse)
+        if self.wqkv is not None:
+            self.fuse()
+        return out
+
+    def __setstate__(self, state):
+        """copy.deepcopy and unpickling copy each parameter alone: fuse the copies again."""
+        super().__setstate__(state)
+        if self.wqkv is not None:
+            self.fuse()
 
     def qkv(self, x: torch.Tensor, rope: torch.Tensor):
         """x [B, N, C] -> roped q, roped k, v, each [B, H, N, D]."""
-        B, N, _ = x.shape
-        q = self.norm_q(self.q(x)).view(B, N, self.num_heads, self.head_dim)
-        k = self.norm_k(self.k(x)).view(B, N, self.num_heads, self.head_dim)
-        v = self.v(x).view(B, N, self.num_heads, self.head_dim)
+        B, N, C = x.shape
+        if self.wqkv is None:
+            q, k, v = self.q(x), self.k(x), self.v(x)  # 3 x [B, N, C]
+        else:
+            q, k, v = F.linear(x, self.wqkv, self.bqkv).split(C, dim=-1)  # one GEMM [B, N, 3C] -> 3 views
+        q = self.norm_q(q).view(B, N, self.num_heads, self.head_dim)
+        k = self.norm_k(k).view(B, N, self.num_heads, self.head_dim)
+        v = v.view(B, N, self.num_heads, self.head_dim)
         q, k = apply_rope(q, rope), apply_rope(k, rope)
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 import torch
 from sdv2_studio.engine.config import ModelConfig, check_model_files, get_preset
 from sdv2_studio.engine.errors import EngineError
-from sdv2_studio.engine.model import CausalWanModel, cast_model, keep_fp32
+from sdv2_studio.engine.model import CausalWanModel, cast_model, fuse_qkv, keep_fp32
 from sdv2_studio.engine.text import (
     WAN_T5_FILE,
     TextEncoder,
@@ -177,7 +177,9 @@ def tiny_dit(device: str | torch.device = "cpu", dtype: torch.dtype = torch.floa
             want = torch.float32 if keep_fp32(name) else dtype
             sd[name] = _seeded_tensor(name, p.shape, seed, 0.05).to(device=device, dtype=want)
     dit.load_state_dict(sd, strict=select is None, assign=True)
-    return cast_model(dit.eval().requires_grad_(False), dtype)
+    cast_model(dit.eval().requires_grad_(False), dtype)
+    fuse_qkv(dit)  # as a loaded checkpoint: one q/k/v GEMM per self-attention
+    return dit
 
 
 def random_vae_preset(dit_preset: str) -> str:
