@@ -194,12 +194,14 @@ class Engine:
         self.pipeline = make((h, w), cfg.controls, cfg.batch)
         self._rebuild = make
         if cfg.compile:
-            from sdv2_studio.engine.compiled import compile_model, warm_up
+            from sdv2_studio.engine.compiled import compile_decoder, compile_model, warm_up
 
             if progress:
                 progress("compiling the model (once per configuration; cached on disk)", 0.95)
             compile_model(bundle.dit, device)
             warm_up(bundle.dit, self.pipeline.cache, cfg.cache.chunk_frames, self.pipeline.latent_hw, dtype)
+            compile_decoder(self.pipeline.decoder, device,
+                            (1, bundle.dit.cfg.out_dim, cfg.cache.chunk_frames, *self.pipeline.latent_hw))
         return self._launch(progress)
 
     def _start_parallel(self, progress: Progress | None) -> Engine:
@@ -288,8 +290,8 @@ class Engine:
             self._thread.join(timeout)
         if self.pipeline is not None:
             self.pipeline.close()
-            if self.config.compile:
-                self.pipeline.dit.compiled_step = None  # a shared bundle's next engine may not want it
+            if self.config.compile:  # a shared bundle's next engine may not want them
+                self.pipeline.dit.compiled_step = self.pipeline.decoder.compiled_step = None
         self._stats.running = False
         group = getattr(self, "_group", None)
         if group is not None:

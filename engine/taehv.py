@@ -161,6 +161,8 @@ class TAEHVDecoder(nn.Module):
         self.latents_std = tuple(latents_std)
         self.latents_per_pass = max(1, int(latents_per_pass))
         self.state = TAEHVState()
+        self._mem_blocks = [i for i, layer in enumerate(self.decoder) if isinstance(layer, MemBlock)]
+        self.compiled_step = None  # engine/compiled.py `compile_decoder` attaches the compiled `decode_pass` here
         if device is not None or dtype is not None:
             self.to(device=device, dtype=dtype)
 
@@ -181,7 +183,16 @@ class TAEHVDecoder(nn.Module):
         std = device_constant(self.latents_std, z.device).view(1, -1, 1, 1, 1)
         return (z.float() - mean) / std
 
-    def _run(self, x: torch.Tensor, batch: int, state: TAEHVState) -> torch.Tensor:
+    def new_state(self) -> TAEHVState:
+        return TAEHVState()
+
+    def steady_key(self, x: torch.Tensor, batch: int, state: TAEHVState) -> tuple | None:
+        """The pass's shape and dtype once every MemBlock has a memory (after the first pass); None before."""
+        if len(state.memory) < len(self._mem_blocks):
+            return None
+        return tuple(x.shape), x.dtype, batch
+
+    def decode_pass(self, x: torch.Tensor, batch: int, state: TAEHVState) -> torch.Tensor:
         """[B*T, 16, h, w] (b-major, then time) -> [B*4T, 3, 8h, 8w] in [0, 1], advancing the memory."""
         for i, layer in enumerate(self.decoder):
             if isinstance(layer, MemBlock):
@@ -190,7 +201,7 @@ class TAEHVDecoder(nn.Module):
                 if prev is None:  # start of a stream: empty memory
                     prev = torch.zeros_like(frames[:, :1])
                 past = torch.cat([prev, frames[:, :-1]], dim=1).view_as(x)
-                state.memory[i] = frames[:, -1:].clone()  # clone: don't pin the whole chunk
+                state.memory[i] = frames[:, -1:].clone(memory_format=torch.contiguous_format)  # own copy, one layout
                 x = layer(x, past)
             else:
                 x = layer(x)
@@ -216,7 +227,7 @@ class TAEHVDecoder(nn.Module):
         outs = []
         for t in range(0, T, self.latents_per_pass):
             chunk = z[:, t : t + self.latents_per_pass]
-            y = self._run(chunk.reshape(-1, C, h, w), B, state)
+            y = (self.compiled_step or self.decode_pass)(chunk.reshape(-1, C, h, w), B, state)
             outs.append(y.view(B, -1, *y.shape[1:]))  # [B, 4t, 3, H, W]
         frames = torch.cat(outs, dim=1)
         if state.calls == 0:

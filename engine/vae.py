@@ -139,11 +139,13 @@ class CausalConv3d(nn.Conv3d):
             if past is not None:
                 x = torch.cat([past, x], dim=2)
             if cache is not None:
-                cache.frames[self] = x[:, :, -self.context:].clone()  # clone: don't pin the whole chunk
+                # a copy of its own (not pinning the chunk), in one layout whatever ran the pass (eager or compiled)
+                cache.frames[self] = x[:, :, -self.context:].clone(memory_format=torch.contiguous_format)
             missing = self.context - (0 if past is None else past.shape[2])  # only at the start of a stream
             x = F.pad(x, (0, 0, 0, 0, missing, 0))
-        if _MKLDNN and x.device.type == "cpu" and x.dtype in _MKLDNN_DTYPES:
-            # torch's CPU heuristic sends short clips (T <= 4) to slow_conv3d, 3-5x slower than oneDNN.
+        if _MKLDNN and x.device.type == "cpu" and x.dtype in _MKLDNN_DTYPES and not torch.compiler.is_compiling():
+            # torch's CPU heuristic sends short clips (T <= 4) to slow_conv3d, 3-5x slower than oneDNN (eager only:
+            # Inductor chooses its own convolution kernels).
             return torch.mkldnn_convolution(x, self.weight, self.bias, self.padding, self.stride, self.dilation,
                                             self.groups)
         return super().forward(x)
@@ -246,7 +248,7 @@ class Resample(nn.Module):
             if self in cache.seen:
                 x = self.time_conv(x, cache)
             else:
-                cache.frames[self.time_conv] = x[:, :, -1:].clone()  # seed the conv's one frame of context
+                cache.frames[self.time_conv] = x[:, :, -1:].clone(memory_format=torch.contiguous_format)  # its context
             cache.seen.add(self)
         return x
 
@@ -319,6 +321,10 @@ class WanVAE(nn.Module):
         self.decoder = Decoder(cfg)
         self.enc_cache = CausalCache()
         self.dec_cache = CausalCache()
+        # what a full decoder state holds (`steady_key`): every causal conv's context, every temporal upsampler seen
+        self._dec_convs = [m for m in self.decoder.modules() if isinstance(m, CausalConv3d) and m.context]
+        self._dec_resamples = [m for m in self.decoder.modules() if isinstance(m, Resample) and m.mode.endswith("3d")]
+        self.compiled_step = None  # engine/compiled.py `compile_decoder` attaches the compiled `decode_pass` here
 
     @property
     def dtype(self) -> torch.dtype:
@@ -357,9 +363,25 @@ class WanVAE(nn.Module):
         if latents.shape[2] == 0:
             raise ValueError("decode_stream got 0 latent frames")
         x = self.conv2(latents.to(device=self.device, dtype=self.dtype))
-        out = torch.cat([self.decoder(x[:, :, t : t + 1], cache) for t in range(x.shape[2])], dim=2)
+        step = self.compiled_step or self.decode_pass
+        out = torch.cat([step(x[:, :, t : t + 1], cache) for t in range(x.shape[2])], dim=2)
         cache.calls += 1
         return out.clamp(-1.0, 1.0)
+
+    def decode_pass(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
+        """One latent frame [B, z, 1, h, w] (after conv2) -> its frames, advancing `cache` (what compiles)."""
+        return self.decoder(x, cache)
+
+    def steady_key(self, x: torch.Tensor, cache: CausalCache) -> tuple | None:
+        """The pass's shape and dtype once `cache` is full (fixed shapes from then on); None before."""
+        frames = cache.frames
+        if not all(m in cache.seen for m in self._dec_resamples) or not all(
+                m in frames and frames[m].shape[2] == m.context for m in self._dec_convs):
+            return None
+        return tuple(x.shape), x.dtype
+
+    def new_state(self) -> CausalCache:
+        return CausalCache()
 
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
         """Whole clip of 1 + 4k frames -> 1 + k latents (equal to streaming it in any split)."""

@@ -20,3 +20,21 @@ def wait_for(predicate, timeout: float = 60.0, poll: float = 0.05) -> float | No
 
 def median_rgb(frame: np.ndarray) -> np.ndarray:
     return np.median(frame.reshape(-1, 3), axis=0)
+
+
+def random_taehv(seed: int = 0, **kw):
+    """A TAEHV decoder with seeded random weights scaled by fan-in (activations stay O(1) through its stack)."""
+    import torch
+    from sdv2_studio.engine.taehv import TAEHVDecoder
+
+    m = TAEHVDecoder(**kw)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in m.parameters():
+            if p.dim() == 4:
+                p.copy_(torch.randn(p.shape, generator=g) * (1.0 / p[0].numel()) ** 0.5)
+            else:
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+        m.decoder[22].weight.mul_(0.2)
+        m.decoder[22].bias.fill_(0.5)
+    return m.eval()

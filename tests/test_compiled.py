@@ -7,11 +7,13 @@ import av
 import numpy as np
 import pytest
 import torch
+from helpers import random_taehv
 from sdv2_studio.engine import cli
-from sdv2_studio.engine.compiled import compile_model, warm_up
+from sdv2_studio.engine.compiled import compile_decoder, compile_model, warm_up
 from sdv2_studio.engine.config import CacheConfig, get_preset
 from sdv2_studio.engine.kv_cache import KVCache, StreamClock
 from sdv2_studio.engine.model import CausalWanModel
+from sdv2_studio.engine.models import tiny_vae
 
 CFG = get_preset("tiny")
 H = W = 8  # latents: 64x64 pixels, 16 tokens per frame
@@ -34,6 +36,7 @@ def stream(model, xs, ctx, compiled: bool = False):
     if compiled:  # compiled for this configuration before the stream, on the stream's own cache
         compile_model(model, "cpu")
         warm_up(model, cache, 1, (H, W), torch.float32)
+        model.compiled_step.calls = model.compiled_step.compiled_calls = 0  # count the stream's calls only
     clock = StreamClock(CacheConfig())
     outs, queues, starts = [], [], []
     with torch.inference_mode():
@@ -69,6 +72,28 @@ def test_compiled_equals_eager_over_a_long_stream(monkeypatch):
     print(f"compiled vs eager over 100 chunks: max |diff| {worst:.2e}")
 
 
+@pytest.mark.parametrize("kind", ["wan-vae", "taehv"])
+def test_compiled_decoder_equals_eager_over_a_stream(kind):
+    """The streaming decoder's steady pass compiles to one graph (warmed on a scratch state before the stream) and
+    decodes a stream as eager does; the first passes, while its causal state fills, run eager."""
+    if kind == "wan-vae":
+        decoder = tiny_vae()
+    else:
+        decoder = random_taehv()
+    gen = torch.Generator().manual_seed(1)
+    latents = [torch.randn(1, 16, 1, H, W, generator=gen) for _ in range(8)]
+    with torch.inference_mode():
+        state = decoder.new_state()
+        ref = [decoder.decode_stream(z, state) for z in latents]
+        step = compile_decoder(decoder, "cpu", (1, 16, 1, H, W))
+        out = [decoder.decode_stream(z) for z in latents]
+    assert step.compiled_calls - 1 >= len(latents) - 3  # the stream's steady passes compiled (after <= 3 eager)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1  # one graph: warm-up's, no recompiles
+    worst = max((a - b).abs().max().item() for a, b in zip(ref, out))
+    assert all(a.shape == b.shape for a, b in zip(ref, out)) and worst < 1e-4, worst  # fp32, outputs in [-1, 1]
+    decoder.compiled_step = None
+
+
 def test_run_compile_through_the_cli(tmp_path):
     outs = {}
     for flag in ([], ["--compile"]):
@@ -77,8 +102,8 @@ def test_run_compile_through_the_cli(tmp_path):
         assert cli.main(argv + flag) == 0
         with av.open(str(out)) as f:
             outs[len(flag)] = np.stack([fr.to_ndarray(format="rgb24") for fr in f.decode(video=0)])
-        if flag:  # the engine compiled before streaming; the stream itself compiled nothing more
-            assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+        if flag:  # the engine compiled before streaming (DiT step, VAE pass); the stream compiled nothing more
+            assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2
     eager, compiled = outs[0].astype(int), outs[1].astype(int)
     assert eager.shape == compiled.shape and len(eager) == 41
     assert np.abs(eager - compiled).mean() < 1.0  # the same video up to a few codec steps

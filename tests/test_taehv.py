@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import random_taehv
 from sdv2_studio.engine.errors import EngineError
 from sdv2_studio.engine.taehv import (
     FRAMES_TO_TRIM,
@@ -24,20 +25,6 @@ from sdv2_studio.engine.vae import WanVAE, get_vae_preset
 B, h, w = 2, 4, 6  # latents 4x6 -> frames 32x48 (non-square, so a swapped H/W shows up)
 
 
-def _decoder(seed: int = 0, **kw) -> TAEHVDecoder:
-    m = TAEHVDecoder(**kw)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in m.parameters():
-            if p.dim() == 4:
-                p.copy_(torch.randn(p.shape, generator=g) * (1.0 / p[0].numel()) ** 0.5)
-            else:
-                p.copy_(0.1 * torch.randn(p.shape, generator=g))
-        m.decoder[22].weight.mul_(0.2)
-        m.decoder[22].bias.fill_(0.5)
-    return m.eval()
-
-
 def _raw_latents(T: int, seed: int = 1) -> torch.Tensor:
     """Raw (un-normalised) Wan2.1-like latents: unit noise through the Wan2.1 mean/std."""
     z = torch.randn(B, 16, T, h, w, generator=torch.Generator().manual_seed(seed))
@@ -46,7 +33,7 @@ def _raw_latents(T: int, seed: int = 1) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def model() -> TAEHVDecoder:
-    return _decoder()
+    return random_taehv()
 
 
 # ------------------------------------------------------------------------------------------- layout
@@ -143,7 +130,7 @@ def test_streaming_equals_whole_clip(model):
     state = TAEHVState()
     split = torch.cat([model.decode_stream(raw[:, :, :2], state), model.decode_stream(raw[:, :, 2:], state)], 2)
     torch.testing.assert_close(split, whole, atol=1e-5, rtol=1e-5)
-    one_pass = _decoder(latents_per_pass=8)  # same weights, all 5 latents in one pass
+    one_pass = random_taehv(latents_per_pass=8)  # same weights, all 5 latents in one pass
     torch.testing.assert_close(one_pass.decode(raw), whole, atol=1e-5, rtol=1e-5)
 
 
@@ -172,8 +159,8 @@ def test_raw_input_is_normalised_like_wan_vae(model):
 
 def test_bf16_smoke():
     raw = _raw_latents(2)
-    ref = _decoder().decode(raw)
-    low = _decoder(dtype=torch.bfloat16)
+    ref = random_taehv().decode(raw)
+    low = random_taehv(dtype=torch.bfloat16)
     assert low.dtype == torch.bfloat16 and low.device.type == "cpu"
     out = low.decode(raw)
     assert out.dtype == torch.bfloat16 and out.shape == ref.shape
