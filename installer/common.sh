@@ -1,6 +1,10 @@
 # Shared by installer/install-linux.sh and installer/install-macos.sh (sourced, not run): messages, the Python
-# check, the venv, the app's install, the command links and the closing check. The caller sets ROOT, HOME_DIR,
-# VENV and BIN first.
+# check, the venv, the app's install, the command links and the closing check. The caller sets HOME_DIR (the
+# install folder) first.
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"  # the checkout ($0 is the installer that sources this file)
+VENV="$HOME_DIR/venv"
+BIN="$HOME/.local/bin"
 
 say() { printf '\033[1;35m[sdv2]\033[0m %s\n' "$*"; }
 die() { printf '\033[1;31m[sdv2] error:\033[0m %s\n' "$*" >&2; exit 1; }

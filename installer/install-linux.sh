@@ -11,10 +11,9 @@
 # Environment: PYTHON (interpreter to use), SDV2_HOME, SDV2_TORCH_INDEX (override the torch wheel index).
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 HOME_DIR="${SDV2_HOME:-$HOME/.local/share/streamdiffusion-studio}"
-VENV="$HOME_DIR/venv"
-BIN="$HOME/.local/bin"
+# shellcheck source=installer/common.sh
+. "$(dirname "$0")/common.sh"  # ROOT, VENV, BIN and the steps below
 APPS="${XDG_DATA_HOME:-$HOME/.local/share}/applications"
 flavour=""
 for arg in "$@"; do
@@ -25,9 +24,6 @@ for arg in "$@"; do
         *) echo "unknown option $arg (use --cpu or --cuda)" >&2; exit 2 ;;
     esac
 done
-
-# shellcheck source=installer/common.sh
-. "$ROOT/installer/common.sh"
 
 # 1. Python 3.10-3.13
 find_python "sudo apt install python3 python3-venv (or set PYTHON=...)"

@@ -12,14 +12,10 @@
 # Environment: PYTHON (interpreter to use), SDV2_HOME.
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 HOME_DIR="${SDV2_HOME:-$HOME/Library/Application Support/streamdiffusion-studio}"
-VENV="$HOME_DIR/venv"
-BIN="$HOME/.local/bin"
-APP="$HOME/Applications/StreamDiffusionV2 Studio.app"
-
 # shellcheck source=installer/common.sh
-. "$ROOT/installer/common.sh"
+. "$(dirname "$0")/common.sh"  # ROOT, VENV, BIN and the steps below
+APP="$HOME/Applications/StreamDiffusionV2 Studio.app"
 
 find_python "install it from python.org or 'brew install python@3.12'"
 make_venv "reinstall Python from python.org or 'brew reinstall python@3.12'"
