@@ -20,7 +20,7 @@ for arg in "$@"; do
     case "$arg" in
         --cpu) flavour=cpu ;;
         --cuda) flavour=cuda ;;
-        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
         *) echo "unknown option $arg (use --cpu or --cuda)" >&2; exit 2 ;;
     esac
 done
