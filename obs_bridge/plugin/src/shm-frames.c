@@ -307,13 +307,13 @@ uint8_t *shmf_writer_begin(struct shmf_writer *w, const char *name, uint32_t wid
 	struct shmf_slot *s = slot_of(&w->map, n);
 	s->lock += 1; /* odd: being written */
 	fence_release();
-	s->frame = n;
-	s->width = width;
-	s->height = height;
-	s->stride = width * bpp;
-	s->format = format;
+	s->frame.number = n;
+	s->frame.width = width;
+	s->frame.height = height;
+	s->frame.stride = width * bpp;
+	s->frame.format = format;
 	w->open_slot = s;
-	*stride = s->stride;
+	*stride = s->frame.stride;
 	return (uint8_t *)s + SHMF_SLOT_HEADER_SIZE;
 }
 
@@ -323,11 +323,11 @@ void shmf_writer_end(struct shmf_writer *w, uint64_t pts_ns)
 	if (!s)
 		return;
 	uint64_t now = os_gettime_ns();
-	s->pts_ns = pts_ns;
-	s->write_ns = now;
+	s->frame.pts_ns = pts_ns;
+	s->frame.write_ns = now;
 	store_release(&s->lock, s->lock + 1); /* even: stable */
 	struct shmf_header *h = header_of(&w->map);
-	store_release(&h->latest, s->frame);
+	store_release(&h->latest, s->frame.number);
 	h->heartbeat_ns = now;
 	w->open_slot = NULL;
 }
@@ -412,7 +412,7 @@ bool shmf_reader_poll(struct shmf_reader *r, const char *name, struct shmf_frame
 			return false;
 		struct shmf_slot *s = slot_of(&r->map, n);
 		uint64_t lock = load_acquire(&s->lock);
-		struct shmf_frame f = {s->frame, s->width, s->height, s->stride, s->format, s->pts_ns, s->write_ns};
+		struct shmf_frame f = s->frame;
 		if ((lock & 1) || f.number != n || !frame_fits(&f, h->capacity)) {
 			r->races++; /* lapped, or fields of a frame being written */
 			continue;
