@@ -111,6 +111,18 @@ static void posix_name(char out[SHMF_NAME_MAX + 1], const char *name)
 	snprintf(out, SHMF_NAME_MAX + 1, "/%s", name);
 }
 
+/* Map `size` bytes of `fd` (0: a failure) into m and close fd. */
+static bool map_fd(struct shmf_map *m, int fd, size_t size)
+{
+	void *p = size ? mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) : MAP_FAILED;
+	close(fd);
+	if (p == MAP_FAILED)
+		return false;
+	m->base = p;
+	m->size = size;
+	return true;
+}
+
 static bool map_create(struct shmf_map *m, const char *name, size_t size, bool *exists)
 {
 	char path[SHMF_NAME_MAX + 1];
@@ -119,16 +131,10 @@ static bool map_create(struct shmf_map *m, const char *name, size_t size, bool *
 	*exists = fd < 0 && errno == EEXIST;
 	if (fd < 0)
 		return false;
-	void *p = ftruncate(fd, (off_t)size) == 0 ? mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
-						  : MAP_FAILED;
-	close(fd);
-	if (p == MAP_FAILED) {
+	bool mapped = map_fd(m, fd, ftruncate(fd, (off_t)size) == 0 ? size : 0);
+	if (!mapped)
 		shm_unlink(path);
-		return false;
-	}
-	m->base = p;
-	m->size = size;
-	return true;
+	return mapped;
 }
 
 static bool map_open(struct shmf_map *m, const char *name)
@@ -139,15 +145,8 @@ static bool map_open(struct shmf_map *m, const char *name)
 	if (fd < 0)
 		return false;
 	struct stat st;
-	void *p = MAP_FAILED;
-	if (fstat(fd, &st) == 0 && st.st_size >= SHMF_HEADER_SIZE)
-		p = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-	close(fd);
-	if (p == MAP_FAILED)
-		return false;
-	m->base = p;
-	m->size = (size_t)st.st_size;
-	return true;
+	bool whole = fstat(fd, &st) == 0 && st.st_size >= SHMF_HEADER_SIZE;
+	return map_fd(m, fd, whole ? (size_t)st.st_size : 0);
 }
 
 static void map_close(struct shmf_map *m)
