@@ -20,15 +20,19 @@ class Item:
     repo: str
     patterns: tuple[str, ...]  # files of the repo to fetch (huggingface_hub allow_patterns syntax)
     local: str  # folder under the models dir that mirrors the repo's layout (huggingface_hub local_dir)
-    folder: str  # the folder the engine reads (what `sdv2 models path ITEM` prints), under the models dir
-    required: tuple[str, ...]  # globs under `local` that must all match for files copied by hand to count
     size: int | None  # approximate download size in bytes; None = unknown (the hub's exact sizes are used anyway)
     size_note: str  # where `size` comes from
     purpose: str
-    default: bool  # part of a plain `sdv2 models download`
     verified: bool  # repo and file paths confirmed by the reference docs
+    default: bool = False  # part of a plain `sdv2 models download`
+    folder: str = ""  # the folder the engine reads (`sdv2 models path ITEM`) under the models dir; "": `local`
+    required: tuple[str, ...] = ()  # globs under `local` all present for files copied by hand to count; (): patterns
     note: str = ""
     revision: str = "main"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "folder", self.folder or self.local)
+        object.__setattr__(self, "required", self.required or self.patterns)
 
 
 # Sizes: the 1.3B base is our estimate from the architecture, the DiT checkpoints' dtypes are undocumented.
@@ -40,7 +44,6 @@ _CATALOGUE: tuple[Item, ...] = (
         patterns=("wan_causal_dmd_v2v/model.pt",),
         local="StreamDiffusionV2",
         folder="StreamDiffusionV2/wan_causal_dmd_v2v",
-        required=("wan_causal_dmd_v2v/model.pt",),
         size=None,
         size_note="unknown: 1,418,996,800 parameters are 2.8 GB in bf16 or 5.7 GB in fp32; the file's dtype is "
                   "not documented",
@@ -53,8 +56,6 @@ _CATALOGUE: tuple[Item, ...] = (
         repo="Wan-AI/Wan2.1-T2V-1.3B",
         patterns=("Wan2.1_VAE.pth", "models_t5_umt5-xxl-enc-bf16.pth", "google/umt5-xxl/*"),
         local="Wan2.1-T2V-1.3B",
-        folder="Wan2.1-T2V-1.3B",
-        required=("Wan2.1_VAE.pth", "models_t5_umt5-xxl-enc-bf16.pth", "google/umt5-xxl/*"),
         size=11_900_000_000,
         size_note="estimate: umT5-XXL encoder (5.68e9 parameters) in bf16 = 11.4 GB, VAE about 0.5 GB, tokenizer "
                   "about 20 MB; the release's own DiT (not needed) is skipped",
@@ -68,14 +69,12 @@ _CATALOGUE: tuple[Item, ...] = (
         repo="Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
         patterns=("model_index.json", "text_encoder/*", "tokenizer/*", "vae/*"),
         local="Wan2.1-T2V-1.3B-Diffusers",
-        folder="Wan2.1-T2V-1.3B-Diffusers",
         required=("text_encoder/config.json", "text_encoder/*.safetensors", "tokenizer/*", "vae/*.safetensors"),
         size=23_300_000_000,
         size_note="estimate: umT5-XXL encoder (5.68e9 parameters) in fp32 = 22.7 GB, VAE about 0.5 GB, tokenizer "
                   "about 20 MB; the diffusers transformer/ (not needed) is skipped",
         purpose="Wan2.1 1.3B base, diffusers format: fp32 umT5-XXL text encoder, tokenizer and VAE (an alternative "
                 "to wan2.1-1.3b-original, twice its size)",
-        default=False,
         verified=True,
     ),
     Item(
@@ -84,12 +83,10 @@ _CATALOGUE: tuple[Item, ...] = (
         patterns=("wan_causal_dmd_v2v_14b/*",),
         local="StreamDiffusionV2",
         folder="StreamDiffusionV2/wan_causal_dmd_v2v_14b",
-        required=("wan_causal_dmd_v2v_14b/*",),
         size=None,
         size_note="unknown: 14,288,491,584 parameters are 28.6 GB in bf16 or 57 GB in fp32",
         purpose="StreamDiffusionV2 causal DiT, 14B (multi-GPU class); uses the text encoder and VAE of "
                 "wan2.1-1.3b-base",
-        default=False,
         verified=True,
         note="the folder is confirmed; the names of the files in it are not",
     ),
@@ -98,12 +95,9 @@ _CATALOGUE: tuple[Item, ...] = (
         repo="madebyollin/taehv",
         patterns=("taew2_1.pth",),
         local="taehv",
-        folder="taehv",
-        required=("taew2_1.pth",),
         size=None,
         size_note="unknown",
         purpose="TAEHV tiny decoder for Wan2.1 latents (optional faster decoding; engine/taehv.py reads this folder)",
-        default=False,
         verified=False,
         note="UNVERIFIED hub location: upstream downloads taew2_1.pth from "
              "https://github.com/madebyollin/taehv/raw/main/taew2_1.pth, not from the hub",
