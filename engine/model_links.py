@@ -4,7 +4,7 @@
 text_encoders/, or any folder), once. `find(rel, size)` picks the file that can stand in for the hub's file `rel`:
 same file name, same size as the hub lists and, for a weights file whose kind the engine knows, the same kind of
 network read from its header (`engine.checkpoint.identify`, as `sdv2 inspect` does). Every candidate must resolve to
-a real file inside FOLDER; one that does not is reported, never followed. The caller (engine/hub.py) checks the
+a real file inside FOLDER; one that does not is reported, never followed. The caller (engine/hub/plan.py) checks the
 content against the hub's hash and then `link()`s it: a symlink in the models folder, never a copy, never over an
 existing file.
 """

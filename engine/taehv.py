@@ -64,7 +64,7 @@ import torch.nn.functional as F
 from sdv2_studio.engine.errors import EngineError
 from sdv2_studio.engine.transfer import device_constant
 from sdv2_studio.engine.vae import WAN21_LATENTS_MEAN, WAN21_LATENTS_STD
-from sdv2_studio.engine.weights import TensorFile, read_tensors, some
+from sdv2_studio.engine.weights import TensorFile, read_tensors, shape_mismatch
 
 TAEW21_URL = "https://github.com/madebyollin/taehv/raw/main/taew2_1.pth"
 TAEW21_FILES = ("taew2_1.safetensors", "taew2_1.pth")  # looked for inside a folder, in this order
@@ -316,13 +316,9 @@ def load_taehv(path: str | Path, dtype: torch.dtype = torch.float32,
         model = TAEHVDecoder()
     expected = {k: v.shape for k, v in model.state_dict().items()}
     sd = decoder_state_dict(sd, expected)
-    missing, unexpected = expected.keys() - sd.keys(), sd.keys() - expected.keys()
-    wrong = [k for k in expected.keys() & sd.keys() if sd[k].shape != expected[k]]
-    if missing or unexpected or wrong:
-        problems = [f"{name} keys: {some(keys)}" for name, keys in
-                    (("missing", missing), ("unexpected", unexpected), ("wrong-shape", wrong)) if keys]
-        raise EngineError(f"{file} is not a TAEHV Wan2.1 decoder ({'; '.join(problems)}); "
-                          f"download taew2_1.pth from {TAEW21_URL}")
+    mismatch = shape_mismatch(expected, {k: v.shape for k, v in sd.items()})
+    if mismatch:
+        raise EngineError(f"{file} is not a TAEHV Wan2.1 decoder ({mismatch}); download taew2_1.pth from {TAEW21_URL}")
     sd = {k: v.to(device=device, dtype=dtype) for k, v in sd.items()}
     model.load_state_dict(sd, strict=True, assign=True)
     return model.eval().requires_grad_(False)

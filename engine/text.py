@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from sdv2_studio.engine.errors import EngineError
 from sdv2_studio.engine.umt5 import UMT5Config, UMT5Encoder
-from sdv2_studio.engine.weights import TensorFile, first_line, open_tensors, some
+from sdv2_studio.engine.weights import TensorFile, first_line, open_tensors, shape_mismatch, some
 
 log = logging.getLogger(__name__)
 
@@ -440,13 +440,10 @@ def load_text_encoder(path: str | os.PathLike, *, tokenizer: str | os.PathLike |
         with torch.device("meta"):
             model = UMT5Encoder(UMT5Config.from_fields(_umt5_config(file, shapes, config)))
         expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-        missing, unexpected = expected.keys() - shapes.keys(), shapes.keys() - expected.keys()
-        wrong = [k for k in expected.keys() & shapes.keys() if shapes[k] != expected[k]]
-        if missing or unexpected or wrong:
-            problems = [f"{what} tensors: {some(keys)}" for what, keys in
-                        (("missing", missing), ("unexpected", unexpected), ("wrong-shape", wrong)) if keys]
-            raise EngineError(f"{file} is not a complete umT5 encoder ({'; '.join(problems)}); the file is "
-                              "incomplete or from another model, download it again")
+        mismatch = shape_mismatch(expected, shapes, what="tensors")
+        if mismatch:
+            raise EngineError(f"{file} is not a complete umT5 encoder ({mismatch}); the file is incomplete or from "
+                              "another model, download it again")
         _check_host_memory(file, shapes, dtype, device)
         tok, tok_path = _tokenizer(None if tokenizer is None else Path(tokenizer).expanduser(), candidates, tf,
                                    text_len)

@@ -43,7 +43,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from sdv2_studio.engine.errors import EngineError
 from sdv2_studio.engine.transfer import device_constant
-from sdv2_studio.engine.weights import TensorFile, read_tensors, some, strip_prefix
+from sdv2_studio.engine.weights import TensorFile, read_tensors, shape_mismatch, strip_prefix
 
 # Per-channel statistics of Wan2.1 latents (diffusers' AutoencoderKLWan `latents_mean` / `latents_std`).
 WAN21_LATENTS_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
@@ -551,13 +551,10 @@ def load_vae(path: str | Path, dtype: torch.dtype = torch.float32, device: str |
     with torch.device("meta"):
         model = WanVAE(config)
     expected = {k: v.shape for k, v in model.state_dict().items()}
-    missing, unexpected = expected.keys() - sd.keys(), sd.keys() - expected.keys()
-    wrong = [k for k in expected.keys() & sd.keys() if sd[k].shape != expected[k]]
-    if missing or unexpected or wrong:
-        problems = [f"{name} keys: {some(keys, 4)}" for name, keys in
-                    (("missing", missing), ("unexpected", unexpected), ("wrong-shape", wrong)) if keys]
-        raise EngineError(f"{file} does not match the {config.name} VAE ({'; '.join(problems)}); "
-                          "use the Wan2.1 VAE checkpoint or pass the matching VAEConfig")
+    mismatch = shape_mismatch(expected, {k: v.shape for k, v in sd.items()}, n=4)
+    if mismatch:
+        raise EngineError(f"{file} does not match the {config.name} VAE ({mismatch}); use the Wan2.1 VAE checkpoint "
+                          "or pass the matching VAEConfig")
     sd = {k: v.to(device=device, dtype=dtype) for k, v in sd.items()}
     model.load_state_dict(sd, strict=True, assign=True)
     return model.eval().requires_grad_(False)

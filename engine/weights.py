@@ -193,6 +193,17 @@ def some(keys, n: int = 3) -> str:
     return ", ".join(keys[:n]) + (f", ... ({len(keys)} total)" if len(keys) > n else "")
 
 
+def shape_mismatch(expected: Mapping[str, tuple[int, ...]], found: Mapping[str, tuple[int, ...]], what: str = "keys",
+                   n: int = 3) -> str | None:
+    """How the names and shapes `found` differ from those `expected` ("missing keys: a, b; wrong-shape keys: c"),
+    or None when they match exactly."""
+    missing, unexpected = expected.keys() - found.keys(), found.keys() - expected.keys()
+    wrong = [k for k in expected.keys() & found.keys() if tuple(found[k]) != tuple(expected[k])]
+    problems = [f"{name} {what}: {some(keys, n)}" for name, keys in
+                (("missing", missing), ("unexpected", unexpected), ("wrong-shape", wrong)) if keys]
+    return "; ".join(problems) or None
+
+
 def first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return text[0][:200] if text else type(e).__name__

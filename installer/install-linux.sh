@@ -11,46 +11,25 @@
 # Environment: PYTHON (interpreter to use), SDV2_HOME, SDV2_TORCH_INDEX (override the torch wheel index).
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 HOME_DIR="${SDV2_HOME:-$HOME/.local/share/streamdiffusion-studio}"
-VENV="$HOME_DIR/venv"
-BIN="$HOME/.local/bin"
+# shellcheck source=installer/common.sh
+. "$(dirname "$0")/common.sh"  # ROOT, VENV, BIN and the steps below
 APPS="${XDG_DATA_HOME:-$HOME/.local/share}/applications"
 flavour=""
 for arg in "$@"; do
     case "$arg" in
         --cpu) flavour=cpu ;;
         --cuda) flavour=cuda ;;
-        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
         *) echo "unknown option $arg (use --cpu or --cuda)" >&2; exit 2 ;;
     esac
 done
 
-say() { printf '\033[1;35m[sdv2]\033[0m %s\n' "$*"; }
-die() { printf '\033[1;31m[sdv2] error:\033[0m %s\n' "$*" >&2; exit 1; }
-
 # 1. Python 3.10-3.13
-find_python() {
-    for cand in "${PYTHON:-}" python3.12 python3.11 python3.13 python3.10 python3; do
-        [ -n "$cand" ] || continue
-        command -v "$cand" >/dev/null 2>&1 || continue
-        if "$cand" -c 'import sys, venv; sys.exit(not ((3, 10) <= sys.version_info[:2] <= (3, 13)))' 2>/dev/null; then
-            echo "$cand"; return 0
-        fi
-    done
-    return 1
-}
-PY="$(find_python)" || die "Python 3.10-3.13 with venv is needed: sudo apt install python3 python3-venv (or set PYTHON=...)"
-say "using $("$PY" -c 'import sys; print(sys.executable, sys.version.split()[0])')"
+find_python "sudo apt install python3 python3-venv (or set PYTHON=...)"
 
 # 2. venv
-if [ ! -x "$VENV/bin/python" ]; then
-    say "creating $VENV"
-    mkdir -p "$HOME_DIR"
-    "$PY" -m venv "$VENV" || die "could not create a venv: sudo apt install python3-venv"
-fi
-PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
-"${PIP[@]}" install -q --upgrade pip
+make_venv "sudo apt install python3-venv"
 
 # 3. torch: CUDA wheel where an NVIDIA GPU exists, CPU otherwise
 if [ -z "$flavour" ]; then
@@ -76,14 +55,12 @@ else
 fi
 
 # 4. the app
-say "installing StreamDiffusionV2 Studio from $ROOT"
-"${PIP[@]}" install -q "$ROOT[gui,obs]"
+install_app
 
 # 5. launchers
-mkdir -p "$BIN" "$APPS"
-ln -sf "$VENV/bin/sdv2-studio" "$BIN/sdv2-studio"
-ln -sf "$VENV/bin/sdv2" "$BIN/sdv2"
-QT_QPA_PLATFORM=offscreen "$VENV/bin/python" -m app.icon "$HOME_DIR/icon.png" 256 || true
+link_commands
+mkdir -p "$APPS"
+make_icon "$HOME_DIR/icon.png" 256
 cat > "$APPS/sdv2-studio.desktop" <<EOF
 [Desktop Entry]
 Type=Application
@@ -98,6 +75,4 @@ command -v update-desktop-database >/dev/null 2>&1 && update-desktop-database "$
 case ":$PATH:" in *":$BIN:"*) ;; *) say "add $BIN to your PATH to run sdv2-studio from a terminal" ;; esac
 
 # 6. what is left to do
-say "checking this machine (sdv2 doctor):"
-"$VENV/bin/python" -m engine.doctor || true
-say "done: start 'StreamDiffusionV2 Studio' from the app menu, or run: $BIN/sdv2-studio"
+finish "start 'StreamDiffusionV2 Studio' from the app menu, or run: $BIN/sdv2-studio"

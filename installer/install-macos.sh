@@ -12,48 +12,25 @@
 # Environment: PYTHON (interpreter to use), SDV2_HOME.
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 HOME_DIR="${SDV2_HOME:-$HOME/Library/Application Support/streamdiffusion-studio}"
-VENV="$HOME_DIR/venv"
-BIN="$HOME/.local/bin"
+# shellcheck source=installer/common.sh
+. "$(dirname "$0")/common.sh"  # ROOT, VENV, BIN and the steps below
 APP="$HOME/Applications/StreamDiffusionV2 Studio.app"
 
-say() { printf '\033[1;35m[sdv2]\033[0m %s\n' "$*"; }
-die() { printf '\033[1;31m[sdv2] error:\033[0m %s\n' "$*" >&2; exit 1; }
-
-find_python() {
-    for cand in "${PYTHON:-}" python3.12 python3.11 python3.13 python3.10 python3; do
-        [ -n "$cand" ] || continue
-        command -v "$cand" >/dev/null 2>&1 || continue
-        if "$cand" -c 'import sys, venv; sys.exit(not ((3, 10) <= sys.version_info[:2] <= (3, 13)))' 2>/dev/null; then
-            echo "$cand"; return 0
-        fi
-    done
-    return 1
-}
-PY="$(find_python)" || die "Python 3.10-3.13 is needed: install it from python.org or 'brew install python@3.12'"
-say "using $("$PY" -c 'import sys; print(sys.executable, sys.version.split()[0])')"
-
-if [ ! -x "$VENV/bin/python" ]; then
-    say "creating $VENV"
-    mkdir -p "$HOME_DIR"
-    "$PY" -m venv "$VENV"
-fi
-PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
-"${PIP[@]}" install -q --upgrade pip
+find_python "install it from python.org or 'brew install python@3.12'"
+make_venv "reinstall Python from python.org or 'brew reinstall python@3.12'"
 say "installing torch (macOS build: CPU + MPS; no NVIDIA GPUs on macOS)"
 "${PIP[@]}" install -q "torch>=2.4,<2.15"
-say "installing StreamDiffusionV2 Studio from $ROOT"
-"${PIP[@]}" install -q "$ROOT[gui,obs]"
+install_app
 
 # launchers: a small .app bundle that runs the venv's entry point, and a command-line link
-mkdir -p "$APP/Contents/MacOS" "$APP/Contents/Resources" "$BIN"
+mkdir -p "$APP/Contents/MacOS" "$APP/Contents/Resources"
 cat > "$APP/Contents/MacOS/sdv2-studio" <<EOF
 #!/bin/bash
 exec "$VENV/bin/sdv2-studio" "\$@"
 EOF
 chmod +x "$APP/Contents/MacOS/sdv2-studio"
-QT_QPA_PLATFORM=offscreen "$VENV/bin/python" -m app.icon "$APP/Contents/Resources/icon.png" 512 || true
+make_icon "$APP/Contents/Resources/icon.png" 512
 if command -v sips >/dev/null 2>&1 && [ -f "$APP/Contents/Resources/icon.png" ]; then
     sips -s format icns "$APP/Contents/Resources/icon.png" --out "$APP/Contents/Resources/icon.icns" >/dev/null 2>&1 || true
 fi
@@ -72,9 +49,5 @@ cat > "$APP/Contents/Info.plist" <<'EOF'
 </dict>
 </plist>
 EOF
-ln -sf "$VENV/bin/sdv2-studio" "$BIN/sdv2-studio"
-ln -sf "$VENV/bin/sdv2" "$BIN/sdv2"
-
-say "checking this machine (sdv2 doctor):"
-"$VENV/bin/python" -m engine.doctor || true
-say "done: open '$APP' (Finder > Applications in your home folder) or run $BIN/sdv2-studio"
+link_commands
+finish "open '$APP' (Finder > Applications in your home folder) or run $BIN/sdv2-studio"

@@ -83,7 +83,7 @@ Pip install -q "$Root[gui,obs]"
 $Exe = Join-Path $Venv "Scripts\sdv2-studio.exe"
 $IconPng = Join-Path $HomeDir "icon.png"
 $env:QT_QPA_PLATFORM = "offscreen"
-& $VenvPy -m app.icon $IconPng 256 | Out-Null
+& $VenvPy -m sdv2_studio.app.icon $IconPng 256 | Out-Null
 Remove-Item Env:\QT_QPA_PLATFORM
 $IconIco = Join-Path $HomeDir "icon.ico"
 try {
@@ -110,5 +110,5 @@ foreach ($dir in @([Environment]::GetFolderPath("Programs"), [Environment]::GetF
 
 # 6. what is left to do
 Say "checking this machine (sdv2 doctor):"
-& $VenvPy -m engine.doctor
+& (Join-Path $Venv "Scripts\sdv2.exe") doctor
 Say "done: start 'StreamDiffusionV2 Studio' from the Start Menu or the Desktop"

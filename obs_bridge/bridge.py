@@ -18,7 +18,6 @@ import threading
 from dataclasses import asdict, dataclass, field
 
 from sdv2_studio.engine.api import EngineConfig
-from sdv2_studio.engine.config import Controls
 from sdv2_studio.engine.errors import EngineError
 from sdv2_studio.engine.io.mpegts import open_mpegts_sink
 from sdv2_studio.engine.io.protocols import FrameSink, FrameSource
@@ -76,8 +75,9 @@ class BridgeConfig:
     fallback: str | None = None
 
 
-class ObsBridge:
-    """Owns the OBS connection and a :class:`StreamSession`; implements the control API target."""
+class ObsBridge(StreamSession):
+    """A :class:`StreamSession` from and to OBS: it owns the OBS connection, attaches the styled output to a scene
+    and reports OBS's health in its status (the control API target)."""
 
     def __init__(self, settings: ObsSettings, config: BridgeConfig, engine_config: EngineConfig,
                  presets: PresetBook | None = None, *, bundle: ModelBundle | None = None) -> None:
@@ -86,8 +86,8 @@ class ObsBridge:
         self.settings, self.config = settings, config
         self.client = ObsClient(settings)
         self.client.on_reconnect.append(self._on_reconnect)
-        self.session = StreamSession(engine_config, self._open_source, self._open_sinks, presets, bundle=bundle)
-        self.session.status_extra["obs"] = self.obs_status
+        super().__init__(engine_config, self._open_source, self._open_sinks, presets, bundle=bundle)
+        self.status_extra["obs"] = self.obs_status
         self.attachment: Attachment | None = None
         self.health: ObsHealth | None = None
         self.obs_fps: float | None = None  # OBS's own frame rate (Settings > Video)
@@ -130,7 +130,7 @@ class ObsBridge:
     def _open_source(self, size: tuple[int, int]) -> FrameSource:
         if self.config.capture:
             self._capture = ObsCaptureSource(self.config.capture, self.settings, size=size, fps=self.config.fps,
-                                             quality=self.config.quality, fit=self.session.engine.config.fit)
+                                             quality=self.config.quality, fit=self.engine.config.fit)
             return self._capture
         spec = self.config.camera or ""
         if spec.lower() == "test":
@@ -200,7 +200,7 @@ class ObsBridge:
         """Check OBS, then start the stream (``wait=False``: in the background) and the health/event watchers."""
         self.connect()
         self._stop.clear()
-        self.session.start(wait=wait)
+        super().start(wait=wait)
         if self._health_thread is None or not self._health_thread.is_alive():
             self._health_thread = threading.Thread(target=self._watch, name="obs-health", daemon=True)
             self._health_thread.start()
@@ -225,7 +225,7 @@ class ObsBridge:
         if self.events is not None:
             self.events.stop()
             self.events = None
-        self.session.stop()
+        super().stop()
         if self.attachment is not None and self.client.connected:
             try:
                 park(self.client, self.attachment.scene, self.config.fallback, self.config.input_name)
@@ -241,17 +241,10 @@ class ObsBridge:
         self.stop()
         self.client.close()
 
-    def __enter__(self) -> ObsBridge:
-        self.start()
-        return self
-
     def __exit__(self, *exc: object) -> None:
         self.close()
 
     # -- control API target -------------------------------------------------------------------------------------------
-
-    def status(self) -> dict:
-        return self.session.status()
 
     def obs_status(self) -> dict:
         info = self.client.info
@@ -274,18 +267,6 @@ class ObsBridge:
                               "queued": cap.queued, "rate": round(cap.rate(), 1), "outages": cap.outages,
                               "last_error": cap.last_error}
         return out
-
-    def preset_names(self) -> list[str]:
-        return self.session.preset_names()
-
-    def apply_preset(self, name: str) -> Controls:
-        return self.session.apply_preset(name)
-
-    def set_steps(self, steps: int) -> Controls:
-        return self.session.set_steps(steps)
-
-    def set_prompts(self, pairs) -> Controls:
-        return self.session.set_prompts(pairs)
 
     def read_health(self) -> ObsHealth:
         self.health = read_health(self.client)

@@ -6,7 +6,7 @@
 
 The target is any object with ``status()``, ``preset_names()``, ``apply_preset(name)``, ``set_steps(n)``,
 ``set_prompts(pairs)`` (a prompt or a weighted blend: ((prompt, weight), ...)), ``start(wait=False)`` and ``stop()``
-(a :class:`~obs_bridge.session.StreamSession` or the OBS bridge around one). Requests need the token in the
+(a :class:`~obs_bridge.session.StreamSession`, such as the OBS bridge). Requests need the token in the
 ``X-SDV2-Token`` header (compared in constant time); browsers cannot send that header cross-origin without a CORS
 preflight, which this server never approves, and requests whose ``Host`` is not a loopback name are refused (DNS
 rebinding). Built on the standard library's ``http.server`` in one daemon thread per connection; no Qt, no framework.

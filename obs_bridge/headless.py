@@ -173,35 +173,32 @@ class HeadlessObs:
         except ProcessLookupError:
             pass
 
-    def kill(self) -> None:
-        """Kill OBS at once (SIGKILL, like a crash); Xvfb keeps running for a restart."""
+    def _end(self, proc: subprocess.Popen, sig: int) -> None:
+        """Send `sig` to `proc`'s group; SIGKILL it if it has not exited 10 s later."""
+        self._signal_group(proc, sig)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self._signal_group(proc, signal.SIGKILL)
+            proc.wait(10)
+
+    def _end_obs(self, sig: int) -> None:
         if self._obs is not None:
-            self._signal_group(self._obs, signal.SIGKILL)
-            self._obs.wait(10)
+            self._end(self._obs, sig)
             self._obs = None
         if self._log is not None:
             self._log.close()
             self._log = None
 
+    def kill(self) -> None:
+        """Kill OBS at once (SIGKILL, like a crash); Xvfb keeps running for a restart."""
+        self._end_obs(signal.SIGKILL)
+
     def stop(self) -> None:
         """Quit OBS (SIGTERM, then SIGKILL after 10 s) and Xvfb."""
-        if self._obs is not None:
-            self._signal_group(self._obs, signal.SIGTERM)
-            try:
-                self._obs.wait(10)
-            except subprocess.TimeoutExpired:
-                self._signal_group(self._obs, signal.SIGKILL)
-                self._obs.wait(10)
-            self._obs = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        self._end_obs(signal.SIGTERM)
         if self._xvfb is not None:
-            self._signal_group(self._xvfb, signal.SIGTERM)
-            try:
-                self._xvfb.wait(10)
-            except subprocess.TimeoutExpired:
-                self._signal_group(self._xvfb, signal.SIGKILL)
+            self._end(self._xvfb, signal.SIGTERM)
             self._xvfb = None
 
     @property

@@ -15,6 +15,7 @@ from pathlib import Path
 from PySide6.QtCore import QPointF, QRectF, Qt
 from PySide6.QtGui import (
     QColor,
+    QGradient,
     QGuiApplication,
     QImage,
     QLinearGradient,
@@ -94,11 +95,15 @@ def star(cx: float, cy: float, r: float, points: int = 4, inner: float = 0.28) -
     return poly
 
 
-def vgrad(top: str, bottom: str, y0: float = 0, y1: float = H) -> QLinearGradient:
-    g = QLinearGradient(0, y0, 0, y1)
-    g.setColorAt(0, C(top))
-    g.setColorAt(1, C(bottom))
+def shaded(g: QGradient, *stops: tuple[float, QColor | str]) -> QGradient:
+    """`g` with its colour stops: (position 0..1, colour)."""
+    for at, colour in stops:
+        g.setColorAt(at, C(colour) if isinstance(colour, str) else colour)
     return g
+
+
+def vgrad(top: str, bottom: str, y0: float = 0, y1: float = H) -> QLinearGradient:
+    return shaded(QLinearGradient(0, y0, 0, y1), (0, top), (1, bottom))
 
 
 # -- styles -------------------------------------------------------------------------------------------------------
@@ -141,10 +146,7 @@ def watercolor(p: QPainter, rng: random.Random) -> None:
             p.setBrush(C(col, 60))
             p.drawEllipse(QPointF(rng.uniform(0, W), rng.uniform(0, H)), r, r * rng.uniform(0.6, 1.1))
     body, head = bust(top=30)
-    g = QRadialGradient(head.center(), 90)
-    g.setColorAt(0, C("#f07896", 205))
-    g.setColorAt(1, C("#4f86cc", 190))
-    p.setBrush(g)
+    p.setBrush(shaded(QRadialGradient(head.center(), 90), (0, C("#f07896", 205)), (1, C("#4f86cc", 190))))
     p.drawPath(body)
     p.setBrush(Qt.NoBrush)
     for w, a in ((4, 40), (1.6, 90)):  # darker pigment collects at the edges
@@ -251,18 +253,13 @@ def claymation(p: QPainter, rng: random.Random) -> None:
     for _ in range(6):
         c = QPointF(rng.uniform(0, W), rng.uniform(0, H))
         r = rng.uniform(8, 18)
-        g = QRadialGradient(c + QPointF(-r / 3, -r / 3), r * 1.3)
-        col = rng.choice(("#8fd3c7", "#f7a1a1", "#c3b1f2"))
-        g.setColorAt(0, QColor(col).lighter(130))
-        g.setColorAt(1, QColor(col).darker(120))
-        p.setBrush(g)
+        col = QColor(rng.choice(("#8fd3c7", "#f7a1a1", "#c3b1f2")))
+        p.setBrush(shaded(QRadialGradient(c + QPointF(-r / 3, -r / 3), r * 1.3), (0, col.lighter(130)),
+                          (1, col.darker(120))))
         p.drawEllipse(c, r, r * 0.8)
     body, head = bust(top=28)
-    g = QRadialGradient(QPointF(head.center().x() - 20, head.top() + 10), 150)
-    g.setColorAt(0, C("#ffe3a3"))
-    g.setColorAt(0.5, C("#f4b860"))
-    g.setColorAt(1, C("#b8742e"))
-    p.setBrush(g)
+    p.setBrush(shaded(QRadialGradient(QPointF(head.center().x() - 20, head.top() + 10), 150),
+                      (0, "#ffe3a3"), (0.5, "#f4b860"), (1, "#b8742e")))
     p.drawPath(body)
     p.setBrush(C("#2b1d14"))
     for dx in (-0.2, 0.2):
@@ -370,33 +367,22 @@ def comic_ink(p: QPainter, rng: random.Random) -> None:
 
 
 def toon_3d(p: QPainter, rng: random.Random) -> None:
-    g = QRadialGradient(QPointF(W / 2, H * 0.3), W * 0.8)
-    g.setColorAt(0, C("#8ee3e0"))
-    g.setColorAt(1, C("#2d7d9a"))
-    p.fillRect(QRectF(0, 0, W, H), g)
+    p.fillRect(QRectF(0, 0, W, H), shaded(QRadialGradient(QPointF(W / 2, H * 0.3), W * 0.8), (0, "#8ee3e0"),
+                                          (1, "#2d7d9a")))
     body, head = bust(top=22, scale=1.05)
     p.setPen(Qt.NoPen)
-    sg = QRadialGradient(QPointF(head.center().x() - 16, head.top() + 14), 120)
-    sg.setColorAt(0, C("#ffe9dc"))
-    sg.setColorAt(0.45, C("#ffbf9f"))
-    sg.setColorAt(1, C("#c9735a"))
-    p.setBrush(sg)
+    p.setBrush(shaded(QRadialGradient(QPointF(head.center().x() - 16, head.top() + 14), 120),
+                      (0, "#ffe9dc"), (0.45, "#ffbf9f"), (1, "#c9735a")))
     p.drawPath(body)
     shirt = QPainterPath()
     shirt.addRect(QRectF(0, head.bottom() + 14, W, H))
-    tg = QLinearGradient(0, head.bottom(), 0, H)
-    tg.setColorAt(0, C("#ff7a59"))
-    tg.setColorAt(1, C("#b23a2a"))
-    p.setBrush(tg)
+    p.setBrush(vgrad("#ff7a59", "#b23a2a", head.bottom()))
     p.drawPath(body.intersected(shirt))
     p.setBrush(Qt.NoBrush)
     p.setPen(QPen(C("#fff7c2", 160), 3))  # rim light
     p.drawArc(head.adjusted(1, 1, -1, -1), -40 * 16, 80 * 16)
-    hg = QLinearGradient(0, head.top() - 10, 0, head.center().y())
-    hg.setColorAt(0, C("#6b3fa0"))
-    hg.setColorAt(1, C("#3b1f63"))
     p.setPen(Qt.NoPen)
-    p.setBrush(hg)
+    p.setBrush(vgrad("#6b3fa0", "#3b1f63", head.top() - 10, head.center().y()))
     p.drawPath(hair(head, 4))
     eyes(p, head, "#2b9a5a", 1.15)
     p.setBrush(C("#ffffff", 150))
@@ -413,11 +399,8 @@ def vaporwave(p: QPainter, rng: random.Random) -> None:
         cut.addRect(QRectF(0, y, W, h_))
         y += 7
         h_ += 1.0
-    sg = QLinearGradient(0, 36, 0, 120)
-    sg.setColorAt(0, C("#ffe66d"))
-    sg.setColorAt(1, C("#ff3f8e"))
     p.setPen(Qt.NoPen)
-    p.setBrush(sg)
+    p.setBrush(vgrad("#ffe66d", "#ff3f8e", 36, 120))
     p.drawPath(sun.subtracted(cut))
     p.fillRect(QRectF(0, 100, W, H - 100), C("#1b0b3a"))
     p.setPen(QPen(C("#3ef7ff", 200), 1.2))

@@ -18,6 +18,18 @@ def wait_for(predicate, timeout: float = 60.0, poll: float = 0.05) -> float | No
     return None
 
 
+def refused(argv: list[str], words: str, capsys) -> str:
+    """Run `sdv2 argv` in-process: exit status 2, the last line `sdv2: error: ...` naming `words`, no traceback."""
+    from sdv2_studio.engine.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("sdv2: error:") and words in last, err
+    assert "Traceback" not in err and err.count("sdv2: error:") == 1
+    return last
+
+
 def median_rgb(frame: np.ndarray) -> np.ndarray:
     return np.median(frame.reshape(-1, 3), axis=0)
 

@@ -35,7 +35,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from helpers import wait_for
+from helpers import refused, wait_for
 from sdv2_studio.engine.api import Engine, EngineConfig
 from sdv2_studio.engine.cli import main
 from sdv2_studio.engine.config import InvalidControl
@@ -47,16 +47,6 @@ from sdv2_studio.engine.models import tiny_bundle
 
 SDV2 = [sys.executable, "-m", "sdv2_studio.engine.cli"]
 RUN = ["run", "--model", "tiny", "--size", "64x64", "--steps", "1"]
-
-
-def refused(argv: list[str], words: str, capsys) -> str:
-    """Run `sdv2 argv` in-process: exit status 2, the last line `sdv2: error: ...` naming `words`, no traceback."""
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    last = err.strip().splitlines()[-1]
-    assert last.startswith("sdv2: error:") and words in last, err
-    assert "Traceback" not in err and err.count("sdv2: error:") == 1
-    return last
 
 
 def clip(path: Path, frames: int = 8, size: tuple[int, int] = (64, 64)) -> Path:

@@ -16,6 +16,7 @@ import io
 import json
 import os
 import random
+import shutil
 import socket
 import subprocess
 import sys
@@ -34,6 +35,8 @@ hf_utils = pytest.importorskip("huggingface_hub.utils")
 
 from sdv2_studio.engine import hub  # noqa: E402
 from sdv2_studio.engine.errors import EngineError  # noqa: E402
+from sdv2_studio.engine.hub import cli as hub_cli  # noqa: E402
+from sdv2_studio.engine.hub import fetch, transfer  # noqa: E402
 from sdv2_studio.engine.models import (  # noqa: E402
     BASE_DIR,
     CAUSAL_DIR,
@@ -412,8 +415,8 @@ STOP_AT = "text_encoder/model-00002-of-00002.safetensors"
 def stop_inside_the_second_shard(monkeypatch, stop):
     """One file at a time, 16 kB pieces: `stop()` runs when the base's bytes reach the middle of STOP_AT."""
     monkeypatch.setattr(hf_constants, "DOWNLOAD_CHUNK_SIZE", 16384)
-    monkeypatch.setattr(hub, "_WORKERS", 1)
-    monkeypatch.setattr(hub._Transfer, "interval", 0.0)
+    monkeypatch.setattr(fetch, "_WORKERS", 1)
+    monkeypatch.setattr(transfer.Transfer, "interval", 0.0)
     repos = fake_repos()
     before = sum(len(repos[BASE][n]) for n in base_files_wanted(repos) if n < STOP_AT)
     prefix = "downloading wan2.1-1.3b-base: "
@@ -465,15 +468,15 @@ def test_cancel_from_progress_is_completed_by_the_next_run(fake_hub, monkeypatch
 def test_ctrl_c_stops_the_transfers(fake_hub, monkeypatch, capsys):
     # Ctrl-C arrives in the main thread while huggingface_hub's threads download: they stop at their next piece
     stopped = threading.Event()
-    stop = hub._Transfer.stop
-    monkeypatch.setattr(hub._Transfer, "stop", lambda self, e: (stop(self, e), stopped.set()))
+    stop = transfer.Transfer.stop
+    monkeypatch.setattr(transfer.Transfer, "stop", lambda self, e: (stop(self, e), stopped.set()))
 
     def ctrl_c():
         _thread.interrupt_main()
         assert stopped.wait(60)  # the main thread has stopped the transfer; this piece is the last one
 
     progress, _ = stop_inside_the_second_shard(monkeypatch, ctrl_c)
-    monkeypatch.setattr(hub, "_cli_progress", lambda: progress)
+    monkeypatch.setattr(hub_cli, "_cli_progress", lambda: progress)
     assert run_cli(["models", "download", *DIFFUSERS, "--yes"]) == 130
     assert capsys.readouterr().err.strip().splitlines()[-1] == "sdv2: interrupted"
     check_stopped_then_completed(fake_hub)
@@ -566,7 +569,7 @@ def test_offline_env_is_one_line(fake_hub, monkeypatch):
 
 def test_not_enough_disk_space(fake_hub, monkeypatch):
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(hub.shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 1000, 1000))
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 1000, 1000))
     repos = fake_repos()
     need = len(repos[SDV2]["wan_causal_dmd_v2v/model.pt"]) + sum(len(repos[BASE][n]) for n in base_files_wanted(repos))
     assert hub.format_size(need) == "640.1 kB"  # exact sizes from the hub's metadata, not the catalogue's estimates
@@ -743,8 +746,8 @@ def test_register_cli_adds_models_command():
     parser = argparse.ArgumentParser(prog="sdv2")
     hub.register_cli(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["models", "download", "sdv2-1.3b", "--dir", "D"])
-    assert args.items == ["sdv2-1.3b"] and args.dir == "D" and args.fn is hub._cmd_download
-    assert parser.parse_args(["models", "list"]).fn is hub._cmd_list
+    assert args.items == ["sdv2-1.3b"] and args.dir == "D" and args.fn is hub_cli._cmd_download
+    assert parser.parse_args(["models", "list"]).fn is hub_cli._cmd_list
     assert parser.parse_args(["models", "path"]).item is None
 
 
@@ -783,7 +786,7 @@ def test_cli_list_path_download(fake_hub, capsys, tmp_path):
 
 def test_cli_progress_without_a_terminal():
     buf = io.StringIO()
-    show = hub._cli_progress(buf)
+    show = hub_cli._cli_progress(buf)
     for i in range(101):
         show(f"downloading a/b.pt: {i} kB of 100 kB", i / 100)
     lines = buf.getvalue().splitlines()
@@ -873,7 +876,7 @@ def test_the_question_before_downloading(fake_hub, capsys, monkeypatch):
 
 def test_not_enough_disk_space_is_one_line_before_the_question(fake_hub, capsys, monkeypatch):
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(hub.shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 1000, 1000))
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 1000, 1000))
     monkeypatch.setattr(sys, "stdin", Terminal("y\n"))
     assert run_cli(["models", "download"]) == 2
     cap = capsys.readouterr()

@@ -358,8 +358,8 @@ def test_bridge_attach_scene_presets_and_survives_an_obs_restart(obs, client, bu
 
         # scene awareness: switching the program scene applies the mapped preset
         client.call("SetCurrentProgramScene", {"sceneName": COLOUR_SCENE})
-        assert wait_for(lambda: bridge.session.preset == "calm", 30) is not None
-        assert bridge.session.engine.config.controls.steps == 1
+        assert wait_for(lambda: bridge.preset == "calm", 30) is not None
+        assert bridge.engine.config.controls.steps == 1
         client.call("SetCurrentProgramScene", {"sceneName": "Scene"})
         assert wait_for(lambda: bridge.health is not None, 30) is not None
 

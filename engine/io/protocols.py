@@ -10,6 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from types import TracebackType
+from typing import TypeVar
 
 import numpy as np
 from sdv2_studio.engine.errors import EngineError
@@ -31,7 +32,27 @@ def check_source_size(h: int, w: int, what: str) -> tuple[int, int]:
     return h, w
 
 
-class FrameSource(ABC):
+_C = TypeVar("_C", bound="Closing")
+
+
+class Closing(ABC):
+    """Something that holds a resource until ``close()``; a ``with`` block closes it."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the resource (a source's device/file/connection; a sink's output, flushed and finished). Safe to
+        call more than once."""
+
+    def __enter__(self: _C) -> _C:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class FrameSource(Closing):
     """An iterator of ``(frame, pts_seconds)`` with ``fps`` and ``size`` (h, w). Iterate it once."""
 
     fps: float
@@ -40,34 +61,10 @@ class FrameSource(ABC):
     @abstractmethod
     def __iter__(self) -> Iterator[tuple[Frame, float]]: ...
 
-    @abstractmethod
-    def close(self) -> None:
-        """Release the device/file/connection. Safe to call more than once."""
 
-    def __enter__(self) -> FrameSource:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-
-class FrameSink(ABC):
+class FrameSink(Closing):
     """Consumes ``HxWx3`` uint8 RGB frames; ``close()`` finishes the output (flush, finalize)."""
 
     @abstractmethod
     def write(self, frame: Frame, pts_seconds: float | None = None) -> None:
         """Write one frame; ``pts_seconds`` is its presentation time (None: evenly spaced at the sink's fps)."""
-
-    @abstractmethod
-    def close(self) -> None:
-        """Flush and finish the output. Safe to call more than once."""
-
-    def __enter__(self) -> FrameSink:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()

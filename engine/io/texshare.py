@@ -13,7 +13,9 @@ Specs: ``spout`` / ``spout:NAME`` and ``syphon`` / ``syphon:NAME`` (default name
 
 from __future__ import annotations
 
+import importlib
 import sys
+from typing import NamedTuple
 
 import numpy as np
 from sdv2_studio.engine.errors import EngineError
@@ -25,21 +27,29 @@ __all__ = ["SpoutSink", "SyphonSink", "open_texshare_sink", "texshare_available"
 DEFAULT_NAME = "StreamDiffusionV2"
 
 
+class _Needs(NamedTuple):
+    platform: str  # sys.platform
+    os_name: str
+    module: str  # what its package installs
+    package: str  # what to install, and how
+
+
+_NEEDS = {
+    "spout": _Needs("win32", "Windows", "SpoutGL", "SpoutGL: pip install SpoutGL (and the obs-spout2 plugin in OBS)"),
+    "syphon": _Needs("darwin", "macOS", "syphon", "syphon-python: pip install syphon-python"),
+}
+
+
 def texshare_available() -> list[str]:
     """Which of ``spout``/``syphon`` this machine can offer (platform and package present)."""
     found = []
-    if sys.platform == "win32":
-        try:
-            import SpoutGL  # noqa: F401
-            found.append("spout")
-        except ImportError:
-            pass
-    if sys.platform == "darwin":
-        try:
-            import syphon  # noqa: F401
-            found.append("syphon")
-        except ImportError:
-            pass
+    for kind, needs in _NEEDS.items():
+        if sys.platform == needs.platform:
+            try:
+                importlib.import_module(needs.module)
+                found.append(kind)
+            except ImportError:
+                pass
     return found
 
 
@@ -53,28 +63,54 @@ def _rgba(frame: Frame, size: tuple[int, int] | None) -> np.ndarray:
     return out
 
 
-class SpoutSink(FrameSink):
-    """Publishes frames as the Spout sender ``name`` (Windows; needs ``SpoutGL``)."""
+class _TextureSink(FrameSink):
+    """What Spout and Syphon share: the platform and package checks, RGBA frames, a closed output refusing frames."""
 
-    def __init__(self, name: str = DEFAULT_NAME, size: tuple[int, int] | None = None) -> None:
-        if sys.platform != "win32":
-            raise EngineError("Spout output exists on Windows only; use the udp stream output here")
+    kind = ""  # "spout" or "syphon"
+
+    def __init__(self, name: str, size: tuple[int, int] | None) -> None:
+        needs = _NEEDS[self.kind]
+        if sys.platform != needs.platform:
+            raise EngineError(f"{self.kind.title()} output exists on {needs.os_name} only; use the udp stream output "
+                              "here")
         try:
-            import SpoutGL
-            from SpoutGL.enums import GL_RGBA
+            self._package = importlib.import_module(needs.module)
         except ImportError:
-            raise EngineError("Spout output needs SpoutGL: pip install SpoutGL (and the obs-spout2 plugin in "
-                              "OBS)") from None
+            raise EngineError(f"{self.kind.title()} output needs {needs.package}") from None
         self.name, self.size = name, size
-        self._gl_rgba = GL_RGBA
-        self._sender = SpoutGL.SpoutSender()
-        self._sender.setSenderName(name)
         self._closed = False
 
     def write(self, frame: Frame, pts_seconds: float | None = None) -> None:
         if self._closed:
-            raise EngineError("the Spout output is closed; open it again")
-        rgba = _rgba(frame, self.size)
+            raise EngineError(f"the {self.kind.title()} output is closed; open it again")
+        self._publish(_rgba(frame, self.size))
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._release()
+
+    def _publish(self, rgba: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _release(self) -> None:
+        raise NotImplementedError
+
+
+class SpoutSink(_TextureSink):
+    """Publishes frames as the Spout sender ``name`` (Windows; needs ``SpoutGL``)."""
+
+    kind = "spout"
+
+    def __init__(self, name: str = DEFAULT_NAME, size: tuple[int, int] | None = None) -> None:
+        super().__init__(name, size)
+        from SpoutGL.enums import GL_RGBA
+
+        self._gl_rgba = GL_RGBA
+        self._sender = self._package.SpoutSender()
+        self._sender.setSenderName(name)
+
+    def _publish(self, rgba: np.ndarray) -> None:
         self.size = rgba.shape[:2]
         h, w = self.size
         if not self._sender.sendImage(rgba, w, h, self._gl_rgba, False, 0):
@@ -82,44 +118,33 @@ class SpoutSink(FrameSink):
                               "stream output")
         self._sender.setFrameSync(self.name)
 
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._sender.releaseSender()
+    def _release(self) -> None:
+        self._sender.releaseSender()
 
 
-class SyphonSink(FrameSink):
+class SyphonSink(_TextureSink):
     """Publishes frames as the Syphon server ``name`` (macOS 11+; needs ``syphon-python``, Metal backend)."""
 
-    def __init__(self, name: str = DEFAULT_NAME, size: tuple[int, int] | None = None) -> None:
-        if sys.platform != "darwin":
-            raise EngineError("Syphon output exists on macOS only; use the udp stream output here")
-        try:
-            import syphon
-            from syphon.utils.numpy import copy_image_to_mtl_texture
-            from syphon.utils.raw import create_mtl_texture
-        except ImportError:
-            raise EngineError("Syphon output needs syphon-python: pip install syphon-python") from None
-        self.name, self.size = name, size
-        self._copy, self._create = copy_image_to_mtl_texture, create_mtl_texture
-        self._server = syphon.SyphonMetalServer(name)
-        self._texture = None
-        self._closed = False
+    kind = "syphon"
 
-    def write(self, frame: Frame, pts_seconds: float | None = None) -> None:
-        if self._closed:
-            raise EngineError("the Syphon output is closed; open it again")
-        rgba = _rgba(frame, self.size)
+    def __init__(self, name: str = DEFAULT_NAME, size: tuple[int, int] | None = None) -> None:
+        super().__init__(name, size)
+        from syphon.utils.numpy import copy_image_to_mtl_texture
+        from syphon.utils.raw import create_mtl_texture
+
+        self._copy, self._create = copy_image_to_mtl_texture, create_mtl_texture
+        self._server = self._package.SyphonMetalServer(name)
+        self._texture = None
+
+    def _publish(self, rgba: np.ndarray) -> None:
         if self._texture is None:
             self.size = rgba.shape[:2]
             self._texture = self._create(self._server.device, self.size[1], self.size[0])
         self._copy(rgba, self._texture)
         self._server.publish_frame_texture(self._texture)
 
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._server.stop()
+    def _release(self) -> None:
+        self._server.stop()
 
 
 def open_texshare_sink(spec: str, *, fps: float, size: tuple[int, int] | None = None) -> FrameSink:

@@ -184,3 +184,18 @@ gs_texture_t *sdv2_card_create(uint32_t cx, uint32_t cy, const char *line)
 	bfree(px);
 	return tex;
 }
+
+static bool refresh_clicked(obs_properties_t *props, obs_property_t *p, void *data)
+{
+	UNUSED_PARAMETER(props);
+	UNUSED_PARAMETER(p);
+	UNUSED_PARAMETER(data);
+	return true; /* rebuilds the dialog, and with it the status line */
+}
+
+void sdv2_add_status(obs_properties_t *props, const char *text)
+{
+	obs_property_t *info = obs_properties_add_text(props, "status", text ? text : "", OBS_TEXT_INFO);
+	obs_property_text_set_info_word_wrap(info, true);
+	obs_properties_add_button(props, "refresh", obs_module_text("Refresh"), refresh_clicked);
+}

@@ -1,4 +1,5 @@
-/* Styled frames from the engine as a texture: the shared part of the source and of the filter's replace mode.
+/* Styled frames from the engine as a texture: the shared part of the source and of the filter's replace mode (and of
+ * their properties dialogs).
  *
  * Everything happens in video_render, in the graphics context: renders of one source never run concurrently (OBS
  * holds the graphics lock while rendering, on its graphics thread or, for a screenshot, on another), so the reader
@@ -47,5 +48,7 @@ void sdv2_feed_free(struct sdv2_feed *f);
 
 /* Draw `tex` at cx x cy with the default effect, sRGB-correct (graphics context). */
 void sdv2_draw_texture(gs_texture_t *tex, uint32_t cx, uint32_t cy);
+/* The properties dialog's status line (`text`, NULL for none) and its Refresh button. */
+void sdv2_add_status(obs_properties_t *props, const char *text);
 /* The "not running" card: a dark texture with `line` in block letters (graphics context). */
 gs_texture_t *sdv2_card_create(uint32_t cx, uint32_t cy, const char *line);

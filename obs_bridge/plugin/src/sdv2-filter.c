@@ -172,14 +172,6 @@ static void filter_render(void *data, gs_effect_t *effect)
 		obs_source_skip_video_filter(f->self);
 }
 
-static bool refresh_clicked(obs_properties_t *props, obs_property_t *p, void *data)
-{
-	UNUSED_PARAMETER(props);
-	UNUSED_PARAMETER(p);
-	UNUSED_PARAMETER(data);
-	return true; /* rebuilds the dialog, and with it the status line */
-}
-
 static void filter_status(struct sdv2_filter *f, struct dstr *out)
 {
 	char channel[SHMF_CHANNEL_MAX + 1], segment[SHMF_NAME_MAX];
@@ -229,10 +221,7 @@ static obs_properties_t *filter_properties(void *data)
 	struct dstr status = {0};
 	if (f)
 		filter_status(f, &status);
-	obs_property_t *info = obs_properties_add_text(props, "status", status.array ? status.array : "",
-						       OBS_TEXT_INFO);
-	obs_property_text_set_info_word_wrap(info, true);
-	obs_properties_add_button(props, "refresh", obs_module_text("Refresh"), refresh_clicked);
+	sdv2_add_status(props, status.array);
 	dstr_free(&status);
 	return props;
 }

@@ -16,12 +16,12 @@
 struct sdv2_source {
 	obs_source_t *self;
 
-	pthread_mutex_t mutex; /* guards the fields up to `cy`: touched by the UI, tick and render threads */
+	pthread_mutex_t mutex; /* guards the next four fields: touched by the UI, tick and render threads */
 	char channel[SHMF_CHANNEL_MAX + 1];
 	char *fallback_name;
 	obs_weak_source_t *fallback; /* resolved from fallback_name in tick, added as an active child */
 	char *fallback_resolved;     /* the name `fallback` was resolved from */
-	uint32_t cx, cy;             /* what the last render drew */
+	volatile long cx, cy;        /* what the last render drew (atomic: OBS asks from any thread) */
 
 	/* render only (graphics context) */
 	struct sdv2_feed feed;
@@ -155,28 +155,18 @@ static void source_render(void *data, gs_effect_t *effect)
 			sdv2_draw_texture(s->card, cx, cy);
 	}
 	obs_source_release(fb);
-	pthread_mutex_lock(&s->mutex);
-	s->cx = cx;
-	s->cy = cy;
-	pthread_mutex_unlock(&s->mutex);
+	os_atomic_set_long(&s->cx, (long)cx);
+	os_atomic_set_long(&s->cy, (long)cy);
 }
 
 static uint32_t source_width(void *data)
 {
-	struct sdv2_source *s = data;
-	pthread_mutex_lock(&s->mutex);
-	uint32_t cx = s->cx;
-	pthread_mutex_unlock(&s->mutex);
-	return cx;
+	return (uint32_t)os_atomic_load_long(&((struct sdv2_source *)data)->cx);
 }
 
 static uint32_t source_height(void *data)
 {
-	struct sdv2_source *s = data;
-	pthread_mutex_lock(&s->mutex);
-	uint32_t cy = s->cy;
-	pthread_mutex_unlock(&s->mutex);
-	return cy;
+	return (uint32_t)os_atomic_load_long(&((struct sdv2_source *)data)->cy);
 }
 
 static bool add_video_source(void *list, obs_source_t *source)
@@ -184,14 +174,6 @@ static bool add_video_source(void *list, obs_source_t *source)
 	if (obs_source_get_output_flags(source) & OBS_SOURCE_VIDEO)
 		obs_property_list_add_string(list, obs_source_get_name(source), obs_source_get_name(source));
 	return true;
-}
-
-static bool refresh_clicked(obs_properties_t *props, obs_property_t *p, void *data)
-{
-	UNUSED_PARAMETER(props);
-	UNUSED_PARAMETER(p);
-	UNUSED_PARAMETER(data);
-	return true; /* rebuilds the dialog, and with it the status line */
 }
 
 static obs_properties_t *source_properties(void *data)
@@ -214,10 +196,7 @@ static obs_properties_t *source_properties(void *data)
 		dstr_printf(&how, "sdv2 run --source ... --out obs-source:%s", channel);
 		sdv2_feed_status(&st, channel, how.array, &status);
 	}
-	obs_property_t *info = obs_properties_add_text(props, "status", status.array ? status.array : "",
-						       OBS_TEXT_INFO);
-	obs_property_text_set_info_word_wrap(info, true);
-	obs_properties_add_button(props, "refresh", obs_module_text("Refresh"), refresh_clicked);
+	sdv2_add_status(props, status.array);
 	dstr_free(&status);
 	dstr_free(&how);
 	return props;

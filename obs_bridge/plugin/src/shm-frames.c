@@ -111,6 +111,18 @@ static void posix_name(char out[SHMF_NAME_MAX + 1], const char *name)
 	snprintf(out, SHMF_NAME_MAX + 1, "/%s", name);
 }
 
+/* Map `size` bytes of `fd` (0: a failure) into m and close fd. */
+static bool map_fd(struct shmf_map *m, int fd, size_t size)
+{
+	void *p = size ? mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) : MAP_FAILED;
+	close(fd);
+	if (p == MAP_FAILED)
+		return false;
+	m->base = p;
+	m->size = size;
+	return true;
+}
+
 static bool map_create(struct shmf_map *m, const char *name, size_t size, bool *exists)
 {
 	char path[SHMF_NAME_MAX + 1];
@@ -119,16 +131,10 @@ static bool map_create(struct shmf_map *m, const char *name, size_t size, bool *
 	*exists = fd < 0 && errno == EEXIST;
 	if (fd < 0)
 		return false;
-	void *p = ftruncate(fd, (off_t)size) == 0 ? mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
-						  : MAP_FAILED;
-	close(fd);
-	if (p == MAP_FAILED) {
+	bool mapped = map_fd(m, fd, ftruncate(fd, (off_t)size) == 0 ? size : 0);
+	if (!mapped)
 		shm_unlink(path);
-		return false;
-	}
-	m->base = p;
-	m->size = size;
-	return true;
+	return mapped;
 }
 
 static bool map_open(struct shmf_map *m, const char *name)
@@ -139,15 +145,8 @@ static bool map_open(struct shmf_map *m, const char *name)
 	if (fd < 0)
 		return false;
 	struct stat st;
-	void *p = MAP_FAILED;
-	if (fstat(fd, &st) == 0 && st.st_size >= SHMF_HEADER_SIZE)
-		p = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-	close(fd);
-	if (p == MAP_FAILED)
-		return false;
-	m->base = p;
-	m->size = (size_t)st.st_size;
-	return true;
+	bool whole = fstat(fd, &st) == 0 && st.st_size >= SHMF_HEADER_SIZE;
+	return map_fd(m, fd, whole ? (size_t)st.st_size : 0);
 }
 
 static void map_close(struct shmf_map *m)
@@ -307,13 +306,13 @@ uint8_t *shmf_writer_begin(struct shmf_writer *w, const char *name, uint32_t wid
 	struct shmf_slot *s = slot_of(&w->map, n);
 	s->lock += 1; /* odd: being written */
 	fence_release();
-	s->frame = n;
-	s->width = width;
-	s->height = height;
-	s->stride = width * bpp;
-	s->format = format;
+	s->frame.number = n;
+	s->frame.width = width;
+	s->frame.height = height;
+	s->frame.stride = width * bpp;
+	s->frame.format = format;
 	w->open_slot = s;
-	*stride = s->stride;
+	*stride = s->frame.stride;
 	return (uint8_t *)s + SHMF_SLOT_HEADER_SIZE;
 }
 
@@ -323,11 +322,11 @@ void shmf_writer_end(struct shmf_writer *w, uint64_t pts_ns)
 	if (!s)
 		return;
 	uint64_t now = os_gettime_ns();
-	s->pts_ns = pts_ns;
-	s->write_ns = now;
+	s->frame.pts_ns = pts_ns;
+	s->frame.write_ns = now;
 	store_release(&s->lock, s->lock + 1); /* even: stable */
 	struct shmf_header *h = header_of(&w->map);
-	store_release(&h->latest, s->frame);
+	store_release(&h->latest, s->frame.number);
 	h->heartbeat_ns = now;
 	w->open_slot = NULL;
 }
@@ -412,7 +411,7 @@ bool shmf_reader_poll(struct shmf_reader *r, const char *name, struct shmf_frame
 			return false;
 		struct shmf_slot *s = slot_of(&r->map, n);
 		uint64_t lock = load_acquire(&s->lock);
-		struct shmf_frame f = {s->frame, s->width, s->height, s->stride, s->format, s->pts_ns, s->write_ns};
+		struct shmf_frame f = s->frame;
 		if ((lock & 1) || f.number != n || !frame_fits(&f, h->capacity)) {
 			r->races++; /* lapped, or fields of a frame being written */
 			continue;

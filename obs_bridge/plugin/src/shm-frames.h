@@ -40,15 +40,20 @@ struct shmf_header {
 	uint8_t reserved[168];
 };
 
-struct shmf_slot {
-	uint64_t lock;
-	uint64_t frame;
+struct shmf_frame {
+	uint64_t number;
 	uint32_t width;
 	uint32_t height;
 	uint32_t stride;
 	uint32_t format;
 	uint64_t pts_ns;
 	uint64_t write_ns;
+};
+
+/* A slot's header: a sequence lock (odd while the frame is being written), then the frame's description. */
+struct shmf_slot {
+	uint64_t lock;
+	struct shmf_frame frame;
 	uint8_t reserved[16];
 };
 
@@ -76,16 +81,6 @@ struct shmf_writer {
 	uint64_t retry_ns; /* when a refused or failed create may be tried again */
 	enum shmf_state state;
 	struct shmf_slot *open_slot; /* between begin and end */
-};
-
-struct shmf_frame {
-	uint64_t number;
-	uint32_t width;
-	uint32_t height;
-	uint32_t stride;
-	uint32_t format;
-	uint64_t pts_ns;
-	uint64_t write_ns;
 };
 
 struct shmf_reader {
