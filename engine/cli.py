@@ -184,7 +184,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     _stop_on_signals()
     session.start(progress=progress)
     bundle, (h, w) = session.engine.bundle, session.engine.size
-    if bundle.untrained:
+    if bundle.notice:  # the untrained tiny model; the passthrough model, which ignores the prompts
         print(f"NOTE: {bundle.notice}", file=sys.stderr)
     st = session.status()
     if st.live and not (args.frames or args.seconds):
@@ -310,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop after this much source time (default: 3 s for the test source, else the whole input)")
     s.add_argument("--frames", type=int, default=None, help="stop after this many input frames")
     s.add_argument("--model", default="auto",
-                   help="auto (downloaded model, else tiny), tiny, or a DiT checkpoint file or folder")
+                   help="auto (downloaded model, else tiny), tiny, passthrough (no model: frames pass through "
+                   "unchanged, to check the wiring), or a DiT checkpoint file or folder")
     s.add_argument("--base", default=None, help="Wan2.1 base folder with the VAE and text encoder: the original "
                    "release (Wan2.1_VAE.pth, models_t5_umt5-xxl-enc-bf16.pth, google/umt5-xxl/) or diffusers "
                    "(vae/, text_encoder/, tokenizer/); default: found beside --model or downloaded")
