@@ -9,15 +9,14 @@ from the model. Controls (prompts, presets, steps) are accepted, checked and ign
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 from sdv2_studio.engine.config import CacheConfig, Controls
-from sdv2_studio.engine.errors import EngineError
+from sdv2_studio.engine.pipeline import ChunkedStream
 
 
-class PassthroughPipeline:
-    """The StreamPipeline interface the engine uses (engine/api.py), with the identity as the model."""
+class PassthroughPipeline(ChunkedStream):
+    """The StreamPipeline interface the engine uses (engine/api.py), with the identity as the model. Controls set
+    (checked by `Controls`) are taken at the next chunk, as a model would, and not used."""
 
     def __init__(self, size: tuple[int, int], controls: Controls = Controls(), batch: bool = True,
                  cache_cfg: CacheConfig = CacheConfig()):
@@ -27,19 +26,6 @@ class PassthroughPipeline:
         self.chunks = 0
         self._pending: Controls | None = None
 
-    @property
-    def frames_needed(self) -> int:
-        return self.first_pixels if self.chunks == 0 else self.chunk_pixels
-
-    @property
-    def next_controls(self) -> Controls:
-        return self._pending or self.controls
-
-    def set_controls(self, **changes) -> Controls:
-        """Checked (Controls validates its fields) and kept, as a model would at its next chunk; not used."""
-        self._pending = dataclasses.replace(self.next_controls, **changes)
-        return self._pending
-
     def set_mode(self, batch: bool) -> None:
         self.batch = bool(batch)
 
@@ -48,11 +34,7 @@ class PassthroughPipeline:
 
     def process(self, frames: np.ndarray) -> list[np.ndarray]:
         """One chunk of exactly `frames_needed` uint8 frames [T, H, W, 3] at the pipeline size, returned as is."""
-        if len(frames) != self.frames_needed:
-            raise ValueError(f"chunk needs {self.frames_needed} frames, got {len(frames)}")
-        if tuple(frames.shape[1:3]) != self.size:
-            raise EngineError(f"frames are {frames.shape[2]}x{frames.shape[1]} but the engine runs at "
-                              f"{self.size[1]}x{self.size[0]}; fit frames with engine.io.frames.fit_frame")
+        self.check_chunk(frames)
         if self._pending is not None:
             self.controls, self._pending = self._pending, None
         self.chunks += 1
