@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import math
 import numbers
 import threading
@@ -37,6 +38,7 @@ from sdv2_studio.engine.device import auto_dtype, use_device
 from sdv2_studio.engine.errors import EngineError
 from sdv2_studio.engine.io.frames import check_fit, check_size, fit_frame, restore_frame
 from sdv2_studio.engine.models import ModelBundle, Progress, ResolvedModel, load_bundle, resolve_model
+from sdv2_studio.engine.passthrough import PassthroughPipeline
 from sdv2_studio.engine.pipeline import StreamPipeline
 from sdv2_studio.engine.slo import Plan, SLOConfig, SLOScheduler, SLOStats
 from sdv2_studio.engine.text import PromptCache, default_prompt_cache_dir
@@ -44,7 +46,7 @@ from sdv2_studio.engine.text import PromptCache, default_prompt_cache_dir
 
 @dataclass
 class EngineConfig:
-    model: str = "auto"  # "auto" (downloaded 1.3B, else tiny), "tiny", or a DiT checkpoint file/folder
+    model: str = "auto"  # "auto" (downloaded 1.3B, else tiny), "tiny", "passthrough" (identity), or a DiT checkpoint
     base: str | None = None  # Wan2.1 base folder (original or diffusers: VAE, umT5); found automatically when None
     vae: str | None = None  # a VAE file/folder (any layout); None: the base folder's
     text_encoder: str | None = None  # a umT5 file/folder (any layout); None: the base folder's
@@ -151,7 +153,7 @@ class Engine:
         self._lat: collections.deque = collections.deque(maxlen=512)
         self._out_times: collections.deque = collections.deque(maxlen=256)
         self._chunk_times: collections.deque = collections.deque(maxlen=64)
-        self.pipeline: StreamPipeline | None = None
+        self.pipeline: StreamPipeline | PassthroughPipeline | None = None
         self.bundle: ModelBundle | None = None
         self.scheduler: SLOScheduler | None = None
         self._rebuild = None  # (size, controls, batch) -> StreamPipeline, for resolution changes (single device)
@@ -176,6 +178,12 @@ class Engine:
                                              text_device=cfg.text_device, progress=progress)
         self.bundle = bundle
         h, w = check_size(*(cfg.size or bundle.default_size))
+        if bundle.model.passthrough:  # no network: the identity in place of the pipeline, the rest unchanged
+            if cfg.compile or cfg.taehv:
+                raise EngineError("the passthrough model runs no network: drop --compile and --taehv")
+            self.pipeline = PassthroughPipeline((h, w), cfg.controls, cfg.batch, cfg.cache)
+            self._rebuild = functools.partial(PassthroughPipeline, cache_cfg=cfg.cache)
+            return self._launch(progress)
         folder = default_prompt_cache_dir() if cfg.prompt_cache_dir is None else (cfg.prompt_cache_dir or None)
         prompts = PromptCache(bundle.text, folder)
         if progress:
@@ -214,6 +222,8 @@ class Engine:
         devices = rank_devices(cfg.device, cfg.ranks)
         dtype = resolve_dtype(cfg.dtype, devices[0])
         model = cfg.resolve_model()
+        if model.passthrough:
+            raise EngineError("the passthrough model runs no network to split: drop --ranks and the device list")
         if model.loras or cfg.vae:
             raise EngineError("--lora and --vae are not supported with pipeline ranks yet (the other ranks would "
                               "load the base folder's parts): use one device, or put the VAE in the --base folder")

@@ -64,6 +64,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     args.dtype = args.dtype or ("auto" if gpu else "float32")
     if args.what == "roofline":
         return load_bench("roofline").main_roofline(args)
+    if args.what == "transport":
+        if args.samples < 1:
+            raise EngineError(f"--samples must be 1 or more, not {args.samples}")
+        load_bench("transport").main_transport(args)
+        return 0
     measure = load_bench("measure")
     if args.what == "model":
         points = tuple(int(p) for p in args.points.split(","))
@@ -184,7 +189,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     _stop_on_signals()
     session.start(progress=progress)
     bundle, (h, w) = session.engine.bundle, session.engine.size
-    if bundle.untrained:
+    if bundle.notice:  # the untrained tiny model; the passthrough model, which ignores the prompts
         print(f"NOTE: {bundle.notice}", file=sys.stderr)
     st = session.status()
     if st.live and not (args.frames or args.seconds):
@@ -310,7 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop after this much source time (default: 3 s for the test source, else the whole input)")
     s.add_argument("--frames", type=int, default=None, help="stop after this many input frames")
     s.add_argument("--model", default="auto",
-                   help="auto (downloaded model, else tiny), tiny, or a DiT checkpoint file or folder")
+                   help="auto (downloaded model, else tiny), tiny, passthrough (no model: frames pass through "
+                   "unchanged, to check the wiring), or a DiT checkpoint file or folder")
     s.add_argument("--base", default=None, help="Wan2.1 base folder with the VAE and text encoder: the original "
                    "release (Wan2.1_VAE.pth, models_t5_umt5-xxl-enc-bf16.pth, google/umt5-xxl/) or diffusers "
                    "(vae/, text_encoder/, tokenizer/); default: found beside --model or downloaded")
@@ -360,13 +366,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=_cmd_inspect)
 
     s = sub.add_parser("bench", help="benchmarks that print ratios and save JSON")
-    s.add_argument("what", choices=["model", "pipeline", "parallel", "roofline", "gpu"],
+    s.add_argument("what", choices=["model", "pipeline", "parallel", "roofline", "gpu", "transport"],
                    help="model: streaming DiT forward (flat cost, cache speedup, FLOP/s); "
                         "pipeline: stage split, fps and latency for 1-4 steps, Stream-Batch vs no-batch; "
                         "parallel: 1 vs 2 CPU pipeline ranks (one thread each), scaling efficiency; "
                         "roofline: predicted fps/TTFF/VRAM on H100 and RTX 4090 for 1-4 GPUs vs the paper; "
                         "gpu: the paper's configurations measured on your GPUs (random 1.3B weights; fps, TTFF, "
-                        "stages, VRAM, host-sync check, ratio to the paper)")
+                        "stages, VRAM, host-sync check, ratio to the paper); "
+                        "transport: one-way latency engine -> OBS through the passthrough model, the plugin (shared "
+                        "memory) vs the UDP Media Source, side by side (needs OBS with the plugin, or --headless)")
     s.add_argument("--steps", type=int, default=None, help="parallel: denoising steps (default 2); gpu: only these")
     s.add_argument("--gpus", default=None, help="gpu: GPU counts to run, e.g. 1,2 (default: 1 to all)")
     s.add_argument("--compiled", default="both", choices=["both", "eager", "compiled"], help="gpu: which hot paths")
@@ -381,7 +389,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"],
                    help="default: float32 (gpu: auto)")
     s.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
-    s.add_argument("--out", default=None, help="JSON output path (default bench/results/<what>.json)")
+    s.add_argument("--out", "--json", default=None, help="JSON output path (default bench/results/<what>.json)")
+    s.add_argument("--samples", type=int, default=150, help="transport: screenshots recognised per path")
+    s.add_argument("--headless", action="store_true", help="transport: start a private OBS under Xvfb with the "
+                   "plugin built into its own config (Linux: obs-studio, xvfb, cmake, libobs-dev)")
+    s.add_argument("--host", default=None, help="transport: obs-websocket host (default: `sdv2 obs`'s setting)")
+    s.add_argument("--port", type=int, default=None, help="transport: obs-websocket port (default: `sdv2 obs`'s)")
     s.set_defaults(fn=_cmd_bench)
 
     s = sub.add_parser("sources", help="list the cameras found on this system")

@@ -241,10 +241,12 @@ class CacheConfig:
 
 # -- model files: what `sdv2 run --model/--base/--vae/--text-encoder/--tokenizer/--lora` and EngineConfig name ------
 
-SEEDED_MODELS = ("auto", "tiny")  # specs that need no file (with "random:PRESET")
+PASSTHROUGH = "passthrough"  # the identity "model" (engine/passthrough.py): wiring checks, transport latency
+SEEDED_MODELS = ("auto", "tiny", PASSTHROUGH)  # specs that need no file (with "random:PRESET")
 MAX_LORA_STRENGTH = 10.0
 _FILE_FIXES = {  # field -> (what it is, the flag, what to pass)
-    "model": ("model", "--model", "a DiT checkpoint file or folder, 'tiny', or run `sdv2 models download`"),
+    "model": ("model", "--model", "a DiT checkpoint file or folder, 'tiny', 'passthrough', or run `sdv2 models "
+                                  "download`"),
     "base": ("base folder", "--base", "a Wan2.1 folder (original: Wan2.1_VAE.pth + models_t5_umt5-xxl-enc-bf16.pth "
                                       "+ google/umt5-xxl/, or diffusers: vae/ + text_encoder/ + tokenizer/)"),
     "vae": ("VAE", "--vae", "Wan2.1_VAE.pth, a diffusers vae/ folder or ComfyUI's wan_2.1_vae.safetensors"),
@@ -283,17 +285,21 @@ def check_model_files(model: str = "auto", base=None, vae=None, text_encoder=Non
     return the LoRAs normalised to ((path, strength), ...). `loras`: "FILE[:STRENGTH]" strings or
     (path, strength) pairs; strength 1.0 when left out."""
     if not isinstance(model, str) or not model:
-        raise EngineError(f"model must be 'auto', 'tiny', 'random:PRESET' or a checkpoint path, not {model!r}")
+        raise EngineError(f"model must be 'auto', 'tiny', 'passthrough', 'random:PRESET' or a checkpoint path, not "
+                          f"{model!r}")
     if model not in SEEDED_MODELS and not model.startswith("random:"):
         _must_exist("model", model)
     for name, value in (("base", base), ("vae", vae), ("text_encoder", text_encoder), ("tokenizer", tokenizer)):
         _must_exist(name, value)
-    if model == "tiny" or model.startswith("random:"):
+    if model in ("tiny", PASSTHROUGH) or model.startswith("random:"):
         given = [_FILE_FIXES[n][1] for n, v in (("base", base), ("vae", vae), ("text_encoder", text_encoder),
                                                ("tokenizer", tokenizer)) if v]
+        if model == PASSTHROUGH and loras:
+            given.append("--lora")
         if given:
-            raise EngineError(f"{', '.join(given)} cannot be used with the built-in {model} model (it has its own "
-                              "parts); pass a DiT checkpoint with --model")
+            raise EngineError(f"{', '.join(given)} cannot be used with the built-in {model} model (it "
+                              f"{'runs no network' if model == PASSTHROUGH else 'has its own parts'}); pass a DiT "
+                              "checkpoint with --model")
     if isinstance(loras, (str, Path)):
         loras = (loras,)
     out = []

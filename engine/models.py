@@ -2,11 +2,12 @@
 
 `resolve_model(spec, base)` is the one place a model spec is turned into files and shapes, without loading any
 weights: "auto" (the downloaded StreamDiffusionV2 1.3B model when present, else the tiny model), "tiny",
-"random:PRESET" (seeded random weights of a preset, for benchmarks) or a checkpoint file/folder with its Wan2.1
-base folder. The engine, its pipeline ranks, `sdv2 run` under torchrun, the memory estimate (engine/memory.py) and
-the app all start from it. A `ModelBundle` is the three networks a stream needs (DiT, VAE, text encoder) loaded
-for a resolved model, with what the UI should say about them (a notice for the untrained tiny model names the
-command that downloads the real one).
+"random:PRESET" (seeded random weights of a preset, for benchmarks), "passthrough" (no network: frames pass through
+unchanged, engine/passthrough.py) or a checkpoint file/folder with its Wan2.1 base folder. The engine, its pipeline
+ranks, `sdv2 run` under torchrun, the memory estimate (engine/memory.py) and the app all start from it. A
+`ModelBundle` is the three networks a stream needs (DiT, VAE, text encoder) loaded for a resolved model, with what
+the UI should say about them (a notice for the untrained tiny model names the command that downloads the real one;
+the passthrough model's says that prompts are ignored).
 
 Files on disk (what `sdv2 models download` produces; any folder with the same layout works):
     <models>/StreamDiffusionV2/wan_causal_dmd_v2v/model.pt      the causal DMD-distilled DiT (1.3B)
@@ -31,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from sdv2_studio.engine.config import ModelConfig, check_model_files, get_preset
+from sdv2_studio.engine.config import PASSTHROUGH, ModelConfig, check_model_files, get_preset
 from sdv2_studio.engine.errors import EngineError
 from sdv2_studio.engine.model import CausalWanModel, cast_model, fuse_qkv, keep_fp32
 from sdv2_studio.engine.text import (
@@ -48,6 +49,8 @@ if TYPE_CHECKING:
 
 TINY_NOTICE = ("using the built-in tiny model: UNTRAINED random weights for testing the pipeline, its output is "
                "noise-like, not a style; run `sdv2 models download` for the real StreamDiffusionV2 model")
+PASSTHROUGH_NOTICE = ("passthrough model: frames pass through unchanged (no diffusion, no weights), to check the "
+                      "wiring and measure transport latency; prompts, presets and steps are accepted and ignored")
 CAUSAL_DIR = Path("StreamDiffusionV2") / "wan_causal_dmd_v2v"
 BASE_DIR = Path("Wan2.1-T2V-1.3B-Diffusers")
 ORIGINAL_DIR = Path("Wan2.1-T2V-1.3B")  # the original release's folder name (its huggingface repo)
@@ -65,7 +68,7 @@ Progress = Callable[[str, float], None]  # (message, fraction done 0..1)
 class ResolvedModel:
     """What a model spec names, found without loading weights (`resolve_model`)."""
 
-    spec: str  # "tiny", "random:PRESET" or the checkpoint path: what pipeline ranks are told to build
+    spec: str  # "tiny", "random:PRESET", "passthrough" or the checkpoint path: what pipeline ranks are told to build
     config: ModelConfig  # the DiT's shape
     checkpoint: Path | None  # the DiT checkpoint file/folder; None for seeded random weights
     base: Path | None  # the Wan2.1 base folder the VAE / text encoder come from (`base_parts`); None: none used
@@ -79,8 +82,13 @@ class ResolvedModel:
     loras: tuple[tuple[str, float], ...] = ()  # (LoRA file, strength), merged into the DiT at load
 
     @property
+    def passthrough(self) -> bool:
+        """No network runs: the engine builds engine.passthrough.PassthroughPipeline instead of StreamPipeline."""
+        return self.spec == PASSTHROUGH
+
+    @property
     def untrained(self) -> bool:
-        return self.checkpoint is None
+        return self.checkpoint is None and not self.passthrough
 
     @property
     def num_layers(self) -> int:
@@ -88,7 +96,7 @@ class ResolvedModel:
 
     @property
     def notice(self) -> str:
-        return TINY_NOTICE if self.untrained else ""
+        return PASSTHROUGH_NOTICE if self.passthrough else TINY_NOTICE if self.untrained else ""
 
     @property
     def text_dtype_cpu(self) -> torch.dtype:
@@ -100,12 +108,12 @@ class ResolvedModel:
 
 @dataclass
 class ModelBundle:
-    """The networks of a resolved model, loaded."""
+    """The networks of a resolved model, loaded (none for the passthrough model)."""
 
     model: ResolvedModel
-    dit: CausalWanModel
-    vae: WanVAE
-    text: TextEncoder
+    dit: CausalWanModel | None
+    vae: WanVAE | None
+    text: TextEncoder | None
     loras: LoRAMerger | None = None  # what switches or removes the merged LoRAs (None: none merged)
 
     @property
@@ -272,11 +280,14 @@ def _random_model(preset: str) -> ResolvedModel:
 def resolve_model(spec: str = "auto", base: str | os.PathLike | None = None, *, vae=None, text_encoder=None,
                   tokenizer=None, loras=()) -> ResolvedModel:
     """The model `spec` names, with its parts and shapes, without loading weights: "auto" (the downloaded
-    StreamDiffusionV2 model, else "tiny"), "tiny", "random:PRESET", or a checkpoint file/folder (any layout
-    `engine.checkpoint` reads, inspected from its headers). Its VAE and text encoder are `vae` / `text_encoder`
+    StreamDiffusionV2 model, else "tiny"), "tiny", "random:PRESET", "passthrough", or a checkpoint file/folder (any
+    layout `engine.checkpoint` reads, inspected from its headers). Its VAE and text encoder are `vae` / `text_encoder`
     (+ `tokenizer`) when given, else those of the base folder: `base`, else one found at or beside the checkpoint
     or in the models dir (`base_parts`). `loras`: see `engine.config.check_model_files`."""
     loras = check_model_files(spec, base, vae, text_encoder, tokenizer, loras)
+    if spec == PASSTHROUGH:  # the tiny preset only stands in for a DiT shape; nothing is built from it
+        return ResolvedModel(PASSTHROUGH, get_preset("tiny"), None, None, "passthrough (identity: no model)",
+                             REAL_SIZE, "none", {})
     if spec == "auto":
         found = find_downloaded()
         if found is None:
@@ -317,6 +328,9 @@ def load_bundle(spec: str | ResolvedModel = "auto", *, device: str | torch.devic
     LoRAs. `select(name)`: materialise only these DiT tensors (pipeline rank 0: embeddings + its blocks)."""
     say = progress or (lambda msg, frac: None)
     model = spec if isinstance(spec, ResolvedModel) else resolve_model(spec, base)
+    if model.passthrough:
+        say("passthrough: no model to load", 1.0)
+        return ModelBundle(model, None, None, None)
     if model.untrained:
         say("no downloaded model found; using the tiny test model" if spec == "auto" else
             "building the tiny test model", 0.0)

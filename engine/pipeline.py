@@ -185,7 +185,42 @@ class LocalDenoiser:
         return []
 
 
-class StreamPipeline:
+class ChunkedStream:
+    """What every pipeline the engine runs shares (StreamPipeline, engine.passthrough.PassthroughPipeline): chunks
+    of `first_pixels` frames, then `chunk_pixels`, and controls queued for the next chunk boundary."""
+
+    first_pixels: int
+    chunk_pixels: int
+    size: tuple[int, int]  # (h, w) of its frames
+    chunks: int  # chunks processed in this stream
+    controls: Controls  # in effect
+    _pending: Controls | None  # queued for the next chunk
+
+    @property
+    def frames_needed(self) -> int:
+        """Pixel frames the next chunk consumes."""
+        return self.first_pixels if self.chunks == 0 else self.chunk_pixels
+
+    @property
+    def next_controls(self) -> Controls:
+        """The controls the next chunk runs with: the current ones with every queued change applied."""
+        return self._pending or self.controls
+
+    def set_controls(self, **changes) -> Controls:
+        """Queue control changes; they apply at the next chunk boundary. Returns the validated result."""
+        self._pending = dataclasses.replace(self.next_controls, **changes)
+        return self._pending
+
+    def check_chunk(self, frames: np.ndarray) -> None:
+        """`frames` must be the next chunk: exactly `frames_needed` frames at the pipeline's `size`."""
+        if len(frames) != self.frames_needed:
+            raise ValueError(f"chunk needs {self.frames_needed} frames, got {len(frames)}")
+        if tuple(frames.shape[1:3]) != self.size:
+            raise EngineError(f"frames are {frames.shape[2]}x{frames.shape[1]} but the engine runs at "
+                              f"{self.size[1]}x{self.size[0]}; fit frames with engine.io.frames.fit_frame")
+
+
+class StreamPipeline(ChunkedStream):
     """The streaming v2v loop for one stream; its DiT runs on `executor` (default: all blocks on `device`)."""
 
     def __init__(self, dit: CausalWanModel, vae: WanVAE, prompts: PromptCache, *, size: tuple[int, int],
@@ -280,26 +315,11 @@ class StreamPipeline:
         return ctx
 
     @property
-    def frames_needed(self) -> int:
-        """Pixel frames the next chunk consumes."""
-        return self.first_pixels if self.chunks == 0 else self.chunk_pixels
-
-    @property
     def latency_chunks(self) -> int:
         """Chunks between a chunk's input and its output (Stream-Batch pipeline depth)."""
         return self.slots - 1
 
     # -- controls -----------------------------------------------------------------------------------------------------
-
-    @property
-    def next_controls(self) -> Controls:
-        """The controls the next chunk runs with: the current ones with every queued change applied."""
-        return self._pending or self.controls
-
-    def set_controls(self, **changes) -> Controls:
-        """Queue control changes; they apply at the next chunk boundary. Returns the validated result."""
-        self._pending = dataclasses.replace(self.next_controls, **changes)
-        return self._pending
 
     def set_mode(self, batch: bool) -> None:
         """Queue a switch between Stream-Batch (True) and no-batch (False), applied at the next chunk boundary.
@@ -440,11 +460,7 @@ class StreamPipeline:
             out += self._apply_mode(batch)
         if not self._flushing:  # a blend starts on a real chunk, not on a drain's discarded fillers
             self._take_encoded_prompt()
-        if len(frames) != self.frames_needed:
-            raise ValueError(f"chunk needs {self.frames_needed} frames, got {len(frames)}")
-        if tuple(frames.shape[1:3]) != self.size:
-            raise EngineError(f"frames are {frames.shape[2]}x{frames.shape[1]} but the engine runs at "
-                              f"{self.size[1]}x{self.size[0]}; fit frames with engine.io.frames.fit_frame")
+        self.check_chunk(frames)
         self._last_input = frames[-1]
         # The motion statistic is read on the host from the host's frames (reading it from the device would make
         # the host wait for the GPU every chunk); the frames reach the device in one non_blocking upload.

@@ -295,7 +295,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
                         "spout[:NAME] (Windows) or syphon[:NAME] (macOS)")
     s.add_argument("--fps", type=float, default=15.0, help="capture and output frame rate (default 15)")
     s.add_argument("--udp-port", type=int, default=None, help="stream port (default: reuse the input's, else free)")
-    s.add_argument("--model", default="auto", help="auto, tiny, or a checkpoint path")
+    s.add_argument("--model", default="auto", help="auto, tiny, passthrough (no model: check the wiring), or a "
+                   "checkpoint path")
     s.add_argument("--size", default=None, help="model resolution WIDTHxHEIGHT (multiples of 16)")
     s.add_argument("--fit", choices=FIT_MODES, default="crop",
                    help="framing of the input: crop (fill, cut the edges; default) or bars (show it all)")

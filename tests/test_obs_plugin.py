@@ -7,34 +7,32 @@ installs them (installer/setup.sh test). One OBS serves the module; every test u
 from __future__ import annotations
 
 import argparse
-import base64
 import dataclasses
-import io
 import itertools
+import json
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 
-import av
 import numpy as np
 import pytest
 from helpers import median_rgb, wait_for
+from sdv2_studio.engine.cli import load_bench, main
 from sdv2_studio.engine.errors import EngineError
 from sdv2_studio.engine.io import shm
-from sdv2_studio.engine.io.mpegts import MpegTsSink
 from sdv2_studio.engine.io.pattern import TestPatternSource, read_counter
 from sdv2_studio.engine.io.shm import ShmFrameReader, ShmFrameSink, open_shm_source, segment_name
 from sdv2_studio.obs_bridge import native_plugin
 from sdv2_studio.obs_bridge.client import ObsClient
-from sdv2_studio.obs_bridge.errors import ObsRequestError
-from sdv2_studio.obs_bridge.headless import HeadlessObs, obs_binary
+from sdv2_studio.obs_bridge.headless import HeadlessObs, free_tcp_port, obs_binary
 from sdv2_studio.obs_bridge.native_plugin import check_tools, install_plugin, installed_module
-from sdv2_studio.obs_bridge.output import attach_stream, free_udp_port
+
+transport = load_bench("transport")  # `sdv2 bench transport`: the latency measurement and OBS screenshots
+screenshot = transport.screenshot
+SDV2 = [sys.executable, "-m", "sdv2_studio.engine.cli"]
 
 CARD = (24, 24, 32)  # the "not running" card's background (frame-feed.c)
 _names = itertools.count()
@@ -77,24 +75,6 @@ def client(obs):
     c.connect()
     yield c
     c.close()
-
-
-def screenshot(client: ObsClient, source: str, fmt: str = "png") -> np.ndarray:
-    """The source as OBS renders it (png: lossless, for exact comparisons; jpg: fast)."""
-    data = client.call("GetSourceScreenshot", {"sourceName": source, "imageFormat": fmt,
-                                               "imageCompressionQuality": 90})["imageData"]
-    with av.open(io.BytesIO(base64.b64decode(data.split(",", 1)[1]))) as f:
-        return next(f.decode(video=0)).to_ndarray(format="rgb24")
-
-
-def stamp(client: ObsClient, source: str, size: tuple[int, int]) -> int:
-    """The frame number a test-pattern frame in ``source`` shows; -1 while OBS has nothing to render yet (size 0)."""
-    try:
-        return read_counter(screenshot(client, source, "jpg"), size)
-    except ObsRequestError as e:
-        if e.code == 702:
-            return -1
-        raise
 
 
 def is_card(img: np.ndarray) -> bool:
@@ -277,64 +257,21 @@ def test_replace_mode_shows_the_styled_frames_in_place_of_the_source(client):
 # -- transport latency: plugin vs the UDP stream, side by side -------------------------------------------------------
 
 
-def _one_way_latency(client: ObsClient, source: str, write, samples: int = 40, timeout: float = 120.0):
-    """Frame-stamped test frames at 30 fps through ``write``; screenshots of ``source`` read the stamp back until
-    ``samples`` frames were recognised (or ``timeout`` s passed). Returns the (screenshot time - send time) of each
-    and the median mean-absolute pixel error."""
-    size, fps = (360, 640), 30
-    pattern = TestPatternSource(size, fps=fps)
-    sent: dict[int, int] = {}
-    stop = threading.Event()
-
-    def send() -> None:
-        t0 = time.monotonic()
-        for i in itertools.count():
-            if stop.is_set():
-                return
-            sent[i] = time.perf_counter_ns()
-            write(pattern.frame(i))
-            stop.wait(max(0.0, t0 + (i + 1) / fps - time.monotonic()))
-
-    sender = threading.Thread(target=send, daemon=True)
-    sender.start()
-    latencies, errors = [], []
-    try:
-        assert wait_for(lambda: stamp(client, source, size) > 2, 60) is not None
-        end = time.monotonic() + timeout
-        while time.monotonic() < end and len(latencies) < samples:
-            t_call = time.perf_counter_ns()
-            shot = screenshot(client, source, "jpg")
-            t_back = time.perf_counter_ns()
-            k = read_counter(shot, size)
-            if k in sent and shot.shape[:2] == size:
-                latencies.append(((t_call + t_back) / 2 - sent[k]) / 1e6)
-                errors.append(float(np.abs(shot.astype(int) - pattern.frame(k).astype(int)).mean()))
-    finally:
-        stop.set()
-        sender.join()
-    return latencies, statistics.median(errors) if errors else None
-
-
-def _percentiles(ms: list[float]) -> str:
-    s = sorted(ms)
-    return f"p50 {statistics.median(s):.0f} ms, p99 {s[min(len(s) - 1, int(0.99 * len(s)))]:.0f} ms (n={len(s)})"
-
-
 def test_transport_latency_plugin_vs_udp_stream(client):
-    channel = new_channel()
-    styled_input(client, "latency-shm", {"channel": channel})
-    with ShmFrameSink(segment_name(channel, "sty"), fps=30) as sink:
-        shm_ms, shm_err = _one_way_latency(client, "latency-shm", sink.write)
-    url = f"udp://127.0.0.1:{free_udp_port()}"
-    udp_input = attach_stream(client, "Scene", url).input_name
-    udp = MpegTsSink(url, 30)
-    try:
-        udp_ms, udp_err = _one_way_latency(client, udp_input, udp.write)
-    finally:
-        udp.close()
+    """`sdv2 bench transport`'s measurement: frame-stamped frames through one passthrough session into a plugin
+    source and a UDP Media Source side by side (goal: plugin p50 within one frame interval at 30 fps; printed, not
+    asserted: this machine's timing is not the product's)."""
+    result = transport.measure(client, "Scene", samples=40)
+    for path in ("plugin", "udp"):
+        assert result[path]["transport"]["n"] >= 40 and result[path]["end_to_end"]["n"] >= 40
+        assert result[path]["transport"]["p50_ms"] < result[path]["end_to_end"]["p50_ms"]  # the engine's chunks
+    assert result["plugin"]["pixel_error"] < 3 and result["udp"]["pixel_error"] < 20  # lossless up to the JPEG
+    assert result["udp_over_plugin_p50"] is not None
+    assert wait_for(lambda: not any(n.startswith("sdv2-bench-") for n, _ in client.input_names()), 30)  # removed
 
     # round trip without screenshots: engine -> plugin source -> plugin filter on it -> engine
-    back = new_channel()
+    channel, back = new_channel(), new_channel()
+    styled_input(client, "latency-shm", {"channel": channel})
     add_filter(client, "latency-shm", back, "send")
     pattern = TestPatternSource((360, 640), fps=30)
     reader = ShmFrameReader(segment_name(back, "cap"))
@@ -352,12 +289,43 @@ def test_transport_latency_plugin_vs_udp_stream(client):
                     round_ms.append((time.perf_counter_ns() - sent[k]) / 1e6)
                     assert np.array_equal(got[0], pattern.frame(k))  # lossless both ways
                 time.sleep(0.001)
-    print(f"\ntransport latency at 30 fps, 640x360 (screenshot polling; includes up to one OBS frame of waiting):\n"
-          f"  plugin (shared memory): {_percentiles(shm_ms)}, mean pixel error {shm_err:.2f}\n"
-          f"  UDP MPEG-TS stream:     {_percentiles(udp_ms)}, mean pixel error {udp_err:.2f}\n"
-          f"  plugin round trip engine -> OBS source -> OBS filter -> engine: {_percentiles(round_ms)}")
-    assert len(shm_ms) >= 10 and len(udp_ms) >= 10 and len(round_ms) >= 10
-    assert shm_err < 3 and udp_err < 20  # the plugin path is lossless up to JPEG screenshots
+    print(f"\n{transport.report(result)}\n"
+          f"  plugin round trip engine -> OBS source -> OBS filter -> engine: {transport.describe(round_ms)}")
+    assert len(round_ms) >= 10
+
+
+def test_bench_transport_refuses_in_one_line_without_obs(capsys):
+    assert main(["bench", "transport", "--port", str(free_tcp_port())]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nothing answers" in err[0] and "--headless" in err[0]
+
+
+def test_bench_transport_refuses_an_obs_without_the_plugin(tmp_path, capsys):
+    if obs_binary() is None:
+        pytest.skip("the `obs` binary is not installed (apt-get install obs-studio xvfb)")
+    bare = HeadlessObs(tmp_path)
+    bare.start()
+    try:
+        env = {**os.environ, "SDV2_OBS_PASSWORD": bare.password}
+        r = subprocess.run([*SDV2, "bench", "transport", "--port", str(bare.port)], capture_output=True, text=True,
+                           timeout=300, env=env)
+    finally:
+        bare.stop()
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(err) == 1, r.stderr
+    assert "has no StreamDiffusionV2 source: run `sdv2 obs install-plugin`" in err[0]
+
+
+def test_sdv2_bench_transport_headless_saves_json(obs, tmp_path):
+    """The whole command: a private OBS under Xvfb with the plugin built into it, both paths, JSON saved."""
+    out = tmp_path / "transport.json"
+    r = subprocess.run([*SDV2, "bench", "transport", "--headless", "--samples", "15", "--json", str(out)],
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["plugin"]["transport"]["n"] >= 15 and result["udp"]["transport"]["n"] >= 15
+    assert result["media_source_settings"]["is_local_file"] is False
+    assert "UDP / plugin transport p50" in r.stdout and f"saved {out}" in r.stdout
 
 
 # -- the whole engine through OBS ------------------------------------------------------------------------------------
@@ -386,3 +354,105 @@ def test_sdv2_run_styles_an_obs_source_through_the_plugin(client):
     assert shape == (96, 128, 3)  # the styled frames, scaled to the camera's size
     assert wait_for(lambda: np.abs(median_rgb(screenshot(client, "plugin-e2e-camera")) - camera).max() <= 1), \
         "the camera did not come back after the engine stopped"
+
+
+# -- crashes on either side ------------------------------------------------------------------------------------------
+
+
+def run_engine(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([*SDV2, "run", "--model", "passthrough", "--frames", "100000000", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def stop_engine(run: subprocess.Popen) -> tuple[str, str]:
+    run.send_signal(signal.SIGINT)  # Ctrl-C: the CLI stops and closes its outputs
+    try:
+        return run.communicate(timeout=120)
+    finally:
+        run.kill()
+
+
+def test_killing_the_real_engine_shows_the_card_and_a_new_engine_is_shown_again(client):
+    """`sdv2 run` itself (passthrough) killed with SIGKILL: the source shows the "not running" card (the heartbeat
+    times out after 1 s) instead of a frozen frame, and shows the next `sdv2 run` on the same channel."""
+    channel = new_channel()
+    styled_input(client, "styled-crash", {"channel": channel})
+    out = ("--source", "test:320x240@30", "--size", "320x240", "--realtime", "--out", f"obs-source:{channel}")
+    pattern = TestPatternSource((240, 320), fps=30)
+
+    def shows_engine() -> bool:
+        shot = screenshot(client, "styled-crash")
+        return shot.shape == (240, 320, 3) and not is_card(shot) and \
+            np.abs(shot.astype(int) - pattern.frame(read_counter(shot)).astype(int)).mean() < 1  # a test frame
+
+    engine = run_engine(*out)
+    try:
+        assert wait_for(shows_engine, 300) is not None, "the engine's frames never showed"
+        engine.send_signal(signal.SIGKILL)
+        engine.wait(60)
+        t_card = wait_for(lambda: is_card(screenshot(client, "styled-crash")), 30, poll=0.02)
+    finally:
+        engine.kill()
+        engine.communicate()
+    assert t_card is not None, "the source kept showing the killed engine's last frame"
+    print(f"\n'not running' card {t_card * 1e3:.0f} ms after `sdv2 run` was killed (heartbeat timeout 1 s)")
+    again = run_engine(*out)  # the name the killed engine left behind is taken over
+    try:
+        assert wait_for(shows_engine, 300) is not None, "the restarted engine's frames never showed"
+    finally:
+        _, err = stop_engine(again)
+    assert again.returncode == 0, err
+
+
+@pytest.fixture
+def own_obs(obs, tmp_path):
+    """A second OBS with the plugin (built in the module's build folder), for tests that kill OBS."""
+    instance = HeadlessObs(tmp_path)
+    instance.seed_config()
+    install_plugin(instance.config_dir / "plugins", build_dir=obs.root / "build")
+    instance.start()
+    yield instance
+    instance.stop()
+
+
+def test_killing_obs_does_not_disturb_the_engine(own_obs):
+    """OBS camera -> filter -> `sdv2 run` -> OBS source: OBS is killed under a running engine and started again.
+    The engine keeps running (same process, its output alive), waits for the camera and goes on when OBS is back."""
+    channel, camera = new_channel(), (40, 180, 90)
+
+    def setup(c: ObsClient) -> None:  # a killed OBS saved nothing: its inputs are made again after the restart
+        colour_input(c, "crash-camera", camera)
+        if not c.call("GetSourceFilterList", {"sourceName": "crash-camera"})["filters"]:
+            add_filter(c, "crash-camera", channel, "send")
+        if "crash-styled" not in [n for n, _ in c.input_names()]:
+            styled_input(c, "crash-styled", {"channel": channel})
+
+    def shows_camera(c: ObsClient) -> bool:
+        return np.abs(median_rgb(screenshot(c, "crash-styled")) - camera).max() <= 2
+
+    c = ObsClient(dataclasses.replace(own_obs.settings, timeout=30.0))
+    c.connect()
+    setup(c)
+    engine = run_engine("--source", f"obs-filter:{channel}", "--out", f"obs-source:{channel}")
+    styled = ShmFrameReader(segment_name(channel, "sty"))
+    try:
+        assert wait_for(lambda: engine.poll() is not None or shows_camera(c), 300) and engine.poll() is None, \
+            "the camera never came back through the engine"
+        c.close()
+        own_obs.kill()  # SIGKILL: OBS's filter dies mid-frame
+        t_dead = time.monotonic()
+        while time.monotonic() - t_dead < 3:  # the engine's output stays alive while its input is gone
+            styled.poll()
+            assert engine.poll() is None and styled.state in ("alive", "waiting"), styled.state
+            time.sleep(0.05)
+        own_obs.start()
+        c = ObsClient(dataclasses.replace(own_obs.settings, timeout=30.0))
+        c.connect()
+        setup(c)
+        assert wait_for(lambda: engine.poll() is not None or shows_camera(c), 300) and engine.poll() is None, \
+            "the engine did not go on after OBS came back"
+    finally:
+        c.close()
+        out, err = stop_engine(engine)
+    assert engine.returncode == 0 and "frames in" in out, err
+    assert "Traceback" not in err and "error" not in err.lower(), err
