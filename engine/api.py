@@ -148,6 +148,7 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._joining = False
+        self._pushers = 0  # threads waiting in a blocking push (lossless: the worker may then overfill the output)
         self._error: BaseException | None = None
         self._stats = Stats()
         self._lat: collections.deque = collections.deque(maxlen=512)
@@ -340,11 +341,20 @@ class Engine:
         item = (small, frame.shape, time.perf_counter(), None if pts is None else float(pts))
         with self._lock:
             if block:
-                ok = self._lock.wait_for(lambda: len(self._inq) < self.config.queue_frames or self._error,
-                                         timeout)
+                limit = self.config.queue_frames
+                self._pushers += 1
+                self._lock.notify_all()  # a worker waiting to emit may now overfill the output (`_emit`)
+                try:
+                    ok = self._lock.wait_for(lambda: len(self._inq) < limit or self._error
+                                             or len(self._outq) >= 2 * limit, timeout)
+                finally:
+                    self._pushers -= 1
                 if not ok:
                     raise TimeoutError("engine input queue stayed full")
                 self._raise_error()
+                if len(self._inq) >= limit:  # both queues full: the caller pushes and never pulls
+                    raise EngineError(f"lossless: {len(self._outq)} styled frames wait to be pulled and the input "
+                                      f"is full; pull() the styled frames while pushing")
             dropped = False
             if len(self._inq) >= self.config.queue_frames:
                 self._inq.popleft()
@@ -533,9 +543,12 @@ class Engine:
         with self._lock:
             for out, t_push, _, pts in ready:
                 if self.config.lossless and len(self._outq) >= limit:
+                    # wait for a pull; while the caller is blocked in push() (a push-then-pull loop) it cannot
+                    # pull, so the output may hold up to twice its size rather than both threads waiting forever
                     self._lock.notify_all()
-                    self._lock.wait_for(lambda: len(self._outq) < limit or self._joining)
-                if len(self._outq) >= limit:
+                    self._lock.wait_for(lambda: len(self._outq) < limit or self._joining
+                                        or (self._pushers and len(self._outq) < 2 * limit))
+                if len(self._outq) >= (2 * limit if self.config.lossless and self._pushers else limit):
                     self._outq.popleft()
                     self._stats.dropped_out += 1
                 self._outq.append((out, pts))

@@ -140,6 +140,34 @@ def test_generous_target_keeps_the_plan(bundle):
     assert len(out) == 41 and st.slo.changes == 0 and st.slo.plan.batch and st.slo.plan.steps == 2
 
 
+def test_lossless_push_without_pulls_ends_in_one_line_not_a_wait_forever(bundle):
+    """Lossless, one thread that pushes and never pulls: both queues fill; push() says what to do instead of
+    waiting for a worker that waits for a pull. (A push-then-pull loop is fine: test below.)"""
+    import threading
+
+    eng = Engine(EngineConfig(size=(64, 64), lossless=True, queue_frames=5), bundle)
+    eng.start()
+    result = {}
+
+    def pusher():
+        try:
+            for i, f in enumerate(frames(200, size=(64, 64))):
+                eng.push(f)
+                result["pushed"] = i + 1
+        except EngineError as e:
+            result["error"] = str(e)
+
+    t = threading.Thread(target=pusher, daemon=True)
+    t.start()
+    t.join(600)
+    assert not t.is_alive(), "push() waited forever"
+    assert "pull() the styled frames while pushing" in result.get("error", ""), result
+    assert result["pushed"] < 200
+    out = drain(eng)
+    eng.stop()
+    assert len(out) == result["pushed"]  # lossless still: every frame pushed comes out
+
+
 def test_controls_changed_from_another_thread_during_a_drain_lose_no_frame(bundle):
     """Steps changes race the engine thread (a preset click while a Stream-Batch drain is under way): every frame
     still comes out once, and the stream ends with the last steps set."""
