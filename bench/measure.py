@@ -7,7 +7,8 @@
    same run with the same threads and dtype.
 4. The hot path's variants side by side (`hot_path`): eager vs compiled (engine/compiled.py) x float32 vs bfloat16,
    steady-state ms per chunk, the ratio to eager float32, the output's relative error against eager float32, the
-   first (2-frame) chunk's time, and aten ops per steady chunk (engine/sync_check.OpCounter).
+   first (2-frame) chunk's time, and aten ops per steady chunk (engine/sync_check.OpCounter); and the streaming
+   VAE decode of the same resolution, eager vs compiled (`decode`).
 Timings are medians of repeated runs; nothing here is asserted (benchmarks are not tests).
 """
 
@@ -145,6 +146,7 @@ def bench_model(preset: str = "small", points: tuple[int, ...] = (10, 1000, 1000
         f"{peak / 1e9:.0f} GFLOP/s: {results['fraction_of_gemm_peak']:.0%} of peak (goal >= 60%)")
     if hot_path:
         results["hot_path"] = bench_hot_path(cfg, frame_hw, dev, log=log)
+        results["decode"] = bench_decode(preset, frame_hw, dev, log=log)
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(results, indent=2, default=str))
@@ -209,6 +211,42 @@ def bench_hot_path(cfg, frame_hw: tuple[int, int], device: torch.device, chunks:
         ops = f"{r['ops']} ({r['kernels']})" if "ops" in r else "fused"
         log(f"  {name:<18}{r['ms']:>10.1f}{r['speedup']:>14.2f}x{r['rel_err']:>10.1e}{r['first_chunk_ms']:>11.1f}ms"
             f"{ops:>16}" + (f"  (compiled in {r['compile_s']:.0f} s, before streaming)" if r["compile_s"] else ""))
+    return rows
+
+
+def bench_decode(preset: str, latent_hw: tuple[int, int], device: torch.device, passes: int = 10,
+                 log=print) -> dict:
+    """The streaming VAE decode (the random models' VAE for `preset`) of one latent frame per call, eager vs compiled
+    (engine/compiled.py `compile_decoder`), float32, side by side on the same weights, latents and stream."""
+    from sdv2_studio.engine.compiled import compile_decoder
+    from sdv2_studio.engine.models import tiny_vae
+
+    vae = tiny_vae(device, torch.float32, dit_preset=preset)
+    gen = torch.Generator().manual_seed(0)
+    latents = [torch.randn(1, 16, 1, *latent_hw, generator=gen).to(device) for _ in range(passes + 3)]
+    rows, outs = {}, {}
+    for name in ("eager", "compiled"):
+        t_compile = 0.0
+        if name == "compiled":
+            t0 = time.perf_counter()
+            compile_decoder(vae, device, (1, 16, 1, *latent_hw))
+            t_compile = time.perf_counter() - t0
+        state, times, outs[name] = vae.new_state(), [], []
+        with torch.inference_mode():
+            for z in latents:
+                _sync(device)
+                t0 = time.perf_counter()
+                outs[name].append(vae.decode_stream(z, state))
+                _sync(device)
+                times.append(time.perf_counter() - t0)
+        rows[name] = {"ms": statistics.median(times[3:]) * 1e3, "compile_s": t_compile}
+    vae.compiled_step = None
+    worst = max((a - b).abs().max().item() for a, b in zip(outs["eager"], outs["compiled"]))
+    rows["compiled"].update(speedup=rows["eager"]["ms"] / rows["compiled"]["ms"], max_abs_diff=worst)
+    h, w = (n * vae.cfg.spatial_factor for n in latent_hw)
+    log(f"VAE decode ({vae.cfg.name}, {h}x{w}, 4 frames per call, {passes} steady calls): eager "
+        f"{rows['eager']['ms']:.1f} ms, compiled {rows['compiled']['ms']:.1f} ms "
+        f"({rows['compiled']['speedup']:.2f}x, max |diff| {worst:.1e}, compiled in {t_compile:.0f} s)")
     return rows
 
 
