@@ -63,7 +63,7 @@ def test_a_wrong_type_or_value_is_one_line_naming_the_field(change, field):
 def test_values_are_normalised_to_the_declared_types():
     c = Controls(steps=np.int64(3), noise_scale=1, seed=np.uint8(5), transition_chunks=np.int32(0))
     assert (c.steps, c.noise_scale, c.seed, c.transition_chunks) == (3, 1.0, 5, 0)
-    assert [type(getattr(c, f)) for f in CONTROL_FIELDS] == [str, int, float, int, int, float, tuple]
+    assert [type(getattr(c, f)) for f in CONTROL_FIELDS] == [str, int, float, int, int, float, tuple, tuple]
     assert Controls().transition_chunks == 2  # one default for the engine, presets, settings and the CLI
 
 
