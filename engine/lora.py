@@ -17,14 +17,19 @@ loaded model: a module it names that the DiT lacks, or a shape of another model 
 
 Merging: W = W_base + sum_i strength_i * scale_i * (up_i @ down_i) (+ strength_i * diff_i), computed in float32
 from the base value and cast to the parameter's dtype once, so merged weights do not depend on the order of
-switches. `LoRAMerger` keeps the base value of every parameter a LoRA changed (on the CPU by default); that is
-what undoing needs: `set([])` restores them bit for bit, and a switch restores the changed weights and merges
-the new set in place (parameters keep their identity). What a switch costs, for a LoRA on every linear of the
-1.3B blocks (q, k, v, o of both attentions, ffn.0, ffn.2: 1.39 G parameters): writing those weights back
-(2.8 GB in bf16; from pinned host memory over PCIe 4 roughly 0.1-0.3 s), 2 * r * in * out FLOPs per target for
-the products (r = 32: 89 GFLOP, a few ms on a GPU, seconds on a CPU), and the backup's 2.8 GB of host RAM while a
-LoRA is merged. `SwitchStats` reports the numbers of each switch. The caller switches between chunks (not during
-a forward pass) and should treat K/V cached with the old weights as stale.
+switches (A -> B -> A any number of times is bitwise base + A). `LoRAMerger` keeps the base value of every
+parameter a LoRA changed, and only those (on the CPU by default); that is what undoing needs: `set([])` restores
+them bit for bit, and a switch restores the changed weights and merges the new set in place (parameters keep their
+identity and storage, so a compiled step or a CUDA graph goes on reading them without recompiling). Presets switch
+their LoRAs through it (`Controls.loras`, applied by the Engine between chunks, on top of the model's own `fixed`
+ones); `LoRAMerger.load` reads each file once and keeps its factors in a bounded cache.
+
+What a switch costs, for a rank-32 LoRA on every linear of the 1.3B blocks (q, k, v, o of both attentions, ffn.0,
+ffn.2: 1.39 G parameters): writing those weights back (2.8 GB in bf16; from pinned host memory over PCIe 4 roughly
+0.1-0.3 s), 2 * r * in * out FLOPs per target for the products (r = 32: 89 GFLOP, a few ms on a GPU, seconds on a
+CPU), the backup's 2.8 GB of host RAM while a LoRA is merged, and 87 MB of bf16 factors per LoRA kept. `SwitchStats`
+reports the numbers of each switch. The caller switches between chunks (not during a forward pass); K/V cached with
+the old weights stay (the Engine recomputes the prompt's cross-attention K/V).
 """
 
 from __future__ import annotations

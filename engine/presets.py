@@ -23,12 +23,14 @@ looked up in the user's LoRA folder (`user_loras_dir`: $SDV2_LORAS, else `loras/
 in it to another folder, e.g. ComfyUI's `models/loras`, works); it may not leave that folder (`..`). An absolute
 path is used as it is (such a preset does not travel to another machine). Whether the file exists and fits the
 model is checked when the preset is applied (`Engine.set_controls`): a missing or mismatched LoRA refuses the whole
-preset with one line, and the stream keeps its current style; the library still lists the preset. A preset's id is its file name without `.toml`; a later
-folder overrides an earlier one with the same id (so a user preset called `anime-cel.toml` replaces the shipped
-one). A bad file never stops the others loading: every problem becomes one `EngineError` line naming the file and
-the field. In folders the app writes to (the user's presets), a file that is not valid TOML at all is renamed to
-`<name>.corrupt-<timestamp>` and reported, never silently discarded. Writes go to a temp file in the same folder and
-are renamed over the target (`os.replace`), so a crash never leaves half a preset behind.
+preset with one line, and the stream keeps its current style; the library still lists the preset.
+
+A preset's id is its file name without `.toml`; a later folder overrides an earlier one with the same id (so a user
+preset called `anime-cel.toml` replaces the shipped one). A bad file never stops the others loading: every problem
+becomes one `EngineError` line naming the file and the field. In folders the app writes to (the user's presets), a
+file that is not valid TOML at all is renamed to `<name>.corrupt-<timestamp>` and reported, never silently
+discarded. Writes go to a temp file in the same folder and are renamed over the target (`os.replace`), so a crash
+never leaves half a preset behind.
 
 Only the standard library (+ platformdirs) is imported: the OBS script runs this inside OBS's own Python.
 """
@@ -94,7 +96,8 @@ class Preset:
         """The file text; `thumbnail` is the path to write (default: the thumbnail's file name)."""
         thumb = thumbnail if thumbnail is not None else (self.thumbnail.name if self.thumbnail else None)
         c = self.controls
-        lines = [f"schema = {SCHEMA_VERSION if c.loras else 1}", f"name = {_toml_str(self.name)}", f"prompt = {_toml_str(c.prompt)}",
+        lines = [f"schema = {SCHEMA_VERSION if c.loras else 1}", f"name = {_toml_str(self.name)}",
+                 f"prompt = {_toml_str(c.prompt)}",
                  f"steps = {c.steps}", f"noise_scale = {c.noise_scale!r}", f"seed = {c.seed}",
                  f"transition_chunks = {c.transition_chunks}"]
         if c.blend:

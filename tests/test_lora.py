@@ -19,8 +19,8 @@ from sdv2_studio.engine import cli
 from sdv2_studio.engine.api import Engine, EngineConfig
 from sdv2_studio.engine.checkpoint import identify, load_model
 from sdv2_studio.engine.config import PRESETS, Controls
-from sdv2_studio.engine.io.pattern import TestPatternSource
 from sdv2_studio.engine.errors import EngineError
+from sdv2_studio.engine.io.pattern import TestPatternSource
 from sdv2_studio.engine.lora import LoRAMerger, check_lora, load_loras, parse_lora_spec, read_lora
 from sdv2_studio.engine.model import CausalWanModel
 from sdv2_studio.engine.models import tiny_bundle
@@ -322,7 +322,7 @@ def run(engine: Engine, frames: list[np.ndarray], switches=None) -> list[np.ndar
             switches[i](engine)
         for f in chunk:
             engine.push(f, block=True)
-        assert wait_for(lambda: engine.stats().chunks == i + 1 or engine.stats().error, 300)
+        assert wait_for(lambda n=i + 1: engine.stats().chunks == n or engine.stats().error, 300)
         while (got := engine.pull(0)) is not None:
             out.append(got)
     engine.finish()
