@@ -227,8 +227,6 @@ class Engine:
         if model.loras or cfg.vae:
             raise EngineError("--lora and --vae are not supported with pipeline ranks yet (the other ranks would "
                               "load the base folder's parts): use one device, or put the VAE in the --base folder")
-        if cfg.controls.loras:
-            raise EngineError(NO_LORAS)
         h, w = check_size(*(cfg.size or model.default_size))
         threads = cfg.threads_per_rank or max(1, (os.cpu_count() or 1) // len(devices))
         if devices[0].type == "cpu":

@@ -455,7 +455,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
     for i, p in enumerate(presets, 1):
         where, c = "shipped" if p.builtin else "user", p.controls
         print(f"{i:>2}. {printable(p.id):<20} {printable(p.name):<22} steps {c.steps}  noise {c.noise_scale:.2f}  "
-              f"seed {c.seed:<6} transition {c.transition_chunks}  ({where})")
+              f"seed {c.seed:<6} transition {c.transition_chunks}  ({where})"
+              + "".join(f"  + LoRA {printable(f)} x{s:g}" for f, s in c.loras))
     for e in errors:
         print(f"warning: {printable(e)}", file=sys.stderr)
     print(f"user presets folder: {user_presets_dir()}")

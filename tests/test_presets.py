@@ -238,12 +238,14 @@ def test_cli_list_and_show(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setenv("SDV2_USER_PRESETS", str(tmp_path))
     write(tmp_path, "broken.toml", "steps = \n")
+    write(tmp_path, "inked.toml", 'name = "Inked"\nprompt = "ink"\nloras = [["ink.safetensors", 0.8]]\n')
     parser = argparse.ArgumentParser()
     register_cli(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["presets", "list"])
     assert args.fn(args) == 0
     out, err = capsys.readouterr()
     assert "anime-cel" in out and "Anime Cel" in out and str(tmp_path) in out
+    assert "inked" in out and "+ LoRA ink.safetensors x0.8" in out
     assert "broken.toml" in err
     args = parser.parse_args(["presets", "show", "ukiyo-e"])
     assert args.fn(args) == 0
