@@ -64,6 +64,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     args.dtype = args.dtype or ("auto" if gpu else "float32")
     if args.what == "roofline":
         return load_bench("roofline").main_roofline(args)
+    if args.what == "switch":
+        load_bench("switch").bench_switch(out=args.out or "bench/results/switch.json")
+        return 0
     measure = load_bench("measure")
     if args.what == "model":
         points = tuple(int(p) for p in args.points.split(","))
@@ -360,13 +363,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=_cmd_inspect)
 
     s = sub.add_parser("bench", help="benchmarks that print ratios and save JSON")
-    s.add_argument("what", choices=["model", "pipeline", "parallel", "roofline", "gpu"],
+    s.add_argument("what", choices=["model", "pipeline", "parallel", "roofline", "gpu", "switch"],
                    help="model: streaming DiT forward (flat cost, cache speedup, FLOP/s); "
                         "pipeline: stage split, fps and latency for 1-4 steps, Stream-Batch vs no-batch; "
                         "parallel: 1 vs 2 CPU pipeline ranks (one thread each), scaling efficiency; "
                         "roofline: predicted fps/TTFF/VRAM on H100 and RTX 4090 for 1-4 GPUs vs the paper; "
                         "gpu: the paper's configurations measured on your GPUs (random 1.3B weights; fps, TTFF, "
-                        "stages, VRAM, host-sync check, ratio to the paper)")
+                        "stages, VRAM, host-sync check, ratio to the paper); "
+                        "switch: what a preset switch costs (LoRA switch time and bytes, tiny/small measured and "
+                        "1.3B on paper; chunk times while an uncached prompt encodes)")
     s.add_argument("--steps", type=int, default=None, help="parallel: denoising steps (default 2); gpu: only these")
     s.add_argument("--gpus", default=None, help="gpu: GPU counts to run, e.g. 1,2 (default: 1 to all)")
     s.add_argument("--compiled", default="both", choices=["both", "eager", "compiled"], help="gpu: which hot paths")

@@ -527,3 +527,17 @@ def test_compiled_step_sees_switched_loras_without_recompiling(lora_dir, tmp_pat
     assert worst < 1e-5, worst  # fp32: Inductor reorders reductions (as test_compiled)
     assert min((ref[i] - unswitched[i]).abs().max() for i in (9, 11, 13)) > 100 * worst  # switches change far more
     torch._dynamo.reset()
+
+
+def test_bench_switch_figures():
+    """`sdv2 bench switch`'s LoRA part: the 1.3B figures on paper from the parameter shapes, and a measured switch
+    on the tiny model that touches every attention and FFN linear."""
+    switch = cli.load_bench("switch")
+    paper = switch.lora_on_paper(PRESETS["wan2.1-1.3b"], rank=32)
+    blocks = 30 * (8 * 1536 * 1536 + 2 * 1536 * 8960)
+    assert paper["touched_params"] == blocks and paper["saved_bytes"] == 2 * blocks
+    assert paper["factor_params"] == 30 * 32 * (8 * 2 * 1536 + 2 * (1536 + 8960))
+    assert round(paper["gflop"]) == 89
+    row = switch.bench_loras("tiny", rank=4, repeats=1, log=lambda *_: None)
+    assert row["merged"] == len(linears()) - 1 and row["saved_bytes"] == row["written_bytes"]  # no text embedding
+    assert set(row["switch_ms"]) == {"none->A", "A->B", "B->A", "A->none"}
