@@ -122,28 +122,38 @@ def _check_prompt(field: str, prompt) -> str:
 
 def _check_loras(loras) -> tuple[tuple[str, float], ...]:
     """Controls.loras normalised to ((file, strength), ...): each a [file, strength] pair or a bare file (strength
-    1); a relative file may not leave the LoRA folder (no `..`)."""
+    1); a relative file may not leave the LoRA folder (`leaves_folder`)."""
     if isinstance(loras, (str, bytes)) or not isinstance(loras, (list, tuple)):
         raise InvalidControl("loras", f"must be a list of [file, strength] pairs, not {loras!r}")
     if len(loras) > MAX_LORAS:
         raise InvalidControl("loras", f"names {len(loras)} LoRAs, at most {MAX_LORAS}")
     out = []
     for entry in loras:
-        ref, strength = (entry, 1.0) if isinstance(entry, str) else (entry if isinstance(entry, (list, tuple))
-                                                                     and len(entry) == 2 else (None, None))
+        if isinstance(entry, str):
+            entry = (entry, 1.0)
+        ref, strength = entry if isinstance(entry, (list, tuple)) and len(entry) == 2 else (None, None)
         if not isinstance(ref, str) or not ref.strip() or len(ref) > 1000:
             raise InvalidControl("loras", f"entries must be [file, strength] pairs like [\"ink.safetensors\", 0.8], "
                                           f"not {entry!r}")
         ref = ref.strip()
-        if not os.path.isabs(os.path.expanduser(ref)) and ".." in PurePath(ref).parts:
+        if leaves_folder(ref):
             raise InvalidControl("loras", f"file {ref!r} leaves the LoRA folder; name a file inside it or give an "
                                           "absolute path")
-        if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not math.isfinite(strength) \
-                or abs(strength) > MAX_LORA_STRENGTH:
+        if not lora_strength_ok(strength):
             raise InvalidControl("loras", f"strength of {ref} must be a number from {-MAX_LORA_STRENGTH:g} to "
                                           f"{MAX_LORA_STRENGTH:g}, not {strength!r}")
         out.append((ref, float(strength)))
     return tuple(out)
+
+
+def leaves_folder(ref: str) -> bool:
+    """A relative file name that climbs out of the folder it is looked up in (`..`); absolute paths do not."""
+    return not os.path.isabs(os.path.expanduser(ref)) and ".." in PurePath(ref).parts
+
+
+def lora_strength_ok(strength) -> bool:
+    return not isinstance(strength, bool) and isinstance(strength, numbers.Real) and math.isfinite(strength) \
+        and abs(strength) <= MAX_LORA_STRENGTH
 
 
 def _weight(field: str, w) -> float:
@@ -338,8 +348,7 @@ def check_model_files(model: str = "auto", base=None, vae=None, text_encoder=Non
         else:
             raise EngineError(f"LoRA {spec!r} must be FILE, FILE:STRENGTH or (path, strength)")
         _must_exist("lora", str(path))
-        if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not math.isfinite(strength) \
-                or abs(strength) > MAX_LORA_STRENGTH:
+        if not lora_strength_ok(strength):
             raise EngineError(f"LoRA strength for {path.name} must be a number from {-MAX_LORA_STRENGTH:g} to "
                               f"{MAX_LORA_STRENGTH:g} (FILE:STRENGTH, e.g. {path.name}:0.8), not {strength!r}")
         out.append((str(path), float(strength)))

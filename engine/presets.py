@@ -50,7 +50,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sdv2_studio.engine.config import CONTROL_FIELDS, Controls, InvalidControl
+from sdv2_studio.engine.config import CONTROL_FIELDS, Controls, InvalidControl, leaves_folder
 from sdv2_studio.engine.errors import EngineError
 
 if sys.version_info >= (3, 11):
@@ -302,7 +302,7 @@ def resolve_lora_ref(ref: str, folder: str | os.PathLike | None = None) -> Path:
     path, where = Path(ref).expanduser(), ""
     if not path.is_absolute():
         folder = Path(folder) if folder is not None else user_loras_dir()
-        if ".." in path.parts:  # Controls refuses these; a hand-made call too
+        if leaves_folder(ref):  # Controls refuses these; a hand-made call too
             raise EngineError(f"LoRA {ref!r} leaves the LoRA folder {folder}; name a file inside it")
         path, where = folder / path, f" in the LoRA folder {folder}"
     if not path.is_file():
