@@ -269,7 +269,8 @@ class LoRAMerger:
     @property
     def factor_bytes(self) -> int:
         """Host memory of the LoRA factors held: the read cache and the merged LoRAs."""
-        held = {id(lora): lora for lora in self._files.values()}
+        with self._lock:
+            held = {id(lora): lora for lora in self._files.values()}
         held.update((id(lora), lora) for lora, _ in (*self.active, *self.fixed))
         return sum(lora.nbytes for lora in held.values())
 
