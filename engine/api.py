@@ -30,18 +30,23 @@ import numbers
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from sdv2_studio.engine.config import CONTROL_FIELDS, CacheConfig, Controls, check_model_files
+from sdv2_studio.engine.config import CONTROL_FIELDS, PASSTHROUGH, CacheConfig, Controls, check_model_files
 from sdv2_studio.engine.device import auto_dtype, use_device
 from sdv2_studio.engine.errors import EngineError
 from sdv2_studio.engine.io.frames import check_fit, check_size, fit_frame, restore_frame
 from sdv2_studio.engine.models import ModelBundle, Progress, ResolvedModel, load_bundle, resolve_model
 from sdv2_studio.engine.passthrough import PassthroughPipeline
-from sdv2_studio.engine.pipeline import StreamPipeline
+from sdv2_studio.engine.pipeline import NO_LORAS, StreamPipeline
+from sdv2_studio.engine.presets import resolve_lora_ref
 from sdv2_studio.engine.slo import Plan, SLOConfig, SLOScheduler, SLOStats
 from sdv2_studio.engine.text import PromptCache, default_prompt_cache_dir
+
+if TYPE_CHECKING:
+    from sdv2_studio.engine.lora import LoRA, SwitchStats
 
 
 @dataclass
@@ -130,6 +135,7 @@ class Stats:
     mode: str = ""
     slo: SLOStats | None = None  # plan, misses, degrades/recoveries, last decision (SLO mode)
     rank_utilisation: list[float] = field(default_factory=list)  # pipeline ranks: busy fraction of wall time
+    lora_switch: SwitchStats | None = None  # what the last switch of the controls' LoRAs cost (time, bytes)
     model: str = ""
     untrained: bool = False
     running: bool = False
@@ -158,6 +164,9 @@ class Engine:
         self.bundle: ModelBundle | None = None
         self.scheduler: SLOScheduler | None = None
         self._rebuild = None  # (size, controls, batch) -> StreamPipeline, for resolution changes (single device)
+        self._controls_lock = threading.Lock()  # one set_controls at a time (LoRA files are read outside `_lock`)
+        self._loras_ready: tuple[tuple, list[tuple[LoRA, float]]] | None = None  # (Controls.loras, read and checked)
+        self._lora_switch: SwitchStats | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------------------------------
 
@@ -169,6 +178,7 @@ class Engine:
         if isinstance(cfg.queue_frames, bool) or not isinstance(cfg.queue_frames, int) or cfg.queue_frames < need:
             raise EngineError(f"queue_frames {cfg.queue_frames!r} is too small: a chunk needs {need} input frames "
                               f"waiting together; use queue_frames >= {need}")
+        self._prepare_loras(cfg.controls.loras)  # the preset's LoRA files exist (and no ranks) before loading
         if cfg.ranks > 1 or "," in cfg.device:
             if cfg.compile:
                 raise EngineError("--compile runs on one device for now; drop --compile or use one device")
@@ -178,6 +188,7 @@ class Engine:
         bundle = self._bundle or load_bundle(cfg.resolve_model(), device=device, dtype=dtype,
                                              text_device=cfg.text_device, progress=progress)
         self.bundle = bundle
+        self._prepare_loras(cfg.controls.loras)
         h, w = check_size(*(cfg.size or bundle.default_size))
         if bundle.model.passthrough:  # no network: the identity in place of the pipeline, the rest unchanged
             if cfg.compile or cfg.taehv:
@@ -198,7 +209,8 @@ class Engine:
         def make(size, controls, batch) -> StreamPipeline:
             return StreamPipeline(bundle.dit, bundle.vae, prompts, size=size, controls=controls, batch=batch,
                                   cache_cfg=cfg.cache, device=device, dtype=dtype, decoder=decoder,
-                                  profile=cfg.profile, background_prompts=not cfg.lossless)
+                                  profile=cfg.profile, background_prompts=not cfg.lossless,
+                                  set_loras=self._set_loras)
 
         self.pipeline = make((h, w), cfg.controls, cfg.batch)
         self._rebuild = make
@@ -403,17 +415,41 @@ class Engine:
         unknown = sorted(set(changes) - set(CONTROL_FIELDS))
         if unknown:
             raise EngineError(f"unknown control {', '.join(unknown)}; the controls are {', '.join(CONTROL_FIELDS)}")
-        with self._lock:
-            old = self.config.controls
-            new = dataclasses.replace(old if controls is None else controls, **changes)
-            self.config.controls = new
-            if self.pipeline is not None:  # only what changed: steps the SLO plan lowered stay lowered otherwise
-                delta = {f: getattr(new, f) for f in CONTROL_FIELDS if getattr(new, f) != getattr(old, f)}
-                if delta:
-                    self.pipeline.set_controls(**delta)
-                if self.scheduler is not None and "steps" in delta:
-                    self.scheduler.set_caps(steps=new.steps)  # the user's steps are the scheduler's cap
-            return new
+        with self._controls_lock:
+            with self._lock:
+                old = self.config.controls
+                new = dataclasses.replace(old if controls is None else controls, **changes)
+            if new.loras != old.loras:
+                self._prepare_loras(new.loras)  # the files read and checked now, not on the stream's thread
+            with self._lock:
+                self.config.controls = new
+                if self.pipeline is not None:  # only what changed: steps the SLO plan lowered stay lowered otherwise
+                    delta = {f: getattr(new, f) for f in CONTROL_FIELDS if getattr(new, f) != getattr(old, f)}
+                    if delta:
+                        self.pipeline.set_controls(**delta)
+                    if self.scheduler is not None and "steps" in delta:
+                        self.scheduler.set_caps(steps=new.steps)  # the user's steps are the scheduler's cap
+                return new
+
+    def _prepare_loras(self, loras: tuple[tuple[str, float], ...]) -> None:
+        """Check the LoRA files `loras` (Controls.loras) names: found (engine.presets.resolve_lora_ref), a LoRA,
+        fit for the loaded model (read once; the bundle's LoRAMerger keeps them). One EngineError line otherwise,
+        and nothing changes. Before start() only that the files exist; the rest at start."""
+        if not loras or self.config.model == PASSTHROUGH:  # the passthrough model ignores presets' styles
+            return
+        if self.config.ranks > 1 or "," in self.config.device:
+            raise EngineError(NO_LORAS)
+        files = [(resolve_lora_ref(ref), strength) for ref, strength in loras]
+        if self.bundle is not None:
+            self._loras_ready = (loras, self.bundle.merger().load(files))
+
+    def _set_loras(self, loras: tuple[tuple[str, float], ...]) -> None:
+        """The pipeline's hook (engine thread, between chunks): the DiT = base + the model's LoRAs + `loras`."""
+        if not loras and self.bundle.loras is None:
+            return  # nothing was ever merged
+        if loras and (self._loras_ready is None or self._loras_ready[0] != loras):  # set_controls and start
+            self._prepare_loras(loras)  # prepare them: a fallback only
+        self._lora_switch = self.bundle.merger().switch(self._loras_ready[1] if loras else [])
 
     @property
     def controls(self) -> Controls:
@@ -438,6 +474,7 @@ class Engine:
                 s.mode = ("stream-batch" if s.slo.plan.slots > 1 else "no-batch") + (f",{ranks}" if ranks else "")
             if self.pipeline is not None:
                 s.rank_utilisation = self.pipeline.executor.utilisation()
+            s.lora_switch = self._lora_switch
             s.error = str(self._error) if self._error else None
             return s
 

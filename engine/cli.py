@@ -69,6 +69,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             raise EngineError(f"--samples must be 1 or more, not {args.samples}")
         load_bench("transport").main_transport(args)
         return 0
+    if args.what == "switch":
+        load_bench("switch").bench_switch(out=args.out or "bench/results/switch.json")
+        return 0
     measure = load_bench("measure")
     if args.what == "model":
         points = tuple(int(p) for p in args.points.split(","))
@@ -366,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=_cmd_inspect)
 
     s = sub.add_parser("bench", help="benchmarks that print ratios and save JSON")
-    s.add_argument("what", choices=["model", "pipeline", "parallel", "roofline", "gpu", "transport"],
+    s.add_argument("what", choices=["model", "pipeline", "parallel", "roofline", "gpu", "transport", "switch"],
                    help="model: streaming DiT forward (flat cost, cache speedup, FLOP/s); "
                         "pipeline: stage split, fps and latency for 1-4 steps, Stream-Batch vs no-batch; "
                         "parallel: 1 vs 2 CPU pipeline ranks (one thread each), scaling efficiency; "
@@ -374,7 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "gpu: the paper's configurations measured on your GPUs (random 1.3B weights; fps, TTFF, "
                         "stages, VRAM, host-sync check, ratio to the paper); "
                         "transport: one-way latency engine -> OBS through the passthrough model, the plugin (shared "
-                        "memory) vs the UDP Media Source, side by side (needs OBS with the plugin, or --headless)")
+                        "memory) vs the UDP Media Source, side by side (needs OBS with the plugin, or --headless); "
+                        "switch: what a preset switch costs (LoRA switch time and bytes, tiny/small measured and "
+                        "1.3B on paper; chunk times while an uncached prompt encodes)")
     s.add_argument("--steps", type=int, default=None, help="parallel: denoising steps (default 2); gpu: only these")
     s.add_argument("--gpus", default=None, help="gpu: GPU counts to run, e.g. 1,2 (default: 1 to all)")
     s.add_argument("--compiled", default="both", choices=["both", "eager", "compiled"], help="gpu: which hot paths")

@@ -8,8 +8,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import os
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from sdv2_studio.engine.errors import EngineError
 
@@ -21,6 +22,7 @@ MAX_SEED = 2**63 - 1
 MAX_PROMPT_CHARS = 2000
 MAX_BLEND = 8  # prompts in one blend, the main prompt included
 MAX_WEIGHT = 100.0
+MAX_LORAS = 8  # LoRAs one Controls (a preset) names
 #: How a frame of another aspect ratio is framed to the model size (engine.io.frames.fit_frame): crop to fill, or
 #: fit with black bars.
 FIT_MODES = ("crop", "bars")
@@ -55,6 +57,10 @@ class Controls:
     # a blend `prompt_weight` is 1 and the stream is exactly the single prompt's.
     prompt_weight: float = 1.0
     blend: tuple[tuple[str, float], ...] = ()
+    # DiT LoRAs of this style, merged on top of the model's own (EngineConfig.loras) at the chunk boundary where
+    # the controls apply: (file, strength) pairs; a relative file is in the user's LoRA folder
+    # (engine.presets.resolve_lora_ref), an absolute one anywhere. Strength -10 to 10; () = none.
+    loras: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
         _check_prompt("prompt", self.prompt)
@@ -73,6 +79,7 @@ class Controls:
         set_(self, "prompt_weight", _weight("prompt_weight", self.prompt_weight) if pairs else 1.0)
         if pairs and not self.prompt_weight + sum(w for _, w in pairs) > 0:
             raise InvalidControl("blend", "weights are all 0; give at least one prompt a weight above 0")
+        set_(self, "loras", _check_loras(self.loras))
         noise = self.noise_scale
         if isinstance(noise, bool) or not isinstance(noise, numbers.Real) or not 0.0 < noise <= 1.0:
             raise InvalidControl("noise_scale", f"must be in (0, 1], not {noise!r}")
@@ -111,6 +118,42 @@ def _check_prompt(field: str, prompt) -> str:
     if len(prompt) > MAX_PROMPT_CHARS:
         raise InvalidControl(field, f"is too long ({len(prompt)} characters, at most {MAX_PROMPT_CHARS})")
     return prompt
+
+
+def _check_loras(loras) -> tuple[tuple[str, float], ...]:
+    """Controls.loras normalised to ((file, strength), ...): each a [file, strength] pair or a bare file (strength
+    1); a relative file may not leave the LoRA folder (`leaves_folder`)."""
+    if isinstance(loras, (str, bytes)) or not isinstance(loras, (list, tuple)):
+        raise InvalidControl("loras", f"must be a list of [file, strength] pairs, not {loras!r}")
+    if len(loras) > MAX_LORAS:
+        raise InvalidControl("loras", f"names {len(loras)} LoRAs, at most {MAX_LORAS}")
+    out = []
+    for entry in loras:
+        if isinstance(entry, str):
+            entry = (entry, 1.0)
+        ref, strength = entry if isinstance(entry, (list, tuple)) and len(entry) == 2 else (None, None)
+        if not isinstance(ref, str) or not ref.strip() or len(ref) > 1000:
+            raise InvalidControl("loras", f"entries must be [file, strength] pairs like [\"ink.safetensors\", 0.8], "
+                                          f"not {entry!r}")
+        ref = ref.strip()
+        if leaves_folder(ref):
+            raise InvalidControl("loras", f"file {ref!r} leaves the LoRA folder; name a file inside it or give an "
+                                          "absolute path")
+        if not lora_strength_ok(strength):
+            raise InvalidControl("loras", f"strength of {ref} must be a number from {-MAX_LORA_STRENGTH:g} to "
+                                          f"{MAX_LORA_STRENGTH:g}, not {strength!r}")
+        out.append((ref, float(strength)))
+    return tuple(out)
+
+
+def leaves_folder(ref: str) -> bool:
+    """A relative file name that climbs out of the folder it is looked up in (`..`); absolute paths do not."""
+    return not os.path.isabs(os.path.expanduser(ref)) and ".." in PurePath(ref).parts
+
+
+def lora_strength_ok(strength) -> bool:
+    return not isinstance(strength, bool) and isinstance(strength, numbers.Real) and math.isfinite(strength) \
+        and abs(strength) <= MAX_LORA_STRENGTH
 
 
 def _weight(field: str, w) -> float:
@@ -311,8 +354,7 @@ def check_model_files(model: str = "auto", base=None, vae=None, text_encoder=Non
         else:
             raise EngineError(f"LoRA {spec!r} must be FILE, FILE:STRENGTH or (path, strength)")
         _must_exist("lora", str(path))
-        if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not math.isfinite(strength) \
-                or abs(strength) > MAX_LORA_STRENGTH:
+        if not lora_strength_ok(strength):
             raise EngineError(f"LoRA strength for {path.name} must be a number from {-MAX_LORA_STRENGTH:g} to "
                               f"{MAX_LORA_STRENGTH:g} (FILE:STRENGTH, e.g. {path.name}:0.8), not {strength!r}")
         out.append((str(path), float(strength)))

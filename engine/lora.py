@@ -17,14 +17,19 @@ loaded model: a module it names that the DiT lacks, or a shape of another model 
 
 Merging: W = W_base + sum_i strength_i * scale_i * (up_i @ down_i) (+ strength_i * diff_i), computed in float32
 from the base value and cast to the parameter's dtype once, so merged weights do not depend on the order of
-switches. `LoRAMerger` keeps the base value of every parameter a LoRA changed (on the CPU by default); that is
-what undoing needs: `set([])` restores them bit for bit, and a switch restores the changed weights and merges
-the new set in place (parameters keep their identity). What a switch costs, for a LoRA on every linear of the
-1.3B blocks (q, k, v, o of both attentions, ffn.0, ffn.2: 1.39 G parameters): writing those weights back
-(2.8 GB in bf16; from pinned host memory over PCIe 4 roughly 0.1-0.3 s), 2 * r * in * out FLOPs per target for
-the products (r = 32: 89 GFLOP, a few ms on a GPU, seconds on a CPU), and the backup's 2.8 GB of host RAM while a
-LoRA is merged. `SwitchStats` reports the numbers of each switch. The caller switches between chunks (not during
-a forward pass) and should treat K/V cached with the old weights as stale.
+switches (A -> B -> A any number of times is bitwise base + A). `LoRAMerger` keeps the base value of every
+parameter a LoRA changed, and only those (on the CPU by default); that is what undoing needs: `set([])` restores
+them bit for bit, and a switch restores the changed weights and merges the new set in place (parameters keep their
+identity and storage, so a compiled step or a CUDA graph goes on reading them without recompiling). Presets switch
+their LoRAs through it (`Controls.loras`, applied by the Engine between chunks, on top of the model's own `fixed`
+ones); `LoRAMerger.load` reads each file once and keeps its factors in a bounded cache.
+
+What a switch costs, for a rank-32 LoRA on every linear of the 1.3B blocks (q, k, v, o of both attentions, ffn.0,
+ffn.2: 1.39 G parameters): writing those weights back (2.8 GB in bf16; from pinned host memory over PCIe 4 roughly
+0.1-0.3 s), 2 * r * in * out FLOPs per target for the products (r = 32: 89 GFLOP, a few ms on a GPU, seconds on a
+CPU), the backup's 2.8 GB of host RAM while a LoRA is merged, and 87 MB of bf16 factors per LoRA kept. `SwitchStats`
+reports the numbers of each switch. The caller switches between chunks (not during a forward pass); K/V cached with
+the old weights stay (the Engine recomputes the prompt's cross-attention K/V).
 """
 
 from __future__ import annotations
@@ -32,7 +37,9 @@ from __future__ import annotations
 import json
 import math
 import re
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +85,12 @@ class LoRA:
         return sum(d.numel() + u.numel() for d, u, _ in self.pairs.values()) + \
             sum(t.numel() for t, _ in self.diffs.values())
 
+    @property
+    def nbytes(self) -> int:
+        """Host memory its factors and deltas take."""
+        return sum(d.nbytes + u.nbytes for d, u, _ in self.pairs.values()) + \
+            sum(t.nbytes for t, _ in self.diffs.values())
+
     def targets(self) -> set[str]:
         """The model parameters this LoRA changes."""
         return {f"{m}.weight" for m in self.pairs} | set(self.diffs)
@@ -93,6 +106,7 @@ class SwitchStats:
     flops: int  # multiply-adds x 2 of the up @ down products
     backup_bytes: int  # host (or backup device) memory holding base values after the switch
     seconds: float
+    factor_bytes: int = 0  # host memory of the LoRA factors kept (merged ones and the read cache)
 
 
 def is_lora(keys: Iterable[str]) -> bool:
@@ -194,27 +208,87 @@ def load_loras(specs: Sequence[str | Path | tuple[str | Path, float]],
     return out
 
 
+DEFAULT_CACHE_BYTES = 1 << 30  # LoRA factors kept for switching back without reading the file again
+
+
 class LoRAMerger:
     """Merges LoRAs into a DiT's parameters in place and keeps what undoing needs (see the module docstring).
 
-    Parameters left on the meta device (another pipeline rank's blocks) are skipped.
+    `fixed` are the model's own LoRAs (EngineConfig.loras, merged at load): `switch` keeps them under every set of
+    preset LoRAs. `load` reads LoRA files once: their factors stay in a least-recently-used cache of at most
+    `cache_bytes` (the merged ones are never dropped), so switching back to a preset reads nothing. Parameters left
+    on the meta device (another pipeline rank's blocks) are skipped.
     """
 
-    def __init__(self, model: torch.nn.Module, backup_device: str | torch.device = "cpu"):
+    def __init__(self, model: torch.nn.Module, backup_device: str | torch.device = "cpu",
+                 cache_bytes: int = DEFAULT_CACHE_BYTES):
         self.model = model
         self.cfg: ModelConfig = model.cfg
         self.params = dict(model.named_parameters())
         self.backup_device = torch.device(backup_device)
         self.base: dict[str, torch.Tensor] = {}  # parameter -> its base value, for every changed parameter
         self.active: list[tuple[LoRA, float]] = []
+        self.fixed: list[tuple[LoRA, float]] = []
+        self.cache_bytes = cache_bytes
+        self._files: OrderedDict[tuple, LoRA] = OrderedDict()  # (path, mtime, size) -> LoRA, oldest first
+        self._lock = threading.Lock()  # `load` runs on callers' threads, `set` on the engine thread
+
+    def load(self, files: Sequence[tuple[str | Path, float]]) -> list[tuple[LoRA, float]]:
+        """[(LoRA, strength)] for `set` from (file, strength) pairs: each file read once (re-read when it changed
+        on disk) and checked against the model (one EngineError line when it does not fit)."""
+        out = []
+        with self._lock:
+            for path, strength in files:
+                path = Path(path).expanduser().resolve()
+                try:
+                    st = path.stat()
+                    key = (path, st.st_mtime_ns, st.st_size)
+                except OSError:
+                    key = None  # read_lora says what is wrong
+                lora = self._files.get(key) if key else None
+                if lora is None:
+                    lora = read_lora(path)
+                    check_lora(lora, self.cfg)
+                if key:
+                    self._files[key] = lora
+                    self._files.move_to_end(key)
+                out.append((lora, float(strength)))
+            self._evict(keep={id(lora) for lora, _ in out})
+        return out
+
+    def _evict(self, keep: set[int]) -> None:
+        keep |= {id(lora) for lora, _ in (*self.active, *self.fixed)}
+        total = sum(lora.nbytes for lora in self._files.values())
+        for key, lora in list(self._files.items()):
+            if total <= self.cache_bytes:
+                break
+            if id(lora) not in keep:
+                del self._files[key]
+                total -= lora.nbytes
+
+    @property
+    def factor_bytes(self) -> int:
+        """Host memory of the LoRA factors held: the read cache and the merged LoRAs."""
+        with self._lock:
+            held = {id(lora): lora for lora in self._files.values()}
+        held.update((id(lora), lora) for lora, _ in (*self.active, *self.fixed))
+        return sum(lora.nbytes for lora in held.values())
+
+    def switch(self, loras: Sequence[tuple[LoRA, float]]) -> SwitchStats:
+        """Make the model base + the fixed LoRAs + these (a preset's)."""
+        return self.set([*self.fixed, *loras])
 
     @torch.no_grad()
     def set(self, loras: Sequence[tuple[LoRA, float]]) -> SwitchStats:
-        """Make the model base + these LoRAs (replacing any merged before); `set([])` restores the base."""
+        """Make the model base + these LoRAs (replacing any merged before); `set([])` restores the base. The same
+        LoRAs at the same strengths as merged now: nothing to do."""
         t0 = time.perf_counter()
         for lora, _ in loras:
             check_lora(lora, self.cfg)
         live = [(lora, s) for lora, s in loras if s != 0.0]
+        if [(id(lora), s) for lora, s in live] == [(id(lora), s) for lora, s in self.active]:
+            return SwitchStats(restored=0, merged=0, bytes_written=0, flops=0, backup_bytes=self._backup_bytes(),
+                               seconds=time.perf_counter() - t0, factor_bytes=self.factor_bytes)
         targets = {p for lora, _ in live for p in lora.targets() if not self.params[p].is_meta}
         written, flops, restored = 0, 0, 0
         for name in sorted(targets | self.base.keys()):
@@ -223,7 +297,7 @@ class LoRAMerger:
                 backup = p.detach().to(self.backup_device, copy=True)
                 self.base[name] = backup.pin_memory() if p.is_cuda and backup.device.type == "cpu" else backup
             base = self.base[name].to(p.device, non_blocking=True)
-            if name in targets:
+            if name in targets:  # from the base value every time: the result does not depend on earlier switches
                 delta, f = self._delta(name, live, p)
                 p.copy_((base.float() + delta).to(p.dtype))
                 flops += f
@@ -235,9 +309,14 @@ class LoRAMerger:
         self.active = list(live)
         if any(p.is_cuda for p in self.params.values()):
             torch.cuda.synchronize()
+        with self._lock:
+            self._evict(keep=set())  # LoRAs merged before may go now
         return SwitchStats(restored=restored, merged=len(targets), bytes_written=written, flops=flops,
-                           backup_bytes=sum(t.numel() * t.element_size() for t in self.base.values()),
-                           seconds=time.perf_counter() - t0)
+                           backup_bytes=self._backup_bytes(), seconds=time.perf_counter() - t0,
+                           factor_bytes=self.factor_bytes)
+
+    def _backup_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.base.values())
 
     def clear(self) -> SwitchStats:
         return self.set([])

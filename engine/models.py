@@ -17,7 +17,8 @@ The VAE and text encoder come from a base folder (`base_parts` decides what a fo
 folder, or the original Wan2.1 release with Wan2.1_VAE.pth, models_t5_umt5-xxl-enc-bf16.pth and
 google/umt5-xxl/), or from single files named one by one (`vae=`, `text_encoder=`, `tokenizer=`: any layout
 engine/vae.py and engine/text.py read); a part named explicitly wins over the folder's. LoRAs (`loras=`) are merged
-into the DiT at load (engine/lora.py); the bundle keeps the `LoRAMerger` that can switch or remove them.
+into the DiT at load (engine/lora.py); the bundle keeps the `LoRAMerger` that switches the LoRAs a preset names
+(`Controls.loras`) on top of them, or removes them.
 """
 
 from __future__ import annotations
@@ -115,6 +116,14 @@ class ModelBundle:
     vae: WanVAE | None
     text: TextEncoder | None
     loras: LoRAMerger | None = None  # what switches or removes the merged LoRAs (None: none merged)
+
+    def merger(self) -> LoRAMerger:
+        """What merges LoRAs into this bundle's DiT (made on first use); the model's own LoRAs are its `fixed`."""
+        if self.loras is None:
+            from sdv2_studio.engine.lora import LoRAMerger
+
+            self.loras = LoRAMerger(self.dit)
+        return self.loras
 
     @property
     def name(self) -> str:
@@ -350,10 +359,9 @@ def load_bundle(spec: str | ResolvedModel = "auto", *, device: str | torch.devic
         text.check_compatible(dit.cfg.text_dim, dit.cfg.text_len)
         bundle = ModelBundle(model, dit, vae, text)
     if model.loras:
-        from sdv2_studio.engine.lora import LoRAMerger, load_loras
-
         say(f"merging {len(model.loras)} LoRA(s)", 0.9)
-        bundle.loras = LoRAMerger(bundle.dit)
-        bundle.loras.set(load_loras(model.loras, bundle.dit.cfg))
+        merger = bundle.merger()
+        merger.fixed = merger.load(model.loras)
+        merger.set(merger.fixed)
     say("models loaded", 1.0)
     return bundle

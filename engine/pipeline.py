@@ -29,6 +29,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -50,6 +51,8 @@ from sdv2_studio.engine.transfer import FrameDownloader, FrameUploader
 from sdv2_studio.engine.vae import WanVAE
 
 V2V_NOISE, RENOISE = 0, 1  # kinds of keyed noise
+NO_LORAS = ("presets with LoRAs are not supported with pipeline ranks yet (each rank would have to merge them into "
+            "its blocks); use one device, or a preset without loras")
 
 
 def keyed_noise(shape, seed: int, chunk: int, kind: int, index: int, device) -> torch.Tensor:
@@ -227,14 +230,18 @@ class StreamPipeline(ChunkedStream):
                  controls: Controls = Controls(), batch: bool = True, cache_cfg: CacheConfig = CacheConfig(),
                  device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                  decoder: torch.nn.Module | None = None, profile: bool = False,
-                 executor: DenoiseExecutor | None = None, background_prompts: bool = False):
+                 executor: DenoiseExecutor | None = None, background_prompts: bool = False,
+                 set_loras: Callable[[tuple[tuple[str, float], ...]], object] | None = None):
         """`decoder`: an alternative streaming decoder with the VAE's decode contract (TAEHV); `profile`:
         synchronise the device around each stage so `timings` are exact (costs a little on GPUs);
         `background_prompts` (live streams): a new prompt that is not cached yet is encoded on a background thread
         while the stream keeps the current one, and blends in (its transition) from the first chunk after it is
         ready, so a preset click never stalls the stream. Off (files), the switch happens at the next chunk, which
-        keeps a file run deterministic."""
+        keeps a file run deterministic. `set_loras(controls.loras)` makes the DiT's weights carry the LoRAs the
+        controls name (the Engine's: the bundle's LoRAMerger); it is called at the stream's start and at the chunk
+        boundary where they change, on this thread. Without it, controls naming LoRAs are refused."""
         self.dit, self.vae, self.prompts = dit, vae, prompts
+        self._set_loras = set_loras
         self.decoder = decoder or vae
         self.executor = executor or LocalDenoiser(dit)
         self.profile = profile
@@ -276,6 +283,7 @@ class StreamPipeline(ChunkedStream):
 
     def reset(self) -> None:
         """Start a new stream (new clip): caches, VAE streams, motion state, positions."""
+        self._switch_loras(self.controls.loras)
         self.clock = StreamClock(self.cache_cfg)
         self.vae.reset_stream()
         if self.decoder is not self.vae:
@@ -321,6 +329,19 @@ class StreamPipeline(ChunkedStream):
 
     # -- controls -----------------------------------------------------------------------------------------------------
 
+    def set_controls(self, **changes) -> Controls:
+        """Queue control changes (`ChunkedStream.set_controls`); LoRAs need a DiT that can switch them."""
+        if changes.get("loras") and self._set_loras is None:
+            raise EngineError(NO_LORAS)
+        return super().set_controls(**changes)
+
+    def _switch_loras(self, loras: tuple[tuple[str, float], ...]) -> None:
+        """Make the DiT carry `loras` (Controls.loras) from the next forward pass on."""
+        if self._set_loras is not None:
+            self._set_loras(loras)
+        elif loras:
+            raise EngineError(NO_LORAS)
+
     def set_mode(self, batch: bool) -> None:
         """Queue a switch between Stream-Batch (True) and no-batch (False), applied at the next chunk boundary.
 
@@ -355,6 +376,8 @@ class StreamPipeline(ChunkedStream):
             self.executor.set_steps(new.steps)
         if new.noise_scale != old.noise_scale:
             self.motion.set_s0(new.noise_scale)
+        if new.loras != old.loras:  # in place, exactly (engine.lora.LoRAMerger); the slots in flight go on with
+            self._switch_loras(new.loras)  # the new weights, and the self-attention cache is kept (as for a prompt)
         self.controls = new
         if new.weighted_prompts != old.weighted_prompts:  # a new prompt or blend: its transition
             cached = all(p in self.prompts for p, _ in new.weighted_prompts)
@@ -370,6 +393,8 @@ class StreamPipeline(ChunkedStream):
             else:
                 self._encoding = None
                 self._switch_prompt(self._encode_prompt(new.weighted_prompts), new.transition_chunks)
+        if new.loras != old.loras:  # the prompt's cross-attention K/V again, through the new weights
+            self.executor.set_prompt(self._current_ctx())
         return out
 
     def close(self) -> None:

@@ -2,7 +2,7 @@
 
 A preset file (`presets/*.toml` ships with the app; the user's own live in the user data folder):
 
-    schema = 1                          # format version (optional; 1 when missing)
+    schema = 2                          # format version (optional; 1 when missing; 2 when it names LoRAs)
     name = "Anime Cel"                  # shown on the card
     prompt = "anime cel-shaded ..."     # what the stream should look like
     steps = 2                           # denoising steps 1-4 (more = better quality, slower)
@@ -11,18 +11,26 @@ A preset file (`presets/*.toml` ships with the app; the user's own live in the u
     transition_chunks = 3               # 0-64: chunks over which a switch to this preset blends in
     prompt_weight = 0.7                 # optional, with blend: the prompt's weight in a blend
     blend = [["neon glow", 0.3]]        # optional: more [prompt, weight] pairs mixed in by normalised weight
+    loras = [["ink.safetensors", 0.8]]  # optional: DiT LoRAs of this style, [file, strength] (strength -10 to 10)
     thumbnail = "anime-cel.png"         # optional, relative to the preset file
     tags = ["anime", "bold"]            # optional
     description = "..."                 # optional, one line
     order = 10                          # optional: position in the gallery (default 1000, then by name)
 
-prompt, steps, noise_scale, seed, transition_chunks, prompt_weight and blend are the preset's `Controls`
-(engine/config.py: their defaults and their one validation). A preset's id is its file name without `.toml`; a later
-folder overrides an earlier one with the same id (so a user preset called `anime-cel.toml` replaces the shipped
-one). A bad file never stops the others loading: every problem becomes one `EngineError` line naming the file and
-the field. In folders the app writes to (the user's presets), a file that is not valid TOML at all is renamed to
-`<name>.corrupt-<timestamp>` and reported, never silently discarded. Writes go to a temp file in the same folder and
-are renamed over the target (`os.replace`), so a crash never leaves half a preset behind.
+prompt, steps, noise_scale, seed, transition_chunks, prompt_weight, blend and loras are the preset's `Controls`
+(engine/config.py: their defaults and their one validation). A LoRA file given by name (or a relative path) is
+looked up in the user's LoRA folder (`user_loras_dir`: $SDV2_LORAS, else `loras/` in the user data folder; a link
+in it to another folder, e.g. ComfyUI's `models/loras`, works); it may not leave that folder (`..`). An absolute
+path is used as it is (such a preset does not travel to another machine). Whether the file exists and fits the
+model is checked when the preset is applied (`Engine.set_controls`): a missing or mismatched LoRA refuses the whole
+preset with one line, and the stream keeps its current style; the library still lists the preset.
+
+A preset's id is its file name without `.toml`; a later folder overrides an earlier one with the same id (so a user
+preset called `anime-cel.toml` replaces the shipped one). A bad file never stops the others loading: every problem
+becomes one `EngineError` line naming the file and the field. In folders the app writes to (the user's presets), a
+file that is not valid TOML at all is renamed to `<name>.corrupt-<timestamp>` and reported, never silently
+discarded. Writes go to a temp file in the same folder and are renamed over the target (`os.replace`), so a crash
+never leaves half a preset behind.
 
 Only the standard library (+ platformdirs) is imported: the OBS script runs this inside OBS's own Python.
 """
@@ -42,7 +50,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sdv2_studio.engine.config import CONTROL_FIELDS, Controls, InvalidControl
+from sdv2_studio.engine.config import CONTROL_FIELDS, Controls, InvalidControl, leaves_folder
 from sdv2_studio.engine.errors import EngineError
 
 if sys.version_info >= (3, 11):
@@ -53,7 +61,7 @@ else:  # pragma: no cover - Python 3.10
     except ImportError:  # e.g. OBS's own Python without tomli: reading presets then says what to install
         tomllib = None
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: `loras`; files without LoRAs are written as schema 1, which older versions read
 APP_NAME = "streamdiffusion-studio"
 _TEXT_LIMITS = {"name": 60, "description": 300}
 DEFAULT_ORDER = 1000
@@ -88,12 +96,15 @@ class Preset:
         """The file text; `thumbnail` is the path to write (default: the thumbnail's file name)."""
         thumb = thumbnail if thumbnail is not None else (self.thumbnail.name if self.thumbnail else None)
         c = self.controls
-        lines = [f"schema = {SCHEMA_VERSION}", f"name = {_toml_str(self.name)}", f"prompt = {_toml_str(c.prompt)}",
+        lines = [f"schema = {SCHEMA_VERSION if c.loras else 1}", f"name = {_toml_str(self.name)}",
+                 f"prompt = {_toml_str(c.prompt)}",
                  f"steps = {c.steps}", f"noise_scale = {c.noise_scale!r}", f"seed = {c.seed}",
                  f"transition_chunks = {c.transition_chunks}"]
         if c.blend:
             pairs = ", ".join(f"[{_toml_str(p)}, {w!r}]" for p, w in c.blend)
             lines += [f"prompt_weight = {c.prompt_weight!r}", f"blend = [{pairs}]"]
+        if c.loras:
+            lines.append(f"loras = [{', '.join(f'[{_toml_str(f)}, {s!r}]' for f, s in c.loras)}]")
         if thumb:
             lines.append(f"thumbnail = {_toml_str(thumb)}")
         if self.tags:
@@ -257,23 +268,47 @@ def shipped_presets_dir() -> Path | None:
     return None
 
 
-def user_presets_dir() -> Path:
-    """Where the user's own presets are saved ($SDV2_USER_PRESETS, else the platform's user data folder)."""
-    env = os.environ.get("SDV2_USER_PRESETS")
-    if env:
-        return Path(env).expanduser()
+def _user_data_dir() -> Path:
+    """The platform's user data folder of the app (platformdirs; the same folders without it, in OBS's Python)."""
     try:
         import platformdirs
 
-        return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False)) / "presets"
-    except ImportError:  # OBS's Python: the same folders platformdirs picks
+        return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
+    except ImportError:
         if sys.platform == "win32":
             base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
         elif sys.platform == "darwin":
             base = Path.home() / "Library" / "Application Support"
         else:
             base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
-        return base / APP_NAME / "presets"
+        return base / APP_NAME
+
+
+def user_presets_dir() -> Path:
+    """Where the user's own presets are saved ($SDV2_USER_PRESETS, else the platform's user data folder)."""
+    env = os.environ.get("SDV2_USER_PRESETS")
+    return Path(env).expanduser() if env else _user_data_dir() / "presets"
+
+
+def user_loras_dir() -> Path:
+    """Where presets find the LoRA files they name ($SDV2_LORAS, else `loras/` in the user data folder)."""
+    env = os.environ.get("SDV2_LORAS")
+    return Path(env).expanduser() if env else _user_data_dir() / "loras"
+
+
+def resolve_lora_ref(ref: str, folder: str | os.PathLike | None = None) -> Path:
+    """The file a preset's LoRA entry (Controls.loras) means: an absolute path as it is, a relative one inside
+    `folder` (default `user_loras_dir()`); EngineError naming the folder when there is no such file."""
+    path, where = Path(ref).expanduser(), ""
+    if not path.is_absolute():
+        folder = Path(folder) if folder is not None else user_loras_dir()
+        if leaves_folder(ref):  # Controls refuses these; a hand-made call too
+            raise EngineError(f"LoRA {ref!r} leaves the LoRA folder {folder}; name a file inside it")
+        path, where = folder / path, f" in the LoRA folder {folder}"
+    if not path.is_file():
+        raise EngineError(f"LoRA {ref} not found{where}; put the file there (or fix the preset's loras) and apply "
+                          "the preset again")
+    return path
 
 
 def load_presets(dirs: Iterable[str | os.PathLike | None], *, backup_dirs: Iterable[str | os.PathLike] = (),
@@ -420,7 +455,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
     for i, p in enumerate(presets, 1):
         where, c = "shipped" if p.builtin else "user", p.controls
         print(f"{i:>2}. {printable(p.id):<20} {printable(p.name):<22} steps {c.steps}  noise {c.noise_scale:.2f}  "
-              f"seed {c.seed:<6} transition {c.transition_chunks}  ({where})")
+              f"seed {c.seed:<6} transition {c.transition_chunks}  ({where})"
+              + "".join(f"  + LoRA {printable(f)} x{s:g}" for f, s in c.loras))
     for e in errors:
         print(f"warning: {printable(e)}", file=sys.stderr)
     print(f"user presets folder: {user_presets_dir()}")

@@ -19,7 +19,7 @@ def test_round_trip(tmp_path):
     data = json.loads(store.path.read_text())
     assert data["version"] == SETTINGS_VERSION
     assert data["controls"] == {"prompt": "ink", "steps": 3, "noise_scale": 0.55, "seed": 9, "transition_chunks": 0,
-                                "prompt_weight": 1.0, "blend": []}
+                                "prompt_weight": 1.0, "blend": [], "loras": []}
     back, notes = store.load()
     assert notes == [] and back == s
     s.controls = s.controls.with_prompts([("ink", 0.7), ("neon", 0.3)])  # a prompt blend comes back as it went

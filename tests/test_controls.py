@@ -49,6 +49,17 @@ def test_max_steps_is_the_length_of_the_step_schedule():
     ({"prompt": "  \n"}, "prompt"),
     ({"prompt": None}, "prompt"),
     ({"prompt": "x" * 2001}, "prompt"),
+    ({"loras": "ink.safetensors"}, "loras"),
+    ({"loras": [["../escape.safetensors", 1.0]]}, "loras"),
+    ({"loras": [["sub/../../escape.safetensors", 1.0]]}, "loras"),
+    ({"loras": [["ink.safetensors", 10.5]]}, "loras"),
+    ({"loras": [["ink.safetensors", float("nan")]]}, "loras"),
+    ({"loras": [["ink.safetensors", True]]}, "loras"),
+    ({"loras": [["ink.safetensors", "0.8"]]}, "loras"),
+    ({"loras": [[7, 1.0]]}, "loras"),
+    ({"loras": [["  ", 1.0]]}, "loras"),
+    ({"loras": [["a", 1.0, 2.0]]}, "loras"),
+    ({"loras": [[f"{i}.safetensors", 1.0] for i in range(9)]}, "loras"),
 ])
 def test_a_wrong_type_or_value_is_one_line_naming_the_field(change, field):
     with pytest.raises(InvalidControl) as err:
@@ -63,7 +74,9 @@ def test_a_wrong_type_or_value_is_one_line_naming_the_field(change, field):
 def test_values_are_normalised_to_the_declared_types():
     c = Controls(steps=np.int64(3), noise_scale=1, seed=np.uint8(5), transition_chunks=np.int32(0))
     assert (c.steps, c.noise_scale, c.seed, c.transition_chunks) == (3, 1.0, 5, 0)
-    assert [type(getattr(c, f)) for f in CONTROL_FIELDS] == [str, int, float, int, int, float, tuple]
+    assert [type(getattr(c, f)) for f in CONTROL_FIELDS] == [str, int, float, int, int, float, tuple, tuple]
+    loras = Controls(loras=[["ink.safetensors", 1], "sub/glow.safetensors", ("/abs/x.safetensors", np.float32(-2))])
+    assert loras.loras == (("ink.safetensors", 1.0), ("sub/glow.safetensors", 1.0), ("/abs/x.safetensors", -2.0))
     assert Controls().transition_chunks == 2  # one default for the engine, presets, settings and the CLI
 
 

@@ -4,18 +4,27 @@ strengths; exact switching and removal without the base weights; one-line errors
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from helpers import wait_for
 from safetensors.torch import save_file
+from sdv2_studio.engine import cli
+from sdv2_studio.engine.api import Engine, EngineConfig
 from sdv2_studio.engine.checkpoint import identify, load_model
-from sdv2_studio.engine.config import PRESETS
+from sdv2_studio.engine.config import PRESETS, Controls
 from sdv2_studio.engine.errors import EngineError
+from sdv2_studio.engine.io.pattern import TestPatternSource
 from sdv2_studio.engine.lora import LoRAMerger, check_lora, load_loras, parse_lora_spec, read_lora
 from sdv2_studio.engine.model import CausalWanModel
+from sdv2_studio.engine.models import tiny_bundle
+from sdv2_studio.engine.presets import read_preset
 
 TINY = PRESETS["tiny"]
 RANK = 4
@@ -202,9 +211,9 @@ def test_pipeline_rank_skips_meta_blocks(tmp_path, base):
 # -- LoRAs that do not fit: one line naming what is wrong ---------------------------------------------------------
 
 
-def _error(fn, *args) -> str:
+def _error(fn, *args, **kwargs) -> str:
     with pytest.raises(EngineError) as e:
-        fn(*args)
+        fn(*args, **kwargs)
     msg = str(e.value)
     assert "\n" not in msg and len(msg) < 400, msg
     return msg
@@ -248,3 +257,287 @@ def test_parse_lora_spec():
     assert parse_lora_spec(r"C:\loras\style.safetensors") == (Path(r"C:\loras\style.safetensors"), 1.0)
     assert parse_lora_spec(r"C:\loras\style.safetensors:-1.5") == (Path(r"C:\loras\style.safetensors"), -1.5)
     assert math.isclose(parse_lora_spec("a:1e-1")[1], 0.1)
+
+
+# -- presets name their LoRAs: switched at a chunk boundary, exactly, without reloading the base weights -----------
+
+
+def linears(cfg=TINY) -> list[str]:
+    """A typical style LoRA's targets: every attention and FFN linear of every block, and the text embedding (so
+    that the prompt's cross-attention K/V change too)."""
+    return [f"blocks.{i}.{a}.{p}" for i in range(cfg.num_layers) for a in ("self_attn", "cross_attn") for p in "qkvo"
+            ] + [f"blocks.{i}.ffn.{j}" for i in range(cfg.num_layers) for j in (0, 2)] + ["text_embedding.0"]
+
+
+def style_pairs(base, seed: int, modules=None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    pairs = {}
+    for m in modules or linears():
+        out, inp = base[f"{m}.weight"].shape
+        pairs[m] = (torch.randn(RANK, inp, generator=g) / inp ** 0.5, 0.05 * torch.randn(out, RANK, generator=g))
+    return pairs
+
+
+def offline_merge(base, loras) -> dict[str, torch.Tensor]:
+    """The reference, merged offline in float32: W = base + sum of strength * scale * B @ A."""
+    out = {k: v.clone() for k, v in base.items()}
+    for name in {f"{m}.weight" for pairs, _, _ in loras for m in pairs}:
+        delta = torch.zeros_like(base[name])
+        for pairs, scale, strength in loras:
+            m = name.removesuffix(".weight")
+            if m in pairs:
+                down, up = pairs[m]
+                delta += (up @ down) * (strength * scale)
+        out[name] = base[name] + delta
+    return out
+
+
+@pytest.fixture
+def lora_dir(tmp_path, monkeypatch):
+    """The user's LoRA folder with two style LoRAs for the tiny model (a: Comfy alpha 8 = scale 2, b: PEFT)."""
+    folder = tmp_path / "loras"
+    folder.mkdir()
+    monkeypatch.setenv("SDV2_LORAS", str(folder))
+    base = tiny_bundle().dit.state_dict()
+    write(folder / "a.safetensors", "comfy", style_pairs(base, 11), 8.0)
+    (folder / "styles").mkdir()
+    write(folder / "styles" / "b.safetensors", "peft-wan", style_pairs(base, 12, linears()[::3]), None)
+    return folder
+
+
+A = (("a.safetensors", 0.7),)
+B = (("styles/b.safetensors", -0.5),)
+
+
+def clip(n: int) -> list[np.ndarray]:
+    src = TestPatternSource(size=(64, 64), fps=16)
+    return [src.frame(i) for i in range(n)]
+
+
+def run(engine: Engine, frames: list[np.ndarray], switches=None) -> list[np.ndarray]:
+    """Push `frames` one chunk at a time (5, then 4 each), `switches[chunk](engine)` before that chunk; drain."""
+    out, chunks = [], [frames[:5]] + [frames[i:i + 4] for i in range(5, len(frames), 4)]
+    for i, chunk in enumerate(chunks):
+        if switches and i in switches:
+            switches[i](engine)
+        for f in chunk:
+            engine.push(f, block=True)
+        assert wait_for(lambda n=i + 1: engine.stats().chunks == n or engine.stats().error, 300)
+        while (got := engine.pull(0)) is not None:
+            out.append(got)
+    engine.finish()
+    while not engine.done():
+        if (got := engine.pull(0.05)) is not None:
+            out.append(got)
+    engine.stop()
+    return out
+
+
+def test_preset_with_loras_streams_the_offline_merged_model(lora_dir, tmp_path):
+    """A preset naming two LoRAs (one in a subfolder of the LoRA folder) streams bitwise the frames of a model whose
+    weights were merged offline (base + s * B @ A in float32), in Stream-Batch."""
+    preset = tmp_path / "inked.toml"
+    preset.write_text('schema = 2\nname = "Inked"\nprompt = "ink"\nsteps = 2\n'
+                      'loras = [["a.safetensors", 0.7], ["styles/b.safetensors", -0.5]]\n', encoding="utf-8")
+    controls = read_preset(preset).controls
+    assert controls.loras == A + B
+    frames = clip(13)
+    base = tiny_bundle().dit.state_dict()
+    want = offline_merge(base, [(style_pairs(base, 11), 2.0, 0.7), (style_pairs(base, 12, linears()[::3]), 1.0, -0.5)])
+    merged64_ = merged64(base, [(style_pairs(base, 11), 2.0, 0.7, {}),
+                                (style_pairs(base, 12, linears()[::3]), 1.0, -0.5, {})])
+    for k in want:
+        torch.testing.assert_close(want[k], merged64_[k], rtol=2e-6, atol=1e-7)  # the float32 reference is right
+
+    bundle = tiny_bundle()
+    engine = Engine(EngineConfig(size=(64, 64), lossless=True, controls=controls), bundle).start()
+    got = run(engine, frames)
+    assert_weights(bundle.dit, want, exact=True)
+    reference = tiny_bundle()
+    reference.dit.load_state_dict(want)
+    expected = run(Engine(EngineConfig(size=(64, 64), lossless=True,
+                                       controls=dataclasses.replace(controls, loras=())), reference).start(), frames)
+    assert len(got) == len(expected) == 13
+    assert all(np.array_equal(a, b) for a, b in zip(got, expected))
+    base_frames = run(Engine(EngineConfig(size=(64, 64), lossless=True,
+                                          controls=dataclasses.replace(controls, loras=())), tiny_bundle()).start(),
+                      frames)
+    assert not all(np.array_equal(a, b) for a, b in zip(got, base_frames))  # the LoRAs change the picture
+
+
+def test_switching_presets_switches_loras_exactly_at_chunk_boundaries(lora_dir):
+    """Mid-stream switches (Stream-Batch) through Engine.set_controls: none -> A -> none restores the base bit for
+    bit, A -> B -> A gives the base + A state bit for bit, the prompt's cross-attention K/V follow the weights, and
+    parameters keep their storage (what compiled graphs and CUDA graphs hold on to)."""
+    bundle = tiny_bundle()
+    dit = bundle.dit
+    base = {k: v.clone() for k, v in dit.state_dict().items()}
+    ptrs = {k: p.data_ptr() for k, p in dit.named_parameters()}
+    plain = Controls(prompt="ink", steps=2)
+    states, cross = {}, {}
+
+    def switch(loras, name):
+        def at_chunk(engine):
+            states[name] = None
+            engine.set_controls(plain, loras=loras)
+        return at_chunk
+
+    def snapshot(name):
+        def at_chunk(engine):  # the previous switch has been applied by the chunk before this one
+            states[name] = {k: v.clone() for k, v in dit.state_dict().items()}
+            cache = engine.pipeline.cache
+            ctx = dit.embed_text(engine.pipeline._ctx)
+            cross[name] = (cache.cross_k[0][:1].clone(), dit.cross_kv(ctx, range(1))[0][0].clone())
+        return at_chunk
+
+    engine = Engine(EngineConfig(size=(64, 64), lossless=True, controls=plain), bundle).start()
+    steps = {1: switch(A, "a"), 2: snapshot("a"), 3: switch((), "none"), 4: snapshot("none"),
+             5: switch(B, "b"), 6: snapshot("b"), 7: switch(A, "a again"), 8: snapshot("a again")}
+    out = run(engine, clip(5 + 4 * 9), steps)
+    assert len(out) == 41
+    a_merge = offline_merge(base, [(style_pairs(base, 11), 2.0, 0.7)])
+    b_merge = offline_merge(base, [(style_pairs(base, 12, linears()[::3]), 1.0, -0.5)])
+    for k in base:
+        assert torch.equal(states["a"][k], a_merge[k]), k
+        assert torch.equal(states["none"][k], base[k]), k
+        assert torch.equal(states["b"][k], b_merge[k]), k
+        assert torch.equal(states["a again"][k], states["a"][k]), k
+    assert not torch.equal(a_merge["blocks.0.self_attn.k.weight"], base["blocks.0.self_attn.k.weight"])
+    for name, (cached, fresh_kv) in cross.items():
+        assert torch.equal(cached, fresh_kv), name  # K/V of the prompt through the weights now merged
+    assert {k: p.data_ptr() for k, p in dit.named_parameters()} == ptrs
+    st = engine.stats().lora_switch
+    assert st is not None and st.merged == len(linears()) and st.backup_bytes == \
+        sum(base[f"{m}.weight"].nbytes for m in linears())
+
+    # 50 more round trips A -> B -> A (the switch the engine makes between chunks): still bit for bit base + A
+    merger = bundle.loras
+    a, b = merger.load([(lora_dir / "a.safetensors", 0.7)]), merger.load([(lora_dir / "styles/b.safetensors", -0.5)])
+    for _ in range(50):
+        merger.switch(b)
+        merger.switch(a)
+    assert_weights(dit, states["a"], exact=True)
+    merger.switch([])
+    assert_weights(dit, base, exact=True)
+    assert merger.base == {} and merger._files  # nothing saved while at the base; the factors stay cached
+
+
+def test_lora_factor_cache_is_bounded_and_reads_a_file_once(lora_dir):
+    bundle = tiny_bundle()
+    merger = bundle.merger()
+    a = lora_dir / "a.safetensors"
+    first = merger.load([(a, 1.0)])[0][0]
+    assert merger.load([(a, 0.5)])[0][0] is first  # cached: not read again
+    size = first.nbytes
+    merger.cache_bytes = size  # room for one
+    other = merger.load([(lora_dir / "styles/b.safetensors", 1.0)])[0][0]
+    assert [lora for lora in merger._files.values()] == [other]  # the older one was dropped
+    merger.switch([(first, 1.0)])  # merged LoRAs are held (and counted) while they are merged
+    assert merger.factor_bytes == size + other.nbytes
+    os.utime(a, ns=(1, 1))  # a changed file is read again
+    assert merger.load([(a, 1.0)])[0][0] is not first
+
+
+def test_preset_lora_problems_are_one_line_and_the_stream_keeps_its_style(lora_dir):
+    bundle = tiny_bundle()
+    engine = Engine(EngineConfig(size=(64, 64), lossless=True), bundle).start()
+    before = engine.config.controls
+    assert "not found in the LoRA folder" in _error(engine.set_controls, loras=(("missing.safetensors", 1.0),))
+    big = PRESETS["wan2.1-14b"].dim
+    write(lora_dir / "14b.safetensors", "comfy", {"blocks.0.self_attn.q": (torch.zeros(RANK, big),
+                                                                           torch.zeros(big, RANK))}, 4.0)
+    assert "is a LoRA for a dim-5120 DiT" in _error(engine.set_controls, loras=(("14b.safetensors", 1.0),))
+    assert engine.config.controls == before and bundle.loras.active == []
+    engine.finish()
+    engine.stop()
+    # pipeline ranks: refused before anything starts
+    ranks = Engine(EngineConfig(model="tiny", ranks=2, device="cpu", controls=Controls(loras=A)))
+    assert "pipeline ranks" in _error(ranks.start)
+    assert "pipeline ranks" in _error(Engine(EngineConfig(model="tiny", ranks=2, device="cpu")).set_controls,
+                                      Controls(loras=A))
+
+
+@pytest.mark.parametrize("problem, message", [
+    ("missing", "LoRA gone.safetensors not found in the LoRA folder"),
+    ("wrong size", "is a LoRA for a dim-5120 DiT (wan2.1-14b)"),
+    ("unknown keys", "layers the loaded tiny DiT does not have"),
+])
+def test_sdv2_run_preset_with_a_bad_lora_is_one_line_and_exit_2(lora_dir, tmp_path, monkeypatch, capsys, problem,
+                                                                message):
+    user = tmp_path / "user-presets"
+    user.mkdir()
+    monkeypatch.setenv("SDV2_USER_PRESETS", str(user))
+    big = PRESETS["wan2.1-14b"].dim
+    files = {"wrong size": {"blocks.0.self_attn.q": (torch.zeros(RANK, big), torch.zeros(big, RANK))},
+             "unknown keys": {"blocks.0.attn.to_q": (torch.zeros(RANK, TINY.dim), torch.zeros(TINY.dim, RANK))}}
+    name = "gone.safetensors"
+    if problem in files:
+        name = f"{problem.replace(' ', '-')}.safetensors"
+        write(lora_dir / name, "comfy", files[problem], 4.0)
+    (user / "bad-style.toml").write_text(f'schema = 2\nname = "Bad"\nprompt = "x"\nloras = [["{name}", 0.8]]\n',
+                                         encoding="utf-8")
+    out = tmp_path / "out.mp4"
+    code = cli.main(["run", "--model", "tiny", "--preset", "bad-style", "--size", "64x64", "--frames", "5",
+                     "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("sdv2: error: ") and message in err[-1], err
+    assert not any("Traceback" in line for line in err)
+
+
+def test_compiled_step_sees_switched_loras_without_recompiling(lora_dir, tmp_path_factory, monkeypatch):
+    """The compiled steady step (engine/compiled.py) reads the parameters the switch updates in place: after a
+    switch mid-stream its outputs follow the eager reference (same switch), and Dynamo compiled one graph only."""
+    from sdv2_studio.engine.compiled import compile_model, warm_up
+    from sdv2_studio.engine.config import CacheConfig
+    from sdv2_studio.engine.kv_cache import KVCache, StreamClock
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "inductor"))  # test_compiled's
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    slots, hw = 2, (8, 8)
+    xs = [torch.randn(slots, 16, 2 if i == 0 else 1, *hw, generator=torch.Generator().manual_seed(i))
+          for i in range(14)]
+    ctx = torch.randn(1, 7, TINY.text_dim, generator=torch.Generator().manual_seed(99))
+
+    def stream(compiled: bool, switches: bool = True) -> tuple[list[torch.Tensor], object]:
+        bundle = tiny_bundle()
+        model, merger = bundle.dit, bundle.merger()
+        a, b = merger.load([(lora_dir / "a.safetensors", 0.7)]), merger.load([(lora_dir / "styles/b.safetensors", 1)])
+        cache = KVCache(TINY, CacheConfig(), slots, (hw[0] // 2) * (hw[1] // 2), device="cpu", dtype=torch.float32)
+        cache.set_prompt(model, ctx)
+        if compiled:
+            compile_model(model, "cpu")
+            warm_up(model, cache, 1, hw, torch.float32)
+        clock, outs = StreamClock(CacheConfig()), []
+        with torch.inference_mode():
+            for i, x in enumerate(xs):
+                if switches and i in (9, 11, 13):  # switches between steady chunks, as the pipeline makes them
+                    merger.switch({9: a, 11: b, 13: a}[i])
+                    cache.set_prompt(model, ctx)
+                s = clock.next(x.shape[2])
+                outs.append(model.forward_chunk(x.clone(), torch.full((slots, x.shape[2]), 600.0), cache, [s] * slots))
+        return outs, model.compiled_step
+
+    ref, _ = stream(compiled=False)
+    unswitched, _ = stream(compiled=False, switches=False)
+    out, step = stream(compiled=True)
+    assert step.compiled_calls >= 8  # the steady chunks before and after the switches ran compiled
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1  # no recompile for in-place weight updates
+    worst = max((a - b).abs().max().item() for a, b in zip(ref, out))
+    assert worst < 1e-5, worst  # fp32: Inductor reorders reductions (as test_compiled)
+    assert min((ref[i] - unswitched[i]).abs().max() for i in (9, 11, 13)) > 100 * worst  # switches change far more
+    torch._dynamo.reset()
+
+
+def test_bench_switch_figures():
+    """`sdv2 bench switch`'s LoRA part: the 1.3B figures on paper from the parameter shapes, and a measured switch
+    on the tiny model that touches every attention and FFN linear."""
+    switch = cli.load_bench("switch")
+    paper = switch.lora_on_paper(PRESETS["wan2.1-1.3b"], rank=32)
+    blocks = 30 * (8 * 1536 * 1536 + 2 * 1536 * 8960)
+    assert paper["touched_params"] == blocks and paper["saved_bytes"] == 2 * blocks
+    assert paper["factor_params"] == 30 * 32 * (8 * 2 * 1536 + 2 * (1536 + 8960))
+    assert round(paper["gflop"]) == 89
+    row = switch.bench_loras("tiny", rank=4, repeats=1, log=lambda *_: None)
+    assert row["merged"] == len(linears()) - 1 and row["saved_bytes"] == row["written_bytes"]  # no text embedding
+    assert set(row["switch_ms"]) == {"none->A", "A->B", "B->A", "A->none"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -96,6 +97,9 @@ def test_toml_fields_are_the_presets_controls_and_round_trip(tmp_path):
     ("tags = \"anime\"", "tags"),
     ("stpes = 2", "stpes"),
     ("schema = 0", "schema"),
+    ('loras = [["../outside.safetensors", 1.0]]', "loras"),
+    ('loras = [["ink.safetensors", 20]]', "loras"),
+    ('loras = "ink.safetensors"', "loras"),
 ])
 def test_bad_field_names_file_and_field_and_others_still_load(tmp_path, line, field):
     key = line.split(" =")[0]
@@ -148,6 +152,37 @@ def test_round_trip_through_disk_keeps_every_field(tmp_path):
     back = read_preset(saved.path)
     for f in ("name", "controls", "tags", "description", "order"):
         assert getattr(back, f) == getattr(p, f), f
+
+
+def test_loras_round_trip_and_raise_the_schema_only_when_present(tmp_path):
+    """A preset naming LoRAs is written as schema 2 (older versions then say to update rather than reject an
+    unknown field); one without stays schema 1."""
+    c = Controls(prompt="ink", loras=(("ink.safetensors", 0.8), ("sub dir/glow \"x\".safetensors", -1.0),
+                                      ("/abs/style.safetensors", 1.0)))
+    saved = save_preset(Preset(id="inked", name="Inked", controls=c), tmp_path)
+    assert tomllib.loads(saved.path.read_text(encoding="utf-8"))["schema"] == SCHEMA_VERSION == 2
+    assert read_preset(saved.path).controls == c
+    plain = save_preset(Preset(id="plain", name="Plain", controls=Controls(prompt="p")), tmp_path)
+    assert tomllib.loads(plain.path.read_text(encoding="utf-8"))["schema"] == 1
+    bare = read_preset(write(tmp_path, "bare.toml", 'name = "B"\nprompt = "b"\nloras = ["ink.safetensors"]\n'))
+    assert bare.controls.loras == (("ink.safetensors", 1.0),)
+
+
+def test_lora_files_resolve_in_the_user_lora_folder(tmp_path, monkeypatch):
+    from sdv2_studio.engine.presets import resolve_lora_ref, user_loras_dir
+
+    monkeypatch.delenv("SDV2_LORAS", raising=False)
+    assert user_loras_dir() == Path(os.environ["XDG_DATA_HOME"]) / "streamdiffusion-studio" / "loras"
+    folder = tmp_path / "loras"
+    monkeypatch.setenv("SDV2_LORAS", str(folder))
+    write(folder / "sub", "a.safetensors", "x")
+    elsewhere = write(tmp_path / "comfy", "b.safetensors", "x")
+    assert resolve_lora_ref("sub/a.safetensors") == folder / "sub" / "a.safetensors"
+    assert resolve_lora_ref(str(elsewhere)) == elsewhere  # absolute: as it is
+    with pytest.raises(EngineError, match="not found in the LoRA folder"):
+        resolve_lora_ref("b.safetensors")
+    with pytest.raises(EngineError, match="leaves the LoRA folder"):
+        resolve_lora_ref("../comfy/b.safetensors")
 
 
 def test_save_validates_and_copies_thumbnail(tmp_path):
@@ -203,12 +238,14 @@ def test_cli_list_and_show(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setenv("SDV2_USER_PRESETS", str(tmp_path))
     write(tmp_path, "broken.toml", "steps = \n")
+    write(tmp_path, "inked.toml", 'name = "Inked"\nprompt = "ink"\nloras = [["ink.safetensors", 0.8]]\n')
     parser = argparse.ArgumentParser()
     register_cli(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["presets", "list"])
     assert args.fn(args) == 0
     out, err = capsys.readouterr()
     assert "anime-cel" in out and "Anime Cel" in out and str(tmp_path) in out
+    assert "inked" in out and "+ LoRA ink.safetensors x0.8" in out
     assert "broken.toml" in err
     args = parser.parse_args(["presets", "show", "ukiyo-e"])
     assert args.fn(args) == 0
