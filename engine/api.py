@@ -154,7 +154,8 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._joining = False
-        self._pushers = 0  # threads waiting in a blocking push (lossless: the worker may then overfill the output)
+        self._pushers = 0  # threads waiting in a blocking push that also pull (lossless: the worker may then
+        self._puller: int | None = None  # overfill the output); the thread that pulled last
         self._error: BaseException | None = None
         self._stats = Stats()
         self._lat: collections.deque = collections.deque(maxlen=512)
@@ -165,7 +166,9 @@ class Engine:
         self.scheduler: SLOScheduler | None = None
         self._rebuild = None  # (size, controls, batch) -> StreamPipeline, for resolution changes (single device)
         self._controls_lock = threading.Lock()  # one set_controls at a time (LoRA files are read outside `_lock`)
-        self._loras_ready: tuple[tuple, list[tuple[LoRA, float]]] | None = None  # (Controls.loras, read and checked)
+        # Controls.loras -> the LoRAs read and checked on the caller's thread (the last few sets; the engine thread
+        # only merges what set_controls prepared, even when newer sets were prepared since)
+        self._loras_ready: dict[tuple, list[tuple[LoRA, float]]] = {}
         self._lora_switch: SwitchStats | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------------------------------
@@ -219,10 +222,14 @@ class Engine:
 
             if progress:
                 progress("compiling the model (once per configuration; cached on disk)", 0.95)
-            compile_model(bundle.dit, device)
-            warm_up(bundle.dit, self.pipeline.cache, cfg.cache.chunk_frames, self.pipeline.latent_hw, dtype)
-            compile_decoder(self.pipeline.decoder, device,
-                            (1, bundle.dit.cfg.out_dim, cfg.cache.chunk_frames, *self.pipeline.latent_hw))
+            try:
+                compile_model(bundle.dit, device)
+                warm_up(bundle.dit, self.pipeline.cache, cfg.cache.chunk_frames, self.pipeline.latent_hw, dtype)
+                compile_decoder(self.pipeline.decoder, device,
+                                (1, bundle.dit.cfg.out_dim, cfg.cache.chunk_frames, *self.pipeline.latent_hw))
+            except BaseException:  # the bundle may be shared: leave it eager as it came
+                bundle.dit.compiled_step = self.pipeline.decoder.compiled_step = None
+                raise
         return self._launch(progress)
 
     def _start_parallel(self, progress: Progress | None) -> Engine:
@@ -354,13 +361,16 @@ class Engine:
         with self._lock:
             if block:
                 limit = self.config.queue_frames
-                self._pushers += 1
-                self._lock.notify_all()  # a worker waiting to emit may now overfill the output (`_emit`)
+                # a thread that pulls too (a push-then-pull loop; or nobody pulled yet) cannot pull while it waits
+                # here: the worker may overfill the output for it (`_emit`) rather than both wait forever
+                self_pulls = self._puller in (None, threading.get_ident())
+                self._pushers += self_pulls
+                self._lock.notify_all()
                 try:
                     ok = self._lock.wait_for(lambda: len(self._inq) < limit or self._error
-                                             or len(self._outq) >= 2 * limit, timeout)
+                                             or (self_pulls and len(self._outq) >= 2 * limit), timeout)
                 finally:
-                    self._pushers -= 1
+                    self._pushers -= self_pulls
                 if not ok:
                     raise TimeoutError("engine input queue stayed full")
                 self._raise_error()
@@ -385,6 +395,7 @@ class Engine:
     def pull_timed(self, timeout: float | None = 0.0) -> tuple[np.ndarray, float | None] | None:
         """The next styled frame and the ``pts`` its input frame was pushed with, or None as `pull`."""
         with self._lock:
+            self._puller = threading.get_ident()
             if not self._outq:
                 self._lock.wait_for(lambda: self._outq or self._error or self._finished(), timeout)
             if self._outq:
@@ -441,15 +452,19 @@ class Engine:
             raise EngineError(NO_LORAS)
         files = [(resolve_lora_ref(ref), strength) for ref, strength in loras]
         if self.bundle is not None:
-            self._loras_ready = (loras, self.bundle.merger().load(files))
+            self._loras_ready[loras] = self.bundle.merger().load(files)
+            while len(self._loras_ready) > 4:
+                del self._loras_ready[next(iter(self._loras_ready))]
 
     def _set_loras(self, loras: tuple[tuple[str, float], ...]) -> None:
         """The pipeline's hook (engine thread, between chunks): the DiT = base + the model's LoRAs + `loras`."""
         if not loras and self.bundle.loras is None:
             return  # nothing was ever merged
-        if loras and (self._loras_ready is None or self._loras_ready[0] != loras):  # set_controls and start
-            self._prepare_loras(loras)  # prepare them: a fallback only
-        self._lora_switch = self.bundle.merger().switch(self._loras_ready[1] if loras else [])
+        ready = self._loras_ready.get(loras) if loras else []
+        if ready is None:  # prepared by set_controls or start; only a set evicted since is read again, here
+            self._prepare_loras(loras)
+            ready = self._loras_ready[loras]
+        self._lora_switch = self.bundle.merger().switch(ready)
 
     @property
     def controls(self) -> Controls:

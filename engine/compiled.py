@@ -67,10 +67,13 @@ class CompiledCall:
             return self.eager(*args)
         if key not in self.warmed:  # armed: compile (or load from disk) this key's graph now
             self.before_compile(*args)
+            out = self.fn(*args)  # a compile that fails leaves the key eager (and raises)
             self.warmed.add(key)
             self.armed = False
+        else:
+            out = self.fn(*args)
         self.compiled_calls += 1
-        return self.fn(*args)
+        return out
 
     def before_compile(self, *args) -> None:
         """Hook: what a subclass prepares before a key's first compiled call."""

@@ -184,39 +184,51 @@ class SelfAttention(_AttentionWeights):
 
     `fuse()` (done at load, `fuse_qkv`) puts q, k and v's weights in one [3C, C] tensor, `wqkv`, and makes the three
     parameters views of it: one GEMM per chunk instead of three, while the checkpoint names, the state dict and
-    in-place edits of q/k/v (LoRA merges) stay as they are. Casts, moves and copies keep them aliased (`_apply`,
-    `__setstate__`, `cast_model`).
+    in-place edits of q/k/v (LoRA merges) stay as they are. Casts, moves, copies and loads keep them aliased, and
+    the parameter objects the same (`_apply`, `__setstate__`, `cast_model`, the load_state_dict post-hook).
     """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
         self.register_buffer("wqkv", None, persistent=False)  # [3C, C] once fused; q/k/v.weight are its rows
         self.register_buffer("bqkv", None, persistent=False)  # [3C]
+        self.register_load_state_dict_post_hook(SelfAttention._refuse_after_load)
 
     @torch.no_grad()
     def fuse(self) -> bool:
-        """(Re)build `wqkv`/`bqkv` from q, k, v and make their parameters views of it; False on the meta device."""
+        """Build `wqkv`/`bqkv` from q, k, v and make those parameters views of it; False on the meta device."""
         lins = (self.q, self.k, self.v)
         if any(lin.weight.is_meta for lin in lins):
             return False
-        w, b = torch.cat([lin.weight for lin in lins]), torch.cat([lin.bias for lin in lins])
-        for lin, wi, bi in zip(lins, w.chunk(3), b.chunk(3)):
-            lin.weight, lin.bias = nn.Parameter(wi, requires_grad=False), nn.Parameter(bi, requires_grad=False)
-        self.wqkv, self.bqkv = w, b
+        self.wqkv = torch.cat([lin.weight for lin in lins])
+        self.bqkv = torch.cat([lin.bias for lin in lins])
+        self._alias()
         return True
 
+    def _alias(self) -> None:
+        """q/k/v's parameters (the same objects: mergers keep them) become views of the rows of `wqkv`/`bqkv`."""
+        for lin, w, b in zip((self.q, self.k, self.v), self.wqkv.chunk(3), self.bqkv.chunk(3)):
+            lin.weight.data, lin.bias.data = w, b
+
     def _apply(self, fn, recurse=True):
-        """.to()/.half()/... convert q, k, v and `wqkv` separately; fuse again so the parameters stay its views."""
+        """.to()/.half()/share_memory() convert q, k, v and `wqkv` apart: point q/k/v at the converted `wqkv`."""
         out = super()._apply(fn, recurse)
         if self.wqkv is not None:
-            self.fuse()
+            self._alias()
         return out
 
     def __setstate__(self, state):
-        """copy.deepcopy and unpickling copy each parameter alone: fuse the copies again."""
+        """copy.deepcopy and unpickling copy each parameter alone: point them at the copied `wqkv` again."""
         super().__setstate__(state)
         if self.wqkv is not None:
-            self.fuse()
+            self._alias()
+
+    @staticmethod
+    def _refuse_after_load(module: SelfAttention, _keys) -> None:
+        """load_state_dict(assign=True) puts new q/k/v tensors in place: fuse them again (a copying load wrote
+        into the views already)."""
+        if module.wqkv is not None:
+            module.fuse()
 
     def qkv(self, x: torch.Tensor, rope: torch.Tensor):
         """x [B, N, C] -> roped q, roped k, v, each [B, H, N, D]."""

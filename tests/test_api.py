@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -166,6 +168,40 @@ def test_lossless_push_without_pulls_ends_in_one_line_not_a_wait_forever(bundle)
     out = drain(eng)
     eng.stop()
     assert len(out) == result["pushed"]  # lossless still: every frame pushed comes out
+
+
+def test_lossless_with_a_consumer_thread_that_stalls_loses_nothing(bundle):
+    """Lossless with the pushing and pulling in two threads (as `Session` runs it): a consumer that stalls makes the
+    pusher wait, however long, and then every frame comes out; nothing is refused or dropped."""
+    import threading
+
+    from helpers import wait_for
+
+    eng = Engine(EngineConfig(size=(64, 64), lossless=True, queue_frames=5), bundle)
+    eng.start()
+    out, errors = [], []
+    assert eng.pull() is None  # this thread is the consumer
+
+    def pusher():
+        try:
+            for f in frames(40, size=(64, 64)):
+                eng.push(f)
+            eng.finish()
+        except Exception as e:
+            errors.append(e)
+
+    t = threading.Thread(target=pusher, daemon=True)
+    t.start()
+    assert wait_for(lambda: eng.stats().frames_out >= 5, timeout=300)  # the output is full: the consumer stalls
+    time.sleep(1.0)  # ... while the pusher and the worker wait for it
+    while not eng.done():
+        f = eng.pull(timeout=0.5)
+        if f is not None:
+            out.append(f)
+    t.join(60)
+    st = eng.stats()
+    eng.stop()
+    assert not errors and len(out) == 40 and st.dropped_out == 0 and st.dropped_in == 0, (errors, len(out))
 
 
 def test_controls_changed_from_another_thread_during_a_drain_lose_no_frame(bundle):

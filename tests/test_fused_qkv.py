@@ -88,12 +88,22 @@ def test_a_lora_switch_reaches_the_fused_weight():
     assert _aliased(model) and torch.equal(model.blocks[0].self_attn.wqkv, tiny_dit().blocks[0].self_attn.wqkv)
 
 
-@pytest.mark.parametrize("how", ["deepcopy", "to", "cast"])
-def test_copies_moves_and_casts_keep_qkv_fused(how):
+@pytest.mark.parametrize("how", ["deepcopy", "to", "cast", "share_memory", "load_assign", "load_copy"])
+def test_copies_moves_casts_and_loads_keep_qkv_fused(how):
     model = tiny_dit()
+    q_param = model.blocks[0].self_attn.q.weight  # what a LoRAMerger made before holds on to
+    sd = {k: v.clone() + 1.0 for k, v in model.state_dict().items()}
     out = {"deepcopy": lambda m: copy.deepcopy(m), "to": lambda m: m.to(torch.float64),
-           "cast": lambda m: cast_model(m, torch.bfloat16)}[how](model)
+           "cast": lambda m: cast_model(m, torch.bfloat16), "share_memory": lambda m: m.share_memory(),
+           "load_assign": lambda m: (m.load_state_dict(sd, assign=True), m)[1],
+           "load_copy": lambda m: (m.load_state_dict(sd), m)[1]}[how](model)
     assert _aliased(out)
+    if how != "deepcopy" and how != "load_assign":
+        assert out.blocks[0].self_attn.q.weight is q_param  # the same parameter object, now a view of wqkv
+    if how == "share_memory":
+        assert out.blocks[0].self_attn.wqkv.is_shared()
+    if how.startswith("load"):
+        assert torch.equal(out.blocks[0].self_attn.wqkv[: model.cfg.dim], sd["blocks.0.self_attn.q.weight"])
     a = next(m for m in out.modules() if isinstance(m, SelfAttention))
     assert a.wqkv.dtype == a.q.weight.dtype
     with torch.no_grad():
