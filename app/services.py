@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Protocol
 
 from sdv2_studio.engine.errors import EngineError
+from sdv2_studio.engine.io.availability import Availability
 from sdv2_studio.engine.io.protocols import FrameSink, FrameSource
 
 Progress = Callable[[str, float], None]
@@ -323,12 +324,6 @@ class BridgeObsService:
             client.close()
             raise
         return _ObsStreamSink(out, client, url, scene, fallback)
-
-
-@dataclass(frozen=True)
-class Availability:
-    ok: bool | None  # None: cannot tell before trying (the output may be armed)
-    detail: str  # what is there, or how to get it
 
 
 def vcam_availability(platform: str = sys.platform, sysfs: Path = Path("/sys")) -> Availability:

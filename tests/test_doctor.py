@@ -161,12 +161,17 @@ def test_gui_check_flags_the_broken_pyside_release(monkeypatch):
     assert c.status == WARN and "[gui]" in c.fix
 
 
-def test_texture_sharing_per_platform(monkeypatch):
-    for plat, name in (("win32", "Spout"), ("darwin", "Syphon"), ("linux", "Spout/Syphon")):
+def test_low_latency_outputs_per_platform(monkeypatch):
+    monkeypatch.setattr(doctor.importlib.util, "find_spec", lambda mod: None)  # nothing installed
+    for plat, name, elsewhere in (("win32", "Spout", "Syphon"), ("darwin", "Syphon", "Spout"),
+                                  ("linux", None, "Spout/Syphon")):
         monkeypatch.setattr(doctor.sys, "platform", plat)
-        monkeypatch.setattr(doctor.importlib.util, "find_spec", lambda mod: None)
-        [c] = doctor.check_texture_sharing()
-        assert c.name == name and (c.status == OK or "pip install" in c.fix)
+        checks = {c.name: c for c in doctor.check_low_latency_outputs()}
+        assert set(checks) == {"NDI", elsewhere} | ({name} if name else set())
+        assert checks["NDI"].status == WARN and checks["NDI"].fix == "pip install 'streamdiffusion-studio[ndi]'"
+        assert checks[elsewhere].status == OK and "not used on this platform" in checks[elsewhere].detail
+        if name:
+            assert checks[name].status == WARN and checks[name].fix.startswith("pip install")
 
 
 def test_a_crashing_check_is_reported_and_the_rest_run():

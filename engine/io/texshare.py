@@ -1,7 +1,7 @@
 """GPU texture-sharing outputs: Spout (Windows, ``SpoutGL``) and Syphon (macOS, ``syphon-python``).
 
-Offered only where their packages import; both are optional and installed by the user (``pip install SpoutGL``
-/ ``pip install syphon-python``). OBS receives Spout with the obs-spout2 plugin ("Spout2 Capture") and Syphon
+Offered only where their packages are installed (engine/io/availability.py says which); both are optional and
+installed by the user (``pip install SpoutGL`` / ``pip install syphon-python``). OBS receives Spout with the obs-spout2 plugin ("Spout2 Capture") and Syphon
 with its built-in "Syphon Client" source. Frames are uploaded from the CPU (RGBA), so the benefit over the
 MPEG-TS stream is latency and quality, not GPU memory traffic.
 
@@ -20,27 +20,9 @@ from sdv2_studio.engine.errors import EngineError
 from sdv2_studio.engine.io.frames import check_frame, fit_frame
 from sdv2_studio.engine.io.protocols import Frame, FrameSink
 
-__all__ = ["SpoutSink", "SyphonSink", "open_texshare_sink", "texshare_available"]
+__all__ = ["SpoutSink", "SyphonSink", "open_texshare_sink"]
 
 DEFAULT_NAME = "StreamDiffusionV2"
-
-
-def texshare_available() -> list[str]:
-    """Which of ``spout``/``syphon`` this machine can offer (platform and package present)."""
-    found = []
-    if sys.platform == "win32":
-        try:
-            import SpoutGL  # noqa: F401
-            found.append("spout")
-        except ImportError:
-            pass
-    if sys.platform == "darwin":
-        try:
-            import syphon  # noqa: F401
-            found.append("syphon")
-        except ImportError:
-            pass
-    return found
 
 
 def _rgba(frame: Frame, size: tuple[int, int] | None) -> np.ndarray:
