@@ -5,8 +5,8 @@ needs (`memory_estimate`: the figure the app's Engine tab shows), disk space for
 H.264 encoder (recording, the OBS stream), OBS reachability (registered by the OBS bridge, see
 engine/extensions.py), virtual-camera support (pyvirtualcam and its backends, a v4l2loopback device on
 Linux), Spout (Windows) / Syphon (macOS) / NDI (engine/io/availability.py), and the desktop GUI toolkit (found
-without importing it: `engine` never imports Qt). Each check is OK, WARN (works, with a limitation) or FAIL (something is broken); the exit status is 1
-when any check fails. Nothing is downloaded, opened for writing or started.
+without importing it: `engine` never imports Qt). Each check is OK, WARN (works, with a limitation) or FAIL
+(something is broken); the exit status is 1 when any check fails. Nothing is downloaded, opened for writing or started.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """GPU texture-sharing outputs: Spout (Windows, ``SpoutGL``) and Syphon (macOS, ``syphon-python``).
 
 Offered only where their packages are installed (engine/io/availability.py says which); both are optional and
-installed by the user (``pip install SpoutGL`` / ``pip install syphon-python``). OBS receives Spout with the obs-spout2 plugin ("Spout2 Capture") and Syphon
-with its built-in "Syphon Client" source. Frames are uploaded from the CPU (RGBA), so the benefit over the
-MPEG-TS stream is latency and quality, not GPU memory traffic.
+installed by the user (``pip install SpoutGL`` / ``pip install syphon-python``). OBS receives Spout with the
+obs-spout2 plugin ("Spout2 Capture") and Syphon with its built-in "Syphon Client" source. Frames are uploaded from
+the CPU (RGBA), so the benefit over the MPEG-TS stream is latency and quality, not GPU memory traffic.
 
 UNVERIFIED: written against the packages' published examples (SpoutGL ``SpoutSender.sendImage``; syphon-python
 ``SyphonMetalServer.publish_frame_texture``); no Windows or macOS machine was available to run them.
