@@ -1,5 +1,7 @@
-"""OutputToggles: the three output switches in the header (styled source in OBS, virtual camera, recording).
-Emits `outputsChanged(Outputs)`; `setOutputs` / `setFailed` set their state."""
+"""OutputToggles: the output switches in the header (styled source in OBS, virtual camera, recording, NDI, Spout,
+Syphon). Emits `outputsChanged(Outputs)`; `setOutputs` / `setFailed` / `setAvailable` / `setOffered` set their
+state (Spout and Syphon are offered only on their platforms; an unavailable output is disabled, its tooltip says
+why and how to get it)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,10 @@ from sdv2_studio.app.theme import repolish
 
 _LABELS = {"obs": ("OBS source", "Send the styled video into OBS as a source"),
            "vcam": ("Virtual cam", "Show the styled video as a webcam in Zoom, Discord, Meet…"),
-           "record": ("● Rec", "Record the styled video to an .mp4 file")}
+           "record": ("● Rec", "Record the styled video to an .mp4 file"),
+           "ndi": ("NDI", "Send the styled video as an NDI source (OBS: DistroAV's NDI Source; vMix, Resolume…)"),
+           "spout": ("Spout", "Share the styled video as a Spout sender (OBS: Spout2 Capture)"),
+           "syphon": ("Syphon", "Share the styled video as a Syphon server (OBS: Syphon Client)")}
 
 
 class OutputToggles(QWidget):
@@ -62,6 +67,10 @@ class OutputToggles(QWidget):
         b.setToolTip(message if not available else f"{_LABELS[kind][1]} ({message})" if message else _LABELS[kind][1])
         if not available and b.isChecked():
             b.setChecked(False)  # emits outputsChanged: the saved setting follows
+
+    def setOffered(self, kind: str, offered: bool) -> None:
+        """Show the switch only where the output can exist at all (Spout on Windows, Syphon on macOS)."""
+        self.buttons[kind].setVisible(offered)
 
     def _toggled(self, kind: str) -> None:
         b = self.buttons[kind]
