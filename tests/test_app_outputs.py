@@ -19,14 +19,20 @@ from sdv2_studio.app.output_panel import VIA_MEDIA, VIA_PLUGIN
 from sdv2_studio.engine.io.availability import NDI_INSTALL, Availability
 from sdv2_studio.engine.io.pattern import TestPatternSource
 from sdv2_studio.engine.io.shm import ShmFrameSink, segment_name
+from sdv2_studio.engine.models import tiny_bundle
 from sdv2_studio.obs_bridge.native_plugin import INSTALL_HINT, plugin_status
-from test_app_window import FakeObs, bundle, make_window, start, stop  # noqa: F401  (bundle: a fixture)
+from test_app_window import FakeObs, make_window, start, stop
 
 NOT_INSTALLED = Availability(False, "the StreamDiffusionV2 OBS plugin is not installed", INSTALL_HINT)
 INSTALLED = Availability(True, "the StreamDiffusionV2 OBS plugin is installed (/x/streamdiffusionv2.so)")
 NO_NDI = {"spout": Availability(False, "Spout exists on Windows only", "use NDI or the OBS plugin here"),
           "syphon": Availability(False, "Syphon exists on macOS only", "use NDI or the OBS plugin here"),
           "ndi": Availability(False, "NDI output needs cyndilib (its wheel brings the NDI runtime)", NDI_INSTALL)}
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    return tiny_bundle()
 
 
 def window(qtbot, tmp_path, bundle, plugin=NOT_INSTALLED, outputs=NO_NDI, **overrides):
