@@ -5,7 +5,6 @@ query that may block (cameras, GPUs, OBS, model files, downloads, settings write
 from __future__ import annotations
 
 import dataclasses
-import sys
 from pathlib import Path
 
 from PySide6.QtCore import Qt, QTimer, QUrl
@@ -44,7 +43,7 @@ from sdv2_studio.app.stats_plot import StatsPlot
 from sdv2_studio.engine.api import EngineConfig
 from sdv2_studio.engine.config import Controls
 from sdv2_studio.engine.errors import EngineError
-from sdv2_studio.engine.io.availability import LABELS, PLATFORMS, low_latency_outputs
+from sdv2_studio.engine.io.availability import LABELS, low_latency_outputs
 from sdv2_studio.obs_bridge.av_sync import SyncTracker
 from sdv2_studio.obs_bridge.errors import ObsAuthError
 from sdv2_studio.obs_bridge.native_plugin import plugin_status
@@ -280,10 +279,9 @@ class MainWindow(QMainWindow):
         self.outputs.setAvailable("vcam", availability.ok is not False, availability.detail)
 
     def _outputs_checked(self, found: dict) -> None:
-        """NDI / Spout / Syphon: a switch only where the output can exist (Spout: Windows, Syphon: macOS), disabled
-        with the reason and the fix as its tooltip where its package is missing; the Output tab lists all three."""
+        """NDI / Spout / Syphon: disabled with the reason and the fix as its tooltip where unavailable (Spout and
+        Syphon have a switch only on their platforms); the Output tab lists all three."""
         for kind, a in found.items():
-            self.outputs.setOffered(kind, PLATFORMS.get(kind, sys.platform) == sys.platform)
             self.outputs.setAvailable(kind, a.ok is not False, a.describe())
         self.output_panel.setLowLatency([(LABELS[k], a.ok, a.describe()) for k, a in found.items()])
 

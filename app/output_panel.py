@@ -93,10 +93,13 @@ class OutputPanel(QWidget):
         self.obs_fallback.setToolTip("When you press Stop or the app quits, the styled source is hidden so its last "
                                      "frame does not freeze on stream; this source shows in its place.")
         self.obs_via = QComboBox()
-        self.obs_via.addItem("Media Source over local UDP (no install)", VIA_MEDIA)
-        self.obs_via.addItem("OBS plugin source (shared memory, lowest latency)", VIA_PLUGIN)
-        self.obs_via.setToolTip("How the styled video reaches OBS. The plugin's source needs no encoding and shows "
-                                "a \"not running\" card instead of a frozen frame when the stream stops.")
+        self.obs_via.addItem("Media Source (UDP, no install)", VIA_MEDIA)
+        self.obs_via.addItem("OBS plugin source (fastest)", VIA_PLUGIN)
+        self.obs_via.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        self.obs_via.setMinimumContentsLength(12)
+        self.obs_via.setToolTip("How the styled video reaches OBS: a Media Source playing a local UDP stream (works "
+                                "without installing anything), or the OBS plugin's source (shared memory: no "
+                                "encoding, lowest latency, a \"not running\" card instead of a frozen frame).")
         self.plugin_status = _muted("checking for the OBS plugin…")
         self.low_latency = _muted("checking NDI, Spout and Syphon…")
         _fill(self.obs_scene, self.SCENE_ITEMS, [], "")

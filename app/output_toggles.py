@@ -1,16 +1,18 @@
 """OutputToggles: the output switches in the header (styled source in OBS, virtual camera, recording, NDI, Spout,
-Syphon). Emits `outputsChanged(Outputs)`; `setOutputs` / `setFailed` / `setAvailable` / `setOffered` set their
-state (Spout and Syphon are offered only on their platforms; an unavailable output is disabled, its tooltip says
-why and how to get it)."""
+Syphon). Emits `outputsChanged(Outputs)`; `setOutputs` / `setFailed` / `setAvailable` set their state. Spout and
+Syphon have a switch only on their platforms; an unavailable output is disabled, its tooltip says why and how to get
+it."""
 
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QHBoxLayout, QPushButton, QWidget
 from sdv2_studio.app.engine_worker import Outputs
 from sdv2_studio.app.theme import repolish
+from sdv2_studio.engine.io.availability import PLATFORMS
 
 _LABELS = {"obs": ("OBS source", "Send the styled video into OBS as a source"),
            "vcam": ("Virtual cam", "Show the styled video as a webcam in Zoom, Discord, Meet…"),
@@ -36,6 +38,7 @@ class OutputToggles(QWidget):
             b.setToolTip(tip)
             b.toggled.connect(lambda _on, k=kind: self._toggled(k))
             lay.addWidget(b)
+            b.setVisible(PLATFORMS.get(kind, sys.platform) == sys.platform)  # Spout: Windows only, Syphon: macOS
             self.buttons[kind] = b
         self._outputs = Outputs()
 
@@ -67,10 +70,6 @@ class OutputToggles(QWidget):
         b.setToolTip(message if not available else f"{_LABELS[kind][1]} ({message})" if message else _LABELS[kind][1])
         if not available and b.isChecked():
             b.setChecked(False)  # emits outputsChanged: the saved setting follows
-
-    def setOffered(self, kind: str, offered: bool) -> None:
-        """Show the switch only where the output can exist at all (Spout on Windows, Syphon on macOS)."""
-        self.buttons[kind].setVisible(offered)
 
     def _toggled(self, kind: str) -> None:
         b = self.buttons[kind]
