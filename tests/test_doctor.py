@@ -56,6 +56,20 @@ def test_models_missing_is_a_warning_naming_the_download_command():
     assert disk.name == "disk space"
 
 
+def test_obs_plugin_check_says_how_to_install_it(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    [c] = obs_doctor.check_plugin()
+    if sys.platform.startswith("linux"):
+        assert c.status == WARN and c.fix == "run `sdv2 obs install-plugin`, then restart OBS"
+        module = tmp_path / "obs-studio" / "plugins" / "streamdiffusionv2" / "bin" / "64bit" / "streamdiffusionv2.so"
+        module.parent.mkdir(parents=True)
+        module.write_bytes(b"\x7fELF")
+        [c] = obs_doctor.check_plugin()
+        assert c.status == OK and str(module) in c.detail
+    names = [c.name for c in doctor.run_checks()]  # registered as an extension of `sdv2 doctor`
+    assert "OBS plugin" in names and "NDI" in names
+
+
 def test_obs_unreachable_plain_tcp_and_broken_bridge(monkeypatch):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
