@@ -1,11 +1,12 @@
-"""The styled source stays out of OBS's audio mixer, in a real OBS 29 under Xvfb: the OBS script sets the media
-source's private setting ``mixer_hidden`` (read back from the scene collection OBS saves), and the native plugin's
-source has no audio at all (obs-websocket says so). Skipped without the `obs` binary and Xvfb; the plugin part also
-without its build tools."""
+"""The styled source in a real OBS 29 under Xvfb: it stays out of OBS's audio mixer (the OBS script sets the media
+source's private setting ``mixer_hidden``, read back from the scene collection OBS saves; the native plugin's source
+has no audio at all, as obs-websocket says), and the app's OBS output through the plugin's source. Skipped without
+the `obs` binary and Xvfb; the plugin part also without its build tools."""
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -92,26 +93,75 @@ def test_the_script_takes_an_existing_styled_source_out_of_the_mixer(tmp_path):
         obs.stop()
 
 
-def test_the_plugin_source_has_no_audio_so_no_mixer_strip(tmp_path):
+@pytest.fixture(scope="module")
+def plugin_obs(tmp_path_factory):
+    """One OBS with the plugin built from this checkout."""
     try:
         check_tools()
     except EngineError as e:
         pytest.skip(str(e))
-    obs = headless.HeadlessObs(tmp_path / "obs")
+    root = tmp_path_factory.mktemp("obs-plugin")
+    obs = headless.HeadlessObs(root / "obs")
     obs.seed_config()
-    install_plugin(obs.config_dir / "plugins", build_dir=tmp_path / "build")
+    install_plugin(obs.config_dir / "plugins", build_dir=root / "build")
+    obs.start()
+    yield obs
+    obs.stop()
+
+
+def test_the_plugin_source_has_no_audio_so_no_mixer_strip(plugin_obs):
+    client = ObsClient(plugin_obs.settings)
+    client.connect()
     try:
-        obs.start()
-        client = ObsClient(obs.settings)
-        client.connect()
-        try:
-            attach_plugin_source(client, "Scene", "mixer")
-            assert wait_for(lambda: INPUT_NAME in [n for n, _ in client.input_names()], 30)
-            with pytest.raises(ObsRequestError, match="does not support audio"):
-                client.call("GetInputVolume", {"inputName": INPUT_NAME})
-            assert client.call("GetInputSettings", {"inputName": INPUT_NAME})["inputKind"] == \
-                "streamdiffusionv2_source"
-        finally:
-            client.close()
+        attach_plugin_source(client, "Scene", "mixer", name="Styled by plugin")
+        with pytest.raises(ObsRequestError, match="does not support audio"):
+            client.call("GetInputVolume", {"inputName": "Styled by plugin"})
+        assert client.call("GetInputSettings", {"inputName": "Styled by plugin"})["inputKind"] == \
+            "streamdiffusionv2_source"
     finally:
-        obs.stop()
+        client.close()
+
+
+def test_the_apps_obs_output_through_the_plugin_source(plugin_obs, monkeypatch):
+    """The app's OBS service with the plugin chosen: the styled source is the plugin's source on the channel, fed by
+    the engine's shared-memory sink (open_sink("obs-source:...")); Stop hides it."""
+    import numpy as np
+    from sdv2_studio.app.services import BridgeObsService
+
+    s = plugin_obs.settings
+    monkeypatch.setenv("SDV2_OBS_HOST", s.host)
+    monkeypatch.setenv("SDV2_OBS_PORT", str(s.port))
+    monkeypatch.setenv("SDV2_OBS_PASSWORD", s.password)
+    channel = f"app{os.getpid() % 100000}"
+    out = BridgeObsService().open_output((72, 128), 10, scene="Scene", plugin_channel=channel)
+    client = ObsClient(s)
+    client.connect()
+    try:
+        reply = client.call("GetInputSettings", {"inputName": INPUT_NAME})
+        assert reply["inputKind"] == "streamdiffusionv2_source" and reply["inputSettings"]["channel"] == channel
+        item = client.call("GetSceneItemId", {"sceneName": "Scene", "sourceName": INPUT_NAME})["sceneItemId"]
+        red = np.zeros((72, 128, 3), np.uint8)
+        red[..., 0] = 220
+
+        def shows_red() -> bool:
+            out.write(red)
+            shot = screenshot(client, INPUT_NAME)
+            return shot.shape[:2] == (72, 128) and abs(int(np.median(shot[..., 0])) - 220) <= 4
+
+        assert wait_for(shows_red, 60), "the plugin source did not show the frames written for the app"
+        out.close()  # Stop: the styled source is hidden, no frozen frame on air
+        assert not client.call("GetSceneItemEnabled", {"sceneName": "Scene", "sceneItemId": item})["sceneItemEnabled"]
+    finally:
+        out.close()
+        client.close()
+
+
+def screenshot(client: ObsClient, source: str):
+    import base64
+    import io
+
+    import av
+
+    data = client.call("GetSourceScreenshot", {"sourceName": source, "imageFormat": "png"})["imageData"]
+    with av.open(io.BytesIO(base64.b64decode(data.split(",", 1)[1]))) as f:
+        return next(f.decode(video=0)).to_ndarray(format="rgb24")
