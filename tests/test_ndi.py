@@ -67,7 +67,7 @@ def test_without_cyndilib_it_is_one_line_naming_the_extra_before_the_model_loads
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
-    assert lines == ["sdv2: error: NDI output needs cyndilib, which brings the NDI runtime: pip install "
+    assert lines == ["sdv2: error: NDI output needs cyndilib (its wheel brings the NDI runtime): pip install "
                      "'streamdiffusion-studio[ndi]'"]  # and no model loading before it
 
 

@@ -14,7 +14,8 @@ import importlib.util
 import sys
 from dataclasses import dataclass
 
-__all__ = ["LABELS", "LOW_LATENCY", "NDI_INSTALL", "PLATFORMS", "Availability", "low_latency_outputs"]
+__all__ = ["LABELS", "LOW_LATENCY", "NDI_INSTALL", "PLATFORMS", "Availability", "low_latency_outputs",
+           "ndi_availability"]
 
 LOW_LATENCY = ("spout", "syphon", "ndi")
 PLATFORMS = {"spout": "win32", "syphon": "darwin"}  # the only platform each exists on (NDI: everywhere)
@@ -42,7 +43,8 @@ def _version(dist: str) -> str:
         return "?"
 
 
-def _ndi() -> Availability:
+def ndi_availability() -> Availability:
+    """NDI: cyndilib installed and its bundled runtime loads (the import loads it)."""
     if importlib.util.find_spec("cyndilib") is None:
         return Availability(False, "NDI output needs cyndilib (its wheel brings the NDI runtime)", NDI_INSTALL)
     try:
@@ -66,4 +68,4 @@ def _texshare(kind: str, platform: str) -> Availability:
 def low_latency_outputs(platform: str | None = None) -> dict[str, Availability]:
     """Spout, Syphon and NDI on this machine (``platform``: default ``sys.platform``), in that order."""
     platform = platform or sys.platform
-    return {"spout": _texshare("spout", platform), "syphon": _texshare("syphon", platform), "ndi": _ndi()}
+    return {"spout": _texshare("spout", platform), "syphon": _texshare("syphon", platform), "ndi": ndi_availability()}

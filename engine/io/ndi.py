@@ -22,7 +22,7 @@ from fractions import Fraction
 
 import numpy as np
 from sdv2_studio.engine.errors import EngineError
-from sdv2_studio.engine.io.availability import NDI_INSTALL
+from sdv2_studio.engine.io.availability import ndi_availability
 from sdv2_studio.engine.io.frames import check_frame, fit_frame
 from sdv2_studio.engine.io.protocols import Frame, FrameSink
 
@@ -54,13 +54,11 @@ def rgb_to_bgrx(frame: Frame, out: np.ndarray | None = None) -> np.ndarray:
 
 
 def _load_cyndilib():
-    try:
-        import cyndilib
-    except ImportError:
-        raise EngineError(f"NDI output needs cyndilib, which brings the NDI runtime: {NDI_INSTALL}") from None
-    except OSError as e:  # the wheel's runtime library does not load on this system
-        raise EngineError(f"the NDI runtime does not load ({e}); reinstall it: pip install --force-reinstall "
-                          "cyndilib") from None
+    status = ndi_availability()  # missing, or its runtime does not load: one line naming the fix
+    if not status.ok:
+        raise EngineError(status.describe())
+    import cyndilib
+
     return cyndilib
 
 
