@@ -1,7 +1,9 @@
 """NDI output (engine/io/ndi.py): spec parsing, the pixel conversion, the one-line error without cyndilib, a sink
 that never waits for the network, and real round trips through the NDI runtime cyndilib bundles: frames sent by the
 sink (and by `sdv2 run --out ndi:NAME`) are found by name and received by a cyndilib Receiver in this process.
-NDI stays on loopback here (tests/conftest.py points NDI_CONFIG_DIR at tests/ndi/)."""
+NDI stays on loopback here (tests/conftest.py points NDI_CONFIG_DIR at tests/ndi/). Without multicast, discovery on
+loopback lists the senders of one process at a time (the one holding NDI's discovery port), so each test closes its
+senders and no other NDI program may run meanwhile."""
 
 from __future__ import annotations
 
