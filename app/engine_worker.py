@@ -28,12 +28,13 @@ from sdv2_studio.app.frames import LatestFrame, to_qimage
 from sdv2_studio.engine.api import Engine, EngineConfig, Stats
 from sdv2_studio.engine.config import Controls
 from sdv2_studio.engine.errors import EngineError
+from sdv2_studio.engine.io.availability import LOW_LATENCY
 from sdv2_studio.engine.io.protocols import FrameSink, FrameSource
 from sdv2_studio.engine.session import Session, SessionStatus
 from sdv2_studio.engine.session import describe as describe_error
 
 IDLE, LOADING, RUNNING, STOPPING = "idle", "loading", "running", "stopping"
-OUTPUT_KINDS = ("obs", "vcam", "record")
+OUTPUT_KINDS = ("obs", "vcam", "record", "ndi", "spout", "syphon")
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,10 @@ class Outputs:
     record_dir: str = ""
     obs_scene: str = ""  # the scene that gets the styled source ("" = the current program scene)
     obs_fallback: str = ""  # the OBS source shown in its place when the stream stops ("" = none, just hide)
+    obs_plugin_channel: str = ""  # the styled source is the OBS plugin's source on this channel ("" = media source)
+    ndi: bool = False  # an NDI source (engine.io.ndi)
+    spout: bool = False  # a Spout sender (Windows; engine.io.texshare)
+    syphon: bool = False  # a Syphon server (macOS)
 
     def enabled(self) -> set[str]:
         return {k for k in OUTPUT_KINDS if getattr(self, k)}
@@ -52,7 +57,7 @@ class Outputs:
 @dataclass
 class StartRequest:
     config: EngineConfig
-    source: str = "test"  # "test", "camera:NAME", "obs:NAME", a file path or URL
+    source: str = "test"  # "test", "camera:NAME", "obs:NAME", "obs-filter:CHANNEL", a file path or URL
     source_fps: float = 16.0
     input_size: tuple[int, int] = (360, 640)  # (h, w) of the test source
     outputs: Outputs = field(default_factory=Outputs)
@@ -332,6 +337,10 @@ class EngineWorker(QObject):
                 sink = MP4Sink(path, fps)
                 self.notice.emit(f"recording to {path}")
                 return sink
+            if kind in LOW_LATENCY:  # the same opener as `sdv2 run --out ndi|spout|syphon`
+                from sdv2_studio.engine.io.sinks import open_sink
+
+                return open_sink(kind, fps=fps, size=size)
             if kind == "vcam":
                 if self._vcam_opener is None:
                     from sdv2_studio.app.services import open_virtual_camera
@@ -343,7 +352,8 @@ class EngineWorker(QObject):
             spec = self._req.source.strip() if self._req else ""
             capture = spec[4:] if spec.lower().startswith("obs:") else None
             return self._obs.open_output(size, fps, scene=self._outputs.obs_scene, capture=capture,
-                                         fallback=self._outputs.obs_fallback or None)
+                                         fallback=self._outputs.obs_fallback or None,
+                                         plugin_channel=self._outputs.obs_plugin_channel or None)
         except Exception as e:
             self._output_failed(kind, str(e) if isinstance(e, EngineError) else f"{type(e).__name__}: {e}")
             return None

@@ -12,6 +12,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--screenshot", metavar="PATH", help="run the tiny model on the test source, save a PNG of the "
                    "window to PATH and exit")
     p.add_argument("--seconds", type=float, default=5.0, help="with --screenshot: seconds to stream first (5)")
+    p.add_argument("--tab", choices=("style", "engine", "output"), default="style",
+                   help="with --screenshot: the side tab to show (style)")
     return p
 
 
@@ -36,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.screenshot:
         from sdv2_studio.app.screenshot import run_screenshot
 
-        return run_screenshot(app, args.screenshot, args.seconds)
+        return run_screenshot(app, args.screenshot, args.seconds, tab=args.tab)
 
     from sdv2_studio.app.main_window import MainWindow
     from sdv2_studio.app.settings import SettingsStore

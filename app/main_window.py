@@ -28,7 +28,7 @@ from sdv2_studio.app.engine_settings import EngineSettingsPanel
 from sdv2_studio.app.engine_worker import IDLE, LOADING, RUNNING, STOPPING, LiveStats, Outputs, StartRequest
 from sdv2_studio.app.first_run import FirstRunDialog
 from sdv2_studio.app.message_banner import MessageBanner
-from sdv2_studio.app.output_panel import OutputPanel
+from sdv2_studio.app.output_panel import VIA_MEDIA, VIA_PLUGIN, OutputPanel
 from sdv2_studio.app.output_toggles import OutputToggles
 from sdv2_studio.app.preset_controller import PresetController
 from sdv2_studio.app.preset_editor import PresetEditor
@@ -37,14 +37,16 @@ from sdv2_studio.app.preset_library import PresetLibrary
 from sdv2_studio.app.preview import PreviewView
 from sdv2_studio.app.services import ModelService, ObsService, gpus, system_memory, vcam_availability
 from sdv2_studio.app.settings import Settings, SettingsStore, default_record_dir
-from sdv2_studio.app.source_picker import SourcePicker, describe
+from sdv2_studio.app.source_picker import SourcePicker, describe, is_file
 from sdv2_studio.app.stats_bar import StatsBar
 from sdv2_studio.app.stats_plot import StatsPlot
 from sdv2_studio.engine.api import EngineConfig
 from sdv2_studio.engine.config import Controls
 from sdv2_studio.engine.errors import EngineError
+from sdv2_studio.engine.io.availability import LABELS, low_latency_outputs
 from sdv2_studio.obs_bridge.av_sync import SyncTracker
 from sdv2_studio.obs_bridge.errors import ObsAuthError
+from sdv2_studio.obs_bridge.native_plugin import plugin_status
 
 UNTRAINED_RIBBON = "TINY DEMO MODEL · untrained: noise-like output, not a style"
 RESTART_KEYS = {"model", "device", "gpus", "dtype", "width", "height", "batch", "target_fps", "latency_budget_ms",
@@ -61,7 +63,8 @@ class MainWindow(QMainWindow):
     def __init__(self, *, settings: Settings | None = None, store: SettingsStore | None = None,
                  library: PresetLibrary | None = None, controller: EngineController | None = None,
                  models: ModelService | None = None, obs: ObsService | None = None, first_run: bool = True,
-                 input_size: tuple[int, int] = (360, 640), control: bool = True, vcam_probe=None):
+                 input_size: tuple[int, int] = (360, 640), control: bool = True, vcam_probe=None,
+                 outputs_probe=None, plugin_probe=None):
         super().__init__()
         from sdv2_studio.app.services import default_model_service, default_obs_service
 
@@ -73,6 +76,8 @@ class MainWindow(QMainWindow):
         self.controller = controller or EngineController(_default_worker(self.obs))
         self.input_size = input_size
         self._vcam_probe = vcam_probe or vcam_availability
+        self._outputs_probe = outputs_probe or low_latency_outputs  # NDI / Spout / Syphon
+        self._plugin_probe = plugin_probe or plugin_status  # the native OBS plugin
         self.stats: LiveStats | None = None
         self._first_run = first_run
         self._weights_present: bool | None = None
@@ -231,6 +236,7 @@ class MainWindow(QMainWindow):
         self.output_panel.obsSceneChosen.connect(self._on_obs_scene)
         self.output_panel.obsFallbackChosen.connect(self._on_obs_fallback)
         self.output_panel.avSyncChanged.connect(self._on_av_sync)
+        self.output_panel.obsViaChosen.connect(self._on_obs_via)
 
     def _restore(self) -> None:
         s = self.settings
@@ -248,7 +254,9 @@ class MainWindow(QMainWindow):
         self.source_picker.setCurrent(s.source)
         self.engine_panel.setSettings(s)
         self.outputs.setOutputs(Outputs(obs=s.output_obs, vcam=s.output_vcam, record=s.output_record,
+                                        ndi=s.output_ndi, spout=s.output_spout, syphon=s.output_syphon,
                                         record_dir=s.record_dir))
+        self.output_panel.setObsVia(VIA_PLUGIN if s.obs_plugin else VIA_MEDIA)
         self.output_panel.setRecordDir(s.record_dir or str(default_record_dir()))
         self.input_view.setBadge(describe(s.source), accent=False)
 
@@ -261,12 +269,37 @@ class MainWindow(QMainWindow):
         run_task(lambda: (gpus(), system_memory()), on_done=lambda r: self.engine_panel.setGpus(*r),
                  on_error=lambda m: self.engine_panel.setGpus([], system_memory()))
         run_task(self._vcam_probe, on_done=self._vcam_checked)
+        run_task(self._outputs_probe, on_done=self._outputs_checked)
+        run_task(self._plugin_probe, on_done=self._plugin_checked)
         self._scan_models()
         self._scan_obs()
 
     def _vcam_checked(self, availability) -> None:
         self.output_panel.setVcamAvailability(availability.ok, availability.detail)
         self.outputs.setAvailable("vcam", availability.ok is not False, availability.detail)
+
+    def _outputs_checked(self, found: dict) -> None:
+        """NDI / Spout / Syphon: disabled with the reason and the fix as its tooltip where unavailable (Spout and
+        Syphon have a switch only on their platforms); the Output tab lists all three."""
+        for kind, a in found.items():
+            self.outputs.setAvailable(kind, a.ok is not False, a.describe())
+        self.output_panel.setLowLatency([(LABELS[k], a.ok, a.describe()) for k, a in found.items()])
+
+    def _plugin_checked(self, status) -> None:
+        """The OBS plugin: its filter as a source and its source as the styled output, or why not and how."""
+        s = self.settings
+        channels = list(dict.fromkeys(["main", s.obs_channel]))
+        self.source_picker.setObsPlugin(status.ok, status.describe(), channels)
+        self.output_panel.setPluginStatus(status.ok, status.describe(), s.obs_channel)
+        if status.ok is False and s.obs_plugin:  # uninstalled since: back to the media source
+            self._on_obs_via(VIA_MEDIA)
+            self.output_panel.setObsVia(VIA_MEDIA)
+
+    def _on_obs_via(self, via: str) -> None:
+        self._update_settings(obs_plugin=via == VIA_PLUGIN)
+        self.controller.set_outputs(self._outputs())
+        if self.controller.state == RUNNING and self.settings.output_obs:
+            self.banner.showMessage("the styled source in OBS switches the next time you press Start", "info")
 
     def _scan_models(self) -> None:
         run_task(lambda: (self.models.items(), self.models.weights_present()), on_done=self._models_scanned,
@@ -342,7 +375,8 @@ class MainWindow(QMainWindow):
         elif fallback == FALLBACK_HIDE:
             fallback = ""
         return dataclasses.replace(outputs or self.outputs.outputs(), record_dir=s.record_dir,
-                                   obs_scene=s.obs_scene, obs_fallback=fallback)
+                                   obs_scene=s.obs_scene, obs_fallback=fallback,
+                                   obs_plugin_channel=s.obs_channel if s.obs_plugin else "")
 
     def _configure_obs(self, host: str, port: int, password: str) -> None:
         self.output_panel.setObsStatus("saving and connecting…")
@@ -535,7 +569,7 @@ class MainWindow(QMainWindow):
 
     def _on_source(self, spec: str) -> None:
         files = self.settings.recent_files
-        if spec != "test" and not spec.lower().startswith(("camera:", "obs:")):
+        if is_file(spec):
             files = [spec, *[f for f in files if f != spec]][:5]
         self._update_settings(source=spec, recent_files=files)
         self.input_view.setBadge(describe(spec), accent=False)
@@ -554,7 +588,8 @@ class MainWindow(QMainWindow):
             QTimer.singleShot(100, self._restart_when_idle)
 
     def _on_outputs(self, outputs: Outputs) -> None:
-        self._update_settings(output_obs=outputs.obs, output_vcam=outputs.vcam, output_record=outputs.record)
+        self._update_settings(output_obs=outputs.obs, output_vcam=outputs.vcam, output_record=outputs.record,
+                              output_ndi=outputs.ndi, output_spout=outputs.spout, output_syphon=outputs.syphon)
         self.controller.set_outputs(self._outputs(outputs))
         self._check_feedback()
 

@@ -1,5 +1,7 @@
-"""OutputPanel: details behind the header's output switches: OBS connection, the scene that gets the styled source
-and what shows in its place when the stream stops, virtual camera, recording folder."""
+"""OutputPanel: details behind the header's output switches: OBS connection, the scene that gets the styled source,
+how it gets there (a media source over local UDP, no install; or the OBS plugin's source, when the plugin is
+installed) and what shows in its place when the stream stops, NDI / Spout / Syphon availability, virtual camera,
+recording folder."""
 
 from __future__ import annotations
 
@@ -40,6 +42,7 @@ def _muted(text: str = "") -> QLabel:
 AV_IDLE = "The styled video lags your live audio by the engine's latency (shown while streaming)."
 FALLBACK_SOURCE = ""  # when the stream stops, show the OBS source being styled (if the input is one)
 FALLBACK_HIDE = ":hide"  # just hide the styled source (no OBS name starts with a colon here)
+VIA_MEDIA, VIA_PLUGIN = "udp", "plugin"  # how the styled source reaches OBS
 
 
 def _fill(combo: QComboBox, fixed: list[tuple[str, str]], names: list[str], current: str) -> None:
@@ -62,6 +65,7 @@ class OutputPanel(QWidget):
     obsSceneChosen = Signal(str)  # "" = the current program scene
     obsFallbackChosen = Signal(str)  # FALLBACK_SOURCE, FALLBACK_HIDE or an OBS source name
     avSyncChanged = Signal(bool, list)  # on, the OBS audio inputs to delay
+    obsViaChosen = Signal(str)  # VIA_MEDIA or VIA_PLUGIN
 
     SCENE_ITEMS = [("Current program scene", "")]
     FALLBACK_ITEMS = [("The OBS source being styled", FALLBACK_SOURCE), ("Nothing: hide the styled source",
@@ -88,6 +92,16 @@ class OutputPanel(QWidget):
         self.obs_fallback = QComboBox()
         self.obs_fallback.setToolTip("When you press Stop or the app quits, the styled source is hidden so its last "
                                      "frame does not freeze on stream; this source shows in its place.")
+        self.obs_via = QComboBox()
+        self.obs_via.addItem("Media Source (UDP, no install)", VIA_MEDIA)
+        self.obs_via.addItem("OBS plugin source (fastest)", VIA_PLUGIN)
+        self.obs_via.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        self.obs_via.setMinimumContentsLength(12)
+        self.obs_via.setToolTip("How the styled video reaches OBS: a Media Source playing a local UDP stream (works "
+                                "without installing anything), or the OBS plugin's source (shared memory: no "
+                                "encoding, lowest latency, a \"not running\" card instead of a frozen frame).")
+        self.plugin_status = _muted("checking for the OBS plugin…")
+        self.low_latency = _muted("checking NDI, Spout and Syphon…")
         _fill(self.obs_scene, self.SCENE_ITEMS, [], "")
         _fill(self.obs_fallback, self.FALLBACK_ITEMS, [], FALLBACK_SOURCE)
         self.vcam_status = _muted(
@@ -112,11 +126,15 @@ class OutputPanel(QWidget):
         obs_form.addRow("Port", self.obs_port)
         obs_form.addRow("Password", self.obs_password)
         obs_form.addRow("Output scene", self.obs_scene)
+        obs_form.addRow("Styled source", self.obs_via)
         obs_form.addRow("On stop show", self.obs_fallback)
         obs_row = QHBoxLayout()
         obs_row.addWidget(self.obs_connect)
         obs_row.addWidget(self.obs_refresh)
         obs_row.addStretch(1)
+        obs_row_wrap = QVBoxLayout()
+        obs_row_wrap.addLayout(obs_row)
+        obs_row_wrap.addWidget(self.plugin_status)
         rec_row = QHBoxLayout()
         rec_row.addWidget(self.record_change)
         rec_row.addStretch(1)
@@ -126,12 +144,15 @@ class OutputPanel(QWidget):
         lay.addWidget(_section("OBS STUDIO"))
         lay.addWidget(self.obs_status)
         lay.addLayout(obs_form)
-        lay.addLayout(obs_row)
+        lay.addLayout(obs_row_wrap)
         lay.addSpacing(8)
         lay.addWidget(_section("AUDIO / VIDEO SYNC"))
         lay.addWidget(self.av_latency)
         lay.addWidget(self.av_inputs)
         lay.addWidget(self.av_sync)
+        lay.addSpacing(8)
+        lay.addWidget(_section("NDI · SPOUT · SYPHON"))
+        lay.addWidget(self.low_latency)
         lay.addSpacing(8)
         lay.addWidget(_section("VIRTUAL CAMERA"))
         lay.addWidget(self.vcam_available)
@@ -146,6 +167,7 @@ class OutputPanel(QWidget):
         self.record_change.clicked.connect(self._choose_dir)
         self.obs_scene.activated.connect(lambda _i: self.obsSceneChosen.emit(self.obs_scene.currentData()))
         self.obs_fallback.activated.connect(lambda _i: self.obsFallbackChosen.emit(self.obs_fallback.currentData()))
+        self.obs_via.activated.connect(lambda _i: self.obsViaChosen.emit(self.obs_via.currentData()))
         self.av_sync.toggled.connect(self._av_changed)
         self.av_inputs.itemChanged.connect(self._av_changed)
 
@@ -177,6 +199,26 @@ class OutputPanel(QWidget):
             return
         applied = f"; checked audio delayed by {applied_ms} ms" if applied_ms is not None else ""
         self.av_latency.setText(f"The styled video lags your live audio by {latency_ms:.0f} ms{applied}.")
+
+    def setObsVia(self, via: str) -> None:
+        self.obs_via.setCurrentIndex(max(0, self.obs_via.findData(via)))
+
+    def setPluginStatus(self, installed: bool | None, detail: str, channel: str) -> None:
+        """The OBS plugin: installed (its source can be picked, with `channel`) or why not and how to install it
+        (the plugin entry is disabled then; the media source needs no install)."""
+        item = self.obs_via.model().item(self.obs_via.findData(VIA_PLUGIN))
+        item.setEnabled(installed is not False)
+        item.setToolTip(detail)
+        if installed:
+            text = f"✓ OBS plugin installed: the plugin source reads channel {channel!r}"
+        else:
+            text = f"{'✗' if installed is False else '?'} {detail[:1].upper()}{detail[1:]}"
+        self.plugin_status.setText(text)
+
+    def setLowLatency(self, lines: list[tuple[str, bool | None, str]]) -> None:
+        """NDI / Spout / Syphon: (label, available, what is there or why not and how to get it) each."""
+        marks = {True: "✓", False: "✗", None: "?"}
+        self.low_latency.setText("\n".join(f"{marks[ok]} {label}: {text}" for label, ok, text in lines))
 
     def setVcamAvailability(self, available: bool | None, detail: str) -> None:
         mark = {True: "✓", False: "✗", None: "?"}[available]

@@ -1,18 +1,25 @@
-"""OutputToggles: the three output switches in the header (styled source in OBS, virtual camera, recording).
-Emits `outputsChanged(Outputs)`; `setOutputs` / `setFailed` set their state."""
+"""OutputToggles: the output switches in the header (styled source in OBS, virtual camera, recording, NDI, Spout,
+Syphon). Emits `outputsChanged(Outputs)`; `setOutputs` / `setFailed` / `setAvailable` set their state. Spout and
+Syphon have a switch only on their platforms; an unavailable output is disabled, its tooltip says why and how to get
+it."""
 
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QHBoxLayout, QPushButton, QWidget
 from sdv2_studio.app.engine_worker import Outputs
 from sdv2_studio.app.theme import repolish
+from sdv2_studio.engine.io.availability import PLATFORMS
 
 _LABELS = {"obs": ("OBS source", "Send the styled video into OBS as a source"),
            "vcam": ("Virtual cam", "Show the styled video as a webcam in Zoom, Discord, Meet…"),
-           "record": ("● Rec", "Record the styled video to an .mp4 file")}
+           "record": ("● Rec", "Record the styled video to an .mp4 file"),
+           "ndi": ("NDI", "Send the styled video as an NDI source (OBS: DistroAV's NDI Source; vMix, Resolume…)"),
+           "spout": ("Spout", "Share the styled video as a Spout sender (OBS: Spout2 Capture)"),
+           "syphon": ("Syphon", "Share the styled video as a Syphon server (OBS: Syphon Client)")}
 
 
 class OutputToggles(QWidget):
@@ -31,6 +38,7 @@ class OutputToggles(QWidget):
             b.setToolTip(tip)
             b.toggled.connect(lambda _on, k=kind: self._toggled(k))
             lay.addWidget(b)
+            b.setVisible(PLATFORMS.get(kind, sys.platform) == sys.platform)  # Spout: Windows only, Syphon: macOS
             self.buttons[kind] = b
         self._outputs = Outputs()
 

@@ -1,5 +1,6 @@
-"""`sdv2-studio --screenshot PATH [--seconds N]`: run the tiny model on the test source for N seconds, save a PNG of
-the main window and exit (for reviewing the UI and for the screenshot test). Settings are not read or written."""
+"""`sdv2-studio --screenshot PATH [--seconds N] [--tab style|engine|output]`: run the tiny model on the test source for
+N seconds, save a PNG of the main window (with that side tab showing) and exit (for reviewing the UI and for the
+screenshot test). Settings are not read or written."""
 
 from __future__ import annotations
 
@@ -15,14 +16,18 @@ from sdv2_studio.app.settings import Settings
 SIZE = (128, 128)  # the tiny model at 128x128 runs ~10 fps on two CPU cores
 
 
+TABS = ("style", "engine", "output")
+
+
 def run_screenshot(app: QApplication, path: str, seconds: float = 5.0, *, window_size=(1440, 900),
-                   timeout: float = 180.0) -> int:
+                   timeout: float = 180.0, tab: str = "style") -> int:
     out = Path(path).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)
     settings = Settings(model="tiny", source="test", height=SIZE[0], width=SIZE[1], target_fps=12,
                         first_run_done=True, device="cpu")
     window = MainWindow(settings=settings, store=None, first_run=False, control=False)  # not discoverable
     window.resize(*window_size)
+    window.tabs.setCurrentIndex(TABS.index(tab))
     window.show()
     result = {"code": 1, "saved": False, "ran": False}
 

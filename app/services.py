@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Protocol
 
 from sdv2_studio.engine.errors import EngineError
+from sdv2_studio.engine.io.availability import Availability
 from sdv2_studio.engine.io.protocols import FrameSink, FrameSource
 
 Progress = Callable[[str, float], None]
@@ -151,7 +152,7 @@ class ObsService(Protocol):
     def set_audio_offset(self, inputs: list[str], offset_ms: int) -> None: ...
     def open_source(self, name: str, size: tuple[int, int], fps: float, fit: str = "crop") -> FrameSource: ...
     def open_output(self, size: tuple[int, int], fps: float, scene: str = "", capture: str | None = None,
-                    fallback: str | None = None) -> FrameSink: ...
+                    fallback: str | None = None, plugin_channel: str | None = None) -> FrameSink: ...
 
 
 OBS_INSTALL_HINT = "install the OBS extras: pip install 'streamdiffusion-studio[obs]'"
@@ -191,17 +192,18 @@ class UnavailableObsService:
         raise EngineError(self.reason)
 
     def open_output(self, size: tuple[int, int], fps: float, scene: str = "", capture: str | None = None,
-                    fallback: str | None = None) -> FrameSink:
+                    fallback: str | None = None, plugin_channel: str | None = None) -> FrameSink:
         raise EngineError(self.reason)
 
 
 class _ObsStreamSink(FrameSink):
-    """The MPEG-TS sender feeding the OBS media source. Closing it (Stop, or the app quitting) hides the styled
-    source in its scene, so no frozen last frame stays on air, shows the fallback source there instead (if any),
-    and closes its OBS connection."""
+    """The output feeding the styled source in OBS: the MPEG-TS sender of the media source, or the shared-memory
+    writer of the plugin source. Closing it (Stop, or the app quitting) hides the styled source in its scene, so no
+    frozen last frame stays on air, shows the fallback source there instead (if any), and closes its OBS
+    connection."""
 
-    def __init__(self, inner: FrameSink, client, url: str, scene: str, fallback: str | None = None):
-        self.inner, self.client, self.url, self.scene, self.fallback = inner, client, url, scene, fallback
+    def __init__(self, inner: FrameSink, client, scene: str, fallback: str | None = None):
+        self.inner, self.client, self.scene, self.fallback = inner, client, scene, fallback
 
     def write(self, frame, pts_seconds: float | None = None) -> None:
         self.inner.write(frame, pts_seconds)
@@ -298,12 +300,15 @@ class BridgeObsService:
         return ObsCaptureSource(name, self._load_settings(), size=size, fps=fps, fit=fit)
 
     def open_output(self, size: tuple[int, int], fps: float, scene: str = "", capture: str | None = None,
-                    fallback: str | None = None) -> FrameSink:
-        """The styled source in ``scene`` (default: the current program scene). Refused when ``capture`` (the OBS
-        source being styled) would show the output (obs_bridge.scenes.refuse_feedback). ``fallback`` shows in the
-        styled source's place when the stream stops (obs_bridge.output.park)."""
-        from sdv2_studio.engine.io.mpegts import open_mpegts_sink
+                    fallback: str | None = None, plugin_channel: str | None = None) -> FrameSink:
+        """The styled source in ``scene`` (default: the current program scene): a media source fed over local UDP,
+        or with ``plugin_channel`` the native plugin's source reading that shared-memory channel (``obs-source:``,
+        opened by engine.io.sinks.open_sink as `sdv2 run --out` does). Refused when ``capture`` (the OBS source being
+        styled) would show the output (obs_bridge.scenes.refuse_feedback). ``fallback`` shows in the styled source's
+        place when the stream stops (obs_bridge.output.park)."""
+        from sdv2_studio.engine.io.sinks import open_sink
         from sdv2_studio.obs_bridge.client import ObsClient
+        from sdv2_studio.obs_bridge.native_plugin import attach_plugin_source
         from sdv2_studio.obs_bridge.output import attach_stream, free_udp_port, stream_port
         from sdv2_studio.obs_bridge.scenes import refuse_feedback
 
@@ -312,23 +317,21 @@ class BridgeObsService:
             client.connect()
             scene = scene or client.call("GetCurrentProgramScene").get("currentProgramSceneName")
             refuse_feedback(capture, scene, client)
-            url = f"udp://127.0.0.1:{stream_port(client) or free_udp_port()}"
-            out = open_mpegts_sink(url, fps=fps, size=size)
+            url = "" if plugin_channel else f"udp://127.0.0.1:{stream_port(client) or free_udp_port()}"
+            out = open_sink(f"obs-source:{plugin_channel}", fps=fps) if plugin_channel else open_sink(
+                url, fps=fps, size=size)  # the plugin source shows frames at their own size
             try:
-                attach_stream(client, scene, url)
+                if plugin_channel:
+                    attach_plugin_source(client, scene, plugin_channel)
+                else:
+                    attach_stream(client, scene, url)
             except BaseException:
                 out.close()
                 raise
         except BaseException:
             client.close()
             raise
-        return _ObsStreamSink(out, client, url, scene, fallback)
-
-
-@dataclass(frozen=True)
-class Availability:
-    ok: bool | None  # None: cannot tell before trying (the output may be armed)
-    detail: str  # what is there, or how to get it
+        return _ObsStreamSink(out, client, scene, fallback)
 
 
 def vcam_availability(platform: str = sys.platform, sysfs: Path = Path("/sys")) -> Availability:

@@ -26,7 +26,7 @@ SETTINGS_VERSION = 2
 class Settings:
     version: int = SETTINGS_VERSION
     # source
-    source: str = "test"  # "test", "camera:NAME", "obs:NAME" or a video file path
+    source: str = "test"  # "test", "camera:NAME", "obs:NAME", "obs-filter:CHANNEL" or a video file path
     recent_files: list[str] = field(default_factory=list)
     # engine
     model: str = "auto"  # "auto" (downloaded model, else tiny), "tiny", or a checkpoint path
@@ -52,6 +52,11 @@ class Settings:
     output_obs: bool = False
     output_vcam: bool = False
     output_record: bool = False
+    output_ndi: bool = False
+    output_spout: bool = False
+    output_syphon: bool = False
+    obs_plugin: bool = False  # the styled source is the OBS plugin's source (shared memory), not a media source
+    obs_channel: str = "main"  # the plugin's channel (source picker "OBS filter", the plugin source)
     record_dir: str = ""  # "" = the user's Videos folder
     obs_scene: str = ""  # the OBS scene that gets the styled source; "" = the current program scene
     av_sync: bool = False  # delay av_sync_inputs in OBS by the styled video's measured latency

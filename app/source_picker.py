@@ -1,14 +1,21 @@
-"""SourcePicker: where the stream comes from: the test pattern, cameras, OBS sources, video files.
-Emits `sourceChosen(spec)` and `refreshRequested()`; the window fills it with `setCameras` / `setObsSources`."""
+"""SourcePicker: where the stream comes from: the test pattern, cameras, OBS sources (screenshots over the websocket,
+no install) or an OBS filter of the native plugin (shared memory), video files. Emits `sourceChosen(spec)` and
+`refreshRequested()`; the window fills it with `setCameras` / `setObsSources` / `setObsPlugin`."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtCore import Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QComboBox, QFileDialog, QHBoxLayout, QLabel, QPushButton, QWidget
 
 _BROWSE = "__browse__"
+_NO_PLUGIN = "__no_plugin__"
+LIVE_PREFIXES = ("camera:", "obs:", "obs-filter:")  # sources that are not files (never "recent files")
+
+
+def is_file(spec: str) -> bool:
+    return spec != "test" and not spec.lower().startswith(LIVE_PREFIXES)
 VIDEO_FILTER = "Videos (*.mp4 *.mov *.mkv *.webm *.avi *.m4v);;All files (*)"
 
 
@@ -20,6 +27,8 @@ def describe(spec: str) -> str:
         return f"Camera · {spec[7:]}"
     if low.startswith("obs:"):
         return f"OBS · {spec[4:]}"
+    if low.startswith("obs-filter:"):
+        return f"OBS filter · {spec[11:]}"
     return f"File · {Path(spec).name}"
 
 
@@ -45,6 +54,7 @@ class SourcePicker(QWidget):
         lay.addWidget(self.refresh)
         self._cameras: list = []
         self._obs: list[str] = []
+        self._plugin: tuple[bool | None, str, list[str]] = (None, "", [])  # installed?, why not, channels
         self._files: list[str] = []
         self._current = "test"
         self._rebuild()
@@ -59,6 +69,17 @@ class SourcePicker(QWidget):
             self.combo.addItem(f"Camera · {cam.name}", f"camera:{cam.spec}")
         for name in self._obs:
             self.combo.addItem(f"OBS · {name}", f"obs:{name}")
+        installed, why, channels = self._plugin
+        if installed:
+            for channel in channels:
+                self.combo.addItem(f"OBS filter · {channel}", f"obs-filter:{channel}")
+                self.combo.setItemData(self.combo.count() - 1, "Frames of the OBS source that carries the "
+                                       f"StreamDiffusionV2 filter on channel {channel!r} (shared memory, no "
+                                       "encoding)", Qt.ToolTipRole)
+        elif installed is False:
+            self.combo.addItem("OBS filter · plugin not installed", _NO_PLUGIN)
+            self.combo.setItemData(self.combo.count() - 1, why, Qt.ToolTipRole)
+            self.combo.model().item(self.combo.count() - 1).setEnabled(False)
         for path in self._files:
             self.combo.addItem(f"File · {Path(path).name}", path)
         specs = [self.combo.itemData(i) for i in range(self.combo.count())]
@@ -77,6 +98,12 @@ class SourcePicker(QWidget):
         self._obs = list(names)
         self._rebuild()
 
+    def setObsPlugin(self, installed: bool | None, why: str, channels: list[str]) -> None:
+        """Offer "OBS filter · CHANNEL" for each channel when the OBS plugin is installed; else a disabled entry whose
+        tooltip says why and how to install it."""
+        self._plugin = (installed, why, list(channels))
+        self._rebuild()
+
     def setRecentFiles(self, files: list[str]) -> None:
         self._files = list(files)
         self._rebuild()
@@ -90,13 +117,16 @@ class SourcePicker(QWidget):
 
     def choose(self, spec: str) -> None:
         """Select `spec` as if the user picked it."""
-        if spec not in ("test",) and not spec.lower().startswith(("camera:", "obs:")) and spec not in self._files:
+        if is_file(spec) and spec not in self._files:
             self._files = [spec, *self._files][:5]
         self.setCurrent(spec)
         self.sourceChosen.emit(spec)
 
     def _activated(self, index: int) -> None:
         spec = self.combo.itemData(index)
+        if spec == _NO_PLUGIN:
+            self._rebuild()
+            return
         if spec == _BROWSE:
             path, _ = QFileDialog.getOpenFileName(self, "Open a video file", str(Path.home()), VIDEO_FILTER)
             if not path:

@@ -56,6 +56,7 @@ QPushButton[kind="start"][state="busy"] {{ background: {CARD_HI}; color: {MUTED}
 QPushButton[kind="toggle"] {{ border-radius: 15px; padding: 5px 14px; color: {MUTED}; font-weight: 600; }}
 QPushButton[kind="toggle"]:checked {{ background: rgba(139, 92, 246, 0.22); border-color: {ACCENT}; color: {TEXT}; }}
 QPushButton[kind="toggle"][failed="true"] {{ border-color: {DANGER}; color: {DANGER}; }}
+QPushButton[kind="toggle"]:disabled {{ color: {FAINT}; border-style: dashed; }}
 QPushButton[kind="flat"] {{ background: transparent; border: none; color: {MUTED}; padding: 4px 8px; }}
 QPushButton[kind="flat"]:hover {{ color: {TEXT}; }}
 
@@ -66,6 +67,7 @@ QComboBox:focus, QLineEdit:focus, QSpinBox:focus, QDoubleSpinBox:focus, QPlainTe
 QComboBox::drop-down {{ border: none; width: 22px; }}
 QComboBox QAbstractItemView {{ background: {CARD}; border: 1px solid {BORDER}; selection-background-color: {ACCENT};
     outline: none; }}
+QComboBox QAbstractItemView::item:disabled {{ color: {FAINT}; }}
 QSpinBox::up-button, QSpinBox::down-button, QDoubleSpinBox::up-button, QDoubleSpinBox::down-button {{
     width: 0px; border: none; }}
 

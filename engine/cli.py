@@ -137,7 +137,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from sdv2_studio.engine.api import EngineConfig
-    from sdv2_studio.engine.io.sinks import open_sink
+    from sdv2_studio.engine.io.sinks import check_sink, is_file_spec, open_sink
     from sdv2_studio.engine.io.sources import open_source
     from sdv2_studio.engine.session import ERROR, Session, SessionStatus
 
@@ -162,9 +162,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
                        controls=controls,
                        latency_budget=args.latency_budget, taehv=args.taehv, target_fps=args.target_fps,
                        compile=args.compile)
-    file_out = args.out and "://" not in args.out and args.out.lower() != "vcam" and not args.out.lower().startswith(
-        ("vcam:", "vcam/", "spout:", "syphon:", "obs-source"))
+    file_out = bool(args.out) and is_file_spec(args.out)
     _check_run_flags(args)
+    if args.out:
+        check_sink(args.out)  # a missing optional package is one line now, not after the model loaded
     if file_out:
         _refuse_output_over_input(args.out, spec)
 
@@ -313,7 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("run", help="stylise a video stream: a camera, a file, a URL or the built-in test source")
     s.add_argument("--source", default="test",
                    help="test[:WxH[@FPS]], a video file, camera:NAME or /dev/videoN, rtmp:// srt:// udp:// URLs")
-    s.add_argument("--out", default="out/styled.mp4", help="output .mp4 ('' for none)")
+    s.add_argument("--out", default="out/styled.mp4",
+                   help="output: a .mp4 path, udp:// or srt:// stream, vcam, obs-source[:CHANNEL], ndi[:NAME], "
+                        "spout[:NAME], syphon[:NAME] ('' for none)")
     s.add_argument("--seconds", type=float, default=None,
                    help="stop after this much source time (default: 3 s for the test source, else the whole input)")
     s.add_argument("--frames", type=int, default=None, help="stop after this many input frames")

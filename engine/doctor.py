@@ -4,9 +4,9 @@ Checks: Python and torch (CPU or CUDA build), GPUs and their VRAM, the model fil
 needs (`memory_estimate`: the figure the app's Engine tab shows), disk space for them, PyAV's
 H.264 encoder (recording, the OBS stream), OBS reachability (registered by the OBS bridge, see
 engine/extensions.py), virtual-camera support (pyvirtualcam and its backends, a v4l2loopback device on
-Linux), Spout (Windows) / Syphon (macOS), and the desktop GUI toolkit (found without importing it: `engine` never
-imports Qt). Each check is OK, WARN (works, with a limitation) or FAIL (something is broken); the exit status is 1
-when any check fails. Nothing is downloaded, opened for writing or started.
+Linux), Spout (Windows) / Syphon (macOS) / NDI (engine/io/availability.py), and the desktop GUI toolkit (found
+without importing it: `engine` never imports Qt). Each check is OK, WARN (works, with a limitation) or FAIL
+(something is broken); the exit status is 1 when any check fails. Nothing is downloaded, opened for writing or started.
 """
 
 from __future__ import annotations
@@ -232,19 +232,20 @@ def check_virtual_camera() -> list[Check]:
     return [Check("virtual camera", OK, detail)]
 
 
-def check_texture_sharing() -> list[Check]:
-    if sys.platform == "win32":
-        if importlib.util.find_spec("SpoutGL") is None:
-            return [Check("Spout", WARN, "SpoutGL is not installed (GPU texture sharing with OBS)",
-                          "pip install SpoutGL, and the obs-spout2 plugin in OBS")]
-        return [Check("Spout", OK, f"SpoutGL {_version('SpoutGL') or ''}".strip())]
-    if sys.platform == "darwin":
-        if importlib.util.find_spec("syphon") is None:
-            return [Check("Syphon", WARN, "syphon-python is not installed (GPU texture sharing with OBS)",
-                          "pip install syphon-python (OBS has a built-in Syphon Client source)")]
-        return [Check("Syphon", OK, f"syphon-python {_version('syphon-python') or ''}".strip())]
-    return [Check("Spout/Syphon", OK, "not used on this platform (Windows/macOS only); the UDP stream and "
-                  "v4l2loopback feed OBS here")]
+def check_low_latency_outputs() -> list[Check]:
+    """Spout (Windows), Syphon (macOS) and NDI: engine.io.availability, the answer the app shows on its toggles."""
+    from sdv2_studio.engine.io.availability import LABELS, PLATFORMS, low_latency_outputs
+
+    checks, elsewhere = [], []
+    for kind, a in low_latency_outputs(sys.platform).items():
+        if PLATFORMS.get(kind, sys.platform) != sys.platform:
+            elsewhere.append(LABELS[kind])
+        else:
+            checks.append(Check(LABELS[kind], OK if a.ok else WARN, a.detail, a.fix))
+    if elsewhere:
+        checks.append(Check("/".join(elsewhere), OK, "not used on this platform; NDI, the OBS plugin and the UDP "
+                            "stream feed OBS here"))
+    return checks
 
 
 def check_gui() -> list[Check]:
@@ -261,7 +262,7 @@ def check_gui() -> list[Check]:
 
 
 CHECKS: tuple[Callable[[], list[Check]], ...] = (check_torch, check_models, check_memory, check_video,
-                                                 check_virtual_camera, check_texture_sharing, check_gui)
+                                                 check_virtual_camera, check_low_latency_outputs, check_gui)
 
 
 def run_checks(checks=None) -> list[Check]:

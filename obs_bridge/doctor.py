@@ -1,4 +1,5 @@
-"""The OBS check of `sdv2 doctor`, registered as an extension (entry point group `sdv2_studio.doctor`)."""
+"""The OBS checks of `sdv2 doctor` (OBS reachable; the native plugin installed), registered as extensions (entry
+point group `sdv2_studio.doctor`)."""
 
 from __future__ import annotations
 
@@ -50,3 +51,12 @@ def check_obs(timeout: float = 2.0) -> list[Check]:
         return [Check("OBS", FAIL, f"{host}:{port} answers but the bridge cannot use it: {e}", hint)]
     except Exception as e:  # any client failure is a finding, not a crash
         return [Check("OBS", FAIL, f"{host}:{port}: {type(e).__name__}: {e}", hint)]
+
+
+def check_plugin() -> list[Check]:
+    """The native OBS plugin: installed, or how to install it (obs_bridge.native_plugin.plugin_status, what the
+    app's pickers show)."""
+    from sdv2_studio.obs_bridge.native_plugin import plugin_status
+
+    status = plugin_status()
+    return [Check("OBS plugin", OK if status.ok else WARN, status.detail, status.fix)]

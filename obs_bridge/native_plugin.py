@@ -1,6 +1,8 @@
 """Build and install the native OBS plugin (``obs_bridge/plugin/``) into OBS's per-user plugin folder.
 
     path = install_plugin()        # Linux: cmake + libobs-dev -> ~/.config/obs-studio/plugins/streamdiffusionv2/
+    plugin_status()                # is it installed? (Availability: ok, detail, fix)
+    attach_plugin_source(client, "Live", "main")   # the plugin's source, showing channel "main", in a scene
 
 The plugin registers the ``streamdiffusionv2_source`` input and the ``streamdiffusionv2_filter`` filter; they exchange
 frames with the engine through shared memory (``plugin/PROTOCOL.md``; the engine side is ``engine.io.shm``). macOS
@@ -19,8 +21,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sdv2_studio.engine.errors import EngineError
+from sdv2_studio.engine.io.availability import Availability
 
 PLUGIN = "streamdiffusionv2"
+SOURCE_KIND, FILTER_KIND = "streamdiffusionv2_source", "streamdiffusionv2_filter"
+INSTALL_HINT = "run `sdv2 obs install-plugin`, then restart OBS"
 APT = "sudo apt install cmake build-essential pkg-config libobs-dev"
 LIBOBS_HEADER = Path("/usr/include/obs/obs-module.h")  # where libobs-dev puts it
 
@@ -104,3 +109,26 @@ def install_plugin(prefix: Path | None = None, *, build_dir: Path | None = None,
     if not module.is_file():
         raise EngineError(f"the build finished but {module} is missing; report this with the log of a --build-dir run")
     return module
+
+
+def plugin_status(prefix: Path | None = None) -> Availability:
+    """Whether the plugin is installed for OBS under ``prefix`` (default :func:`user_plugin_dir`; Linux), and if not,
+    how to install it. Elsewhere the build is by hand, so it cannot tell (``ok`` None)."""
+    if not sys.platform.startswith("linux"):
+        return Availability(None, "the OBS plugin is built by hand on this system",
+                            f"see {plugin_source() / 'README.md'}")
+    module = installed_module(Path(prefix or user_plugin_dir()).expanduser())
+    if module.is_file():
+        return Availability(True, f"the StreamDiffusionV2 OBS plugin is installed ({module})")
+    return Availability(False, "the StreamDiffusionV2 OBS plugin is not installed", INSTALL_HINT)
+
+
+def attach_plugin_source(client, scene: str, channel: str, name: str | None = None):
+    """Show the plugin's source (kind ``streamdiffusionv2_source``) reading ``channel`` as input ``name`` (default
+    the styled source's name) in ``scene``, created or updated like the media source (obs_bridge.output.ensure_input:
+    a same-named input of another kind is replaced). ObsCapabilityError when this OBS has not loaded the plugin."""
+    from sdv2_studio.engine.io.shm import check_channel
+    from sdv2_studio.obs_bridge.output import INPUT_NAME, ensure_input
+
+    kind = client.connect().require_kind(f"StreamDiffusionV2 plugin source ({INSTALL_HINT})", SOURCE_KIND)
+    return ensure_input(client, scene, name or INPUT_NAME, kind, {"channel": check_channel(channel)})

@@ -11,6 +11,12 @@ file and hides the source itself). When its process is gone (a crash), or it sta
 a row (a hang), the styled source is hidden in every scene, so no frozen frame stays on air; if it answers again
 while streaming, the source is shown again where the watchdog hid it.
 
+Audio mixer: the styled source carries no sound, but OBS shows a (silent) mixer strip for every media source. The
+script sets the source's private setting ``mixer_hidden`` (what OBS's own "Hide" in the mixer sets; obs-websocket has
+no request for it) the moment OBS creates a source of that name, and on every watchdog tick for one that existed
+before the script loaded, and refreshes the mixer so its strip goes at once. OBS saves the setting with the scene
+collection. The plugin's source has no audio at all, so it never gets a strip.
+
 Everything OBS-specific goes through :class:`ObsPythonApi`, a thin layer over ``obspython``; the logic
 (:class:`ScriptLogic`) is plain Python and is tested with a stand-in layer and a real control API server.
 """
@@ -38,6 +44,7 @@ except ImportError:  # inside OBS's own Python: expose just this folder as the p
 
 HOTKEY_PREFIX = "sdv2.preset."
 STYLED_SOURCE = "StreamDiffusionV2"  # the styled source's name (obs_bridge.output.INPUT_NAME)
+MIXER_HIDDEN = "mixer_hidden"  # the private source setting OBS's audio mixer skips a source by
 WATCH_SECONDS, WATCH_MISSES = 2, 3  # a loaded machine may stall a second: only ~6 s of silence counts
 KNOWN_PRESETS_KEY = "sdv2_known_presets"
 PRESET_LABELS_KEY = "sdv2_preset_labels"  # preset id -> display name, as the app last reported them
@@ -411,6 +418,30 @@ class ObsPythonApi:
     def hide_source(self, name: str) -> list[str]:
         return self._set_visible(name, False)
 
+    def hide_from_mixer(self, source) -> bool:
+        """Keep ``source`` (an obs_source_t*) out of OBS's audio mixer; True when it was in it."""
+        obs = self.obs
+        private = obs.obs_source_get_private_settings(source)
+        try:
+            if obs.obs_data_get_bool(private, MIXER_HIDDEN):
+                return False
+            obs.obs_data_set_bool(private, MIXER_HIDDEN, True)
+        finally:
+            obs.obs_data_release(private)
+        if obs.obs_source_audio_active(source):  # the mixer shows it already: off and on makes OBS drop its strip
+            obs.obs_source_set_audio_active(source, False)
+            obs.obs_source_set_audio_active(source, True)
+        return True
+
+    def hide_named_from_mixer(self, name: str) -> bool:
+        source = self.obs.obs_get_source_by_name(name)
+        if source is None:
+            return False
+        try:
+            return self.hide_from_mixer(source)
+        finally:
+            self.obs.obs_source_release(source)
+
     def show_source(self, name: str, scenes: list[str]) -> None:
         self._set_visible(name, True, scenes)
 
@@ -438,6 +469,17 @@ def script_defaults(settings: Settings) -> None:
 def _watch() -> None:
     if _logic is not None:
         _logic.watch()
+        ObsPythonApi().hide_named_from_mixer(STYLED_SOURCE)  # one that existed before the script loaded
+
+
+def _source_created(calldata) -> None:
+    """OBS made a source (on the creating thread, before any scene shows it): the styled one never reaches the
+    mixer."""
+    import obspython
+
+    source = obspython.calldata_source(calldata, "source")
+    if source is not None and obspython.obs_source_get_name(source) == STYLED_SOURCE:
+        ObsPythonApi().hide_from_mixer(source)
 
 
 def script_load(settings: Settings) -> None:
@@ -445,6 +487,7 @@ def script_load(settings: Settings) -> None:
     import obspython
 
     obspython.timer_add(_watch, WATCH_SECONDS * 1000)
+    obspython.signal_handler_connect(obspython.obs_get_signal_handler(), "source_create", _source_created)
 
 
 def script_update(settings: Settings) -> None:
@@ -466,6 +509,7 @@ def script_unload() -> None:
     import obspython
 
     obspython.timer_remove(_watch)
+    obspython.signal_handler_disconnect(obspython.obs_get_signal_handler(), "source_create", _source_created)
     if _logic is not None:
         _logic.unload()
         _logic = None

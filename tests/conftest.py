@@ -14,6 +14,10 @@ THREADS = int(os.environ.get("SDV2_TEST_THREADS", "1"))
 os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(THREADS)
 torch.set_num_threads(THREADS)
 
+# NDI (tests/test_ndi.py, and the `sdv2` processes tests start) finds and sends on loopback only, never on the
+# machine's network: the NDI runtime reads this folder's ndi-config.v1.json when it first starts.
+os.environ["NDI_CONFIG_DIR"] = os.path.join(os.path.dirname(__file__), "ndi")
+
 
 @pytest.fixture(autouse=True)
 def _isolated_user_dirs(tmp_path_factory, monkeypatch):

@@ -60,3 +60,19 @@ def test_screenshot_of_the_running_app(xvfb):
     # the styled preview (right half of the preview row) shows frames, not the empty placeholder
     colours = {img.pixel(x, y) for x in range(560, 1000, 7) for y in range(200, 420, 7)}
     assert len(colours) > 20  # the placeholder is one flat colour and a line of text; the tiny model's frames are noise
+
+
+def test_screenshot_of_the_output_tab(xvfb):
+    """The Output tab (OBS transport with the plugin's state, NDI / Spout / Syphon availability) and the header with
+    its output switches, at the window's own size: the NDI switch does not push the window wider."""
+    from PySide6.QtGui import QImage
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    out = ARTIFACTS / "output_tab.png"
+    out.unlink(missing_ok=True)
+    env = {**os.environ, "DISPLAY": xvfb, "QT_QPA_PLATFORM": "xcb"}
+    run = subprocess.run([sys.executable, "-m", "sdv2_studio.app.main", "--screenshot", str(out), "--seconds", "2",
+                          "--tab", "output"], env=env, capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stderr[-2000:]
+    img = QImage(str(out))
+    assert (img.width(), img.height()) == (1440, 900)

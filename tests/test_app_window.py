@@ -71,6 +71,7 @@ class FakeObs:
     def __init__(self):
         self.frames: list = []
         self.saved = None
+        self.plugin_channels: list = []  # per opened output: the plugin channel (None: the media source)
 
     def address(self):
         return ("127.0.0.1", 4455) if self.saved is None else self.saved[:2]
@@ -100,7 +101,8 @@ class FakeObs:
     def open_source(self, name, size, fps, fit="crop"):
         return TestPatternSource((72, 128), fps=fps, realtime=True)
 
-    def open_output(self, size, fps, scene="", capture=None, fallback=None):
+    def open_output(self, size, fps, scene="", capture=None, fallback=None, plugin_channel=None):
+        self.plugin_channels.append(plugin_channel)
         return CallbackSink(lambda frame, pts: self.frames.append(("obs", frame.shape)))
 
 
@@ -109,8 +111,8 @@ def bundle():
     return tiny_bundle()
 
 
-def make_window(qtbot, tmp_path, bundle, obs=None, models=None, control=True, vcam_probe=None,
-                **overrides) -> MainWindow:
+def make_window(qtbot, tmp_path, bundle, obs=None, models=None, control=True, vcam_probe=None, outputs_probe=None,
+                plugin_probe=None, **overrides) -> MainWindow:
     apply_theme(QApplication.instance())
     fields = dict(model="tiny", device="cpu", width=64, height=64, target_fps=16, first_run_done=True,
                   record_dir=str(tmp_path / "recordings"), latency_budget_ms=5000)
@@ -120,7 +122,9 @@ def make_window(qtbot, tmp_path, bundle, obs=None, models=None, control=True, vc
     w = MainWindow(settings=Settings(**fields), store=SettingsStore(tmp_path / "settings.json"),
                    library=PresetLibrary(shipped_presets_dir(), tmp_path / "user-presets"), controller=controller,
                    models=models or FakeModels(), obs=obs, first_run=False, input_size=(72, 128), control=control,
-                   vcam_probe=vcam_probe or (lambda: Availability(None, "not probed in tests")))
+                   vcam_probe=vcam_probe or (lambda: Availability(None, "not probed in tests")),
+                   outputs_probe=outputs_probe or (lambda: {}),
+                   plugin_probe=plugin_probe or (lambda: Availability(None, "not probed in tests")))
     qtbot.addWidget(w)
     w.show()
     return w

@@ -56,6 +56,20 @@ def test_models_missing_is_a_warning_naming_the_download_command():
     assert disk.name == "disk space"
 
 
+def test_obs_plugin_check_says_how_to_install_it(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    [c] = obs_doctor.check_plugin()
+    if sys.platform.startswith("linux"):
+        assert c.status == WARN and c.fix == "run `sdv2 obs install-plugin`, then restart OBS"
+        module = tmp_path / "obs-studio" / "plugins" / "streamdiffusionv2" / "bin" / "64bit" / "streamdiffusionv2.so"
+        module.parent.mkdir(parents=True)
+        module.write_bytes(b"\x7fELF")
+        [c] = obs_doctor.check_plugin()
+        assert c.status == OK and str(module) in c.detail
+    names = [c.name for c in doctor.run_checks()]  # registered as an extension of `sdv2 doctor`
+    assert "OBS plugin" in names and "NDI" in names
+
+
 def test_obs_unreachable_plain_tcp_and_broken_bridge(monkeypatch):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -161,12 +175,17 @@ def test_gui_check_flags_the_broken_pyside_release(monkeypatch):
     assert c.status == WARN and "[gui]" in c.fix
 
 
-def test_texture_sharing_per_platform(monkeypatch):
-    for plat, name in (("win32", "Spout"), ("darwin", "Syphon"), ("linux", "Spout/Syphon")):
+def test_low_latency_outputs_per_platform(monkeypatch):
+    monkeypatch.setattr(doctor.importlib.util, "find_spec", lambda mod: None)  # nothing installed
+    for plat, name, elsewhere in (("win32", "Spout", "Syphon"), ("darwin", "Syphon", "Spout"),
+                                  ("linux", None, "Spout/Syphon")):
         monkeypatch.setattr(doctor.sys, "platform", plat)
-        monkeypatch.setattr(doctor.importlib.util, "find_spec", lambda mod: None)
-        [c] = doctor.check_texture_sharing()
-        assert c.name == name and (c.status == OK or "pip install" in c.fix)
+        checks = {c.name: c for c in doctor.check_low_latency_outputs()}
+        assert set(checks) == {"NDI", elsewhere} | ({name} if name else set())
+        assert checks["NDI"].status == WARN and checks["NDI"].fix == "pip install 'streamdiffusion-studio[ndi]'"
+        assert checks[elsewhere].status == OK and "not used on this platform" in checks[elsewhere].detail
+        if name:
+            assert checks[name].status == WARN and checks[name].fix.startswith("pip install")
 
 
 def test_a_crashing_check_is_reported_and_the_rest_run():

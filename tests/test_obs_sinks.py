@@ -159,9 +159,13 @@ def test_mpegts_over_udp_decodes_to_our_frames_without_b_frames():
 
 def test_texture_sharing_outputs_are_refused_clearly_where_unavailable(monkeypatch):
     from sdv2_studio.engine.io import texshare
+    from sdv2_studio.engine.io.availability import low_latency_outputs
 
     if sys.platform.startswith("linux"):
-        assert texshare.texshare_available() == []
+        found = low_latency_outputs()
+        assert not found["spout"].ok and found["spout"].describe() == ("Spout exists on Windows only: use NDI or "
+                                                                        "the OBS plugin here")
+        assert not found["syphon"].ok and "macOS only" in found["syphon"].detail
         with pytest.raises(EngineError, match="Spout output exists on Windows only"):
             texshare.open_texshare_sink("spout", fps=30)
         with pytest.raises(EngineError, match="Syphon output exists on macOS only"):
@@ -170,6 +174,8 @@ def test_texture_sharing_outputs_are_refused_clearly_where_unavailable(monkeypat
         texshare.open_texshare_sink("ndi", fps=30)
     monkeypatch.setattr(sys, "platform", "win32")
     monkeypatch.setitem(sys.modules, "SpoutGL", None)  # not installed
+    spout = low_latency_outputs()["spout"]
+    assert not spout.ok and spout.fix.startswith("pip install SpoutGL")
     with pytest.raises(EngineError, match="pip install SpoutGL"):
         texshare.SpoutSink()
 

@@ -19,7 +19,8 @@ from sdv2_studio.engine.errors import EngineError
 from sdv2_studio.engine.io.frames import check_frame, even_size, fit_frame
 from sdv2_studio.engine.io.protocols import Frame, FrameSink
 
-__all__ = ["CallbackSink", "FrameSink", "MP4Sink", "SinkOpener", "default_codec", "open_sink", "register_sink"]
+__all__ = ["CallbackSink", "FrameSink", "MP4Sink", "SinkOpener", "check_sink", "default_codec", "is_file_spec",
+           "open_sink", "register_sink"]
 
 #: Encoder time base: fine enough for any frame rate, within mpeg4's 65535 limit on the denominator.
 TIME_BASE = Fraction(1, 60000)
@@ -210,24 +211,55 @@ class CallbackSink(FrameSink):
 #: Opens a sink for ``spec`` at ``fps`` with an optional fixed ``size=(h, w)``.
 SinkOpener = Callable[..., FrameSink]
 _OPENERS: list[tuple[str, SinkOpener]] = []
+_CHECKS: dict[str, Callable[[str], None]] = {}
 
 
-def register_sink(prefix: str, opener: SinkOpener) -> None:
+def register_sink(prefix: str, opener: SinkOpener, check: Callable[[str], None] | None = None) -> None:
     """Make ``open_sink`` send specs starting with ``prefix`` (e.g. ``"udp://"``, ``"vcam"``) to
     ``opener(spec, fps=..., size=...)``. A prefix that ends in a letter or digit (``vcam``, ``obs-source``) matches
     the word itself and the word followed by ``:`` or ``/`` (so ``vcam.mp4`` stays a file). Registering a prefix
-    again replaces its opener."""
-    _OPENERS[:] = [(p, o) for p, o in _OPENERS if p != prefix.lower()]
-    _OPENERS.append((prefix.lower(), opener))
+    again replaces its opener. ``check(spec)`` (optional) raises EngineError, before any model loads, when such an
+    output cannot open here (:func:`check_sink`)."""
+    prefix = prefix.lower()
+    _OPENERS[:] = [(p, o) for p, o in _OPENERS if p != prefix]
+    _OPENERS.append((prefix, opener))
+    _CHECKS.pop(prefix, None)
+    if check is not None:
+        _CHECKS[prefix] = check
+
+
+def _prefix(spec: str) -> str | None:
+    low = spec.strip().lower()
+    for prefix, _ in _OPENERS:
+        if low.startswith(prefix) and (not prefix[-1].isalnum() or low[len(prefix):len(prefix) + 1] in ("", ":", "/")):
+            return prefix
+    return None
+
+
+def _opener(spec: str) -> SinkOpener | None:
+    prefix = _prefix(spec)
+    return dict(_OPENERS)[prefix] if prefix is not None else None
+
+
+def check_sink(spec: str) -> None:
+    """EngineError (one line naming the fix) when output ``spec`` cannot open on this machine, as far as can be told
+    without opening it (e.g. a missing optional package)."""
+    check = _CHECKS.get(_prefix(spec) or "")
+    if check is not None:
+        check(spec.strip())
+
+
+def is_file_spec(spec: str) -> bool:
+    """Whether ``open_sink(spec)`` writes a file (no registered output and no URL)."""
+    return _opener(spec) is None and "://" not in spec
 
 
 def open_sink(spec: str, *, fps: float, size: tuple[int, int] | None = None) -> FrameSink:
     """Open the output a user typed: a ``.mp4`` path, or anything registered with :func:`register_sink`."""
     spec = spec.strip()
-    low = spec.lower()
-    for prefix, opener in _OPENERS:
-        if low.startswith(prefix) and (not prefix[-1].isalnum() or low[len(prefix):len(prefix) + 1] in ("", ":", "/")):
-            return opener(spec, fps=fps, size=size)
+    opener = _opener(spec)
+    if opener is not None:
+        return opener(spec, fps=fps, size=size)
     if spec.lower().endswith(".mp4") and "://" not in spec:
         return MP4Sink(spec, fps, size)
     kinds = ", ".join(["a .mp4 file path", *(f"{p}..." for p, _ in _OPENERS)])
@@ -248,6 +280,8 @@ def _lazy(module: str, name: str) -> SinkOpener:
 register_sink("udp://", _lazy("sdv2_studio.engine.io.mpegts", "open_mpegts_sink"))
 register_sink("srt://", _lazy("sdv2_studio.engine.io.mpegts", "open_mpegts_sink"))
 register_sink("vcam", _lazy("sdv2_studio.engine.io.vcam", "open_vcam_sink"))
-register_sink("spout:", _lazy("sdv2_studio.engine.io.texshare", "open_texshare_sink"))
-register_sink("syphon:", _lazy("sdv2_studio.engine.io.texshare", "open_texshare_sink"))
+register_sink("spout", _lazy("sdv2_studio.engine.io.texshare", "open_texshare_sink"))
+register_sink("syphon", _lazy("sdv2_studio.engine.io.texshare", "open_texshare_sink"))
+register_sink("ndi", _lazy("sdv2_studio.engine.io.ndi", "open_ndi_sink"),
+              check=_lazy("sdv2_studio.engine.io.ndi", "check_ndi_spec"))
 register_sink("obs-source", _lazy("sdv2_studio.engine.io.shm", "open_shm_sink"))

@@ -1,9 +1,9 @@
 """GPU texture-sharing outputs: Spout (Windows, ``SpoutGL``) and Syphon (macOS, ``syphon-python``).
 
-Offered only where their packages import; both are optional and installed by the user (``pip install SpoutGL``
-/ ``pip install syphon-python``). OBS receives Spout with the obs-spout2 plugin ("Spout2 Capture") and Syphon
-with its built-in "Syphon Client" source. Frames are uploaded from the CPU (RGBA), so the benefit over the
-MPEG-TS stream is latency and quality, not GPU memory traffic.
+Offered only where their packages are installed (engine/io/availability.py says which); both are optional and
+installed by the user (``pip install SpoutGL`` / ``pip install syphon-python``). OBS receives Spout with the
+obs-spout2 plugin ("Spout2 Capture") and Syphon with its built-in "Syphon Client" source. Frames are uploaded from
+the CPU (RGBA), so the benefit over the MPEG-TS stream is latency and quality, not GPU memory traffic.
 
 UNVERIFIED: written against the packages' published examples (SpoutGL ``SpoutSender.sendImage``; syphon-python
 ``SyphonMetalServer.publish_frame_texture``); no Windows or macOS machine was available to run them.
@@ -14,43 +14,16 @@ Specs: ``spout`` / ``spout:NAME`` and ``syphon`` / ``syphon:NAME`` (default name
 from __future__ import annotations
 
 import importlib
-import sys
-from typing import NamedTuple
 
 import numpy as np
 from sdv2_studio.engine.errors import EngineError
+from sdv2_studio.engine.io.availability import TEXSHARE_MODULES, texshare_availability
 from sdv2_studio.engine.io.frames import check_frame, fit_frame
 from sdv2_studio.engine.io.protocols import Frame, FrameSink
 
-__all__ = ["SpoutSink", "SyphonSink", "open_texshare_sink", "texshare_available"]
+__all__ = ["SpoutSink", "SyphonSink", "open_texshare_sink"]
 
 DEFAULT_NAME = "StreamDiffusionV2"
-
-
-class _Needs(NamedTuple):
-    platform: str  # sys.platform
-    os_name: str
-    module: str  # what its package installs
-    package: str  # what to install, and how
-
-
-_NEEDS = {
-    "spout": _Needs("win32", "Windows", "SpoutGL", "SpoutGL: pip install SpoutGL (and the obs-spout2 plugin in OBS)"),
-    "syphon": _Needs("darwin", "macOS", "syphon", "syphon-python: pip install syphon-python"),
-}
-
-
-def texshare_available() -> list[str]:
-    """Which of ``spout``/``syphon`` this machine can offer (platform and package present)."""
-    found = []
-    for kind, needs in _NEEDS.items():
-        if sys.platform == needs.platform:
-            try:
-                importlib.import_module(needs.module)
-                found.append(kind)
-            except ImportError:
-                pass
-    return found
 
 
 def _rgba(frame: Frame, size: tuple[int, int] | None) -> np.ndarray:
@@ -69,14 +42,13 @@ class _TextureSink(FrameSink):
     kind = ""  # "spout" or "syphon"
 
     def __init__(self, name: str, size: tuple[int, int] | None) -> None:
-        needs = _NEEDS[self.kind]
-        if sys.platform != needs.platform:
-            raise EngineError(f"{self.kind.title()} output exists on {needs.os_name} only; use the udp stream output "
-                              "here")
+        available = texshare_availability(self.kind)
+        if not available.ok:
+            raise EngineError(available.describe())
         try:
-            self._package = importlib.import_module(needs.module)
-        except ImportError:
-            raise EngineError(f"{self.kind.title()} output needs {needs.package}") from None
+            self._package = importlib.import_module(TEXSHARE_MODULES[self.kind])
+        except ImportError as e:
+            raise EngineError(f"{available.detail}, but it does not import ({e})") from None
         self.name, self.size = name, size
         self._closed = False
 
