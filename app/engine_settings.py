@@ -111,6 +111,10 @@ class EngineSettingsPanel(QWidget):
         self.text_gpu = QCheckBox(f"Text encoder on GPU (+{UMT5_GB} GB)")
         self.text_gpu.setToolTip(f"Run umT5 on the GPU: new prompts encode faster, but it needs about {UMT5_GB} GB "
                                  "more VRAM")
+        self.compile = QCheckBox("Compile the hot path (faster on a GPU; the first Start compiles for minutes)")
+        self.compile.setToolTip("torch.compile the model's steady chunk and the VAE decode at Start, before the first "
+                                "frame (CUDA graphs on a GPU). Compiled once per resolution and steps, then loaded "
+                                "from disk in seconds. One GPU only; on a CPU it rarely helps")
         self.fps = QSpinBox()
         self.fps.setRange(1, 60)
         self.fps.setSuffix(" fps")
@@ -161,6 +165,7 @@ class EngineSettingsPanel(QWidget):
         lay.addLayout(form)
         lay.addWidget(self.batch)
         lay.addWidget(self.text_gpu)
+        lay.addWidget(self.compile)
         lay.addSpacing(6)
         lay.addWidget(_section("MEMORY ESTIMATE"))
         lay.addWidget(self.estimate)
@@ -175,6 +180,7 @@ class EngineSettingsPanel(QWidget):
         self.framing.activated.connect(lambda: self._emit(fit=self.framing.currentData()))
         self.batch.toggled.connect(lambda on: self._emit(batch=bool(on)))
         self.text_gpu.toggled.connect(lambda on: self._emit(text_on_gpu=bool(on)))
+        self.compile.toggled.connect(lambda on: self._emit(compile=bool(on)))
         self.fps.valueChanged.connect(lambda v: self._emit(target_fps=float(v)))
         self.budget.valueChanged.connect(lambda v: self._emit(latency_budget_ms=int(v)))
         self.download.clicked.connect(self.downloadRequested.emit)
@@ -212,6 +218,7 @@ class EngineSettingsPanel(QWidget):
             self._select(self.framing, s.fit)
             self.batch.setChecked(s.batch)
             self.text_gpu.setChecked(s.text_on_gpu)
+            self.compile.setChecked(s.compile)
             self.fps.setValue(round(s.target_fps))
             self.budget.setValue(s.latency_budget_ms)
         finally:

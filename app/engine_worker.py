@@ -223,7 +223,11 @@ class EngineWorker(QObject):
         """Stream with `controls` from the engine's next chunk. Idle there is no engine: a start request carries
         the controls to start with."""
         if self.engine is not None:
-            self.controlsApplied.emit(self.engine.set_controls(controls))
+            try:
+                self.controlsApplied.emit(self.engine.set_controls(controls))
+            except EngineError as e:  # e.g. a preset naming a LoRA that is missing: refused, the stream keeps its style
+                self.errorRaised.emit(f"not applied: {e}")
+                self.controlsApplied.emit(self.engine.controls)
 
     @Slot(object)
     def set_outputs(self, outputs: Outputs) -> None:

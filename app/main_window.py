@@ -440,6 +440,8 @@ class MainWindow(QMainWindow):
         extra = {}
         if s.gpus > 1 and "ranks" in fields:
             extra["ranks"] = s.gpus
+        elif s.compile:  # the engine compiles on one device only
+            extra["compile"] = True
         if "target_fps" in fields:
             extra["target_fps"] = s.target_fps
         cfg = EngineConfig(model=s.model, device=s.device, dtype=s.dtype, size=(s.height, s.width), fit=s.fit,

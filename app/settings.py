@@ -40,6 +40,7 @@ class Settings:
     target_fps: float = 16.0
     latency_budget_ms: int = 1000
     text_on_gpu: bool = False
+    compile: bool = False  # torch.compile the hot path at Start (engine/compiled.py; one device only)
     # model files picked in the Engine tab ("": the model folder's / base folder's own); checked by EngineConfig
     vae: str = ""
     text_encoder: str = ""

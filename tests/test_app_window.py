@@ -483,3 +483,24 @@ def test_model_loading_shows_progress_never_blocks_the_ui_and_can_be_cancelled(q
     start(qtbot, w)
     stop(qtbot, w)
     w.close()
+
+
+def test_the_compile_switch_reaches_the_engine_and_a_preset_with_a_missing_lora_is_refused_in_the_banner(
+        qtbot, tmp_path, bundle):
+    w = make_window(qtbot, tmp_path, bundle)
+    try:
+        w.engine_panel.compile.setChecked(True)
+        assert w.settings.compile and w.request().config.compile
+        w._on_settings_changed({"gpus": 2})
+        assert not w.request().config.compile  # the engine compiles on one device only: pipeline ranks run eager
+        w._on_settings_changed({"gpus": 1})
+        w.engine_panel.compile.setChecked(False)
+        start(qtbot, w)
+        before = w.controller.engine.controls
+        w.controller.set_controls(dataclasses.replace(before, loras=((str(tmp_path / "gone.safetensors"), 1.0),)))
+        qtbot.waitUntil(lambda: w.banner.isVisible() and "not applied" in w.banner.text.text().lower(), timeout=30_000)
+        assert "gone.safetensors" in w.banner.text.text()
+        assert w.controller.state == RUNNING and w.controller.engine.controls.loras == ()  # the stream keeps its style
+        stop(qtbot, w)
+    finally:
+        w.close()

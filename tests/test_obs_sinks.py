@@ -166,9 +166,9 @@ def test_texture_sharing_outputs_are_refused_clearly_where_unavailable(monkeypat
         assert not found["spout"].ok and found["spout"].describe() == ("Spout exists on Windows only: use NDI or "
                                                                         "the OBS plugin here")
         assert not found["syphon"].ok and "macOS only" in found["syphon"].detail
-        with pytest.raises(EngineError, match="Spout output exists on Windows only"):
+        with pytest.raises(EngineError, match="Spout exists on Windows only"):
             texshare.open_texshare_sink("spout", fps=30)
-        with pytest.raises(EngineError, match="Syphon output exists on macOS only"):
+        with pytest.raises(EngineError, match="Syphon exists on macOS only"):
             texshare.open_texshare_sink("syphon:Mine", fps=30)
     with pytest.raises(EngineError, match="use spout"):
         texshare.open_texshare_sink("ndi", fps=30)

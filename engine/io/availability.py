@@ -44,9 +44,19 @@ def _version(dist: str) -> str:
         return "?"
 
 
+def _installed(module: str) -> bool:
+    """Importable, found without importing it."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ValueError:  # in sys.modules without a spec (a module set up by hand): imported already
+        return sys.modules.get(module) is not None
+    except ImportError:
+        return False
+
+
 def ndi_availability() -> Availability:
     """NDI: cyndilib installed and its bundled runtime loads (the import loads it)."""
-    if importlib.util.find_spec("cyndilib") is None:
+    if not _installed("cyndilib"):
         return Availability(False, "NDI output needs cyndilib (its wheel brings the NDI runtime)", NDI_INSTALL)
     try:
         import cyndilib  # noqa: F401  (loads the NDI runtime library)
@@ -63,7 +73,7 @@ def texshare_availability(kind: str, platform: str | None = None) -> Availabilit
     if platform != PLATFORMS[kind]:
         where = {"win32": "Windows", "darwin": "macOS"}[PLATFORMS[kind]]
         return Availability(False, f"{label} exists on {where} only", "use NDI or the OBS plugin here")
-    if importlib.util.find_spec(module) is None:
+    if not _installed(module):
         return Availability(False, f"{label} output needs {dist}", fix)
     return Availability(True, f"{label} via {dist} {_version(dist)}")
 
