@@ -112,9 +112,9 @@ class EngineSettingsPanel(QWidget):
         self.text_gpu.setToolTip(f"Run umT5 on the GPU: new prompts encode faster, but it needs about {UMT5_GB} GB "
                                  "more VRAM")
         self.compile = QCheckBox("Compile the hot path (faster on a GPU; the first Start compiles for minutes)")
-        self.compile.setToolTip("torch.compile the model's steady chunk and the VAE decode at Start, before the first "
-                                "frame (CUDA graphs on a GPU). Compiled once per resolution and steps, then loaded "
-                                "from disk in seconds. One GPU only; on a CPU it rarely helps")
+        self.compile.setToolTip("torch.compile the model's steady chunk (and on a GPU the VAE decode) at Start, "
+                                "before the first frame (CUDA graphs on a GPU). Compiled once per resolution and "
+                                "steps, then loaded from disk in seconds. One GPU only; on a CPU it rarely helps")
         self.fps = QSpinBox()
         self.fps.setRange(1, 60)
         self.fps.setSuffix(" fps")

@@ -225,8 +225,9 @@ class Engine:
             try:
                 compile_model(bundle.dit, device)
                 warm_up(bundle.dit, self.pipeline.cache, cfg.cache.chunk_frames, self.pipeline.latent_hw, dtype)
-                compile_decoder(self.pipeline.decoder, device,
-                                (1, bundle.dit.cfg.out_dim, cfg.cache.chunk_frames, *self.pipeline.latent_hw))
+                if device.type == "cuda":  # on a CPU Inductor's convolutions lose to the eager oneDNN path
+                    compile_decoder(self.pipeline.decoder, device,
+                                    (1, bundle.dit.cfg.out_dim, cfg.cache.chunk_frames, *self.pipeline.latent_hw))
             except BaseException:  # the bundle may be shared: leave it eager as it came
                 bundle.dit.compiled_step = self.pipeline.decoder.compiled_step = None
                 raise

@@ -102,8 +102,8 @@ def test_run_compile_through_the_cli(tmp_path):
         assert cli.main(argv + flag) == 0
         with av.open(str(out)) as f:
             outs[len(flag)] = np.stack([fr.to_ndarray(format="rgb24") for fr in f.decode(video=0)])
-        if flag:  # the engine compiled before streaming (DiT step, VAE pass); the stream compiled nothing more
-            assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2
+        if flag:  # the engine compiled before streaming (the DiT step; the VAE pass on CUDA only), nothing more
+            assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
     eager, compiled = outs[0].astype(int), outs[1].astype(int)
     assert eager.shape == compiled.shape and len(eager) == 41
     assert np.abs(eager - compiled).mean() < 1.0  # the same video up to a few codec steps
