@@ -24,7 +24,7 @@ from sdv2_studio.engine.cli import load_bench, main
 from sdv2_studio.engine.errors import EngineError
 from sdv2_studio.engine.io import shm
 from sdv2_studio.engine.io.pattern import TestPatternSource, read_counter
-from sdv2_studio.engine.io.shm import ShmFrameReader, ShmFrameSink, open_shm_source, segment_name
+from sdv2_studio.engine.io.shm import ALIVE_NS, ShmFrameReader, ShmFrameSink, open_shm_source, segment_name
 from sdv2_studio.obs_bridge import native_plugin
 from sdv2_studio.obs_bridge.client import ObsClient
 from sdv2_studio.obs_bridge.headless import HeadlessObs, free_tcp_port, obs_binary
@@ -191,7 +191,7 @@ def test_engine_frames_show_in_the_source_and_the_card_replaces_them_when_the_en
         engine.wait()
     assert t_crash is not None, "the source kept showing a dead engine's frame"
     print(f"\n'not running' card {t_card * 1e3:.0f} ms after the engine closed, {t_crash * 1e3:.0f} ms after it "
-          "was killed (heartbeat timeout 1 s)")
+          f"was killed (heartbeat timeout {ALIVE_NS / 1e9:g} s)")
 
     with ShmFrameSink(segment_name(channel, "sty"), fps=30) as back:  # the engine comes back
         back.write(pattern.frame(9))
@@ -395,7 +395,8 @@ def test_killing_the_real_engine_shows_the_card_and_a_new_engine_is_shown_again(
         engine.kill()
         engine.communicate()
     assert t_card is not None, "the source kept showing the killed engine's last frame"
-    print(f"\n'not running' card {t_card * 1e3:.0f} ms after `sdv2 run` was killed (heartbeat timeout 1 s)")
+    print(f"\n'not running' card {t_card * 1e3:.0f} ms after `sdv2 run` was killed "
+          f"(heartbeat timeout {ALIVE_NS / 1e9:g} s)")
     again = run_engine(*out)  # the name the killed engine left behind is taken over
     try:
         assert wait_for(shows_engine, 300) is not None, "the restarted engine's frames never showed"

@@ -55,7 +55,7 @@ CLOSED, RETIRED = 1, 2
 MAX_SIDE = 16384
 SLOTS = 3
 DEFAULT_CHANNEL = "main"
-ALIVE_NS = 1_000_000_000  # a writer whose heartbeat is older than this is gone
+ALIVE_NS = 500_000_000  # a writer whose heartbeat is older than this (5 missed beats) is gone
 HEARTBEAT = 0.1  # seconds between a writer's heartbeats
 REOPEN = 0.25  # seconds between a reader's attempts to find a (new) writer
 
@@ -267,7 +267,7 @@ class ShmFrameReader:
     """Takes the newest complete frame of segment ``segment`` without ever blocking its writer.
 
     :meth:`poll` returns ``(rgb, info)`` for a frame not seen before, or None. While the writer is gone (absent,
-    closed, or its heartbeat older than 1 s) nothing is returned and the name is re-opened every 250 ms, so a
+    closed, or its heartbeat older than 0.5 s) nothing is returned and the name is re-opened every 250 ms, so a
     restarted writer (a new object under the same name) is picked up. ``races`` counts copies discarded because
     the writer overwrote the slot meanwhile; ``skipped`` counts frames that were never polled.
     """

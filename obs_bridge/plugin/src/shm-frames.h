@@ -17,7 +17,7 @@
 #define SHMF_CLOSED 1u
 #define SHMF_RETIRED 2u
 #define SHMF_MAX_SIDE 16384
-#define SHMF_ALIVE_NS 1000000000ull /* a heartbeat older than this means the writer is gone */
+#define SHMF_ALIVE_NS 500000000ull /* a heartbeat older than this (5 missed beats) means the writer is gone */
 #define SHMF_REOPEN_NS 250000000ull /* how often a reader looks for a (new) writer */
 #define SHMF_NAME_MAX 32            /* "sdv2-" + 20-character channel + "-cap" + NUL fits */
 #define SHMF_CHANNEL_MAX 20
