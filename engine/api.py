@@ -453,7 +453,10 @@ class Engine:
             raise EngineError(NO_LORAS)
         files = [(resolve_lora_ref(ref), strength) for ref, strength in loras]
         if self.bundle is not None:
-            self._loras_ready[loras] = self.bundle.merger().load(files)
+            merger = self.bundle.merger()
+            ready = merger.load(files)
+            merger.check_room([*merger.fixed, *ready])
+            self._loras_ready[loras] = ready
             while len(self._loras_ready) > 4:
                 del self._loras_ready[next(iter(self._loras_ready))]
 

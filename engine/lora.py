@@ -278,6 +278,22 @@ class LoRAMerger:
         """Make the model base + the fixed LoRAs + these (a preset's)."""
         return self.set([*self.fixed, *loras])
 
+    def check_room(self, loras: Sequence[tuple[LoRA, float]], available: int | None = None) -> None:
+        """One EngineError line when merging `loras` (all of them, fixed ones included) would need more host RAM
+        for the base values it keeps than is free (`available` bytes; default: what the OS says now). Call it where
+        a refusal is harmless (loading, set_controls), not on the stream's thread."""
+        from sdv2_studio.engine.memory import available_host_memory, gib
+
+        if self.backup_device.type != "cpu":
+            return
+        targets = {p for lora, s in loras if s != 0.0 for p in lora.targets() if not self.params[p].is_meta}
+        need = sum(self.params[p].numel() * self.params[p].element_size() for p in targets - self.base.keys())
+        available = available_host_memory() if available is None else available
+        if available is not None and need > 0.9 * available:
+            raise EngineError(f"these LoRAs change {gib(need)} of weights whose base values are kept in RAM to "
+                              f"switch them off again, but {gib(available)} is free; close other programs or use "
+                              "LoRAs that touch fewer layers")
+
     @torch.no_grad()
     def set(self, loras: Sequence[tuple[LoRA, float]]) -> SwitchStats:
         """Make the model base + these LoRAs (replacing any merged before); `set([])` restores the base. The same

@@ -361,7 +361,9 @@ def load_bundle(spec: str | ResolvedModel = "auto", *, device: str | torch.devic
     if model.loras:
         say(f"merging {len(model.loras)} LoRA(s)", 0.9)
         merger = bundle.merger()
-        merger.fixed = merger.load(model.loras)
+        fixed = merger.load(model.loras)
+        merger.check_room(fixed)
+        merger.fixed = fixed
         merger.set(merger.fixed)
     say("models loaded", 1.0)
     return bundle

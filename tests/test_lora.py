@@ -447,6 +447,14 @@ def test_preset_lora_problems_are_one_line_and_the_stream_keeps_its_style(lora_d
     write(lora_dir / "14b.safetensors", "comfy", {"blocks.0.self_attn.q": (torch.zeros(RANK, big),
                                                                            torch.zeros(big, RANK))}, 4.0)
     assert "is a LoRA for a dim-5120 DiT" in _error(engine.set_controls, loras=(("14b.safetensors", 1.0),))
+    from sdv2_studio.engine import memory
+
+    real = memory.available_host_memory
+    memory.available_host_memory = lambda: 64 * 1024  # the base values A changes would not fit in RAM
+    try:
+        assert "of weights whose base values are kept in RAM" in _error(engine.set_controls, loras=A)
+    finally:
+        memory.available_host_memory = real
     assert engine.config.controls == before and bundle.loras.active == []
     engine.finish()
     engine.stop()
