@@ -182,6 +182,8 @@ class Engine:
             raise EngineError(f"queue_frames {cfg.queue_frames!r} is too small: a chunk needs {need} input frames "
                               f"waiting together; use queue_frames >= {need}")
         self._prepare_loras(cfg.controls.loras)  # the preset's LoRA files exist (and no ranks) before loading
+        if cfg.size:
+            check_size(*cfg.size)  # a size the model cannot take is refused before it loads
         if cfg.ranks > 1 or "," in cfg.device:
             if cfg.compile:
                 raise EngineError("--compile runs on one device for now; drop --compile or use one device")

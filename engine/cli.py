@@ -138,14 +138,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     from sdv2_studio.engine.api import EngineConfig
     from sdv2_studio.engine.io.sinks import check_sink, is_file_spec, open_sink
-    from sdv2_studio.engine.io.sources import open_source
+    from sdv2_studio.engine.io.sources import check_source, open_source
     from sdv2_studio.engine.session import ERROR, Session, SessionStatus
 
     base = Controls()
     if args.preset:
         from sdv2_studio.engine.presets import find_preset, load_library
 
-        base = find_preset(load_library()[0], args.preset).controls
+        presets, problems = load_library()
+        base = find_preset(presets, args.preset, problems).controls
     given = {"steps": args.steps, "noise_scale": args.noise_scale, "seed": args.seed,
              "transition_chunks": args.transition}
     controls = dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
@@ -164,8 +165,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
                        compile=args.compile)
     file_out = bool(args.out) and is_file_spec(args.out)
     _check_run_flags(args)
+    check_source(spec)  # a missing file or a bad spec is one line now, not after the model loaded
     if args.out:
-        check_sink(args.out)  # a missing optional package is one line now, not after the model loaded
+        check_sink(args.out)  # so are an unknown output and a missing optional package
     if file_out:
         _refuse_output_over_input(args.out, spec)
 
@@ -198,9 +200,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     st = session.status()
     if st.live and not (args.frames or args.seconds):
         print("live source: press Ctrl-C to stop", file=sys.stderr)
-    print(f"model {bundle.name} | {w}x{h} | {controls.steps} step(s) | "
-          f"{'Stream-Batch' if cfg.batch else 'no-batch'} | source {session.source!r}", file=sys.stderr)
-    if len(controls.weighted_prompts) > 1:
+    denoise = "" if bundle.model.passthrough else \
+        f"{controls.steps} step(s) | {'Stream-Batch' if cfg.batch else 'no-batch'} | "
+    print(f"model {bundle.name} | {w}x{h} | {denoise}source {session.source!r}", file=sys.stderr)
+    if len(controls.weighted_prompts) > 1 and not bundle.model.passthrough:
         print("prompt blend: " + ", ".join(f"{w:.0%} {p!r}" for p, w in controls.weighted_prompts), file=sys.stderr)
     t0 = time.perf_counter()
     tty = sys.stderr.isatty()
@@ -307,8 +310,15 @@ def _print_summary(st, wall: float, args: argparse.Namespace) -> None:
         print(f"wrote {args.out}" if written else f"nothing written to {args.out}: no styled frame came out")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one error line, like every other `sdv2` error (its subcommand parsers are of this class too)."""
+
+    def error(self, message: str):
+        self.exit(2, f"sdv2: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sdv2", description="StreamDiffusionV2 Studio engine (headless).")
+    p = _Parser(prog="sdv2", description="StreamDiffusionV2 Studio engine (headless).")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("run", help="stylise a video stream: a camera, a file, a URL or the built-in test source")
@@ -424,7 +434,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, or a bad flag (`_Parser.error` printed its one line)
+        return e.code if isinstance(e.code, int) else 2
     if getattr(args, "command", None) == "run" and args.seconds is None and args.frames is None \
             and args.source.lower().startswith("test"):
         args.seconds = 3.0

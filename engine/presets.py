@@ -437,9 +437,17 @@ def preset_index(entries: Sequence[tuple[str, str]], key: str) -> int:
                       "`sdv2 presets list`")
 
 
-def find_preset(presets: Sequence[Preset], key: str) -> Preset:
-    """Look a preset up by id, name or list number (:func:`preset_index`)."""
-    return presets[preset_index([(p.id, p.name) for p in presets], key)]
+def find_preset(presets: Sequence[Preset], key: str, problems: Sequence[EngineError] = ()) -> Preset:
+    """Look a preset up by id, name or list number (:func:`preset_index`). `problems` (from `load_library`): a
+    preset file named `key` that did not load is refused with its own error, not as "no preset called"."""
+    try:
+        return presets[preset_index([(p.id, p.name) for p in presets], key)]
+    except EngineError:
+        wanted = f"{os.sep}{key.strip()}.toml:"
+        for problem in problems:
+            if wanted in str(problem):
+                raise problem from None
+        raise
 
 
 # -- CLI ----------------------------------------------------------------------------------------------------------
@@ -464,8 +472,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    presets, _ = load_library()
-    p = find_preset(presets, args.preset)
+    presets, problems = load_library()
+    p = find_preset(presets, args.preset, problems)
     print(f"# {p.path}")
     print(p.to_toml(), end="")
     return 0

@@ -81,6 +81,25 @@ def test_cli_flag_out_of_range_is_one_line(flags, words, capsys):
     refused([*RUN, "--frames", "4", "--out", "", *flags], words, capsys)
 
 
+@pytest.mark.parametrize("flags, words", [
+    (["--source", "nosuch.mp4"], "no such video file: nosuch.mp4"),
+    (["--source", "test:64x64@x"], "bad test source"),
+    (["--out", "styled.avi"], "unsupported output 'styled.avi'"),
+    (["--size", "65x64"], "not a multiple of 16"),
+    (["--steps", "abc"], "invalid int value: 'abc'"),
+], ids=["source-missing", "source-test-typo", "out-avi", "size-not-16", "argparse"])
+def test_cli_mistakes_are_one_line_before_the_model_loads(flags, words, capsys, monkeypatch):
+    """A typo costs no model load (minutes with the real model): refused before anything loads, in one line
+    (argparse's own errors too, without its usage block)."""
+    from sdv2_studio.engine import api
+
+    def no_load(*a, **k):
+        raise AssertionError("the model was loaded before the mistake was refused")
+
+    monkeypatch.setattr(api, "load_bundle", no_load)
+    refused([*RUN, "--frames", "4", *flags], words, capsys)
+
+
 def test_cli_cuda_device_list_without_those_gpus_is_refused_at_once(capsys):
     import torch
 

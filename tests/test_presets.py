@@ -250,3 +250,15 @@ def test_cli_list_and_show(tmp_path, capsys, monkeypatch):
     args = parser.parse_args(["presets", "show", "ukiyo-e"])
     assert args.fn(args) == 0
     assert 'name = "Ukiyo-e"' in capsys.readouterr().out
+
+
+def test_run_with_a_user_preset_that_does_not_load_names_its_problem(tmp_path, monkeypatch, capsys):
+    """`--preset escape` where escape.toml exists but is refused: its own error, not "no preset called"."""
+    from helpers import refused
+
+    monkeypatch.setenv("SDV2_USER_PRESETS", str(tmp_path))
+    (tmp_path / "escape.toml").write_text('schema = 2\nname = "Escape"\nprompt = "ink"\n'
+                                          'loras = [["../../x.safetensors", 1.0]]\n')
+    refused(["run", "--model", "tiny", "--preset", "escape"], "leaves the LoRA folder", capsys)
+    refused(["presets", "show", "escape"], "leaves the LoRA folder", capsys)
+    refused(["run", "--model", "tiny", "--preset", "nothere"], "no preset called 'nothere'", capsys)

@@ -247,6 +247,8 @@ def check_sink(spec: str) -> None:
     check = _CHECKS.get(_prefix(spec) or "")
     if check is not None:
         check(spec.strip())
+    elif _opener(spec.strip()) is None and not _is_mp4(spec.strip()):
+        raise _unsupported(spec.strip())
 
 
 def is_file_spec(spec: str) -> bool:
@@ -260,10 +262,18 @@ def open_sink(spec: str, *, fps: float, size: tuple[int, int] | None = None) -> 
     opener = _opener(spec)
     if opener is not None:
         return opener(spec, fps=fps, size=size)
-    if spec.lower().endswith(".mp4") and "://" not in spec:
+    if _is_mp4(spec):
         return MP4Sink(spec, fps, size)
+    raise _unsupported(spec)
+
+
+def _is_mp4(spec: str) -> bool:
+    return spec.lower().endswith(".mp4") and "://" not in spec
+
+
+def _unsupported(spec: str) -> EngineError:
     kinds = ", ".join(["a .mp4 file path", *(f"{p}..." for p, _ in _OPENERS)])
-    raise EngineError(f"unsupported output {spec!r}: use {kinds}")
+    return EngineError(f"unsupported output {spec!r}: use {kinds}")
 
 
 def _lazy(module: str, name: str) -> SinkOpener:

@@ -288,30 +288,53 @@ def _test_source(spec: str, realtime: bool) -> TestPatternSource:
     return TestPatternSource((h, w), fps=fps, realtime=realtime)
 
 
-def open_source(
-    spec: str, *, loop: bool = False, realtime: bool = False, drop_stale: bool | None = None
-) -> FrameSource:
-    """Open the source a user typed (see the module docstring). ``loop``/``realtime`` apply to files
-    (``realtime`` also to the test pattern); ``drop_stale`` overrides the per-kind default."""
+def _classify(spec: str) -> tuple[str, str]:
+    """(kind, what to open) of a source spec: test, camera, obs-filter, stream or file; EngineError (one line) for
+    an unknown scheme or a video file that is not there."""
     spec = spec.strip()
     low = spec.lower()
     if low == "test" or low.startswith(("test:", "test@")):
-        return _test_source(spec, realtime)
+        return "test", spec
     if low.startswith("camera:"):
-        return camera_source(spec[len("camera:") :].strip())
+        return "camera", spec[len("camera:") :].strip()
     if low == "obs-filter" or low.startswith("obs-filter:"):
-        from sdv2_studio.engine.io.shm import open_shm_source
-
-        return open_shm_source(spec)
+        return "obs-filter", spec
     if re.fullmatch(r"/dev/video\d+", spec):
-        return camera_source(spec)
+        return "camera", spec
     scheme = _scheme(spec)
     if scheme in STREAM_SCHEMES:
-        return AVSource(spec, options=low_latency_options(spec), drop_stale=drop_stale)
+        return "stream", spec
     if scheme == "file":
         spec = spec[len("file://") :]
     elif scheme is not None or not spec:
         raise EngineError(f"unsupported source {spec!r}: {SOURCE_HELP}")
     if not Path(spec).is_file():
         raise EngineError(f"no such video file: {spec}; {SOURCE_HELP}")
-    return AVSource(spec, loop=loop, realtime=realtime, drop_stale=drop_stale)
+    return "file", spec
+
+
+def check_source(spec: str) -> None:
+    """EngineError (one line naming the fix) for a source that cannot open, as far as can be told without opening
+    it: an unknown scheme, a video file that is not there, a malformed test source (before any model loads)."""
+    kind, arg = _classify(spec)
+    if kind == "test":
+        _test_source(arg, realtime=False)
+
+
+def open_source(
+    spec: str, *, loop: bool = False, realtime: bool = False, drop_stale: bool | None = None
+) -> FrameSource:
+    """Open the source a user typed (see the module docstring). ``loop``/``realtime`` apply to files
+    (``realtime`` also to the test pattern); ``drop_stale`` overrides the per-kind default."""
+    kind, arg = _classify(spec)
+    if kind == "test":
+        return _test_source(arg, realtime)
+    if kind == "camera":
+        return camera_source(arg)
+    if kind == "obs-filter":
+        from sdv2_studio.engine.io.shm import open_shm_source
+
+        return open_shm_source(arg)
+    if kind == "stream":
+        return AVSource(arg, options=low_latency_options(arg), drop_stale=drop_stale)
+    return AVSource(arg, loop=loop, realtime=realtime, drop_stale=drop_stale)
