@@ -306,8 +306,10 @@ def parse_lora_spec(spec: str) -> tuple[Path, float]:
     if sep and head:
         try:
             return Path(head).expanduser(), float(tail)
-        except ValueError:
-            pass  # a colon that is part of the path (C:\...)
+        except ValueError:  # a colon that is part of the path (C:\...), or a strength that is not a number
+            if Path(head).expanduser().is_file() and not Path(spec).expanduser().exists():
+                raise EngineError(f"LoRA strength {tail!r} is not a number (--lora FILE:STRENGTH, e.g. "
+                                  f"{Path(head).name}:0.8)") from None
     return Path(spec).expanduser(), 1.0
 
 

@@ -87,7 +87,8 @@ def test_cli_flag_out_of_range_is_one_line(flags, words, capsys):
     (["--out", "styled.avi"], "unsupported output 'styled.avi'"),
     (["--size", "65x64"], "not a multiple of 16"),
     (["--steps", "abc"], "invalid int value: 'abc'"),
-], ids=["source-missing", "source-test-typo", "out-avi", "size-not-16", "argparse"])
+    (["--lora", f"{__file__}:abc"], "LoRA strength 'abc' is not a number"),
+], ids=["source-missing", "source-test-typo", "out-avi", "size-not-16", "argparse", "lora-strength"])
 def test_cli_mistakes_are_one_line_before_the_model_loads(flags, words, capsys, monkeypatch):
     """A typo costs no model load (minutes with the real model): refused before anything loads, in one line
     (argparse's own errors too, without its usage block)."""
