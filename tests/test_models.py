@@ -232,7 +232,7 @@ def test_a_part_named_overrides_the_folders(model_files):
     (["--vae", "{tmp}/nope.pth"], "VAE {tmp}/nope.pth does not exist (--vae); pass Wan2.1_VAE.pth"),
     (["--text-encoder", "{tmp}/nope"], "does not exist (--text-encoder)"),
     (["--lora", "{lora}:99"], "LoRA strength for style_lora.safetensors must be a number from -10 to 10"),
-    (["--lora", "{lora}:abc"], "does not exist (--lora)"),
+    (["--lora", "{lora}:abc"], "LoRA strength 'abc' is not a number (--lora FILE:STRENGTH"),
     (["--lora", "{lora_small}"], "it is a LoRA for a dim-512 DiT (small), use one trained for"),
     (["--base", "{tmp}"], "is not a Wan2.1 base folder"),
 ])
