@@ -14,6 +14,7 @@ Specs: ``spout`` / ``spout:NAME`` and ``syphon`` / ``syphon:NAME`` (default name
 from __future__ import annotations
 
 import importlib
+from abc import abstractmethod
 
 import numpy as np
 from sdv2_studio.engine.errors import EngineError
@@ -62,11 +63,13 @@ class _TextureSink(FrameSink):
             self._closed = True
             self._release()
 
+    @abstractmethod
     def _publish(self, rgba: np.ndarray) -> None:
-        raise NotImplementedError
+        """Hand one RGBA frame to the platform's sender."""
 
+    @abstractmethod
     def _release(self) -> None:
-        raise NotImplementedError
+        """Release the platform's sender."""
 
 
 class SpoutSink(_TextureSink):
