@@ -11,8 +11,10 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,9 +25,9 @@ from sdv2_studio.engine.io.availability import NDI_INSTALL, low_latency_outputs
 
 try:
     import cyndilib
-    from cyndilib.receiver import ReceiveFrameType
 except ImportError:  # the [ndi] extra is not installed: the round trips skip, the rest runs
     cyndilib = None
+RECEIVER = Path(__file__).resolve().parent / "ndi_receiver.py"
 needs_ndi = pytest.mark.skipif(cyndilib is None, reason=f"cyndilib is not installed ({NDI_INSTALL})")
 
 
@@ -87,46 +89,17 @@ def test_project_extra_is_named_ndi():
 # -- with the NDI runtime ---------------------------------------------------------------------------------------------
 
 
-def receive(name: str, want, timeout: float = 60.0):
-    """Find the NDI source ``HOST (name)`` and return (frame as RGB, frame rate) of the first received frame for which
-    ``want(rgb)`` holds, or fail."""
-    finder = cyndilib.Finder()
-    finder.open()
-    try:
-        found: list[str] = []
-
-        def listed() -> bool:
-            finder.wait_for_sources(0.5)
-            found[:] = [n for n in finder.get_source_names() if n.endswith(f"({name})")]
-            return bool(found)
-
-        assert wait_for(listed, timeout), f"no NDI source named {name!r}; seen: {finder.get_source_names()}"
-        receiver = cyndilib.Receiver(color_format=cyndilib.RecvColorFormat.RGBX_RGBA,
-                                     bandwidth=cyndilib.RecvBandwidth.highest)
-        video = cyndilib.VideoRecvFrame()
-        receiver.set_video_frame(video)
-        receiver.connect_to(finder.get_source(found[0]))
-        got = []
-
-        def received() -> bool:
-            kind = receiver.receive(ReceiveFrameType.recv_video, 200)
-            if not kind & ReceiveFrameType.recv_video:
-                return False
-            w, h = video.get_resolution()
-            data = np.empty(video.get_data_size(), np.uint8)
-            video.fill_p_data(data)
-            rgb = data.reshape(h, video.get_line_stride() // 4, 4)[:, :w, :3].copy()
-            if want(rgb):
-                got.append((rgb, video.get_frame_rate()))
-            return bool(got)
-
-        try:
-            assert wait_for(received, timeout, poll=0), f"no wanted frame from {found[0]!r} within {timeout} s"
-        finally:
-            receiver.disconnect()
-        return got[0]
-    finally:
-        finder.close()
+def receive(name: str, like: np.ndarray | None = None, timeout: float = 60.0) -> tuple[np.ndarray, Fraction]:
+    """(frame as RGB, frame rate) of the first frame of the NDI source ``HOST (name)`` that is close to ``like`` (any
+    frame when None), received by tests/ndi_receiver.py in its own process (why: its docstring), or fail."""
+    with tempfile.TemporaryDirectory() as out:
+        argv = [sys.executable, str(RECEIVER), name, out, str(timeout)]
+        if like is not None:
+            np.save(Path(out) / "like.npy", like)
+            argv.append(str(Path(out) / "like.npy"))
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout + 60)
+        assert done.returncode == 0, done.stderr.strip()
+        return np.load(Path(out) / "frame.npy"), Fraction((Path(out) / "rate.txt").read_text())
 
 
 @needs_ndi
@@ -146,16 +119,13 @@ def test_frames_sent_by_the_sink_arrive_through_ndi_with_their_pixels_and_rate()
     sender = threading.Thread(target=keep_sending, daemon=True)
     sender.start()
     try:
-        def close_to(ref):
-            return lambda rgb: rgb.shape == ref.shape and np.abs(rgb.astype(int) - ref).mean() < 4
-
-        rgb, rate = receive(name, close_to(first))
+        rgb, rate = receive(name, like=first)
         err = np.abs(rgb.astype(int) - first)
         print(f"\nNDI round trip 160x96: max error {err.max()}, mean {err.mean():.2f} (8-bit levels)")
         assert err.max() <= 24 and err.mean() < 4  # BGRX -> SpeedHQ 4:2:2 -> RGBX
         assert rate == Fraction(30)
         current[0] = second  # the stream is live: a new picture replaces the old one
-        rgb, _ = receive(name, close_to(second))
+        rgb, _ = receive(name, like=second)
         assert np.abs(rgb.astype(int) - second).mean() < 4
     finally:
         stop.set()
@@ -206,7 +176,7 @@ def test_sdv2_run_out_ndi_streams_the_styled_video(tmp_path):
                              "64x64", "--source", "test:96x64@12", "--realtime", "--seconds", "600", "--out",
                              f"ndi:{name}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        rgb, rate = receive(name, lambda rgb: True, timeout=120)
+        rgb, rate = receive(name, timeout=120)
         assert rgb.shape == (64, 96, 3)  # the styled frames at the source's size
         assert rate == Fraction(12)
     finally:
