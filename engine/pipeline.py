@@ -231,13 +231,16 @@ class StreamPipeline(ChunkedStream):
                  device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                  decoder: torch.nn.Module | None = None, profile: bool = False,
                  executor: DenoiseExecutor | None = None, background_prompts: bool = False,
+                 text_process: bool | None = None,
                  set_loras: Callable[[tuple[tuple[str, float], ...]], object] | None = None):
         """`decoder`: an alternative streaming decoder with the VAE's decode contract (TAEHV); `profile`:
         synchronise the device around each stage so `timings` are exact (costs a little on GPUs);
         `background_prompts` (live streams): a new prompt that is not cached yet is encoded on a background thread
         while the stream keeps the current one, and blends in (its transition) from the first chunk after it is
-        ready, so a preset click never stalls the stream. Off (files), the switch happens at the next chunk, which
-        keeps a file run deterministic. `set_loras(controls.loras)` makes the DiT's weights carry the LoRAs the
+        ready, so a preset click never stalls the stream; the encoder's forward then runs in a child process at the
+        lowest CPU priority (`TextEncoder.use_process(text_process)`: None = when the encoder is large and on the
+        CPU), so the encode takes only CPU time the chunks leave. Off (files), the switch happens at the next chunk,
+        which keeps a file run deterministic. `set_loras(controls.loras)` makes the DiT's weights carry the LoRAs the
         controls name (the Engine's: the bundle's LoRAMerger); it is called at the stream's start and at the chunk
         boundary where they change, on this thread. Without it, controls naming LoRAs are refused."""
         self.dit, self.vae, self.prompts = dit, vae, prompts
@@ -264,6 +267,7 @@ class StreamPipeline(ChunkedStream):
         self._pending_batch: bool | None = None
         self._flushing = False  # controls that arrive during a flush wait for the next real chunk
         self.background_prompts = background_prompts
+        self.text_process = text_process
         self._text_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._encoding: tuple[concurrent.futures.Future, int] | None = None  # (context, transition) on its way
         self._warming: dict[str, concurrent.futures.Future] = {}  # warm_prompts not encoded yet
@@ -407,6 +411,8 @@ class StreamPipeline(ChunkedStream):
     def _pool(self) -> concurrent.futures.ThreadPoolExecutor:
         if self._text_pool is None:
             self._text_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sdv2-text")
+            if self.background_prompts:
+                self.prompts.encoder.use_process(self.text_process)
         return self._text_pool
 
     def warm_prompts(self, prompts) -> None:

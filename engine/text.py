@@ -33,6 +33,7 @@ tokenizer of our own, for the embedded ``tiny`` demo model and tests; its output
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import html
 import json
@@ -55,6 +56,7 @@ from sdv2_studio.engine.weights import TensorFile, first_line, open_tensors, sha
 log = logging.getLogger(__name__)
 
 DEFAULT_TEXT_LEN = 512
+PROCESS_MIN_PARAMS = 50_000_000  # `TextEncoder.use_process(None)`: encoders this large run in a child process
 DOWNLOAD_HINT = "run `sdv2 models download`"
 WAN_T5_FILE = "models_t5_umt5-xxl-enc-bf16.pth"  # the original Wan2.1 release
 LAYOUT_HINT = (f"a Wan2.1 folder ({WAN_T5_FILE} + google/umt5-xxl/, or diffusers text_encoder/ + tokenizer/) "
@@ -143,54 +145,113 @@ class TextEncoder:
     """
 
     def __init__(self, model: torch.nn.Module, tokenize: Tokenize, *, text_len: int, model_id: str,
-                 reload: Callable[[], torch.nn.Module] | None = None):
-        """`reload`: builds the same weights again, which lets `release` free them (loaded again on the next
-        encode)."""
+                 recipe: functools.partial | None = None):
+        """`recipe`: a picklable call that builds this encoder again (`load_text_encoder` / `tiny_text_encoder` with
+        its arguments). It lets `release` free the weights (loaded again on the next encode) and `use_process`
+        move them into a low-priority child process."""
         self.model: torch.nn.Module | None = model.eval().requires_grad_(False)
         self.tokenize_fn = tokenize
         self.text_len = int(text_len)
         self.model_id = model_id
         self.calls = 0  # encoder forward passes run (for diagnostics and tests)
-        self.reloads = 0  # times the weights were loaded again after `release`
-        self._reload = reload
-        self._lock = threading.Lock()  # the model's presence (release / reload)
+        self.reloads = 0  # times the weights were loaded again in this process after `release`
+        self.processes = 0  # child processes started to hold the weights (`use_process`)
+        self._recipe = recipe
+        self._in_process = False  # `use_process` chose the child process
+        self._worker = None  # the EncoderProcess while it runs
+        self._lock = threading.Lock()  # where the weights are (here, in the child, released)
         self._describe(model)
 
     def _describe(self, model: torch.nn.Module) -> None:
         p = next(model.parameters())
         self.text_dim, self.device, self.dtype = int(model.config.d_model), p.device, p.dtype
+        self.num_params = sum(q.numel() for q in model.parameters())
 
     @property
     def cache_id(self) -> str:
         return f"{self.model_id}|{str(self.dtype).removeprefix('torch.')}"
 
     def to(self, device=None, dtype: torch.dtype | None = None) -> TextEncoder:
+        self._stop_worker()
         model = self._loaded()
         model.to(device=device, dtype=dtype)
         self._describe(model)
-        if self._reload is not None:
-            reload, self._reload = self._reload, (lambda: reload().to(device=device, dtype=dtype))
+        if self._recipe is not None:
+            kw = {**self._recipe.keywords, **({} if device is None else {"device": device}),
+                  **({} if dtype is None else {"dtype": dtype})}
+            self._recipe = functools.partial(self._recipe.func, *self._recipe.args, **kw)
         return self
 
     @property
     def released(self) -> bool:
-        return self.model is None
+        return self.model is None and self._worker is None
 
     def release(self) -> bool:
-        """Free the weights (every prompt the stream may need is cached); the next encode loads them again.
-        False (nothing freed) when this encoder cannot be reloaded."""
+        """Free the weights (every prompt the stream may need is cached), here or in the child process; the next
+        encode loads them again. False (nothing freed) when this encoder cannot be rebuilt."""
         with self._lock:
-            if self._reload is None or self.model is None:
+            if self._recipe is None or self.released:
                 return False
             self.model = None
+        self._stop_worker()
         return True
+
+    def use_process(self, when: bool | None = None) -> bool:
+        """From the next encode on, run the forward in a child process at the lowest CPU priority
+        (`engine.text_process`: live streams on the CPU, so that a prompt typed live never slows the chunks).
+        `when` None decides by size: encoders of `PROCESS_MIN_PARAMS` or more parameters on the CPU (an encode of a
+        smaller one is a few milliseconds, not worth a process). True if the child will be used."""
+        on = bool(when if when is not None else self.num_params >= PROCESS_MIN_PARAMS)
+        on = on and self._recipe is not None and self.device.type == "cpu"
+        with self._lock:
+            self._in_process = on
+        return on
+
+    def close(self) -> None:
+        """Stop the child process, if any (the weights come back here on the next encode unless `use_process`)."""
+        with self._lock:
+            self._in_process = False
+        self._stop_worker()
+
+    def _stop_worker(self) -> None:
+        with self._lock:
+            worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.close()
 
     def _loaded(self) -> torch.nn.Module:
         with self._lock:
-            if self.model is None:
-                self.model = self._reload().eval().requires_grad_(False)
-                self.reloads += 1
-            return self.model
+            return self._loaded_locked()
+
+    def _loaded_locked(self) -> torch.nn.Module:
+        if self.model is None:
+            self.model = self._recipe().model.eval().requires_grad_(False)
+            self.reloads += 1
+        return self.model
+
+    def _forward(self, ids: torch.Tensor) -> torch.Tensor:
+        with self._lock:
+            if self._in_process:
+                if self._worker is None:
+                    from sdv2_studio.engine.text_process import EncoderProcess
+
+                    self.model = None  # the child loads its own copy: the weights are held once
+                    self._worker = EncoderProcess(self._recipe)
+                    self.processes += 1
+                worker, model = self._worker, None
+            else:
+                worker, model = None, self._loaded_locked()
+        if worker is None:
+            return model(ids.to(self.device))
+        try:  # waits in a pipe read (the GIL is free): the engine thread runs meanwhile
+            return worker.forward(ids.cpu()).to(self.device)
+        except EngineError:
+            if not worker.alive:  # it died (killed, out of memory): the next encode starts a new one
+                with self._lock:
+                    if self._worker is worker:
+                        self._worker = None
+                worker.close()
+            raise
 
     def check_compatible(self, text_dim: int, text_len: int) -> None:
         """Raise EngineError unless this encoder's output fits a DiT with these text_dim / text_len."""
@@ -212,7 +273,7 @@ class TextEncoder:
         n = int(mask.sum())  # mask is on the host: no device sync
         # Only the n real tokens run: at those positions this equals upstream's run on the padded ids with the
         # mask (tests/test_text.py proves it), for n/text_len of the compute (512 -> ~20 tokens for a preset).
-        out = self._loaded()(ids[:, :n].to(self.device))
+        out = self._forward(ids[:, :n])
         self.calls += 1
         return out
 
@@ -451,10 +512,9 @@ def load_text_encoder(path: str | os.PathLike, *, tokenizer: str | os.PathLike |
         model.load_state_dict(sd, strict=True, assign=True)
         files = [*tf.files, tok_path] + ([file.parent / "config.json"] if config else [])
 
-    def reload() -> torch.nn.Module:
-        return load_text_encoder(path, tokenizer=tokenizer, device=device, dtype=dtype, text_len=text_len).model
-
-    return TextEncoder(model, tok, text_len=text_len, model_id=f"umt5:{_fingerprint(files)}", reload=reload)
+    recipe = functools.partial(load_text_encoder, path, tokenizer=tokenizer, device=device, dtype=dtype,
+                               text_len=text_len)
+    return TextEncoder(model, tok, text_len=text_len, model_id=f"umt5:{_fingerprint(files)}", recipe=recipe)
 
 
 TINY_RECIPE = "tiny-umt5-v1"  # bump when the tiny encoder's construction changes (invalidates prompt caches)
@@ -500,10 +560,9 @@ def tiny_text_encoder(text_dim: int = 64, text_len: int = 32, seed: int = 0, *, 
     model.to(device=device, dtype=dtype)
     model_id = f"{TINY_RECIPE}:d{text_dim}:len{text_len}:layers{num_layers}:seed{seed}"
 
-    def reload() -> torch.nn.Module:
-        return tiny_text_encoder(text_dim, text_len, seed, num_layers=num_layers, device=device, dtype=dtype).model
-
-    return TextEncoder(model, ByteTokenizer(text_len), text_len=text_len, model_id=model_id, reload=reload)
+    recipe = functools.partial(tiny_text_encoder, text_dim, text_len, seed, num_layers=num_layers, device=device,
+                               dtype=dtype)
+    return TextEncoder(model, ByteTokenizer(text_len), text_len=text_len, model_id=model_id, recipe=recipe)
 
 
 # -- prompt cache --------------------------------------------------------------------------------------------
