@@ -190,8 +190,9 @@ class Engine:
             return self._start_parallel(progress)
         device = resolve_device(cfg.device)
         dtype = resolve_dtype(cfg.dtype, device)
+        loading = None if progress is None else (lambda message, f: progress(message, 0.85 * f))  # then the prompt
         bundle = self._bundle or load_bundle(cfg.resolve_model(), device=device, dtype=dtype,
-                                             text_device=cfg.text_device, progress=progress)
+                                             text_device=cfg.text_device, progress=loading)
         self.bundle = bundle
         self._prepare_loras(cfg.controls.loras)
         h, w = check_size(*(cfg.size or bundle.default_size))

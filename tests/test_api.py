@@ -237,3 +237,14 @@ def test_controls_changed_from_another_thread_during_a_drain_lose_no_frame(bundl
     eng.stop()
     assert st.error is None and len(out) == 61 and st.frames_out == 61 and st.dropped_out == 0
     assert eng.controls.steps == 2
+
+
+def test_start_progress_only_goes_forward():
+    """The load's steps and the engine's own (prompt, compile, running) on one scale: never 100% then 90%."""
+    seen = []
+    eng = Engine(EngineConfig(model="tiny", size=(64, 64), prompt_cache_dir=""))
+    eng.start(progress=lambda message, f: seen.append((f, message)))
+    eng.stop()
+    fractions = [f for f, _ in seen]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0 and seen[-1][1] == "running", seen
+    assert any("tiny" in m for _, m in seen) and any("prompt" in m for _, m in seen)
