@@ -64,11 +64,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     args.dtype = args.dtype or ("auto" if gpu else "float32")
     if args.what == "roofline":
         return load_bench("roofline").main_roofline(args)
-    if args.what == "transport":
-        if args.samples < 1:
-            raise EngineError(f"--samples must be 1 or more, not {args.samples}")
-        load_bench("transport").main_transport(args)
-        return 0
+    if args.what in args.extension_benches:  # `sdv2 bench transport` from the OBS bridge, and others
+        return args.extension_benches[args.what](args)
     if args.what == "switch":
         load_bench("switch").bench_switch(out=args.out or "bench/results/switch.json")
         return 0
@@ -382,17 +379,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=_cmd_inspect)
 
     s = sub.add_parser("bench", help="benchmarks that print ratios and save JSON")
-    s.add_argument("what", choices=["model", "pipeline", "parallel", "roofline", "gpu", "transport", "switch"],
+    found, problems = extensions.load(extensions.BENCH_GROUP)
+    benches = {name: register(s) for name, register in found}  # name -> (help, run); each adds its own flags
+    s.add_argument("what", choices=["model", "pipeline", "parallel", "roofline", "gpu", "switch", *benches],
                    help="model: streaming DiT forward (flat cost, cache speedup, FLOP/s); "
                         "pipeline: stage split, fps and latency for 1-4 steps, Stream-Batch vs no-batch; "
                         "parallel: 1 vs 2 CPU pipeline ranks (one thread each), scaling efficiency; "
                         "roofline: predicted fps/TTFF/VRAM on H100 and RTX 4090 for 1-4 GPUs vs the paper; "
                         "gpu: the paper's configurations measured on your GPUs (random 1.3B weights; fps, TTFF, "
                         "stages, VRAM, host-sync check, ratio to the paper); "
-                        "transport: one-way latency engine -> OBS through the passthrough model, the plugin (shared "
-                        "memory) vs the UDP Media Source, side by side (needs OBS with the plugin, or --headless); "
                         "switch: what a preset switch costs (LoRA switch time and bytes, tiny/small measured and "
-                        "1.3B on paper; chunk times while an uncached prompt encodes)")
+                        "1.3B on paper; chunk times while an uncached prompt encodes)"
+                        + "".join(f"; {name}: {help_}" for name, (help_, _) in benches.items()))
+    for problem in problems:
+        print(f"sdv2: warning: {problem}", file=sys.stderr)
     s.add_argument("--steps", type=int, default=None, help="parallel: denoising steps (default 2); gpu: only these")
     s.add_argument("--gpus", default=None, help="gpu: GPU counts to run, e.g. 1,2 (default: 1 to all)")
     s.add_argument("--compiled", default="both", choices=["both", "eager", "compiled"], help="gpu: which hot paths")
@@ -408,12 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: float32 (gpu: auto)")
     s.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     s.add_argument("--out", "--json", default=None, help="JSON output path (default bench/results/<what>.json)")
-    s.add_argument("--samples", type=int, default=150, help="transport: screenshots recognised per path")
-    s.add_argument("--headless", action="store_true", help="transport: start a private OBS under Xvfb with the "
-                   "plugin built into its own config (Linux: obs-studio, xvfb, cmake, libobs-dev)")
-    s.add_argument("--host", default=None, help="transport: obs-websocket host (default: `sdv2 obs`'s setting)")
-    s.add_argument("--port", type=int, default=None, help="transport: obs-websocket port (default: `sdv2 obs`'s)")
-    s.set_defaults(fn=_cmd_bench)
+    s.set_defaults(fn=_cmd_bench, extension_benches={name: run for name, (_, run) in benches.items()})
 
     s = sub.add_parser("sources", help="list the cameras found on this system")
     s.set_defaults(fn=_cmd_sources)

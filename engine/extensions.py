@@ -5,6 +5,8 @@ command line and to `doctor` they declare as entry points of the distribution (p
 
     [project.entry-points."sdv2_studio.cli"]      name = "module:register_cli"   # register_cli(subparsers)
     [project.entry-points."sdv2_studio.doctor"]   name = "module:checks"         # checks() -> list[doctor.Check]
+    [project.entry-points."sdv2_studio.bench"]    name = "module:register_bench" # register_bench(parser) ->
+                                                  (help, run(args) -> exit code): `sdv2 bench NAME`, its flags added
 
 Another installed distribution can add its own the same way. An extension that fails to load is reported as one
 line and skipped; the engine's own commands keep working.
@@ -18,6 +20,7 @@ from typing import Any
 
 CLI_GROUP = "sdv2_studio.cli"
 DOCTOR_GROUP = "sdv2_studio.doctor"
+BENCH_GROUP = "sdv2_studio.bench"
 
 
 def load(group: str) -> tuple[list[tuple[str, Callable[..., Any]]], list[str]]:

@@ -210,6 +210,14 @@ def test_preset_thumbnail_outside_its_folder_is_refused_and_never_copied(tmp_pat
 # ---------------------------------------------------------------- network
 
 
+@pytest.mark.parametrize("flags, words", [(["--port", "70000"], "--port must be a TCP port (1-65535)"),
+                                          (["--port", "0"], "--port must be a TCP port"),
+                                          (["--samples", "0"], "--samples must be 1 or more")])
+def test_bench_transport_flags_are_checked_before_it_looks_for_obs(flags, words, capsys):
+    """`sdv2 bench transport` comes from the OBS bridge (an entry point of the bench group), its flags with it."""
+    refused(["bench", "transport", *flags], words, capsys)
+
+
 def test_cli_unreachable_stream_is_one_line(capsys):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
