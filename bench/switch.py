@@ -88,10 +88,16 @@ def bench_loras(preset: str, rank: int = 32, repeats: int = 5, log=print) -> dic
     return row
 
 
-def _prompt_switches(pipe, src, switches: int, text_len: int, busy: float) -> tuple[list[float], list[float]]:
-    """(worst chunk while each new prompt encodes / median chunk before it, seconds until it is in use). Chunks
-    come as from a live source: one every (median chunk time / `busy`) seconds after a warm-up, so the engine is
-    busy that fraction of the time, as a stream with headroom is."""
+def _prompt(k: int, text_len: int) -> str:
+    return (f"style {k}: " + "a long and detailed description of a painted scene, " * 9)[:text_len - 1]
+
+
+def _prompt_switches(pipe, src, switches: int, text_len: int, busy: float,
+                     min_chunks: int = 1) -> tuple[list[float], list[float], list[int]]:
+    """Per switch: (worst chunk from the switch until the new prompt is in use, over at least `min_chunks` chunks) /
+    (median chunk before it), seconds until it is in use, chunks until it is in use. Chunks come as from a live
+    source: one every (median chunk time / `busy`) seconds after a warm-up, so the engine is busy that fraction of
+    the time, as a stream with headroom is."""
     import numpy as np
 
     n, times, period, due = 0, [], 0.0, time.perf_counter()
@@ -109,25 +115,30 @@ def _prompt_switches(pipe, src, switches: int, text_len: int, busy: float) -> tu
     for _ in range(10):
         chunk()
     period, due = statistics.median(times[2:]) / busy, time.perf_counter()
-    ratios, encodes = [], []
+    ratios, encodes, counts = [], [], []
     for k in range(switches):
         before = statistics.median(times[-8:])
         t0 = time.perf_counter()
-        pipe.set_controls(prompt=(f"style {k}: " + "a long and detailed description of a painted scene, " * 9)
-                          [:text_len - 1])
+        pipe.set_controls(prompt=_prompt(k, text_len))
         first = len(times)
         chunk()
         while pipe.prompt_pending:
             chunk()
         encodes.append(time.perf_counter() - t0)
+        counts.append(len(times) - first)
+        while len(times) - first < min_chunks:
+            chunk()
         ratios.append(max(times[first:]) / before)
         for _ in range(4):
             chunk()
-    return ratios, encodes
+    return ratios, encodes, counts
 
 
-def bench_prompt_switch(size: tuple[int, int] = (64, 64), text_layers: int = 24, switches: int = 3,
+def bench_prompt_switch(size: tuple[int, int] = (64, 64), text_layers: int = 24, switches: int = 8,
                         busy: float = 0.6, log=print) -> dict:
+    """Modes side by side: the encoder in its child process (live streams at real size), in a thread (live streams
+    with a small encoder), inline (files), and the noise floor: switches to cached prompts (no encode at all) over
+    as many chunks as the child took, so a ratio above it is the encode's doing, not the machine's."""
     from sdv2_studio.engine.config import Controls
     from sdv2_studio.engine.io.pattern import TestPatternSource
     from sdv2_studio.engine.models import tiny_bundle
@@ -137,19 +148,29 @@ def bench_prompt_switch(size: tuple[int, int] = (64, 64), text_layers: int = 24,
     bundle = tiny_bundle(preset="small")
     cfg = bundle.dit.cfg
     text = tiny_text_encoder(text_dim=cfg.text_dim, text_len=cfg.text_len, num_layers=text_layers)
-    result = {}
+    result, window = {}, 1
     modes = {"process": dict(background_prompts=True, text_process=True),  # live streams: the default at real size
              "thread": dict(background_prompts=True, text_process=False),  # the same, the encoder in a thread
-             "inline": dict(background_prompts=False)}  # files
+             "inline": dict(background_prompts=False),  # files
+             "cached": dict(background_prompts=True)}  # no encode: the machine's own chunk-to-chunk noise
     for mode, how in modes.items():
         text.close()  # each mode starts with the weights in this process
-        pipe = StreamPipeline(bundle.dit, bundle.vae, PromptCache(text), size=size, controls=Controls(steps=2), **how)
-        ratios, encodes = _prompt_switches(pipe, TestPatternSource(size=size, fps=16), switches, cfg.text_len,
-                                           busy)
+        cache = PromptCache(text)
+        if mode == "cached":
+            for k in range(switches):
+                cache.encode_trimmed(_prompt(k, cfg.text_len))
+        pipe = StreamPipeline(bundle.dit, bundle.vae, cache, size=size, controls=Controls(steps=2), **how)
+        ratios, encodes, counts = _prompt_switches(pipe, TestPatternSource(size=size, fps=16), switches,
+                                                   cfg.text_len, busy, min_chunks=window if mode == "cached" else 1)
         pipe.close()
-        result[mode] = {"worst_over_median": max(ratios), "ratios": ratios, "encode_s": encodes, "busy": busy}
-        log(f"  {mode:<8}: worst chunk while the prompt encodes / median chunk before: "
-            + ", ".join(f"{r:.2f}" for r in ratios) + f" (encode + switch {statistics.median(encodes):.2f} s)")
+        if mode == "process":
+            window = round(statistics.median(counts))
+        result[mode] = {"worst_over_median": max(ratios), "median_worst_over_median": statistics.median(ratios),
+                        "ratios": ratios, "encode_s": encodes, "chunks": counts, "busy": busy}
+        log(f"  {mode:<8}: worst chunk until the prompt is in use / median chunk before, per switch: "
+            + ", ".join(f"{r:.2f}" for r in ratios) + f" (median {statistics.median(ratios):.2f}; "
+            + (f"{window} chunks each)" if mode == "cached" else
+               f"encode + switch {statistics.median(encodes):.2f} s, {statistics.median(counts):.0f} chunks)"))
     text.close()
     return result
 

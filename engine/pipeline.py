@@ -272,6 +272,8 @@ class StreamPipeline(ChunkedStream):
         self._encoding: tuple[concurrent.futures.Future, int] | None = None  # (context, transition) on its way
         self._warming: dict[str, concurrent.futures.Future] = {}  # warm_prompts not encoded yet
         self._warm: tuple[str, ...] = ()  # every prompt warm_prompts was given (the presets a user may click)
+        if background_prompts:  # a large encoder's child process starts now, its weights move there when needed
+            prompts.encoder.use_process(text_process)
         self.reset()
 
     # -- state --------------------------------------------------------------------------------------------------------
@@ -410,9 +412,8 @@ class StreamPipeline(ChunkedStream):
 
     def _pool(self) -> concurrent.futures.ThreadPoolExecutor:
         if self._text_pool is None:
-            self._text_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sdv2-text")
-            if self.background_prompts:
-                self.prompts.encoder.use_process(self.text_process)
+            self._text_pool = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix="sdv2-text", initializer=self.prompts.encoder.background_thread)
         return self._text_pool
 
     def warm_prompts(self, prompts) -> None:

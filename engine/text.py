@@ -159,6 +159,7 @@ class TextEncoder:
         self._recipe = recipe
         self._in_process = False  # `use_process` chose the child process
         self._worker = None  # the EncoderProcess while it runs
+        self._background = threading.local()  # .on: this thread encodes in the background (`background_thread`)
         self._lock = threading.Lock()  # where the weights are (here, in the child, released)
         self._describe(model)
 
@@ -197,15 +198,35 @@ class TextEncoder:
         return True
 
     def use_process(self, when: bool | None = None) -> bool:
-        """From the next encode on, run the forward in a child process at the lowest CPU priority
-        (`engine.text_process`: live streams on the CPU, so that a prompt typed live never slows the chunks).
-        `when` None decides by size: encoders of `PROCESS_MIN_PARAMS` or more parameters on the CPU (an encode of a
-        smaller one is a few milliseconds, not worth a process). True if the child will be used."""
+        """Run the forward of background encodes (threads that called `background_thread`; live streams on the
+        CPU) in a child process at the lowest CPU priority (`engine.text_process`), so that a prompt typed live never
+        slows the chunks. The child starts now, without weights; the first background encode frees the weights here
+        and loads them there (held once). Until then, and for encodes on other threads while the weights are still
+        here (a stream's first prompt), the forward runs here. `when` None decides by size: encoders of
+        `PROCESS_MIN_PARAMS` or more parameters on the CPU (an encode of a smaller one is a few milliseconds, not
+        worth a process). True if the child will be used."""
         on = bool(when if when is not None else self.num_params >= PROCESS_MIN_PARAMS)
         on = on and self._recipe is not None and self.device.type == "cpu"
         with self._lock:
             self._in_process = on
+        if on:
+            self._start_worker()
+        else:
+            self._stop_worker()
         return on
+
+    def background_thread(self) -> None:
+        """Mark the calling thread as a background encoder (a thread pool's initializer)."""
+        self._background.on = True
+
+    def _start_worker(self):
+        from sdv2_studio.engine.text_process import EncoderProcess
+
+        with self._lock:
+            if self._worker is None:
+                self._worker = EncoderProcess(self._recipe)
+                self.processes += 1
+            return self._worker
 
     def close(self) -> None:
         """Stop the child process, if any (the weights come back here on the next encode unless `use_process`)."""
@@ -231,16 +252,13 @@ class TextEncoder:
 
     def _forward(self, ids: torch.Tensor) -> torch.Tensor:
         with self._lock:
-            if self._in_process:
-                if self._worker is None:
-                    from sdv2_studio.engine.text_process import EncoderProcess
-
-                    self.model = None  # the child loads its own copy: the weights are held once
-                    self._worker = EncoderProcess(self._recipe)
-                    self.processes += 1
-                worker, model = self._worker, None
-            else:
-                worker, model = None, self._loaded_locked()
+            remote = self._in_process and (self.model is None or getattr(self._background, "on", False))
+            model = None if remote else self._loaded_locked()
+        worker = None
+        if remote:
+            worker = self._start_worker()
+            with self._lock:
+                self.model = None  # the child loads its own copy: the weights are held once
         if worker is None:
             return model(ids.to(self.device))
         try:  # waits in a pipe read (the GIL is free): the engine thread runs meanwhile

@@ -22,33 +22,46 @@ from __future__ import annotations
 import io
 import multiprocessing
 import os
+import pickle
 import sys
 import threading
 from collections.abc import Callable
 
-import torch
-from sdv2_studio.engine.errors import EngineError
+from sdv2_studio.engine.errors import EngineError  # (torch is imported inside: the child lowers its priority first)
 
 __all__ = ["EncoderProcess", "lower_priority"]
 
 START_TIMEOUT_S = 3600.0  # reading umT5-XXL (11 GB) from a slow disk at the lowest priority; checked every 0.5 s
 
 
-def _pack(t: torch.Tensor) -> bytes:
+def _pack(t) -> bytes:
+    import torch
+
     buf = io.BytesIO()
     torch.save(t.contiguous(), buf)
     return buf.getvalue()
 
 
-def _unpack(data: bytes) -> torch.Tensor:
+def _unpack(data: bytes):
+    import torch
+
     return torch.load(io.BytesIO(data), weights_only=True)
 
 
-def lower_priority() -> None:
-    """This process at the lowest CPU priority: nice 19 on POSIX, the idle priority class on Windows."""
-    if hasattr(os, "nice"):
-        os.nice(19 - os.nice(0))
-    elif sys.platform == "win32":  # pragma: no cover - Windows only
+def lower_priority(pid: int = 0) -> None:
+    """Process `pid` (0: this one) at the lowest CPU priority: Linux's SCHED_IDLE class (it runs only on CPU time
+    no other task wants) and nice 19 on POSIX; the idle priority class on Windows (this process only)."""
+    if hasattr(os, "setpriority"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, pid, 19)
+        except OSError:  # it has just ended
+            pass
+    if hasattr(os, "SCHED_IDLE"):
+        try:
+            os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
+        except OSError:  # not allowed in some containers (nice 19 remains), or it has just ended
+            pass
+    elif sys.platform == "win32" and pid == 0:  # pragma: no cover - Windows only
         import ctypes
 
         kernel32 = ctypes.windll.kernel32
@@ -60,16 +73,15 @@ def _one_line(e: BaseException) -> str:
     return text[0] if text and isinstance(e, EngineError) else f"{type(e).__name__}: {' '.join(text)}"
 
 
-def _serve(recipe: Callable, conn, threads: int) -> None:
-    """The child: load the weights from `recipe`, then answer ids with states until told to stop."""
+def _serve(conn, threads: int) -> None:
+    """The child: at the lowest priority before any heavy work, import torch and wait; the first message is the
+    pickled recipe (the weights are loaded only then: the parent has freed its copy), the next ones ids to encode,
+    an empty one the end."""
     lower_priority()
+    import torch
+
     torch.set_num_threads(threads)
-    try:
-        model = recipe().model
-    except BaseException as e:  # reported to the parent as its one line
-        conn.send_bytes(b"E" + _one_line(e).encode())
-        return
-    conn.send_bytes(b"R")
+    model = None
     while True:
         try:
             msg = conn.recv_bytes()
@@ -78,24 +90,33 @@ def _serve(recipe: Callable, conn, threads: int) -> None:
         if not msg:  # close()
             return
         try:
+            if model is None:
+                model = pickle.loads(msg)().model
+                conn.send_bytes(b"R")
+                continue
             with torch.inference_mode():
                 out = model(_unpack(msg))
             conn.send_bytes(b"O" + _pack(out))
-        except Exception as e:
+        except BaseException as e:  # reported to the parent as its one line
             conn.send_bytes(b"E" + _one_line(e).encode())
+            if model is None:
+                return
 
 
 class EncoderProcess:
     """A text encoder's forward pass (``ids [1, n] int64 -> states [1, n, text_dim]``) in a low-priority child
-    process; one request at a time (callers are serialised by a lock). Started by the constructor, which returns at
-    once; the first `forward` waits until the weights are loaded."""
+    process; one request at a time (callers are serialised by a lock). The constructor starts the child and returns
+    at once (its interpreter and torch load meanwhile, at the lowest priority); the weights load on the first
+    `forward`, from `recipe`, after the caller has freed its own copy. The child runs `threads` torch threads (1: an
+    idle-class thread disturbs one core at most)."""
 
-    def __init__(self, recipe: Callable, *, threads: int | None = None):
+    def __init__(self, recipe: Callable, *, threads: int = 1):
         ctx = multiprocessing.get_context("spawn")  # never fork a process that runs torch threads
+        self._recipe = pickle.dumps(recipe)
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_serve, args=(recipe, child, threads or torch.get_num_threads()),
-                                 name="sdv2-text-encoder", daemon=True)
+        self._proc = ctx.Process(target=_serve, args=(child, threads), name="sdv2-text-encoder", daemon=True)
         self._proc.start()
+        lower_priority(self._proc.pid)  # at once: its interpreter's start-up must not compete with the engine either
         child.close()
         self._ready = False
         self._lock = threading.Lock()
@@ -131,10 +152,14 @@ class EncoderProcess:
             raise EngineError(msg[1:].decode(errors="replace"))
         return msg
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, ids):
         """States of the real-token `ids` ([1, n] int64 on the CPU), computed in the child."""
         with self._lock:
             if not self._ready:
+                try:
+                    self._conn.send_bytes(self._recipe)
+                except OSError:
+                    raise self._gone("loading the weights") from None
                 self._receive("loading the weights", START_TIMEOUT_S)
                 self._ready = True
             try:

@@ -36,7 +36,9 @@ def alive(pid: int) -> bool:
 def test_contexts_from_the_child_equal_this_process_and_it_runs_at_the_lowest_priority():
     enc = tiny_text_encoder(text_dim=64, text_len=64, seed=5, num_layers=3)
     here = [enc.encode(p) for p in PROMPTS]
-    assert enc.use_process(True)
+    assert enc.use_process(True) and enc._worker is not None  # started at once, without weights
+    assert torch.equal(enc.encode(PROMPTS[0]), here[0]) and enc.model is not None  # not a background thread: here
+    enc.background_thread()  # this thread now encodes as a live stream's background thread does
     try:
         there = [enc.encode(p) for p in PROMPTS]
         pid = enc._worker.pid
@@ -45,7 +47,7 @@ def test_contexts_from_the_child_equal_this_process_and_it_runs_at_the_lowest_pr
             assert os.getpriority(os.PRIO_PROCESS, pid) == 19
         for a, b in zip(here, there):
             assert a.dtype == b.dtype and torch.equal(a, b)  # same weights, same threads: bitwise
-        assert enc.calls == 4 and enc.reloads == 0
+        assert enc.calls == 5 and enc.reloads == 0
     finally:
         enc.close()
     assert wait_for(lambda: not alive(pid), 30) is not None
@@ -55,6 +57,7 @@ def test_contexts_from_the_child_equal_this_process_and_it_runs_at_the_lowest_pr
 def test_release_ends_the_child_and_the_next_prompt_starts_another():
     enc = tiny_text_encoder(text_dim=64, text_len=32)
     enc.use_process(True)
+    enc.background_thread()
     first = enc.encode("pixel art")
     pid = enc._worker.pid
     assert enc.release() and enc.released
@@ -67,6 +70,7 @@ def test_release_ends_the_child_and_the_next_prompt_starts_another():
 def test_a_child_that_dies_is_one_line_and_is_replaced():
     enc = tiny_text_encoder(text_dim=64, text_len=32)
     enc.use_process(True)
+    enc.background_thread()
     before = enc.encode("neon city")
     os.kill(enc._worker.pid, signal.SIGKILL)
     with pytest.raises(EngineError, match=r"the text encoder process ended \(exit code -9\) while encoding") as e:
@@ -83,6 +87,7 @@ def test_a_child_that_cannot_load_the_weights_says_why(model_files, tmp_path):  
     enc = load_text_encoder(te, tokenizer=f["tokenizer"], text_len=32)
     te.unlink()  # the file went away after the model was chosen
     enc.use_process(True)
+    enc.background_thread()
     with pytest.raises(EngineError) as e:
         enc.encode("watercolor")
     assert str(te.name) in str(e.value) and "\n" not in str(e.value) and "Traceback" not in str(e.value)
@@ -93,7 +98,8 @@ def test_only_large_encoders_on_the_cpu_use_a_process_by_default():
     enc = tiny_text_encoder(text_dim=64, text_len=32)
     assert enc.num_params < PROCESS_MIN_PARAMS and not enc.use_process(None)
     enc.num_params = PROCESS_MIN_PARAMS
-    assert enc.use_process(None) and not enc.use_process(False)
+    assert enc.use_process(None) and enc._worker is not None
+    assert not enc.use_process(False) and enc._worker is None
     from sdv2_studio.engine.text import ByteTokenizer, TextEncoder
 
     plain = TextEncoder(enc._loaded(), ByteTokenizer(32), text_len=32, model_id="x")  # cannot be rebuilt elsewhere
