@@ -12,7 +12,7 @@ from sdv2_studio.engine import cli
 from sdv2_studio.engine.compiled import compile_decoder, compile_model, warm_up
 from sdv2_studio.engine.config import CacheConfig, get_preset
 from sdv2_studio.engine.kv_cache import KVCache, StreamClock
-from sdv2_studio.engine.model import CausalWanModel
+from sdv2_studio.engine.model import CausalWanModel, fuse_qkv
 from sdv2_studio.engine.models import tiny_vae
 
 CFG = get_preset("tiny")
@@ -52,6 +52,7 @@ def stream(model, xs, ctx, compiled: bool = False):
 def test_compiled_equals_eager_over_a_long_stream(monkeypatch):
     torch.manual_seed(0)
     model = CausalWanModel(CFG).eval()
+    fuse_qkv(model)  # as every loaded model runs (load_model, tiny_dit): the CLI run below compiles this graph too
     ctx = torch.randn(1, 20, CFG.text_dim)
     xs = [torch.randn(SLOTS, 16, 2 if i == 0 else 1, H, W) for i in range(100)]
     pushes, push = [], KVCache._push
