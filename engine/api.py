@@ -324,6 +324,9 @@ class Engine:
             self._thread.join(timeout)
         if self.pipeline is not None:
             self.pipeline.close()
+            prompts = getattr(self.pipeline, "prompts", None)  # (the passthrough model has none)
+            if prompts is not None:  # the text encoder's child process (live streams) ends with the stream
+                prompts.encoder.close()
             if self.config.compile:  # a shared bundle's next engine may not want them
                 self.pipeline.dit.compiled_step = self.pipeline.decoder.compiled_step = None
         self._stats.running = False

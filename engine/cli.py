@@ -379,20 +379,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=_cmd_inspect)
 
     s = sub.add_parser("bench", help="benchmarks that print ratios and save JSON")
-    found, problems = extensions.load(extensions.BENCH_GROUP)
-    benches = {name: register(s) for name, register in found}  # name -> (help, run); each adds its own flags
-    s.add_argument("what", choices=["model", "pipeline", "parallel", "roofline", "gpu", "switch", *benches],
-                   help="model: streaming DiT forward (flat cost, cache speedup, FLOP/s); "
-                        "pipeline: stage split, fps and latency for 1-4 steps, Stream-Batch vs no-batch; "
-                        "parallel: 1 vs 2 CPU pipeline ranks (one thread each), scaling efficiency; "
-                        "roofline: predicted fps/TTFF/VRAM on H100 and RTX 4090 for 1-4 GPUs vs the paper; "
-                        "gpu: the paper's configurations measured on your GPUs (random 1.3B weights; fps, TTFF, "
-                        "stages, VRAM, host-sync check, ratio to the paper); "
-                        "switch: what a preset switch costs (LoRA switch time and bytes, tiny/small measured and "
-                        "1.3B on paper; chunk times while an uncached prompt encodes)"
-                        + "".join(f"; {name}: {help_}" for name, (help_, _) in benches.items()))
-    for problem in problems:
-        print(f"sdv2: warning: {problem}", file=sys.stderr)
     s.add_argument("--steps", type=int, default=None, help="parallel: denoising steps (default 2); gpu: only these")
     s.add_argument("--gpus", default=None, help="gpu: GPU counts to run, e.g. 1,2 (default: 1 to all)")
     s.add_argument("--compiled", default="both", choices=["both", "eager", "compiled"], help="gpu: which hot paths")
@@ -408,6 +394,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: float32 (gpu: auto)")
     s.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     s.add_argument("--out", "--json", default=None, help="JSON output path (default bench/results/<what>.json)")
+    own = ["model", "pipeline", "parallel", "roofline", "gpu", "switch"]
+    # after the built-in flags: an extension whose flag clashes with one fails to register (one warning), not sdv2
+    benches = extensions.register(extensions.BENCH_GROUP, s, reserved=own)  # name -> (help, run); adds its flags
+    s.add_argument("what", choices=[*own, *benches],
+                   help="model: streaming DiT forward (flat cost, cache speedup, FLOP/s); "
+                        "pipeline: stage split, fps and latency for 1-4 steps, Stream-Batch vs no-batch; "
+                        "parallel: 1 vs 2 CPU pipeline ranks (one thread each), scaling efficiency; "
+                        "roofline: predicted fps/TTFF/VRAM on H100 and RTX 4090 for 1-4 GPUs vs the paper; "
+                        "gpu: the paper's configurations measured on your GPUs (random 1.3B weights; fps, TTFF, "
+                        "stages, VRAM, host-sync check, ratio to the paper); "
+                        "switch: what a preset switch costs (LoRA switch time and bytes, tiny/small measured and "
+                        "1.3B on paper; chunk times while an uncached prompt encodes)"
+                        + "".join(f"; {name}: {help_}" for name, (help_, _) in benches.items()))
     s.set_defaults(fn=_cmd_bench, extension_benches={name: run for name, (_, run) in benches.items()})
 
     s = sub.add_parser("sources", help="list the cameras found on this system")
@@ -420,11 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_models(sub)
     register_presets(sub)
     register_doctor(sub)
-    found, problems = extensions.load(extensions.CLI_GROUP)  # `sdv2 obs ...` from the OBS bridge, and others
-    for _, register in found:
-        register(sub)
-    for problem in problems:
-        print(f"sdv2: warning: {problem}", file=sys.stderr)
+    extensions.register(extensions.CLI_GROUP, sub)  # `sdv2 obs ...` from the OBS bridge, and others
     return p
 
 

@@ -15,6 +15,7 @@ line and skipped; the engine's own commands keep working.
 from __future__ import annotations
 
 import importlib.metadata
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -32,3 +33,22 @@ def load(group: str) -> tuple[list[tuple[str, Callable[..., Any]]], list[str]]:
         except Exception as e:  # a broken extension must not take the engine's own commands down
             problems.append(f"extension {ep.name!r} ({ep.value}) did not load: {type(e).__name__}: {e}")
     return found, problems
+
+
+def register(group: str, target, reserved=()) -> dict[str, Any]:
+    """Call each extension of `group` with `target` (argparse subparsers or a parser); {name: what it returned}.
+    An extension that fails to load or to register, or takes a `reserved` name, is one warning on stderr and
+    skipped (a name it registered before failing may stay behind; the engine's own commands keep working)."""
+    found, problems = load(group)
+    done = {}
+    for name, hook in found:
+        if name in reserved:
+            problems.append(f"extension {name!r} of {group} takes a built-in name; skipped")
+            continue
+        try:
+            done[name] = hook(target)
+        except Exception as e:
+            problems.append(f"extension {name!r} of {group} did not register: {type(e).__name__}: {e}")
+    for problem in problems:
+        print(f"sdv2: warning: {problem}", file=sys.stderr)
+    return done

@@ -272,8 +272,8 @@ class StreamPipeline(ChunkedStream):
         self._encoding: tuple[concurrent.futures.Future, int] | None = None  # (context, transition) on its way
         self._warming: dict[str, concurrent.futures.Future] = {}  # warm_prompts not encoded yet
         self._warm: tuple[str, ...] = ()  # every prompt warm_prompts was given (the presets a user may click)
-        if background_prompts:  # a large encoder's child process starts now, its weights move there when needed
-            prompts.encoder.use_process(text_process)
+        # live streams: a large encoder's child process starts now, its weights move there when needed
+        prompts.encoder.use_process(text_process if background_prompts else False)
         self.reset()
 
     # -- state --------------------------------------------------------------------------------------------------------
@@ -404,11 +404,13 @@ class StreamPipeline(ChunkedStream):
         return out
 
     def close(self) -> None:
-        """Drop the background prompt work still queued (an encode under way finishes on its own)."""
+        """Drop the background prompt work still queued (an encode under way finishes on its own; the encoder's
+        child process, shared by the pipelines of one stream, is ended by the Engine when the stream stops)."""
         pool, self._text_pool = self._text_pool, None
         self._warming, self._encoding = {}, None
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
+
 
     def _pool(self) -> concurrent.futures.ThreadPoolExecutor:
         if self._text_pool is None:

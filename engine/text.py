@@ -160,6 +160,7 @@ class TextEncoder:
         self._in_process = False  # `use_process` chose the child process
         self._worker = None  # the EncoderProcess while it runs
         self._background = threading.local()  # .on: this thread encodes in the background (`background_thread`)
+        self.child_lowest_priority = True  # the child's priority (False: normal, for tests on a shared machine)
         self._lock = threading.Lock()  # where the weights are (here, in the child, released)
         self._describe(model)
 
@@ -198,35 +199,46 @@ class TextEncoder:
         return True
 
     def use_process(self, when: bool | None = None) -> bool:
-        """Run the forward of background encodes (threads that called `background_thread`; live streams on the
-        CPU) in a child process at the lowest CPU priority (`engine.text_process`), so that a prompt typed live never
-        slows the chunks. The child starts now, without weights; the first background encode frees the weights here
-        and loads them there (held once). Until then, and for encodes on other threads while the weights are still
-        here (a stream's first prompt), the forward runs here. `when` None decides by size: encoders of
-        `PROCESS_MIN_PARAMS` or more parameters on the CPU (an encode of a smaller one is a few milliseconds, not
-        worth a process). True if the child will be used."""
+        """Run the forward of background encodes (threads that called `background_thread`: a live stream's) in a
+        child process at the lowest CPU priority (`engine.text_process`), so that a prompt typed live never slows
+        the chunks. The child starts now, without weights; the first background encode frees the weights here and
+        loads them there (held once). Encodes on other threads (a stream's first prompt) always run here, loading
+        the weights back if the child has them. `when` None decides by size: encoders of `PROCESS_MIN_PARAMS` or
+        more parameters on the CPU (an encode of a smaller one is a few milliseconds, not worth a process). True if
+        the child will be used; a child that cannot be started is one warning, and encodes stay in this process."""
         on = bool(when if when is not None else self.num_params >= PROCESS_MIN_PARAMS)
         on = on and self._recipe is not None and self.device.type == "cpu"
         with self._lock:
             self._in_process = on
-        if on:
-            self._start_worker()
-        else:
+        if not on:
             self._stop_worker()
-        return on
+            return False
+        try:
+            self._start_worker()
+        except (OSError, RuntimeError) as e:  # no process can be started here (limits, a frozen app)
+            log.warning("cannot start the text encoder's process (%s); prompts are encoded in a thread", e)
+            with self._lock:
+                self._in_process = False
+            return False
+        return True
 
     def background_thread(self) -> None:
         """Mark the calling thread as a background encoder (a thread pool's initializer)."""
         self._background.on = True
 
     def _start_worker(self):
+        """The running child (a new one if there is none or it died)."""
         from sdv2_studio.engine.text_process import EncoderProcess
 
         with self._lock:
-            if self._worker is None:
-                self._worker = EncoderProcess(self._recipe)
+            dead = self._worker if self._worker is not None and not self._worker.alive else None
+            if self._worker is None or dead is not None:
+                self._worker = EncoderProcess(self._recipe, self.model_id, lowest=self.child_lowest_priority)
                 self.processes += 1
-            return self._worker
+            worker = self._worker
+        if dead is not None:
+            dead.close()
+        return worker
 
     def close(self) -> None:
         """Stop the child process, if any (the weights come back here on the next encode unless `use_process`)."""
@@ -251,8 +263,10 @@ class TextEncoder:
         return self.model
 
     def _forward(self, ids: torch.Tensor) -> torch.Tensor:
+        remote = self._in_process and getattr(self._background, "on", False)
+        if not remote and self.model is None:
+            self._stop_worker()  # the weights come back here: never held twice
         with self._lock:
-            remote = self._in_process and (self.model is None or getattr(self._background, "on", False))
             model = None if remote else self._loaded_locked()
         worker = None
         if remote:

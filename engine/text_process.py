@@ -13,8 +13,11 @@ The child builds the encoder from its *recipe* (a picklable call that loads the 
 are held once. The parent tokenises (cheap, no weights) and sends the real-token ids; the child runs the forward
 and sends the states back. Tensors travel as ``torch.save`` bytes over a pipe (ids: a few hundred bytes; states:
 n x text_dim, ~160 KB for a 20-token prompt at umT5-XXL width). The child exits when the parent closes it, when
-the pipe breaks (the parent died), or with the parent (daemon). A child that fails to start or dies is one
-`EngineError` line naming why (its own error line, or its exit code), never a wait without end.
+the pipe breaks (the parent died), or with the parent (daemon); it ignores Ctrl-C (the parent handles it). A child
+that fails to load or dies is one `EngineError` line naming why (its own error line, or its exit code). The price of
+the lowest priority: on a CPU that other work keeps fully busy, a background encode waits for idle time (the stream
+keeps its prompt meanwhile). On Windows the child lowers itself once it runs (its interpreter starts at normal
+priority).
 """
 
 from __future__ import annotations
@@ -73,11 +76,15 @@ def _one_line(e: BaseException) -> str:
     return text[0] if text and isinstance(e, EngineError) else f"{type(e).__name__}: {' '.join(text)}"
 
 
-def _serve(conn, threads: int) -> None:
-    """The child: at the lowest priority before any heavy work, import torch and wait; the first message is the
-    pickled recipe (the weights are loaded only then: the parent has freed its copy), the next ones ids to encode,
-    an empty one the end."""
-    lower_priority()
+def _serve(conn, threads: int, lowest: bool) -> None:
+    """The child: at the lowest priority before any heavy work (`lowest`), import torch and wait; a message is the
+    pickled recipe while no weights are loaded (the parent has freed its copy; the answer names the weights
+    loaded), then ids to encode; an empty one ends it. Ctrl-C is the parent's to handle (it ends the child)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if lowest:
+        lower_priority()
     import torch
 
     torch.set_num_threads(threads)
@@ -90,17 +97,16 @@ def _serve(conn, threads: int) -> None:
         if not msg:  # close()
             return
         try:
-            if model is None:
-                model = pickle.loads(msg)().model
-                conn.send_bytes(b"R")
+            if model is None:  # (after a failed load the parent may send the recipe again)
+                encoder = pickle.loads(msg)()
+                model = encoder.model
+                conn.send_bytes(b"R" + encoder.model_id.encode())
                 continue
             with torch.inference_mode():
                 out = model(_unpack(msg))
             conn.send_bytes(b"O" + _pack(out))
         except BaseException as e:  # reported to the parent as its one line
             conn.send_bytes(b"E" + _one_line(e).encode())
-            if model is None:
-                return
 
 
 class EncoderProcess:
@@ -108,15 +114,18 @@ class EncoderProcess:
     process; one request at a time (callers are serialised by a lock). The constructor starts the child and returns
     at once (its interpreter and torch load meanwhile, at the lowest priority); the weights load on the first
     `forward`, from `recipe`, after the caller has freed its own copy. The child runs `threads` torch threads (1: an
-    idle-class thread disturbs one core at most)."""
+    idle-class thread disturbs one core at most). `model_id`: the weights the caller had (`TextEncoder.model_id`); a
+    child that loads other ones (the file changed on disk meanwhile) is refused. `lowest=False` keeps the child at
+    normal priority (tests on a shared machine, where an idle-class child may wait without end)."""
 
-    def __init__(self, recipe: Callable, *, threads: int = 1):
+    def __init__(self, recipe: Callable, model_id: str, *, threads: int = 1, lowest: bool = True):
         ctx = multiprocessing.get_context("spawn")  # never fork a process that runs torch threads
-        self._recipe = pickle.dumps(recipe)
+        self._recipe, self.model_id = pickle.dumps(recipe), model_id
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_serve, args=(child, threads), name="sdv2-text-encoder", daemon=True)
+        self._proc = ctx.Process(target=_serve, args=(child, threads, lowest), name="sdv2-text-encoder", daemon=True)
         self._proc.start()
-        lower_priority(self._proc.pid)  # at once: its interpreter's start-up must not compete with the engine either
+        if lowest:  # at once: its interpreter's start-up must not compete with the engine either (POSIX)
+            lower_priority(self._proc.pid)
         child.close()
         self._ready = False
         self._lock = threading.Lock()
@@ -131,8 +140,10 @@ class EncoderProcess:
 
     def _gone(self, what: str) -> EngineError:
         self._proc.join(5)  # a broken pipe comes a moment before the exit code
-        return EngineError(f"the text encoder process ended (exit code {self._proc.exitcode}) while {what}; if the "
-                           "machine ran out of memory, close other programs or use a smaller text encoder file")
+        code = self._proc.exitcode
+        hint = ("; if the machine ran out of memory, close other programs or use a smaller (fp8) text encoder file"
+                if code in (-9, 137) else "; the next prompt starts a new one")
+        return EngineError(f"the text encoder process ended (exit code {code}) while {what}{hint}")
 
     def _receive(self, what: str, timeout: float | None = None) -> bytes:
         waited = 0.0
@@ -143,7 +154,9 @@ class EncoderProcess:
                     break
                 raise self._gone(what)
             if timeout is not None and waited >= timeout:
-                raise EngineError(f"the text encoder process did not answer within {timeout:.0f} s while {what}")
+                raise EngineError(f"the text encoder process did not answer within {timeout:.0f} s while {what}; "
+                                  "the CPU had no idle time for it: lower the stream's load (steps, size) or "
+                                  "restart the stream")
         try:
             msg = self._conn.recv_bytes()
         except (EOFError, OSError):
@@ -160,7 +173,10 @@ class EncoderProcess:
                     self._conn.send_bytes(self._recipe)
                 except OSError:
                     raise self._gone("loading the weights") from None
-                self._receive("loading the weights", START_TIMEOUT_S)
+                loaded = self._receive("loading the weights", START_TIMEOUT_S)[1:].decode()
+                if loaded != self.model_id:
+                    raise EngineError(f"the text encoder file changed on disk since it was loaded ({loaded} is not "
+                                      f"{self.model_id}); restart the stream to load the new one")
                 self._ready = True
             try:
                 self._conn.send_bytes(_pack(ids.cpu()))
@@ -169,15 +185,21 @@ class EncoderProcess:
             return _unpack(self._receive("encoding a prompt")[1:])
 
     def close(self, timeout: float = 10.0) -> None:
-        """Stop the child (its weights are freed with it). Safe to call twice."""
-        with self._lock:
+        """Stop the child (its weights are freed with it); a forward under way is cut short (it raises). Safe to
+        call twice."""
+        if not self._lock.acquire(blocking=False):  # a forward waits for the child: end the child, not the wait
+            self._proc.kill()
+            self._lock.acquire()
+        try:
             if self._proc.is_alive():
                 try:
                     self._conn.send_bytes(b"")
-                except (BrokenPipeError, OSError):
+                except OSError:
                     pass
                 self._proc.join(timeout)
             if self._proc.is_alive():
                 self._proc.kill()
                 self._proc.join(timeout)
             self._conn.close()
+        finally:
+            self._lock.release()

@@ -377,3 +377,36 @@ def test_cli_output_path_that_cannot_be_written_is_one_line(tmp_path, where, wor
     (tmp_path / "folder.mp4").mkdir()
     refused([*RUN, "--frames", "4", "--out", str(tmp_path / where)], words, capsys)
     assert (tmp_path / "file").read_text() == "a file, not a folder"
+
+
+def test_broken_bench_extensions_are_one_warning_each_and_sdv2_keeps_working(monkeypatch, capsys):
+    """A bench extension that raises, adds a flag sdv2 already has, or takes a built-in name is skipped with one
+    warning line; the real one (transport, from the OBS bridge) and the built-in benches stay."""
+    import importlib.metadata
+
+    from sdv2_studio.engine import extensions
+    from sdv2_studio.engine.cli import build_parser
+
+    def raises(parser):
+        raise RuntimeError("boom")
+
+    def clashes(parser):
+        parser.add_argument("--out")
+
+    class Ext:
+        def __init__(self, name, hook):
+            self.name, self.value, self.hook = name, f"tests:{name}", hook
+
+        def load(self):
+            return self.hook
+
+    real = importlib.metadata.entry_points
+    fakes = [Ext("zz-raises", raises), Ext("zz-clashes", clashes), Ext("switch", lambda p: ("mine", None))]
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: [*real(group=group), *fakes]
+                        if group == extensions.BENCH_GROUP else real(group=group))
+    parser = build_parser()
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("sdv2: warning")]
+    assert len(warnings) == 3 and all(w.count("\n") == 0 for w in warnings)
+    assert "boom" in warnings[1] + warnings[2] and "built-in name" in " ".join(warnings)
+    args = parser.parse_args(["bench", "switch"])
+    assert "switch" not in args.extension_benches and "transport" in args.extension_benches
