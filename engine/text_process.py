@@ -129,6 +129,9 @@ class EncoderProcess:
         child.close()
         self._ready = False
         self._lock = threading.Lock()
+        import torch
+
+        _unpack(_pack(torch.zeros(1)))  # torch.save/load's first call imports and sets up; not in a stream's middle
 
     @property
     def pid(self) -> int | None:
