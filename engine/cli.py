@@ -304,7 +304,10 @@ def _print_summary(st, wall: float, args: argparse.Namespace) -> None:
         print("(offline run: input was queued faster than real time, so latency includes queueing; "
               "add --realtime to measure live latency)")
     if args.out:
-        print(f"wrote {args.out}" if written else f"nothing written to {args.out}: no styled frame came out")
+        from sdv2_studio.engine.io.sinks import is_file_spec
+
+        done = f"wrote {args.out}" if is_file_spec(args.out) else f"sent {written} frames to {args.out}"
+        print(done if written else f"nothing written to {args.out}: no styled frame came out")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -312,6 +315,15 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"sdv2: error: {message} (see `{self.prog} --help`)\n")
+
+    def parse_args(self, args=None, namespace=None):
+        """As argparse's, but a flag the subcommand does not have points at that subcommand's help."""
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:
+            sub = next((a for a in self._actions if isinstance(a, argparse._SubParsersAction)), None)
+            parser = sub.choices.get(getattr(ns, "command", None), self) if sub is not None else self
+            parser.error(f"unrecognized arguments: {' '.join(extras)}")
+        return ns
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -81,9 +81,11 @@ def frames_in(path: Path) -> int:
     (["--size", "65x64"], "not a multiple of 16"),
     (["--steps", "abc"], "invalid int value: 'abc'"),
     (["--lora", f"{__file__}:abc"], "LoRA strength 'abc' is not a number"),
+    (["--out", f"{__file__}/styled.mp4"], "is a file, not a folder"),
+    (["--seconsd", "1"], "unrecognized arguments: --seconsd 1 (see `sdv2 run --help`)"),
 ], ids=["device-typo", "device-unknown", "ranks-0", "latency-negative", "target-nan", "frames-negative",
         "seconds-nan", "size-huge", "source-huge", "source-tiny", "source-missing", "source-test-typo", "out-avi",
-        "size-not-16", "argparse", "lora-strength"])
+        "size-not-16", "argparse", "lora-strength", "out-under-a-file", "flag-typo"])
 def test_cli_mistakes_are_one_line_before_the_model_loads(flags, words, capsys, monkeypatch):
     """A typo costs no model load (minutes with the real model): refused before anything loads, in one line
     (argparse's own errors too, without its usage block)."""
@@ -370,7 +372,7 @@ def test_sigterm_and_sighup_finish_the_file_like_ctrl_c(tmp_path, signum):
     assert frames_in(out) > 0 and not list(tmp_path.glob("*.part"))
 
 
-@pytest.mark.parametrize("where, words", [("file/sub/out.mp4", "cannot create the output folder"),
+@pytest.mark.parametrize("where, words", [("file/sub/out.mp4", "file is a file, not a folder"),
                                           ("folder.mp4", "is a folder")], ids=["under-a-file", "a-folder"])
 def test_cli_output_path_that_cannot_be_written_is_one_line(tmp_path, where, words, capsys):
     (tmp_path / "file").write_text("a file, not a folder")

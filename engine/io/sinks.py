@@ -249,6 +249,21 @@ def check_sink(spec: str) -> None:
         check(spec.strip())
     elif _opener(spec.strip()) is None and not _is_mp4(spec.strip()):
         raise _unsupported(spec.strip())
+    elif _is_mp4(spec.strip()):
+        _check_output_folder(Path(spec.strip()).expanduser().absolute())
+
+
+def _check_output_folder(path: Path) -> None:
+    """The folder of output `path` exists or can be made: its nearest existing ancestor is a writable folder."""
+    if path.is_dir():
+        raise EngineError(f"output {path} is a folder; give a file name like {path / 'styled.mp4'}")
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise EngineError(f"cannot write {path}: {ancestor} is a file, not a folder; pick another output path")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise EngineError(f"cannot write to {ancestor} (permission denied); pick another output folder")
 
 
 def is_file_spec(spec: str) -> bool:
