@@ -267,7 +267,6 @@ class StreamPipeline(ChunkedStream):
         self._pending_batch: bool | None = None
         self._flushing = False  # controls that arrive during a flush wait for the next real chunk
         self.background_prompts = background_prompts
-        self.text_process = text_process
         self._text_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._encoding: tuple[concurrent.futures.Future, int] | None = None  # (context, transition) on its way
         self._warming: dict[str, concurrent.futures.Future] = {}  # warm_prompts not encoded yet
@@ -410,7 +409,6 @@ class StreamPipeline(ChunkedStream):
         self._warming, self._encoding = {}, None
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
-
 
     def _pool(self) -> concurrent.futures.ThreadPoolExecutor:
         if self._text_pool is None:

@@ -263,27 +263,17 @@ class TextEncoder:
         return self.model
 
     def _forward(self, ids: torch.Tensor) -> torch.Tensor:
-        remote = self._in_process and getattr(self._background, "on", False)
-        if not remote and self.model is None:
-            self._stop_worker()  # the weights come back here: never held twice
-        with self._lock:
-            model = None if remote else self._loaded_locked()
-        worker = None
-        if remote:
-            worker = self._start_worker()
+        if not (self._in_process and getattr(self._background, "on", False)):
+            if self.model is None:
+                self._stop_worker()  # the weights come back here: never held twice
             with self._lock:
-                self.model = None  # the child loads its own copy: the weights are held once
-        if worker is None:
+                model = self._loaded_locked()
             return model(ids.to(self.device))
-        try:  # waits in a pipe read (the GIL is free): the engine thread runs meanwhile
-            return worker.forward(ids.cpu()).to(self.device)
-        except EngineError:
-            if not worker.alive:  # it died (killed, out of memory): the next encode starts a new one
-                with self._lock:
-                    if self._worker is worker:
-                        self._worker = None
-                worker.close()
-            raise
+        worker = self._start_worker()  # (a new one if the last one died: killed, out of memory)
+        with self._lock:
+            self.model = None  # the child loads its own copy: the weights are held once
+        # waits in a pipe read (the GIL is free): the engine thread runs meanwhile
+        return worker.forward(ids.cpu()).to(self.device)
 
     def check_compatible(self, text_dim: int, text_len: int) -> None:
         """Raise EngineError unless this encoder's output fits a DiT with these text_dim / text_len."""

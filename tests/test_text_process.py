@@ -34,6 +34,17 @@ def encoder(**kw):
     return enc
 
 
+@pytest.fixture
+def in_child():
+    """A tiny encoder whose encodes on this thread go to its child process (as a live stream's background thread);
+    the child ends with the test."""
+    enc = encoder()
+    assert enc.use_process(True)
+    enc.background_thread()
+    yield enc
+    enc.close()
+
+
 def child(enc):
     return enc._worker._proc  # the multiprocessing.Process
 
@@ -68,48 +79,33 @@ def test_contexts_from_the_child_equal_this_process_and_the_weights_are_held_onc
     assert torch.equal(enc.encode(PROMPTS[0]), here[0]) and enc.reloads == 1  # back in this process
 
 
-def test_a_foreground_encode_brings_the_weights_back_and_ends_the_child():
-    enc = encoder()
-    try:
-        enc.use_process(True)
-        enc.background_thread()
-        ref = enc.encode("pixel art")
-        proc = child(enc)
-        enc._background.on = False  # a stream's first prompt, on the engine thread
-        assert torch.equal(enc.encode("pixel art"), ref) and enc.model is not None and enc._worker is None
-        assert wait_for(lambda: not proc.is_alive(), 30) is not None  # never two copies
-    finally:
-        enc.close()
+def test_a_foreground_encode_brings_the_weights_back_and_ends_the_child(in_child):
+    enc = in_child
+    ref = enc.encode("pixel art")
+    proc = child(enc)
+    enc._background.on = False  # a stream's first prompt, on the engine thread
+    assert torch.equal(enc.encode("pixel art"), ref) and enc.model is not None and enc._worker is None
+    assert wait_for(lambda: not proc.is_alive(), 30) is not None  # never two copies
 
 
-def test_release_ends_the_child_and_the_next_prompt_starts_another():
-    enc = encoder()
-    try:
-        enc.use_process(True)
-        enc.background_thread()
-        first = enc.encode("pixel art")
-        proc = child(enc)
-        assert enc.release() and enc.released
-        assert wait_for(lambda: not proc.is_alive(), 30) is not None
-        assert torch.equal(enc.encode("pixel art"), first) and enc.processes == 2 and enc.reloads == 0
-    finally:
-        enc.close()
+def test_release_ends_the_child_and_the_next_prompt_starts_another(in_child):
+    enc = in_child
+    first = enc.encode("pixel art")
+    proc = child(enc)
+    assert enc.release() and enc.released
+    assert wait_for(lambda: not proc.is_alive(), 30) is not None
+    assert torch.equal(enc.encode("pixel art"), first) and enc.processes == 2 and enc.reloads == 0
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
-def test_a_child_that_dies_is_one_line_and_is_replaced():
-    enc = encoder()
-    try:
-        enc.use_process(True)
-        enc.background_thread()
-        before = enc.encode("neon city")
-        os.kill(enc._worker.pid, signal.SIGKILL)
-        with pytest.raises(EngineError, match=r"the text encoder process ended \(exit code -9\) while encoding") as e:
-            enc.encode("neon city at night")
-        assert "\n" not in str(e.value) and "out of memory" in str(e.value)
-        assert torch.equal(enc.encode("neon city"), before) and enc.processes == 2
-    finally:
-        enc.close()
+def test_a_child_that_dies_is_one_line_and_is_replaced(in_child):
+    enc = in_child
+    before = enc.encode("neon city")
+    os.kill(enc._worker.pid, signal.SIGKILL)
+    with pytest.raises(EngineError, match=r"the text encoder process ended \(exit code -9\) while encoding") as e:
+        enc.encode("neon city at night")
+    assert "\n" not in str(e.value) and "out of memory" in str(e.value)
+    assert torch.equal(enc.encode("neon city"), before) and enc.processes == 2
 
 
 def test_a_child_that_cannot_load_the_weights_says_why_every_time(model_files, tmp_path):  # noqa: F811

@@ -109,8 +109,7 @@ class MP4Sink(FrameSink):
         self._frame_ticks = max(1, round(1 / (self.fps * TIME_BASE)))  # one frame at ``fps``
         self._stream: av.video.stream.VideoStream | None = None
         folder = self.path.parent
-        if self.path.is_dir():
-            raise EngineError(f"output {self.path} is a folder; give a file name like {self.path / 'styled.mp4'}")
+        _check_output_folder(self.path)
         if not folder.is_dir():
             raise EngineError(f"output folder {folder} does not exist; create it or pick another path")
         try:
