@@ -235,7 +235,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise EngineError(output_error(st))
     if st.state == ERROR and st.failed != "source":
         raise EngineError(st.error)
-    _print_summary(st, wall, args)
+    _print_summary(st, wall, args, file_out)
     if st.state == ERROR:  # the source failed mid-stream
         written = st.frames_out
         kept = f"; the {written} styled frames made before it are in {args.out}" if args.out and written else ""
@@ -288,8 +288,8 @@ def _stop_on_signals(ignore: bool = False) -> None:
             signal.signal(getattr(signal, name), signal.SIG_IGN if ignore else interrupt)
 
 
-def _print_summary(st, wall: float, args: argparse.Namespace) -> None:
-    """The lines `sdv2 run` ends with, from the session's final status."""
+def _print_summary(st, wall: float, args: argparse.Namespace, file_out: bool) -> None:
+    """The lines `sdv2 run` ends with, from the session's final status (`file_out`: --out names a file)."""
     es, written = st.engine, st.frames_out
     ttff = f"{es.ttff:.2f} s" if es.ttff is not None else "-"
     print(f"frames in {es.frames_in}, out {written} (dropped {es.dropped_in} in / {es.dropped_out} out) "
@@ -304,9 +304,7 @@ def _print_summary(st, wall: float, args: argparse.Namespace) -> None:
         print("(offline run: input was queued faster than real time, so latency includes queueing; "
               "add --realtime to measure live latency)")
     if args.out:
-        from sdv2_studio.engine.io.sinks import is_file_spec
-
-        done = f"wrote {args.out}" if is_file_spec(args.out) else f"sent {written} frames to {args.out}"
+        done = f"wrote {args.out}" if file_out else f"sent {written} frames to {args.out}"
         print(done if written else f"nothing written to {args.out}: no styled frame came out")
 
 
